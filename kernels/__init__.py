@@ -1,0 +1,1 @@
+"""Triton kernels for lowprec, installed as ``lowprec.kernels``."""

@@ -1,0 +1,1 @@
+"""SNIP-style precision planner."""
