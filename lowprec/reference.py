@@ -58,7 +58,8 @@ def _f32(value):
 
 def e2m1_values(codes):
     """FP32 value of each E2M1 code (uint8 0..15)."""
-    grid = torch.tensor(E2M1_GRID + tuple(-g for g in E2M1_GRID), dtype=torch.float32)
+    grid = torch.tensor(E2M1_GRID + tuple(-g for g in E2M1_GRID), dtype=torch.float32,
+                        device=codes.device)
     return grid[codes.long()]
 
 
@@ -73,7 +74,7 @@ def e2m1_magnitude_rne(a):
     Each threshold is a midpoint of the grid; ``>=`` where the tie goes up (to the
     even code above), ``>`` where it goes down. NaN compares false everywhere: code 0.
     """
-    code = torch.zeros(a.shape, dtype=torch.uint8)
+    code = torch.zeros(a.shape, dtype=torch.uint8, device=a.device)
     for mid, tie_up in ((0.25, False), (0.75, True), (1.25, False), (1.75, True),
                         (2.5, False), (3.5, True), (5.0, False)):
         code += (a >= mid) if tie_up else (a > mid)
@@ -92,7 +93,7 @@ def e2m1_round_rne(v, sign_source=None):
 
 def _e2m1_magnitude_floor(a):
     """Largest grid magnitude code whose value is <= a (NaN gives 0)."""
-    code = torch.zeros(a.shape, dtype=torch.uint8)
+    code = torch.zeros(a.shape, dtype=torch.uint8, device=a.device)
     for step in E2M1_GRID[1:]:
         code += a >= step
     return code
@@ -106,7 +107,7 @@ def e2m1_round_stochastic(v, random_words, sign_source=None):
     sign_source = v if sign_source is None else sign_source
     a = torch.clamp(v.abs(), max=E2M1_MAX)
     lo_code = _e2m1_magnitude_floor(a)
-    grid = torch.tensor(E2M1_GRID + (E2M1_MAX,), dtype=torch.float32)
+    grid = torch.tensor(E2M1_GRID + (E2M1_MAX,), dtype=torch.float32, device=v.device)
     lo = grid[lo_code.long()]
     hi = grid[lo_code.long() + 1]
     # hi - lo is a power of two, so p is exact; at a == 6, lo == hi == 6 and p := 0.
@@ -129,7 +130,8 @@ def e4m3_round(v):
 def _positive_e4m3_scale(v):
     """E4M3 scale of a non-negative FP32 value; NaN becomes the canonical 0x7F."""
     scale = e4m3_round(v)
-    nan_byte = torch.tensor(E4M3_NAN_BYTE, dtype=torch.uint8).view(torch.float8_e4m3fn)
+    nan_byte = torch.tensor(E4M3_NAN_BYTE, dtype=torch.uint8, device=v.device)
+    nan_byte = nan_byte.view(torch.float8_e4m3fn)
     return torch.where(torch.isnan(v), nan_byte, scale)
 
 
@@ -140,7 +142,7 @@ def _positive_e4m3_scale(v):
 def tensor_amax(x):
     """max |x| in FP32, NaN if any element is NaN or Inf (NUMERICS 2)."""
     if x.numel() == 0:
-        return _f32(0.0)
+        return torch.zeros((), dtype=torch.float32, device=x.device)
     amax = x.detach().abs().amax().to(torch.float32)   # amax propagates NaN
     return torch.where(torch.isfinite(amax), amax, _f32(float("nan")))
 
@@ -208,13 +210,13 @@ def philox4x32_10(seed, counter_lo, counter_hi):
     return torch.stack((c0, c1, c2, c3), dim=-1)
 
 
-def random_words(seed, offset, numel):
+def random_words(seed, offset, numel, device=None):
     """The uint32 words (int64) that SR uses for flat elements 0..numel-1.
 
     Element ``i`` uses counter ``offset + (i >> 2)`` (64-bit, wrapping) and word ``i & 3``.
     """
     n_counters = (numel + 3) // 4
-    j = torch.arange(n_counters, dtype=torch.int64)
+    j = torch.arange(n_counters, dtype=torch.int64, device=device)
     low_sum = (offset & MASK32) + j
     counter_lo = low_sum & MASK32
     counter_hi = (((offset >> 32) & MASK32) + (low_sum >> 32)) & MASK32
@@ -230,23 +232,23 @@ def counters_used(numel):
 # Random Hadamard transform (NUMERICS 6)
 # ----------------------------------------------------------------------------------
 
-def hadamard_matrix():
+def hadamard_matrix(device=None):
     """16x16 Sylvester Hadamard matrix times 1/4, FP32."""
-    h = torch.ones(1, 1)
+    h = torch.ones(1, 1, device=device)
     for _ in range(4):
         h = torch.cat((torch.cat((h, h), 1), torch.cat((h, -h), 1)), 0)
     return h * 0.25
 
 
-def rht_matrix(sign_vector=DEFAULT_SIGN_VECTOR):
+def rht_matrix(sign_vector=DEFAULT_SIGN_VECTOR, device=None):
     """diag(s) @ H, entries +-0.25 (exact)."""
-    signs = torch.as_tensor(sign_vector, dtype=torch.float32)
-    return signs[:, None] * hadamard_matrix()
+    signs = torch.as_tensor(sign_vector, dtype=torch.float32, device=device)
+    return signs[:, None] * hadamard_matrix(device)
 
 
 def rht(x, sign_vector=DEFAULT_SIGN_VECTOR):
     """bf16_rne(x.reshape(-1, 16) @ (diag(s) H)) along the last dim, FP32 pairwise sums."""
-    m = rht_matrix(sign_vector)
+    m = rht_matrix(sign_vector, x.device)
     chunks = x.to(torch.float32).reshape(-1, 16)
     terms = chunks[:, :, None] * m[None, :, :]          # [n, j, k], exact products
     while terms.shape[1] > 1:                            # balanced tree over j
@@ -303,19 +305,20 @@ def quantize_nvfp4(x, *, block="1x16", rht_signs=None, stochastic=False, seed=0,
     if amax is None:
         amax = tensor_amax(x)
     else:
-        amax = amax.to(torch.float32).reshape(())
+        amax = amax.to(device=x.device, dtype=torch.float32).reshape(())
         amax = torch.where(torch.isfinite(amax), amax, _f32(float("nan")))
     s_enc = global_encode_scale(amax)
     if x.numel() == 0:
         shape = x.shape[:-1]
-        return (torch.empty(*shape, x.shape[-1] // 2, dtype=torch.uint8),
-                torch.empty(*shape, x.shape[-1] // 16, dtype=torch.float8_e4m3fn), amax)
+        return (torch.empty(*shape, x.shape[-1] // 2, dtype=torch.uint8, device=x.device),
+                torch.empty(*shape, x.shape[-1] // 16, dtype=torch.float8_e4m3fn,
+                            device=x.device), amax)
     block_amax = _block_amax_16x16(x) if block == "16x16" else _block_amax_1x16(x)
     scales = block_scales(block_amax, s_enc)
     enc = block_encode_scales(scales, s_enc).repeat_interleave(16, dim=-1)
     v = x * enc
     if stochastic:
-        words = random_words(seed, offset, x.numel()).reshape(x.shape)
+        words = random_words(seed, offset, x.numel(), x.device).reshape(x.shape)
         codes = e2m1_round_stochastic(v, words, sign_source=x)
     else:
         codes = e2m1_round_rne(v, sign_source=x)
@@ -357,7 +360,7 @@ def quantize_fp8_rowwise(x):
     """
     x = x.to(torch.float32)
     if x.numel() == 0:
-        return x.to(torch.float8_e4m3fn), torch.ones(*x.shape[:-1], 1)
+        return x.to(torch.float8_e4m3fn), torch.ones(*x.shape[:-1], 1, device=x.device)
     row_amax = x.abs().amax(dim=-1, keepdim=True)
     scale = row_amax / _f32(E4M3_MAX)
     scale = torch.where(row_amax == 0, _f32(1.0), scale)
@@ -381,10 +384,10 @@ def fp8_gemm(a_data, a_scale, b_data, b_scale, bias=None, out_dtype=torch.bfloat
 # Swizzled (blocked) scale layout for the Blackwell GEMM (NUMERICS 8)
 # ----------------------------------------------------------------------------------
 
-def _swizzle_index(rows, cols):
+def _swizzle_index(rows, cols, device=None):
     """Flat position in the swizzled buffer of each (r, c) of a padded [rows, cols]."""
-    r = torch.arange(rows)[:, None]
-    c = torch.arange(cols)[None, :]
+    r = torch.arange(rows, device=device)[:, None]
+    c = torch.arange(cols, device=device)[None, :]
     tile = (r // 128) * (cols // 4) + (c // 4)
     within = (r % 32) * 16 + ((r % 128) // 32) * 4 + (c % 4)
     return tile * 512 + within
@@ -395,10 +398,11 @@ def swizzle_scales(scale):
     rows, cols = scale.shape
     padded_rows, padded_cols = -(-rows // 128) * 128, -(-cols // 4) * 4
     raw = scale.view(torch.uint8)
-    padded = torch.zeros(padded_rows, padded_cols, dtype=torch.uint8)
+    padded = torch.zeros(padded_rows, padded_cols, dtype=torch.uint8, device=scale.device)
     padded[:rows, :cols] = raw
-    out = torch.zeros(padded_rows * padded_cols, dtype=torch.uint8)
-    out[_swizzle_index(padded_rows, padded_cols).reshape(-1)] = padded.reshape(-1)
+    out = torch.zeros(padded_rows * padded_cols, dtype=torch.uint8, device=scale.device)
+    index = _swizzle_index(padded_rows, padded_cols, scale.device)
+    out[index.reshape(-1)] = padded.reshape(-1)
     return out.view(scale.dtype)
 
 
@@ -406,5 +410,5 @@ def unswizzle_scales(swizzled, rows, cols):
     """Inverse of ``swizzle_scales``: the [rows, cols] scales."""
     padded_rows, padded_cols = -(-rows // 128) * 128, -(-cols // 4) * 4
     raw = swizzled.view(torch.uint8)
-    padded = raw[_swizzle_index(padded_rows, padded_cols)]
+    padded = raw[_swizzle_index(padded_rows, padded_cols, swizzled.device)]
     return padded[:rows, :cols].contiguous().view(swizzled.dtype)

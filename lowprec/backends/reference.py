@@ -1,0 +1,13 @@
+"""The pure-PyTorch reference as a backend: runs on any device, always available."""
+
+from lowprec.reference import (  # noqa: F401  (re-exported as this backend's ops)
+    dequantize_nvfp4,
+    fp8_gemm,
+    nvfp4_gemm,
+    quantize_fp8_rowwise as quantize_fp8,
+    quantize_nvfp4,
+)
+
+
+def availability(device_type):
+    return None

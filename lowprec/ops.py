@@ -1,0 +1,179 @@
+"""Public quantize / GEMM entry points: validate, allocate containers, dispatch.
+
+Every function here checks its input and raises an error that names the offending
+value, then hands plain tensors to the chosen backend (``lowprec.backends``).
+"""
+
+import torch
+
+from lowprec import backends, reference
+from lowprec.formats import FP8Tensor, NVFP4Tensor
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+BLOCKS = ("1x16", "16x16")
+UINT64_LIMIT = 1 << 64
+
+
+def _check_float_input(x, what):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} takes a torch.Tensor; got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{what} takes float32, bfloat16 or float16 input; got {x.dtype}")
+    if x.dim() == 0:
+        raise ValueError(f"{what} needs at least one dimension; got a 0-d tensor")
+
+
+def _check_uint64(value, name):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}")
+    if not 0 <= value < UINT64_LIMIT:
+        raise ValueError(f"{name} must be in [0, 2**64); got {value}")
+
+
+def check_sign_vector(sign_vector):
+    """Return the 16 signs as a tuple of +-1 ints, or raise naming the bad value."""
+    if sign_vector is None:
+        return reference.DEFAULT_SIGN_VECTOR
+    signs = torch.as_tensor(sign_vector).flatten().tolist()
+    if len(signs) != 16 or any(s not in (1, -1) for s in signs):
+        raise ValueError(f"sign_vector must be 16 entries of +1/-1; got {sign_vector!r}")
+    return tuple(int(s) for s in signs)
+
+
+def _amax_tensor(amax, device):
+    if amax is None:
+        return None
+    amax = torch.as_tensor(amax, dtype=torch.float32, device=device)
+    if amax.numel() != 1:
+        raise ValueError(f"amax must be a scalar; got shape {tuple(amax.shape)}")
+    return amax.reshape(())
+
+
+def quantize_nvfp4(x, *, block="1x16", rht=False, sign_vector=None, stochastic=False,
+                   seed=0, offset=0, amax=None, backend="auto"):
+    """Quantize ``x`` to NVFP4 along its last dimension (NUMERICS 2-6).
+
+    Args:
+        x: float32/bfloat16/float16 tensor ``[..., K]`` with K % 16 == 0.
+        block: ``"1x16"`` (one scale per 16 elements) or ``"16x16"`` (2-D tiles; needs
+            the second-to-last dim to be a multiple of 16).
+        rht: apply the 16-point random Hadamard transform along the last dim first.
+        sign_vector: 16 signs (+-1) for the RHT; default TE's fixed vector.
+        stochastic: stochastic rounding with Philox words from ``(seed, offset)``; the
+            call consumes ``ceil(numel / 4)`` counters starting at ``offset``.
+        seed, offset: ints in [0, 2**64).
+        amax: a global amax the caller already has (of ``rht(x)`` when ``rht``).
+        backend: ``"auto"``, ``"reference"``, ``"triton"``, ``"cuda"`` or ``"cpu"``.
+
+    Returns:
+        NVFP4Tensor
+
+    Raises:
+        TypeError: non-float input. ValueError: bad K, rows, block, signs, seed/offset.
+    """
+    _check_float_input(x, "quantize_nvfp4")
+    if block not in BLOCKS:
+        raise ValueError(f"block must be one of {BLOCKS}; got {block!r}")
+    k = x.shape[-1]
+    if k % 16 != 0:
+        raise ValueError(f"nvfp4 needs the last dim K % 16 == 0; got shape {tuple(x.shape)}")
+    if block == "16x16" and (x.dim() < 2 or x.shape[-2] % 16 != 0):
+        raise ValueError(f"block='16x16' needs the row dim (second-to-last) to be a multiple "
+                         f"of 16; got shape {tuple(x.shape)}")
+    signs = check_sign_vector(sign_vector) if rht else None
+    _check_uint64(seed, "seed")
+    _check_uint64(offset, "offset")
+    impl = backends.get(backend, "quantize_nvfp4", x.device.type)
+    data, scale, amax_out = impl(x, block=block, rht_signs=signs, stochastic=bool(stochastic),
+                                 seed=seed, offset=offset, amax=_amax_tensor(amax, x.device))
+    return NVFP4Tensor(data, scale, amax_out, x.shape, block=block, rht_signs=signs)
+
+
+def dequantize_nvfp4(t, dtype=torch.float32, *, backend="auto"):
+    """``e2m1(q) * s_b * S_dec`` of an NVFP4Tensor, as ``dtype``."""
+    if not isinstance(t, NVFP4Tensor):
+        raise TypeError(f"dequantize_nvfp4 takes an NVFP4Tensor; got {type(t).__name__}")
+    impl = backends.get(backend, "dequantize_nvfp4", t.device.type)
+    return impl(t.data, t.scale, t.amax, dtype)
+
+
+def quantize_fp8(x, *, backend="auto"):
+    """E4M3 with one FP32 scale per row (``amax_row / 448``; a zero row has scale 1).
+
+    Args:
+        x: float32/bfloat16/float16 tensor ``[..., K]``.
+    Returns:
+        FP8Tensor with ``data`` float8_e4m3fn ``[..., K]`` and ``scale`` FP32 ``[..., 1]``.
+    """
+    _check_float_input(x, "quantize_fp8")
+    impl = backends.get(backend, "quantize_fp8", x.device.type)
+    data, scale = impl(x)
+    return FP8Tensor(data, scale, x.shape)
+
+
+def _check_gemm_operands(a, b, kind, bias):
+    if not isinstance(a, kind) or not isinstance(b, kind):
+        raise TypeError(f"operands must both be {kind.__name__}; got "
+                        f"{type(a).__name__} and {type(b).__name__}")
+    if len(b.shape) != 2:
+        raise ValueError(f"operand b must be 2-D [N, K]; got shape {tuple(b.shape)}")
+    if a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"K mismatch: a has shape {tuple(a.shape)} (K={a.shape[-1]}), "
+                         f"b has shape {tuple(b.shape)} (K={b.shape[-1]})")
+    if bias is not None and tuple(bias.shape) != (b.shape[0],):
+        raise ValueError(f"bias must have shape ({b.shape[0]},); got {tuple(bias.shape)}")
+
+
+def nvfp4_gemm(a, b, bias=None, out_dtype=torch.bfloat16, *, backend="auto"):
+    """``a @ b.T`` of two NVFP4Tensors (NUMERICS 8).
+
+    ``alpha * sum_k deq(a)[m, k] deq(b)[n, k]`` with FP32 products and sums, alpha =
+    S_dec(a) * S_dec(b) applied once to the accumulator, then ``bias``, then the cast to
+    ``out_dtype``.
+
+    Args:
+        a: NVFP4Tensor ``[..., K]``; b: NVFP4Tensor ``[N, K]``; bias: ``[N]`` or None.
+    Returns:
+        ``[..., N]`` tensor of ``out_dtype``.
+    Raises:
+        ValueError: mismatched K, bias shape, or operands with different RHT signs.
+    """
+    _check_gemm_operands(a, b, NVFP4Tensor, bias)
+    if a.rht_signs != b.rht_signs:
+        raise ValueError(f"operands must share one RHT (or none) to multiply; got "
+                         f"a.rht_signs={a.rht_signs}, b.rht_signs={b.rht_signs}")
+    impl = backends.get(backend, "nvfp4_gemm", a.device.type)
+    lead = a.shape[:-1]
+    out = impl(a.data.reshape(-1, a.data.shape[-1]), a.scale.reshape(-1, a.scale.shape[-1]),
+               a.amax, b.data, b.scale, b.amax, bias=bias, out_dtype=out_dtype)
+    return out.reshape(*lead, b.shape[0])
+
+
+def fp8_gemm(a, b, bias=None, out_dtype=torch.bfloat16, *, backend="auto"):
+    """``a @ b.T`` of two FP8Tensors: FP32 accumulation, row scales applied after (NUMERICS 9)."""
+    _check_gemm_operands(a, b, FP8Tensor, bias)
+    impl = backends.get(backend, "fp8_gemm", a.device.type)
+    lead = a.shape[:-1]
+    out = impl(a.data.reshape(-1, a.shape[-1]), a.scale.reshape(-1, 1), b.data, b.scale,
+               bias=bias, out_dtype=out_dtype)
+    return out.reshape(*lead, b.shape[0])
+
+
+def available(backend=None, return_reason=False, device_type=None):
+    """What runs here.
+
+    ``available()`` lists the usable backend names; ``available("triton")`` is a bool;
+    with ``return_reason=True`` the reason comes too (``(bool, reason)`` for one backend,
+    ``{name: reason or None}`` for all). ``device_type`` defaults to ``"cuda"`` when a GPU
+    is visible, else ``"cpu"``.
+    """
+    if device_type is None:
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    if backend is not None:
+        reason = backends.reason_unavailable(backend, device_type)
+        return (reason is None, reason) if return_reason else reason is None
+    reasons = {name: backends.reason_unavailable(name, device_type)
+               for name in backends.BACKEND_MODULES}
+    if return_reason:
+        return reasons
+    return [name for name, reason in reasons.items() if reason is None]
