@@ -1,0 +1,27 @@
+"""Test-wide setup.
+
+Without a GPU, Triton kernels run in its CPU interpreter. Triton decides between the
+compiler and the interpreter when a kernel is decorated, so the switch must be set
+before any test module imports Triton code.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+GOLDEN_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "golden",
+                           "nvfp4_public_v1.pt")
+
+
+@pytest.fixture(scope="session")
+def golden():
+    """The golden vectors of ../shared/golden (an independent implementation)."""
+    if not os.path.exists(GOLDEN_PATH):
+        pytest.fail(f"golden vectors missing at {os.path.abspath(GOLDEN_PATH)}: the "
+                    "checkout must sit beside shared/")
+    return torch.load(GOLDEN_PATH)
