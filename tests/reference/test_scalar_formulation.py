@@ -134,12 +134,31 @@ def values(kind):
     return st.one_of(finite[kind], st.just(0.0))
 
 
+# E2M1 grid points and the midpoints between them: every rounding tie.
+TIE_POINTS = sorted(set(GRID) | {(a + b) / 2 for a, b in zip(GRID, GRID[1:])})
+
+
+def ties(draw, rows, cols):
+    """Values that land exactly on E2M1 grid points and midpoints after scaling: every
+    block holds 6 * 2^e, so the tensor amax is 6 * 2^e and enc_b = 2^-e exactly."""
+    e = draw(st.integers(-20, 20))
+    picks = draw(arrays(np.int64, (rows, cols), elements=st.integers(0, 2 * len(TIE_POINTS) - 1)))
+    signs = np.where(picks % 2 == 0, 1.0, -1.0)
+    x = (signs * np.array(TIE_POINTS)[picks // 2] * 2.0 ** e).astype(np.float32)
+    x[:, ::16] = 6 * 2.0 ** e
+    return x
+
+
 @st.composite
 def inputs(draw, two_d=False):
     rows = draw(st.sampled_from([16, 32])) if two_d else draw(st.integers(1, 4))
     cols = 16 * draw(st.integers(1, 3))
-    kind = draw(st.sampled_from(["normal", "heavy", "tiny", "huge", "mixed", "nonfinite"]))
-    x = draw(arrays(np.float32, (rows, cols), elements=values(kind)))
+    kind = draw(st.sampled_from(["normal", "heavy", "tiny", "huge", "mixed", "nonfinite",
+                                 "ties"]))
+    if kind == "ties":
+        x = ties(draw, rows, cols)
+    else:
+        x = draw(arrays(np.float32, (rows, cols), elements=values(kind)))
     dtype = draw(st.sampled_from([torch.float32, torch.bfloat16]))
     return torch.from_numpy(x).to(dtype)
 

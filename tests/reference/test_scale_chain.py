@@ -56,19 +56,35 @@ def test_block_whose_scale_underflows_e4m3_dequantizes_to_exact_zero():
     assert torch.equal(q.dequantize()[0, 16:], torch.zeros(16))
 
 
-def test_scale_product_order_matters_and_we_follow_the_spec():
-    """block_amax * (S_enc * (1/6)) and (block_amax / 6) * S_enc differ on some blocks."""
-    torch.manual_seed(0)
-    amax = 3.0
+def near_e4m3_ties(amax):
+    """FP32 block amaxes whose scaled value lands within a few ulps of an E4M3 tie."""
     s_enc = np.float32(2688) / np.float32(amax)
-    block_amaxes = (torch.rand(20000) * 3).numpy().astype(np.float32)
-    spec = [np.float32(b) * (s_enc * np.float32(1 / 6)) for b in block_amaxes]
-    other = [(np.float32(b) / np.float32(6)) * s_enc for b in block_amaxes]
-    differ = [i for i in range(len(spec)) if spec[i] != other[i]]
-    assert differ, "the two orders should disagree somewhere"
-    got = R.block_scales(torch.from_numpy(block_amaxes), R.global_encode_scale(torch.tensor(amax)))
+    out = []
+    for tie in (1.0625, 1.1875, 3.25, 13.0, 26.0, 104.0, 208.0, 416.0):
+        base = np.array([np.float32(tie) * np.float32(6) / s_enc], dtype=np.float32)
+        bits = base.view(np.int32)[0]
+        out += [np.array([bits + d], dtype=np.int32).view(np.float32)[0] for d in range(-8, 9)]
+    return np.array(out, dtype=np.float32)
+
+
+def check_scale_order(amax):
+    """The reference's scales near E4M3 ties follow the spec's order; returns whether
+    the other order, (block_amax / 6) * S_enc, would have given different bytes."""
+    s_enc = np.float32(2688) / np.float32(amax)
+    block_amaxes = near_e4m3_ties(amax)
     want = [spec_scale_chain(b, amax)[0] for b in block_amaxes]
+    other = [torch.tensor(min((np.float32(b) / np.float32(6)) * s_enc, np.float32(448)))
+             .to(torch.float8_e4m3fn).view(torch.uint8).item() for b in block_amaxes]
+    got = R.block_scales(torch.from_numpy(block_amaxes), R.global_encode_scale(torch.tensor(amax)))
     assert got.view(torch.uint8).tolist() == want
+    return want != other
+
+
+def test_scale_product_order_matters_and_we_follow_the_spec():
+    """block_amax * (S_enc * (1/6)) and (block_amax / 6) * S_enc round to different E4M3
+    scales near ties; the reference must take the spec's order."""
+    differs = [check_scale_order(amax) for amax in (3.0, 5.0, 7.3, 100.0, 0.37)]
+    assert any(differs), "the cases must be able to tell the two orders apart"
 
 
 @pytest.mark.parametrize("magnitude", [1e30, 3e38, 1e-30, 1e-38, 1e-44])
