@@ -26,3 +26,12 @@ __all__ = [
     "quantize_fp8",
     "quantize_nvfp4",
 ]
+
+# Training layer (issue 5).
+from lowprec.recipe import Recipe  # noqa: E402
+from lowprec.linear import Linear, linear  # noqa: E402
+from lowprec.plan import LayerPlan, Plan  # noqa: E402
+from lowprec.convert import candidate_layers, convert, unconvert  # noqa: E402
+
+__all__ += ["LayerPlan", "Linear", "Plan", "Recipe", "candidate_layers", "convert",
+            "linear", "unconvert"]

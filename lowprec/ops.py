@@ -4,6 +4,8 @@ Every function here checks its input and raises an error that names the offendin
 value, then hands plain tensors to the chosen backend (``lowprec.backends``).
 """
 
+import math
+
 import torch
 
 from lowprec import backends, reference
@@ -144,8 +146,12 @@ def nvfp4_gemm(a, b, bias=None, out_dtype=torch.bfloat16, *, backend="auto"):
                          f"a.rht_signs={a.rht_signs}, b.rht_signs={b.rht_signs}")
     impl = backends.get(backend, "nvfp4_gemm", a.device.type)
     lead = a.shape[:-1]
-    out = impl(a.data.reshape(-1, a.data.shape[-1]), a.scale.reshape(-1, a.scale.shape[-1]),
-               a.amax, b.data, b.scale, b.amax, bias=bias, out_dtype=out_dtype)
+    rows = math.prod(lead)          # not -1: K may be 0 (an empty contraction)
+    # Autocast must not turn the FP32 accumulation of NUMERICS 8 into a bf16 matmul.
+    with torch.autocast(a.device.type, enabled=False):
+        out = impl(a.data.reshape(rows, a.data.shape[-1]),
+                   a.scale.reshape(rows, a.scale.shape[-1]), a.amax, b.data, b.scale,
+                   b.amax, bias=bias, out_dtype=out_dtype)
     return out.reshape(*lead, b.shape[0])
 
 
@@ -154,8 +160,10 @@ def fp8_gemm(a, b, bias=None, out_dtype=torch.bfloat16, *, backend="auto"):
     _check_gemm_operands(a, b, FP8Tensor, bias)
     impl = backends.get(backend, "fp8_gemm", a.device.type)
     lead = a.shape[:-1]
-    out = impl(a.data.reshape(-1, a.shape[-1]), a.scale.reshape(-1, 1), b.data, b.scale,
-               bias=bias, out_dtype=out_dtype)
+    rows = math.prod(lead)          # not -1: K may be 0 (an empty contraction)
+    with torch.autocast(a.device.type, enabled=False):
+        out = impl(a.data.reshape(rows, a.shape[-1]), a.scale.reshape(rows, 1), b.data,
+                   b.scale, bias=bias, out_dtype=out_dtype)
     return out.reshape(*lead, b.shape[0])
 
 
