@@ -1,0 +1,68 @@
+"""The amax kernel: max|x| and max|RHT(x^T)| of a bf16 [M, K] tensor in one read.
+
+Bytes counted once: 2 B/element read (the two fp32 results are negligible). "of copy"
+divides by a same-run device copy moving the same bytes. Target (issue 3, H100/H200):
+>= 85% of copy.
+
+    python bench/bench_amax.py [--backends triton] [--shapes 8192x8192,...] [--reps 50]
+
+A backend other than triton takes part when its module defines ``amax_row_col(x,
+rht_signs)`` returning the two amaxes.
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import common  # noqa: E402
+from bench.bench_quantize import DEFAULT_SHAPES  # noqa: E402
+
+
+def amax_entry(backend):
+    if backend == "triton":
+        from lowprec.kernels.amax import amax_row_col
+        from lowprec.kernels.config import quarter_signs
+        return lambda x, signs: amax_row_col(x, quarter_signs(signs, x.device)), None
+    module, reason = common.backend_module(backend)
+    if module is None:
+        return None, reason
+    fn = getattr(module, "amax_row_col", None)
+    return fn, None if fn else f"backend {backend} has no amax_row_col"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", default="triton")
+    parser.add_argument("--shapes", default=",".join(DEFAULT_SHAPES))
+    parser.add_argument("--reps", type=int, default=50)
+    args = parser.parse_args()
+    common.exit_without_gpu("bench_amax")
+    from lowprec import reference as R
+    rows = []
+    for backend in args.backends.split(","):
+        fn, reason = amax_entry(backend)
+        if fn is None:
+            print(f"skipping {backend}: {reason}")
+            continue
+        for shape in args.shapes.split(","):
+            m, k = (int(v) for v in shape.split("x"))
+            nbytes = 2 * m * k
+            sets = common.input_sets(
+                lambda: torch.randn(m, k, device=common.DEVICE, dtype=torch.bfloat16), nbytes)
+            copy_ms, copy_tbps = common.copy_reference(nbytes, reps=args.reps)
+            ms = common.median_ms(lambda x: fn(x, R.DEFAULT_SIGN_VECTOR), sets, reps=args.reps)
+            rows.append({"backend": backend, "M": m, "K": k, "ms": ms, "bytes": nbytes,
+                         "tbps": nbytes / ms / 1e9, "copy_tbps": copy_tbps,
+                         "of_copy": copy_ms / ms})
+    common.print_table(rows, [("backend", "backend", "s"), ("M", "M", "d"), ("K", "K", "d"),
+                              ("ms", "ms", ".3f"), ("tbps", "TB/s", ".2f"),
+                              ("of_copy", "of copy", ".1%")])
+    print("wrote", common.write_results("bench_amax", rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""NVFP4 GEMM on Hopper: the candidates side by side, against a same-run bf16 torch.mm.
+
+Candidates (kernels/nvfp4_gemm.py):
+  fused           (a) Triton GEMM reading codes + scales, dequantized in registers
+  dequant_mm      (b) dequantize to bf16, torch.mm with an FP32 result, fused epilogue
+  dequant_triton  (c) dequantize to fp16, Triton GEMM with alpha and bias in its epilogue
+Other backends take part through the registry (``--backends triton,cuda``).
+
+Reported per shape: ms, TFLOP/s, the ratio to bf16 ``torch.mm`` (target, issue 3: best
+candidate >= 85% at 8192^3 and at the Llama-3 8B/70B linear shapes with M = 8192), and
+the scratch memory each candidate allocates. ``--configs`` also times a few tile
+configurations of the Triton kernel. The last lines print a DISPATCH table to paste into
+kernels/nvfp4_gemm.py.
+
+    python bench/bench_nvfp4_gemm.py [--backends triton] [--shapes 8192x8192x8192,...]
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import common  # noqa: E402
+
+CONFIGS = [  # (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages)
+    (128, 128, 128, 8, 8, 3), (128, 256, 64, 8, 8, 3), (128, 256, 128, 8, 8, 2),
+    (256, 128, 64, 8, 8, 3), (128, 128, 64, 8, 4, 4)]
+
+
+def default_shapes():
+    shapes = ["8192x8192x8192"]
+    for linears in common.LLAMA3_LINEARS.values():
+        shapes += [f"{common.TOKENS}x{n}x{k}" for _, n, k in linears]
+    return list(dict.fromkeys(shapes))
+
+
+def scratch_bytes(candidate, m, n, k):
+    return {"fused": 0, "dequant_mm": 2 * (m + n) * k + 4 * m * n,
+            "dequant_triton": 2 * (m + n) * k}.get(candidate)
+
+
+def operands(m, n, k):
+    from lowprec.kernels.backend import quantize_nvfp4
+    a = quantize_nvfp4(torch.randn(m, k, device=common.DEVICE, dtype=torch.bfloat16))
+    b = quantize_nvfp4(torch.randn(n, k, device=common.DEVICE, dtype=torch.bfloat16) * 0.02)
+    return (*a, *b)
+
+
+def entries(backend):
+    """name -> fn(a_data, a_scale, a_amax, b_data, b_scale, b_amax, out_dtype=...)."""
+    if backend == "triton":
+        from lowprec.kernels.nvfp4_gemm import CANDIDATES
+        return dict(CANDIDATES), None
+    module, reason = common.backend_module(backend)
+    if module is None or not hasattr(module, "nvfp4_gemm"):
+        return None, reason or f"backend {backend} has no nvfp4_gemm"
+    return {backend: module.nvfp4_gemm}, None
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", default="triton")
+    parser.add_argument("--shapes", default=",".join(default_shapes()))
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--configs", action="store_true",
+                        help="also time the tile configurations in CONFIGS for (a) and (c)")
+    args = parser.parse_args()
+    common.exit_without_gpu("bench_nvfp4_gemm")
+    rows, best = [], {}
+    for shape in args.shapes.split(","):
+        m, n, k = (int(v) for v in shape.split("x"))
+        sets = common.input_sets(lambda: operands(m, n, k), (m + n) * k * 9 // 16)
+        mm_ms, mm_tflops = common.mm_reference(m, n, k, reps=args.reps)
+        rows.append({"M": m, "N": n, "K": k, "impl": "torch.mm bf16", "ms": mm_ms,
+                     "tflops": mm_tflops, "of_mm": 1.0})
+        for backend in args.backends.split(","):
+            fns, reason = entries(backend)
+            if fns is None:
+                print(f"skipping {backend}: {reason}")
+                continue
+            variants = [(name, fn, None) for name, fn in fns.items()]
+            if args.configs and backend == "triton":
+                variants += [(f"{name} {cfg}", fns[name], cfg) for cfg in CONFIGS
+                             for name in ("fused", "dequant_triton")]
+            for name, fn, cfg in variants:
+                kwargs = {"config": cfg} if cfg else {}
+                ms = common.median_ms(lambda ops: fn(*ops, out_dtype=torch.bfloat16, **kwargs),
+                                      sets, reps=args.reps)
+                row = {"M": m, "N": n, "K": k, "impl": name, "ms": ms,
+                       "tflops": 2 * m * n * k / ms / 1e9, "of_mm": mm_ms / ms,
+                       "scratch_mb": (scratch_bytes(name, m, n, k) or 0) / 2**20}
+                rows.append(row)
+                if backend == "triton" and cfg is None and (
+                        (m, n, k) not in best or ms < best[(m, n, k)][1]):
+                    best[(m, n, k)] = (name, ms)
+    common.print_table(rows, [("M", "M", "d"), ("N", "N", "d"), ("K", "K", "d"),
+                              ("impl", "impl", "s"), ("ms", "ms", ".3f"),
+                              ("tflops", "TFLOP/s", ".0f"), ("of_mm", "of torch.mm", ".1%"),
+                              ("scratch_mb", "scratch MiB", ".0f")])
+    print("wrote", common.write_results("bench_nvfp4_gemm", rows))
+    print("DISPATCH = {")
+    for shape, (name, _) in best.items():
+        print(f"    {shape}: {name!r},")
+    print("}")
+
+
+if __name__ == "__main__":
+    main()

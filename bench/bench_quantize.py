@@ -1,0 +1,101 @@
+"""Kernel 1: fused activation / gradient quantize (rowwise 1x16 + RHT-columnwise 1x16).
+
+Modes, per shape [M, K] of bf16 input:
+  rne        amaxes given, RNE on both copies (X in the recipe)
+  sr         amaxes given, SR on both copies (dY in the recipe)
+  amax+rne   the amax kernel, then the quantize kernel: two reads of x
+
+Bytes counted once: 2 B/element read, 0.5625 B/element written per copy, so 3.125
+B/element for row + column. "of copy" divides by a same-run device copy moving those
+bytes. For amax+rne the kernels move 5.125 B/element (x is read twice), so the best it
+can reach is 3.125 / 5.125 = 61% of copy ("of bound" is the ratio to that).
+
+Targets (issue 3, H100/H200): rne >= 85% of copy, sr >= 80%.
+
+    python bench/bench_quantize.py [--backends triton] [--shapes 8192x8192,...] [--reps 50]
+
+A backend other than triton takes part when its module defines
+``quantize_rowwise_and_columnwise`` with the signature of lowprec.kernels.backend's.
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import common  # noqa: E402
+
+FUSED_BOUND = 3.125 / 5.125
+DEFAULT_SHAPES = ["8192x8192", "8192x4096", "8192x6144", "8192x10240", "8192x14336",
+                  "8192x28672", "8192x57344"]
+
+
+def fused_entry(backend):
+    if backend == "triton":
+        from lowprec.kernels.backend import quantize_rowwise_and_columnwise
+        return quantize_rowwise_and_columnwise, None
+    module, reason = common.backend_module(backend)
+    if module is None:
+        return None, reason
+    fn = getattr(module, "quantize_rowwise_and_columnwise", None)
+    return fn, None if fn else f"backend {backend} has no quantize_rowwise_and_columnwise"
+
+
+def measure(fn, m, k, reps):
+    from lowprec import reference as R
+    signs = R.DEFAULT_SIGN_VECTOR
+    m_pad = -(-m // 16) * 16
+    nbytes = 2 * m * k + (m * k + k * m_pad) * 9 // 16
+    sets = common.input_sets(lambda: torch.randn(m, k, device=common.DEVICE, dtype=torch.bfloat16),
+                             2 * m * k)
+    amaxes = [fn(x, rht_signs=signs) for x in sets]           # measured once, then given
+    given = {id(x): (row[2], col[2]) for x, (row, col) in zip(sets, amaxes)}
+    copy_ms, copy_tbps = common.copy_reference(nbytes, reps=reps)
+    modes = {
+        "rne": lambda x: fn(x, rht_signs=signs, row_amax=given[id(x)][0],
+                            col_amax=given[id(x)][1]),
+        "sr": lambda x: fn(x, rht_signs=signs, row_stochastic=True, col_stochastic=True,
+                           seed=1, row_offset=0, row_amax=given[id(x)][0],
+                           col_amax=given[id(x)][1]),
+        "amax+rne": lambda x: fn(x, rht_signs=signs),
+    }
+    rows = []
+    for mode, run in modes.items():
+        ms = common.median_ms(run, sets, reps=reps)
+        row = {"M": m, "K": k, "mode": mode, "ms": ms, "bytes": nbytes,
+               "tbps": nbytes / ms / 1e9, "copy_tbps": copy_tbps, "of_copy": copy_ms / ms}
+        if mode == "amax+rne":
+            row["of_bound"] = row["of_copy"] / FUSED_BOUND
+        rows.append(row)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", default="triton")
+    parser.add_argument("--shapes", default=",".join(DEFAULT_SHAPES))
+    parser.add_argument("--reps", type=int, default=50)
+    args = parser.parse_args()
+    common.exit_without_gpu("bench_quantize")
+    rows = []
+    for backend in args.backends.split(","):
+        fn, reason = fused_entry(backend)
+        if fn is None:
+            print(f"skipping {backend}: {reason}")
+            continue
+        for shape in args.shapes.split(","):
+            m, k = (int(v) for v in shape.split("x"))
+            for row in measure(fn, m, k, args.reps):
+                rows.append(dict(row, backend=backend))
+    common.print_table(rows, [("backend", "backend", "s"), ("M", "M", "d"), ("K", "K", "d"),
+                              ("mode", "mode", "s"), ("ms", "ms", ".3f"),
+                              ("tbps", "TB/s", ".2f"), ("of_copy", "of copy", ".1%"),
+                              ("of_bound", "of 61% bound", ".1%")])
+    print("wrote", common.write_results("bench_quantize", rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Kernel 2: 16x16 weight quantization, rowwise and columnwise copies from one read.
+
+Bytes counted once, amax given: 2 B/element read, 0.5625 B/element written per copy
+(3.125 B/element). "of copy" divides by a same-run device copy moving those bytes.
+Target (issue 3, H100/H200): >= 85% of copy.
+
+    python bench/bench_quantize_2d.py [--backends triton] [--shapes 4096x4096,...] [--reps 50]
+
+A backend other than triton takes part when its module defines ``quantize_weight_2d``
+with the signature of lowprec.kernels.backend's.
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import common  # noqa: E402
+
+
+def weight_entry(backend):
+    if backend == "triton":
+        from lowprec.kernels.backend import quantize_weight_2d
+        return quantize_weight_2d, None
+    module, reason = common.backend_module(backend)
+    if module is None:
+        return None, reason
+    fn = getattr(module, "quantize_weight_2d", None)
+    return fn, None if fn else f"backend {backend} has no quantize_weight_2d"
+
+
+def default_shapes():
+    shapes = ["8192x8192"]
+    for linears in common.LLAMA3_LINEARS.values():
+        shapes += [f"{n}x{k}" for _, n, k in linears]
+    return list(dict.fromkeys(shapes))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", default="triton")
+    parser.add_argument("--shapes", default=",".join(default_shapes()))
+    parser.add_argument("--reps", type=int, default=50)
+    args = parser.parse_args()
+    common.exit_without_gpu("bench_quantize_2d")
+    rows = []
+    for backend in args.backends.split(","):
+        fn, reason = weight_entry(backend)
+        if fn is None:
+            print(f"skipping {backend}: {reason}")
+            continue
+        for shape in args.shapes.split(","):
+            n, k = (int(v) for v in shape.split("x"))
+            nbytes = 2 * n * k + 2 * (n * k * 9 // 16)
+            sets = common.input_sets(
+                lambda: torch.randn(n, k, device=common.DEVICE, dtype=torch.bfloat16) * 0.02,
+                2 * n * k)
+            amax = {id(w): w.abs().max().float() for w in sets}
+            copy_ms, copy_tbps = common.copy_reference(nbytes, reps=args.reps)
+            ms = common.median_ms(lambda w: fn(w, amax=amax[id(w)]), sets, reps=args.reps)
+            rows.append({"backend": backend, "N": n, "K": k, "ms": ms, "bytes": nbytes,
+                         "tbps": nbytes / ms / 1e9, "copy_tbps": copy_tbps,
+                         "of_copy": copy_ms / ms})
+    common.print_table(rows, [("backend", "backend", "s"), ("N", "N", "d"), ("K", "K", "d"),
+                              ("ms", "ms", ".3f"), ("tbps", "TB/s", ".2f"),
+                              ("of_copy", "of copy", ".1%")])
+    print("wrote", common.write_results("bench_quantize_2d", rows))
+
+
+if __name__ == "__main__":
+    main()

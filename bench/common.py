@@ -1,0 +1,169 @@
+"""Shared benchmark machinery (DESIGN.md, "Bandwidth"; METHOD.md, "Time properly").
+
+* ``median_ms``: warm up, then time each run between two CUDA events and take the
+  median; several input sets are rotated so that inputs smaller than L2 are not served
+  from it.
+* ``copy_reference``: a same-run ``torch`` device-to-device copy moving the same number of
+  bytes (half read, half written), the ceiling every bandwidth figure is divided by.
+* ``mm_reference``: a same-run bf16 ``torch.mm`` of the same shape, the GEMM ceiling.
+* ``device_facts``: the GPU's name, clocks, power limit... from nvidia-ml-py.
+* ``write_results``: JSON under ``bench/results/`` with the facts, the command and the commit.
+
+Compulsory bytes are counted once: each input read once, each output written once.
+Clocks are never locked or changed. Without a GPU the scripts say so and exit 0: a
+figure that was not measured is never written down.
+
+``LOWPREC_BENCH_SMOKE=1`` (with ``TRITON_INTERPRET=1``) runs a script's logic on CPU
+tensors with a wall clock, to check the script itself; it writes nothing.
+"""
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+
+# Llama-3 linear layers as (name, out_features N, in_features K); M = tokens.
+LLAMA3_LINEARS = {
+    "8B": [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096),
+           ("down", 4096, 14336)],
+    "70B": [("qkv", 10240, 8192), ("o", 8192, 8192), ("gate_up", 57344, 8192),
+            ("down", 8192, 28672)],
+}
+TOKENS = 8192
+SMOKE = os.environ.get("LOWPREC_BENCH_SMOKE") == "1"
+DEVICE = "cpu" if SMOKE else "cuda"
+
+
+def exit_without_gpu(script):
+    """Print why nothing is measured and exit 0 on a machine without a CUDA GPU."""
+    if not torch.cuda.is_available() and not SMOKE:
+        print(f"{script}: no CUDA GPU visible; nothing measured, nothing written.")
+        sys.exit(0)
+
+
+def backend_module(name):
+    """(module, None) for a usable lowprec backend on CUDA, else (None, reason)."""
+    from lowprec import backends
+    module, reason = backends._load(name)
+    if module is not None:
+        reason = module.availability(DEVICE)
+    return (module, None) if reason is None else (None, reason)
+
+
+def median_ms(fn, inputs, warmup=10, reps=50):
+    """Median milliseconds of ``fn(inputs[i % len(inputs)])`` over ``reps`` timed runs."""
+    if SMOKE:
+        start = time.perf_counter()
+        fn(inputs[0])
+        return (time.perf_counter() - start) * 1e3
+    for i in range(warmup):
+        fn(inputs[i % len(inputs)])
+    torch.cuda.synchronize()
+    times = []
+    for i in range(reps):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(inputs[i % len(inputs)])
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def input_sets(make, total_bytes_each, l2_bytes=None):
+    """Enough independent input sets (each from ``make()``) to exceed twice the L2 cache."""
+    if SMOKE:
+        return [make()]
+    l2 = l2_bytes or torch.cuda.get_device_properties(0).L2_cache_size
+    count = max(1, min(8, -(-2 * l2 // max(total_bytes_each, 1))))
+    return [make() for _ in range(count)]
+
+
+def copy_reference(nbytes, reps=50):
+    """(ms, TB/s) of a device copy moving ``nbytes`` in all (nbytes/2 read + written)."""
+    half = nbytes // 2
+    pairs = input_sets(lambda: (torch.empty(half, dtype=torch.uint8, device=DEVICE),
+                                torch.empty(half, dtype=torch.uint8, device=DEVICE)), nbytes)
+    ms = median_ms(lambda p: p[1].copy_(p[0]), pairs, reps=reps)
+    return ms, 2 * half / ms / 1e9
+
+
+def mm_reference(m, n, k, reps=30):
+    """(ms, TFLOP/s) of a bf16 ``torch.mm`` [m, k] x [k, n] (random data, never zeros)."""
+    sets = input_sets(lambda: (torch.randn(m, k, device=DEVICE, dtype=torch.bfloat16),
+                               torch.randn(n, k, device=DEVICE, dtype=torch.bfloat16)),
+                      2 * (m + n) * k)
+    ms = median_ms(lambda p: torch.mm(p[0], p[1].t()), sets, reps=reps)
+    return ms, 2 * m * n * k / ms / 1e9
+
+
+def device_facts():
+    """Facts about GPU 0 and the software stack (lowprec.device.facts when present)."""
+    try:
+        from lowprec.device import facts
+        return facts()
+    except Exception as err:  # fall back to a minimal record rather than fail a benchmark
+        props = torch.cuda.get_device_properties(0)
+        out = {"gpu": props.name, "capability": list(torch.cuda.get_device_capability(0)),
+               "sm_count": props.multi_processor_count, "l2_bytes": props.L2_cache_size,
+               "torch": torch.__version__, "notes": [f"lowprec.device.facts failed: {err}"]}
+        try:
+            import pynvml
+            pynvml.nvmlInit()
+            h = pynvml.nvmlDeviceGetHandleByIndex(0)
+            out["sm_clock_mhz"] = pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)
+            out["mem_clock_mhz"] = pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM)
+            out["power_limit_w"] = pynvml.nvmlDeviceGetPowerManagementLimit(h) / 1000
+            out["driver"] = pynvml.nvmlSystemGetDriverVersion()
+        except Exception as nvml_err:
+            out["notes"].append(f"NVML: {nvml_err}")
+        return out
+
+
+def _commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except Exception:
+        return None
+
+
+def write_results(script, rows, extra=None):
+    """Write ``rows`` (a list of dicts) with the device facts to bench/results/; return path."""
+    import triton
+    if SMOKE:
+        return "nothing (smoke run on CPU: not a measurement)"
+    os.makedirs(RESULTS, exist_ok=True)
+    facts = device_facts()
+    gpu = str(facts.get("gpu") or facts.get("name") or "gpu").replace(" ", "_")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = os.path.join(RESULTS, f"{script}_{gpu}_{stamp}.json")
+    record = {"script": script, "command": " ".join(sys.argv), "commit": _commit(),
+              "time_utc": stamp, "python": platform.python_version(),
+              "torch": torch.__version__, "triton": triton.__version__, "device": facts,
+              "rows": rows, **(extra or {})}
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1, default=str)
+    return path
+
+
+def print_table(rows, columns):
+    """A table of ``rows`` (dicts) with the given (key, header, format) columns."""
+    def cell(row, key, fmt):
+        value = row.get(key)
+        return "-" if value is None else format(value, fmt)
+    table = [[header for _, header, _ in columns]]
+    table += [[cell(row, key, fmt) for key, _, fmt in columns] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    for line in table:
+        print("  ".join(text.rjust(width) for text, width in zip(line, widths)))

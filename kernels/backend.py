@@ -1,0 +1,331 @@
+"""The Triton backend: ``torch.library`` custom ops over the kernels, and the entry points
+the backend registry (``lowprec.backends``) calls for ``backend="triton"``.
+
+Every op is a ``torch.library.custom_op`` in the ``lowprec`` namespace (prefixed
+``triton_``) with a fake implementation, so ``torch.compile`` traces through them without
+graph breaks; each calls ``.contiguous()`` on its inputs itself (compile can hand over a
+stride-0 gradient). The op schemas carry 64-bit seeds and offsets as signed int64 (the
+schema's ``int``); the wrappers here map [0, 2^64) onto it and back.
+
+Besides the registry ops (``quantize_nvfp4``, ``dequantize_nvfp4``, ``quantize_fp8``,
+``nvfp4_gemm``, ``fp8_gemm``), two entry points serve the training layer:
+
+* ``quantize_rowwise_and_columnwise``: activations / gradients, the fused kernel;
+* ``quantize_weight_2d``: weights, 16x16 tiles, both layouts from one read.
+
+CPU tensors run only in Triton's interpreter (``TRITON_INTERPRET=1`` before the kernels
+are imported); ``availability`` says why not otherwise.
+"""
+
+import os
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+try:
+    import triton  # noqa: F401
+    _TRITON_MISSING = None
+except ImportError as err:  # the registry reports this through availability()
+    _TRITON_MISSING = f"triton is not installed ({err}); pip install triton"
+
+U8, E4M3, F32 = torch.uint8, torch.float8_e4m3fn, torch.float32
+UINT64 = 1 << 64
+
+
+def availability(device_type):
+    """None when the Triton kernels can run on tensors of ``device_type``, else why not."""
+    if _TRITON_MISSING:
+        return _TRITON_MISSING
+    if device_type == "cuda":
+        if not torch.cuda.is_available():
+            return "no CUDA device is visible to torch"
+        capability = torch.cuda.get_device_capability()
+        if capability < (8, 0):
+            return (f"the Triton kernels need compute capability 8.0 or newer (bf16); this "
+                    f"GPU has {capability[0]}.{capability[1]}")
+        return None
+    if device_type == "cpu":
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            return ("Triton runs on CPU tensors only in its interpreter: set "
+                    "TRITON_INTERPRET=1 before lowprec.kernels is imported")
+        from triton.runtime.interpreter import InterpretedFunction
+        from lowprec.kernels.quantize_1x16 import _quantize_1x16_kernel
+        if not isinstance(_quantize_1x16_kernel, InterpretedFunction):
+            return ("TRITON_INTERPRET=1 was set after the Triton kernels were compiled for "
+                    "the GPU; set it before lowprec.kernels is imported")
+        return None
+    return f"Triton kernels do not run on {device_type} tensors"
+
+
+def _to_int64(value):
+    """[0, 2^64) -> the int64 with the same bits (op schemas hold signed 64-bit ints)."""
+    value = int(value) % UINT64
+    return value - UINT64 if value >= 1 << 63 else value
+
+
+def _scalar_or_none(amax, device):
+    if amax is None:
+        return None
+    return torch.as_tensor(amax, dtype=F32, device=device).detach().reshape(())
+
+
+def _empty_triple(device):
+    return (torch.empty(0, dtype=U8, device=device), torch.empty(0, dtype=E4M3, device=device),
+            torch.empty((), dtype=F32, device=device))
+
+
+# ----------------------------------------------------------------------------------
+# Custom ops
+# ----------------------------------------------------------------------------------
+
+@torch.library.custom_op("lowprec::triton_quantize_nvfp4", mutates_args=())
+def _quantize_nvfp4_op(x: Tensor, block: str, rht_signs: Optional[List[int]],
+                       stochastic: bool, seed: int, offset: int,
+                       amax: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    from lowprec.kernels.quantize_1x16 import quantize_1x16
+    from lowprec.kernels.quantize_2d import quantize_2d
+    k = x.shape[-1]
+    lead = x.shape[:-1]
+    x2 = x.contiguous().reshape(-1, k)
+    if block == "16x16":
+        (data, scale, amax_out), _ = quantize_2d(x2, columnwise=False, stochastic=stochastic,
+                                                 seed=seed, offset=offset, amax=amax)
+    elif rht_signs is None:
+        (data, scale, amax_out), _ = quantize_1x16(x2, row=True, row_stochastic=stochastic,
+                                                   seed=seed, row_offset=offset, row_amax=amax)
+    else:
+        # RHT along the last dim = the fused kernel's columnwise copy of x2^T (a strided
+        # view, no copy): its "M" is our K (a multiple of 16, so no padding), and its flat
+        # SR index k*M_pad + m is our row-major index.
+        _, (data, scale, amax_out) = quantize_1x16(
+            x2.t(), row=False, col=True, col_signs=rht_signs, col_stochastic=stochastic,
+            seed=seed, col_offset=offset, col_amax=amax)
+    return data.reshape(*lead, k // 2), scale.reshape(*lead, k // 16), amax_out
+
+
+@_quantize_nvfp4_op.register_fake
+def _(x, block, rht_signs, stochastic, seed, offset, amax):
+    lead, k = x.shape[:-1], x.shape[-1]
+    return (x.new_empty(*lead, k // 2, dtype=U8), x.new_empty(*lead, k // 16, dtype=E4M3),
+            x.new_empty((), dtype=F32))
+
+
+@torch.library.custom_op("lowprec::triton_quantize_row_col", mutates_args=())
+def _quantize_row_col_op(x: Tensor, rht_signs: Optional[List[int]], rowwise: bool,
+                         columnwise: bool, row_stochastic: bool, col_stochastic: bool,
+                         seed: int, row_offset: int, col_offset: int,
+                         row_amax: Optional[Tensor], col_amax: Optional[Tensor]
+                         ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    from lowprec.kernels.quantize_1x16 import quantize_1x16
+    row, col = quantize_1x16(x.contiguous(), row=rowwise, col=columnwise, col_signs=rht_signs,
+                             row_stochastic=row_stochastic, col_stochastic=col_stochastic,
+                             seed=seed, row_offset=row_offset, col_offset=col_offset,
+                             row_amax=row_amax, col_amax=col_amax)
+    row = row or _empty_triple(x.device)
+    col = col or _empty_triple(x.device)
+    return (*row, *col)
+
+
+@_quantize_row_col_op.register_fake
+def _(x, rht_signs, rowwise, columnwise, row_stochastic, col_stochastic, seed, row_offset,
+      col_offset, row_amax, col_amax):
+    m, k = x.shape
+    m_pad = -(-m // 16) * 16
+    row = ((x.new_empty(m, k // 2, dtype=U8), x.new_empty(m, k // 16, dtype=E4M3))
+           if rowwise else (x.new_empty(0, dtype=U8), x.new_empty(0, dtype=E4M3)))
+    col = ((x.new_empty(k, m_pad // 2, dtype=U8), x.new_empty(k, m_pad // 16, dtype=E4M3))
+           if columnwise else (x.new_empty(0, dtype=U8), x.new_empty(0, dtype=E4M3)))
+    scalar = x.new_empty((), dtype=F32)
+    return (*row, scalar, *col, x.new_empty((), dtype=F32))
+
+
+@torch.library.custom_op("lowprec::triton_quantize_weight_2d", mutates_args=())
+def _quantize_weight_2d_op(w: Tensor, columnwise: bool, stochastic: bool, seed: int,
+                           offset: int, amax: Optional[Tensor]
+                           ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    from lowprec.kernels.quantize_2d import quantize_2d
+    row, col = quantize_2d(w.contiguous(), columnwise=columnwise, stochastic=stochastic,
+                           seed=seed, offset=offset, amax=amax)
+    return (*row, *(col or _empty_triple(w.device)))
+
+
+@_quantize_weight_2d_op.register_fake
+def _(w, columnwise, stochastic, seed, offset, amax):
+    n, k = w.shape
+    col = ((w.new_empty(k, n // 2, dtype=U8), w.new_empty(k, n // 16, dtype=E4M3))
+           if columnwise else (w.new_empty(0, dtype=U8), w.new_empty(0, dtype=E4M3)))
+    return (w.new_empty(n, k // 2, dtype=U8), w.new_empty(n, k // 16, dtype=E4M3),
+            w.new_empty((), dtype=F32), *col, w.new_empty((), dtype=F32))
+
+
+@torch.library.custom_op("lowprec::triton_dequantize_nvfp4", mutates_args=())
+def _dequantize_nvfp4_op(data: Tensor, scale: Tensor, amax: Tensor, dtype: torch.dtype) -> Tensor:
+    from lowprec.kernels.dequantize import dequantize
+    lead, half = data.shape[:-1], data.shape[-1]
+    out = dequantize(data.contiguous().reshape(-1, half),
+                     scale.contiguous().reshape(-1, scale.shape[-1]), amax, dtype)
+    return out.reshape(*lead, 2 * half)
+
+
+@_dequantize_nvfp4_op.register_fake
+def _(data, scale, amax, dtype):
+    return data.new_empty(*data.shape[:-1], 2 * data.shape[-1], dtype=dtype)
+
+
+@torch.library.custom_op("lowprec::triton_quantize_fp8", mutates_args=())
+def _quantize_fp8_op(x: Tensor) -> Tuple[Tensor, Tensor]:
+    from lowprec.kernels.fp8 import quantize_fp8 as impl
+    return impl(x.contiguous())
+
+
+@_quantize_fp8_op.register_fake
+def _(x):
+    return x.new_empty(x.shape, dtype=E4M3), x.new_empty(*x.shape[:-1], 1, dtype=F32)
+
+
+@torch.library.custom_op("lowprec::triton_nvfp4_gemm", mutates_args=())
+def _nvfp4_gemm_op(a_data: Tensor, a_scale: Tensor, a_amax: Tensor, b_data: Tensor,
+                   b_scale: Tensor, b_amax: Tensor, bias: Optional[Tensor],
+                   out_dtype: torch.dtype) -> Tensor:
+    from lowprec.kernels.nvfp4_gemm import nvfp4_gemm as impl
+    return impl(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=bias, out_dtype=out_dtype)
+
+
+@_nvfp4_gemm_op.register_fake
+def _(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias, out_dtype):
+    return a_data.new_empty(a_data.shape[0], b_data.shape[0], dtype=out_dtype)
+
+
+@torch.library.custom_op("lowprec::triton_fp8_gemm", mutates_args=())
+def _fp8_gemm_op(a_data: Tensor, a_scale: Tensor, b_data: Tensor, b_scale: Tensor,
+                 bias: Optional[Tensor], out_dtype: torch.dtype) -> Tensor:
+    from lowprec.kernels.fp8 import fp8_gemm as impl
+    return impl(a_data.contiguous(), a_scale.contiguous(), b_data.contiguous(),
+                b_scale.contiguous(), bias=bias, out_dtype=out_dtype)
+
+
+@_fp8_gemm_op.register_fake
+def _(a_data, a_scale, b_data, b_scale, bias, out_dtype):
+    return a_data.new_empty(a_data.shape[0], b_data.shape[0], dtype=out_dtype)
+
+
+# ----------------------------------------------------------------------------------
+# Registry entry points (signatures of lowprec.backends.reference)
+# ----------------------------------------------------------------------------------
+
+def quantize_nvfp4(x, *, block="1x16", rht_signs=None, stochastic=False, seed=0, offset=0,
+                   amax=None):
+    signs = None if rht_signs is None else [int(s) for s in rht_signs]
+    return torch.ops.lowprec.triton_quantize_nvfp4(
+        x.detach(), block, signs, bool(stochastic), _to_int64(seed), _to_int64(offset),
+        _scalar_or_none(amax, x.device))
+
+
+def dequantize_nvfp4(data, scale, amax, dtype=torch.float32):
+    return torch.ops.lowprec.triton_dequantize_nvfp4(data, scale, amax.detach(), dtype)
+
+
+def quantize_fp8(x):
+    return torch.ops.lowprec.triton_quantize_fp8(x.detach())
+
+
+def nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=None,
+               out_dtype=torch.bfloat16):
+    return torch.ops.lowprec.triton_nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale,
+                                               b_amax, bias, out_dtype)
+
+
+def fp8_gemm(a_data, a_scale, b_data, b_scale, bias=None, out_dtype=torch.bfloat16):
+    return torch.ops.lowprec.triton_fp8_gemm(a_data, a_scale, b_data, b_scale, bias, out_dtype)
+
+
+# ----------------------------------------------------------------------------------
+# Entry points for the training layer
+# ----------------------------------------------------------------------------------
+
+def counters_used(m, k):
+    """Philox counters consumed by SR of the (rowwise, columnwise) copies of an [m, k] x."""
+    m_pad = -(-m // 16) * 16
+    return -(-m * k // 4), k * m_pad // 4
+
+
+def quantize_rowwise_and_columnwise(x, *, rht_signs=None, row_stochastic=False,
+                                    col_stochastic=False, seed=0, row_offset=0,
+                                    col_offset=None, row_amax=None, col_amax=None,
+                                    rowwise=True, columnwise=True):
+    """Quantize an activation / gradient for all the GEMMs that read it, in one pass.
+
+    ``x`` is ``[..., K]`` (leading dims flattened to M tokens; bf16, fp16 or fp32, any
+    strides). Produces, bit for bit equal to the reference,
+
+    * rowwise: ``reference.quantize_nvfp4(x2d, stochastic=row_stochastic, seed=seed,
+      offset=row_offset, amax=row_amax)``: data ``[M, K/2]``, scale ``[M, K/16]``;
+    * columnwise: ``reference.quantize_nvfp4(pad_M(x2d).T, rht_signs=rht_signs,
+      stochastic=col_stochastic, seed=seed, offset=col_offset, amax=col_amax)``: data
+      ``[K, M_pad/2]``, scale ``[K, M_pad/16]``, with ``M_pad`` = M rounded up to 16 (zero
+      rows, NUMERICS 10).
+
+    Args:
+        rht_signs: 16 signs of the RHT applied (along M) to the columnwise copy, e.g.
+            ``lowprec.reference.DEFAULT_SIGN_VECTOR``; None for no RHT.
+        row_stochastic, col_stochastic: SR per copy (recipe: dY rowwise and columnwise).
+        seed, row_offset, col_offset: Philox key and first counters, ints in [0, 2^64).
+            The copies must not share random words: ``col_offset`` defaults to
+            ``row_offset + counters_used(M, K)[0]`` (mod 2^64), the end of the rowwise
+            range; the caller advances its offset by the sum of ``counters_used(M, K)``.
+        row_amax, col_amax: global amaxes the caller already has (the columnwise one of
+            ``RHT(x^T)`` when RHT is on); measured in one extra read when None.
+        rowwise, columnwise: which copies to produce.
+
+    Returns:
+        ``(row, col)``, each ``(data uint8, scale float8_e4m3fn, amax fp32 0-d)`` or None.
+
+    Raises:
+        TypeError / ValueError naming the bad value.
+    """
+    if not isinstance(x, torch.Tensor) or x.dtype not in (torch.float32, torch.bfloat16,
+                                                          torch.float16):
+        raise TypeError(f"x must be a float32/bfloat16/float16 tensor; got "
+                        f"{getattr(x, 'dtype', type(x).__name__)}")
+    if x.dim() < 1 or (rowwise and x.shape[-1] % 16 != 0):
+        raise ValueError(f"rowwise nvfp4 needs the last dim K % 16 == 0; got shape "
+                         f"{tuple(x.shape)}")
+    x2 = x.detach().reshape(-1, x.shape[-1])
+    signs = _check_signs(rht_signs)
+    for name, value in (("seed", seed), ("row_offset", row_offset), ("col_offset", col_offset)):
+        if value is not None and not 0 <= int(value) < UINT64:
+            raise ValueError(f"{name} must be in [0, 2**64); got {value}")
+    if col_offset is None:
+        col_offset = (int(row_offset) + counters_used(*x2.shape)[0]) % UINT64
+    out = torch.ops.lowprec.triton_quantize_row_col(
+        x2, signs, bool(rowwise), bool(columnwise), bool(row_stochastic),
+        bool(col_stochastic), _to_int64(seed), _to_int64(row_offset), _to_int64(col_offset),
+        _scalar_or_none(row_amax, x.device), _scalar_or_none(col_amax, x.device))
+    return (tuple(out[:3]) if rowwise else None), (tuple(out[3:]) if columnwise else None)
+
+
+def quantize_weight_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0, amax=None):
+    """16x16-scaled NVFP4 of a weight ``w [N, K]`` (N, K multiples of 16) from one read.
+
+    Returns ``(row, col)``: ``row`` equals ``reference.quantize_nvfp4(w, block="16x16")``
+    bit for bit; ``col`` (``[K, N/2]`` codes, ``[K, N/16]`` scales, same amax) is the
+    quantized ``W^T`` whose codes are exactly the transpose of ``row``'s (NUMERICS 5), or
+    None unless ``columnwise``.
+    """
+    if w.dim() != 2 or w.shape[0] % 16 or w.shape[1] % 16:
+        raise ValueError(f"2-D weight quantization needs [N, K] with N % 16 == 0 and "
+                         f"K % 16 == 0; got shape {tuple(w.shape)}")
+    out = torch.ops.lowprec.triton_quantize_weight_2d(
+        w.detach(), bool(columnwise), bool(stochastic), _to_int64(seed), _to_int64(offset),
+        _scalar_or_none(amax, w.device))
+    return tuple(out[:3]), (tuple(out[3:]) if columnwise else None)
+
+
+def _check_signs(rht_signs):
+    if rht_signs is None:
+        return None
+    signs = [int(s) for s in torch.as_tensor(rht_signs).flatten().tolist()]
+    if len(signs) != 16 or any(s not in (1, -1) for s in signs):
+        raise ValueError(f"rht_signs must be 16 entries of +1/-1; got {rht_signs!r}")
+    return signs

@@ -1,0 +1,89 @@
+"""FP8 (E4M3) with one FP32 scale per row, and the FP8 GEMM (NUMERICS 9).
+
+Quantize: ``scale = amax_row / 448`` (1 for an all-zero row), ``q = e4m3_rne(clamp(x /
+scale, -448, 448))`` with a correctly rounded division (``tl.div_rn``). A program owns
+``BLOCK_R`` rows and walks K twice: once for the row amaxes (a NaN-propagating max on
+the bits of |x|), once to encode; the second read of a row hits L2.
+
+GEMM: ``torch._scaled_mm`` with row-wise scales on GPUs with FP8 tensor cores (sm_89+)
+for bf16 output (the combination cuBLASLt/CUTLASS support), FP32 accumulation
+(``use_fast_accum=False``); anything else runs the reference emulation, which has the same
+semantics: ``(qA @ qB^T in FP32) * scale_a * scale_b^T + bias``.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from lowprec import reference
+from lowprec.kernels import nvfp4_math as nm
+from lowprec.kernels.config import input_view, interpreting, launch_options
+
+
+@triton.jit
+def _quantize_fp8_kernel(x_ptr, data_ptr, scale_ptr, R, K, stride_r, stride_k,
+                         X_KIND: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < R
+
+    amax_bits = tl.zeros([BLOCK_R], dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        x = nm.load_f32(x_ptr + nm.offsets_2d(rows, cols, stride_r, stride_k),
+                        row_ok[:, None] & (cols < K)[None, :], X_KIND)
+        amax_bits = tl.maximum(amax_bits, tl.max(nm.abs_bits(x), axis=1))
+    amax = amax_bits.to(tl.float32, bitcast=True)              # Inf and NaN stay as they are
+    scale = tl.where(amax == 0.0, 1.0, tl.div_rn(amax, 448.0))
+    tl.store(scale_ptr + rows, scale, mask=row_ok)
+
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        mask = row_ok[:, None] & (cols < K)[None, :]
+        x = nm.load_f32(x_ptr + nm.offsets_2d(rows, cols, stride_r, stride_k), mask, X_KIND)
+        v = tl.div_rn(x, tl.broadcast_to(scale[:, None], [BLOCK_R, BLOCK_K]))
+        v = tl.where(v > 448.0, 448.0, tl.where(v < -448.0, -448.0, v))   # NaN stays NaN
+        _, byte = nm.e4m3_rne(v)
+        tl.store(data_ptr + nm.offsets_2d(rows, cols, K, 1), byte.to(tl.uint8), mask=mask)
+
+
+def quantize_fp8(x):
+    """Per-row E4M3 of ``x [..., K]``: ``(data float8_e4m3fn [..., K], scale fp32 [..., 1])``."""
+    k = x.shape[-1]
+    x2 = x.reshape(-1, k) if x.dim() != 2 else x
+    r = x2.shape[0]
+    data = torch.empty(r, k, dtype=torch.uint8, device=x.device)
+    scale = torch.empty(r, 1, dtype=torch.float32, device=x.device)
+    if x2.numel() > 0:
+        view, kind = input_view(x2)
+        if interpreting():
+            block_r = min(64, triton.next_power_of_2(r))
+            block_k = min(1024, triton.next_power_of_2(k))
+        else:
+            block_r, block_k = 4, 512
+        _quantize_fp8_kernel[(triton.cdiv(r, block_r),)](
+            view, data, scale, r, k, view.stride(0), view.stride(1),
+            X_KIND=kind, BLOCK_R=block_r, BLOCK_K=block_k, num_warps=4, **launch_options())
+    elif k == 0:
+        scale.fill_(1.0)
+    lead = x.shape[:-1]
+    return data.view(torch.float8_e4m3fn).reshape(*lead, k), scale.reshape(*lead, 1)
+
+
+def _native_scaled_mm_ok(a_data, b_data, bias, out_dtype):
+    if not a_data.is_cuda or interpreting():
+        return False
+    if torch.cuda.get_device_capability(a_data.device) < (8, 9):
+        return False
+    k, n = a_data.shape[1], b_data.shape[0]
+    return (out_dtype == torch.bfloat16 and k % 16 == 0 and n % 16 == 0
+            and (bias is None or bias.dtype == torch.bfloat16))
+
+
+def fp8_gemm(a_data, a_scale, b_data, b_scale, bias=None, out_dtype=torch.bfloat16):
+    """``a [M, K] @ b [N, K]^T`` of per-row-scaled E4M3 operands, FP32 accumulation."""
+    if _native_scaled_mm_ok(a_data, b_data, bias, out_dtype):
+        return torch._scaled_mm(a_data.contiguous(), b_data.contiguous().t(),
+                                scale_a=a_scale.reshape(-1, 1).float().contiguous(),
+                                scale_b=b_scale.reshape(1, -1).float().contiguous(),
+                                bias=bias, out_dtype=out_dtype, use_fast_accum=False)
+    return reference.fp8_gemm(a_data, a_scale, b_data, b_scale, bias=bias, out_dtype=out_dtype)

@@ -1,0 +1,185 @@
+"""Fused NVFP4 1x16 quantization of activations and gradients (NUMERICS 2-7, 10).
+
+One launch reads a ``[M, K]`` tensor x (bf16, fp16 or fp32, any strides) once and writes
+
+* the **rowwise** copy: x quantized along K in blocks of 16 (fprop / dgrad operand),
+  data ``[M, K/2]``, scales ``[M, K/16]``;
+* when asked, the **columnwise** copy: ``x^T`` (``[K, M]``, M zero-padded to ``M_pad``, a
+  multiple of 16) quantized along M, optionally after the 16-point RHT along M (the
+  wgrad operand), data ``[K, M_pad/2]``, scales ``[K, M_pad/16]``.
+
+Each copy has its own global amax (given by the caller, or measured first by
+``amax.amax_row_col`` in one extra read) and its own rounding: RNE or stochastic with
+Philox words from ``(seed, offset)``. The flat index ``i`` that picks a random word is
+taken in the tensor as quantized (NUMERICS 4.1): ``m * K + k`` for the rowwise copy and
+``k * M_pad + m`` for the columnwise one. Both copies share ``seed``; their counter
+ranges are ``[row_offset, row_offset + ceil(M*K/4))`` and
+``[col_offset, col_offset + K*M_pad/4)`` (mod 2^64), which the caller keeps disjoint;
+``quantize_rowwise_and_columnwise`` defaults ``col_offset`` to the end of the row range.
+
+A program owns a tile of ``16 * CHUNKS`` rows by ``BLOCK_K`` columns. The rowwise copy
+blocks the tile's rows into 16-column groups; the columnwise copy blocks its columns into
+16-row chunks, applies the RHT across each chunk (an in-register butterfly), and packs a
+chunk's 16 codes of one column into the 8 contiguous bytes (one int64) they occupy in
+the transposed copy, so the transpose costs no extra pass.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from lowprec.kernels import nvfp4_math as nm
+from lowprec.kernels.amax import amax_row_col
+from lowprec.kernels.config import (as_uint64, input_view, interpreting, launch_options,
+                                    pad16, quarter_signs, tile_config)
+
+
+@triton.jit(do_not_specialize=["seed", "row_offset", "col_offset"])
+def _quantize_1x16_kernel(
+        x_ptr, M, K, stride_m, stride_k, signs_ptr,
+        row_amax_ptr, col_amax_ptr, row_amax_out_ptr, col_amax_out_ptr,
+        row_data_ptr, row_scale_ptr, col_words_ptr, col_scale_ptr, col_blocks,
+        seed: tl.uint64, row_offset: tl.uint64, col_offset: tl.uint64,
+        X_KIND: tl.constexpr, ROW: tl.constexpr, COL: tl.constexpr, COL_RHT: tl.constexpr,
+        ROW_SR: tl.constexpr, COL_SR: tl.constexpr,
+        CHUNKS: tl.constexpr, BLOCK_K: tl.constexpr, HW_BF16: tl.constexpr):
+    ROWS: tl.constexpr = 16 * CHUNKS
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    first_program = (pid_m == 0) & (pid_k == 0)
+    rows = pid_m * ROWS + tl.arange(0, ROWS)
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    row_ok = rows < M
+    col_ok = cols < K
+    x = nm.load_f32(x_ptr + nm.offsets_2d(rows, cols, stride_m, stride_k),
+                    row_ok[:, None] & col_ok[None, :], X_KIND)
+
+    if ROW:
+        amax = nm.canonical_amax(tl.load(row_amax_ptr))
+        if first_program:
+            tl.store(row_amax_out_ptr, amax)
+        factor, s_dec = nm.encode_constants(amax)
+        blocks = tl.reshape(x, [ROWS, BLOCK_K // 16, 16])
+        abs_blocks = nm.abs_bits(blocks)
+        s_byte, enc = nm.block_scale_and_encode(tl.max(abs_blocks, axis=2), factor, s_dec)
+        words = None
+        if ROW_SR:
+            # Element (m, k) is i = m*K + k: counter row_offset + i // 4, word i % 4.
+            first = (rows.to(tl.int64) * K + pid_k * BLOCK_K) // 4
+            counters = first[:, None] + tl.arange(0, BLOCK_K // 4)[None, :]
+            counters = counters.to(tl.uint64) + row_offset.to(tl.uint64)
+            words = tl.reshape(nm.philox_words(seed, counters), [ROWS, BLOCK_K // 16, 16])
+        codes = nm.encode_codes(abs_blocks, blocks, enc[:, :, None], words, ROW_SR)
+        data = nm.pack_pairs(tl.reshape(codes, [ROWS, BLOCK_K]), ROWS, BLOCK_K)
+        half = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+        tl.store(row_data_ptr + rows[:, None].to(tl.int64) * (K // 2) + half[None, :], data,
+                 mask=row_ok[:, None] & (half < K // 2)[None, :])
+        sixteenth = pid_k * (BLOCK_K // 16) + tl.arange(0, BLOCK_K // 16)
+        tl.store(row_scale_ptr + rows[:, None].to(tl.int64) * (K // 16) + sixteenth[None, :],
+                 s_byte.to(tl.uint8), mask=row_ok[:, None] & (sixteenth < K // 16)[None, :])
+
+    if COL:
+        amax = nm.canonical_amax(tl.load(col_amax_ptr))
+        if first_program:
+            tl.store(col_amax_out_ptr, amax)
+        factor, s_dec = nm.encode_constants(amax)
+        y = x
+        if COL_RHT:
+            y = nm.to_bf16(nm.rht_rows(x, signs_ptr, ROWS, BLOCK_K), HW_BF16)
+        chunks = tl.reshape(y, [CHUNKS, 16, BLOCK_K])
+        abs_chunks = nm.abs_bits(chunks)
+        s_byte, enc = nm.block_scale_and_encode(tl.max(abs_chunks, axis=1), factor, s_dec)
+        blk = pid_m * CHUNKS + tl.arange(0, CHUNKS)      # 16-row block index along M_pad
+        words = None
+        if COL_SR:
+            # Element (k, m) of the [K, M_pad] copy is i = k*M_pad + m; the 16 rows of a
+            # chunk use 4 consecutive counters, starting at (k*M_pad + 16*blk) // 4.
+            first = cols[None, :].to(tl.int64) * (col_blocks * 4) + blk[:, None] * 4
+            counters = first[:, None, :] + tl.arange(0, 4)[None, :, None]
+            counters = counters.to(tl.uint64) + col_offset.to(tl.uint64)
+            w = nm.philox_words(seed, counters)                  # [CHUNKS, 4, BLOCK_K, 2, 2]
+            words = tl.reshape(tl.permute(w, (0, 1, 3, 4, 2)), [CHUNKS, 16, BLOCK_K])
+        codes = nm.encode_codes(abs_chunks, chunks, enc[:, None, :], words, COL_SR)
+        packed = nm.pack_column_words(codes, CHUNKS, BLOCK_K)
+        out = cols[None, :].to(tl.int64) * col_blocks + blk[:, None]
+        out_ok = (blk < col_blocks)[:, None] & col_ok[None, :]
+        tl.store(col_words_ptr + out, packed, mask=out_ok)
+        tl.store(col_scale_ptr + out, s_byte.to(tl.uint8), mask=out_ok)
+
+
+def _amax_operand(amax, device):
+    return amax.detach().to(device=device, dtype=torch.float32).reshape(1)
+
+
+def quantize_1x16(x, *, row=True, col=False, col_signs=None, row_stochastic=False,
+                  col_stochastic=False, seed=0, row_offset=0, col_offset=0,
+                  row_amax=None, col_amax=None):
+    """Launch the fused kernel on a 2-D ``x [M, K]`` (any strides; no validation here).
+
+    Args:
+        row, col: which copies to produce.
+        col_signs: the 16 RHT signs for the columnwise copy, or None for no RHT.
+        row_stochastic, col_stochastic: SR per copy; seed, row_offset, col_offset: ints
+            in [0, 2^64).
+        row_amax, col_amax: global amaxes the caller has (fp32 scalar tensors; the
+            columnwise one is that of RHT(x^T) when RHT is on); measured when None.
+
+    Returns:
+        ``(row, col)``, each ``(data uint8, scale float8_e4m3fn, amax fp32 0-d)`` or None.
+    """
+    m, k = x.shape
+    m_pad = pad16(m)
+    dev = x.device
+    signs = quarter_signs(col_signs, dev) if (col and col_signs is not None) else None
+    need_row_amax = row and row_amax is None
+    need_col_amax = col and col_amax is None
+    if need_row_amax or need_col_amax:
+        measured = amax_row_col(x, signs if need_col_amax else None)
+        row_amax = measured[0:1] if need_row_amax else row_amax
+        col_amax = measured[1:2] if need_col_amax else col_amax
+    row_amax_in = _amax_operand(row_amax, dev) if row else None
+    col_amax_in = _amax_operand(col_amax, dev) if col else None
+
+    u8 = torch.uint8
+    row_out = col_out = None
+    if row:
+        row_out = (torch.empty(m, k // 2, dtype=u8, device=dev),
+                   torch.empty(m, k // 16, dtype=u8, device=dev),
+                   torch.empty((), dtype=torch.float32, device=dev))
+    if col:
+        col_out = (torch.empty(k, m_pad // 2, dtype=u8, device=dev),
+                   torch.empty(k, m_pad // 16, dtype=u8, device=dev),
+                   torch.empty((), dtype=torch.float32, device=dev))
+
+    if x.numel() == 0:
+        _finish_empty(row_out, row_amax_in, col_out, col_amax_in)
+    else:
+        view, kind = input_view(x)
+        chunks, block_k, warps = tile_config(m, k)
+        grid = (triton.cdiv(m, 16 * chunks), triton.cdiv(k, block_k))
+        anything = view                      # placeholder pointer for unused operands
+        _quantize_1x16_kernel[grid](
+            view, m, k, view.stride(0), view.stride(1),
+            signs if signs is not None else anything,
+            row_amax_in if row else anything, col_amax_in if col else anything,
+            row_out[2] if row else anything, col_out[2] if col else anything,
+            row_out[0] if row else anything, row_out[1] if row else anything,
+            col_out[0].view(torch.int64) if col else anything,
+            col_out[1] if col else anything, m_pad // 16,
+            as_uint64(seed), as_uint64(row_offset), as_uint64(col_offset),
+            X_KIND=kind, ROW=row, COL=col, COL_RHT=signs is not None,
+            ROW_SR=bool(row and row_stochastic), COL_SR=bool(col and col_stochastic),
+            CHUNKS=chunks, BLOCK_K=block_k, HW_BF16=not interpreting(), num_warps=warps,
+            **launch_options())
+
+    def finish(out):
+        return None if out is None else (out[0], out[1].view(torch.float8_e4m3fn), out[2])
+    return finish(row_out), finish(col_out)
+
+
+def _finish_empty(row_out, row_amax, col_out, col_amax):
+    """Empty input: nothing to encode; the amax is 0, or the caller's (made canonical)."""
+    for out, amax in ((row_out, row_amax), (col_out, col_amax)):
+        if out is not None:
+            value = amax.reshape(()) if amax is not None else out[2].new_zeros(())
+            out[2].copy_(torch.where(torch.isfinite(value), value, float("nan")))
