@@ -22,7 +22,7 @@ Load-bearing details (each one changes bits if "simplified"):
 * The RHT sums its 16 terms ``x_j * M[j, k]`` (exact products, ``M = diag(s) H``) as a
   balanced pairwise tree in index order, ((t0+t1)+(t2+t3))+..., which is exactly what a
   radix-2 fast Walsh-Hadamard butterfly (stage on index bit 0 first) computes; then one
-  rounding to bf16.
+  rounding to bf16. A NaN output is the bf16 pattern 0xFFFF on every device.
 * Philox4x32-10 is computed in int64 with 16-bit limbs so that no product overflows.
 """
 
@@ -253,7 +253,11 @@ def rht(x, sign_vector=DEFAULT_SIGN_VECTOR):
     terms = chunks[:, :, None] * m[None, :, :]          # [n, j, k], exact products
     while terms.shape[1] > 1:                            # balanced tree over j
         terms = terms[:, 0::2, :] + terms[:, 1::2, :]
-    return terms[:, 0, :].reshape(x.shape).to(torch.bfloat16)
+    out = terms[:, 0, :].reshape(x.shape).to(torch.bfloat16)
+    # The sign of a NaN made by the sums differs between torch's CPU and CUDA paths; pin
+    # it to 0xFFFF so the reference gives the same bits on every device.
+    nan = torch.tensor(-1, dtype=torch.int16, device=x.device).view(torch.bfloat16)
+    return torch.where(torch.isnan(out), nan, out)
 
 
 # ----------------------------------------------------------------------------------

@@ -1,0 +1,62 @@
+// Registers the ops of the extension with PyTorch's dispatcher under the namespace
+// lowprec_C (torch.ops.lowprec_C.*). Schemas live here; CPU kernels are registered here,
+// CUDA kernels in cuda_ops.cpp (built only with CUDA), fake (meta) kernels from Python
+// in lowprec/_C.py. The module has no Python functions: importing it runs the static
+// registrations below, so it needs neither pybind11 nor libtorch_python.
+//
+// Argument conventions (see lowprec/_C.py, which converts from the Python API):
+//   rht_mask  -1: no RHT; else bit j set where sign j of the RHT sign vector is -1
+//   seed, offset  uint64 values carried as int64 (two's complement)
+#include <Python.h>
+
+#include <torch/library.h>
+
+#include "ops.h"
+
+TORCH_LIBRARY(lowprec_C, m) {
+  // [..., K] -> (data uint8 [..., K/2], scale float8_e4m3fn [..., K/16], amax fp32 0-d);
+  // block_rows 1 (1x16) or 16 (16x16 tiles, tile scale repeated per row).
+  m.def(
+      "quantize_nvfp4(Tensor x, int block_rows, int rht_mask, bool stochastic, int seed, "
+      "int offset, Tensor? amax) -> (Tensor, Tensor, Tensor)");
+  // x [..., K] seen as [M, K]: the rowwise copy (no RHT) and the columnwise copy of the
+  // zero-padded transpose [K, M_pad] (RHT along M when rht_mask >= 0), one pass. A copy
+  // not asked for comes back as empty placeholders (data [0], scale [0], amax 0-d).
+  m.def(
+      "quantize_nvfp4_rowcol(Tensor x, int rht_mask, bool rowwise, bool columnwise, "
+      "bool row_stochastic, bool col_stochastic, int seed, int row_offset, int col_offset, "
+      "Tensor? row_amax, Tensor? col_amax) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // 16x16-scaled W [N, K]: the rowwise copy and (if columnwise) the transposed copy
+  // [K, N/2] whose codes and scales are exactly the transpose of the rowwise ones.
+  m.def(
+      "quantize_nvfp4_2d(Tensor w, bool columnwise, bool stochastic, int seed, int offset, "
+      "Tensor? amax) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // e2m1(q) * f32(s_b) in FP32: what a GEMM reads (no global scale).
+  m.def("block_dequantize_nvfp4(Tensor data, Tensor scale) -> Tensor");
+  // E4M3 with one FP32 scale per row: (data [..., K], scale [..., 1]).
+  m.def("quantize_fp8_rowwise(Tensor x) -> (Tensor, Tensor)");
+  // Element functions of nvfp4_math.h, for exhaustive tests (CPU only).
+  m.def("philox(int seed, Tensor counters) -> Tensor");
+  m.def("e4m3_round(Tensor v) -> Tensor");
+  m.def("e2m1_round(Tensor v, Tensor? words) -> Tensor");
+  m.def("rht(Tensor x, int rht_mask) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(lowprec_C, CPU, m) {
+  m.impl("quantize_nvfp4", &lowprec::cpu::quantize_nvfp4);
+  m.impl("quantize_nvfp4_rowcol", &lowprec::cpu::quantize_nvfp4_rowcol);
+  m.impl("quantize_nvfp4_2d", &lowprec::cpu::quantize_nvfp4_2d);
+  m.impl("block_dequantize_nvfp4", &lowprec::cpu::block_dequantize_nvfp4);
+  m.impl("quantize_fp8_rowwise", &lowprec::cpu::quantize_fp8_rowwise);
+  m.impl("philox", &lowprec::cpu::philox);
+  m.impl("e4m3_round", &lowprec::cpu::e4m3_round);
+  m.impl("e2m1_round", &lowprec::cpu::e2m1_round);
+  m.impl("rht", &lowprec::cpu::rht);
+}
+
+// An importable, empty Python module: `import lowprec._lowprec_C` loads the library.
+extern "C" PyObject* PyInit__lowprec_C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_lowprec_C", nullptr, -1,
+                                          nullptr, nullptr, nullptr, nullptr, nullptr};
+  return PyModule_Create(&module_def);
+}

@@ -1,0 +1,205 @@
+// CUDA implementations of the quantize ops: validation, allocation and launches on the
+// current stream. Built only into the CUDA extension (LOWPREC_WITH_CUDA); the kernels
+// are in quantize.cu behind the plain-pointer API of quantize_cuda.h.
+//
+// When the caller gives no amax, an amax launch accumulates it on the device first, so
+// nothing here synchronizes with the host.
+#include "ops.h"
+#include "quantize_cuda.h"
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <stdint.h>
+
+#include <vector>
+
+namespace lowprec::cuda_ops {
+namespace {
+
+using cuda::AmaxIn;
+using cuda::InputType;
+using cuda::QuantOut;
+using cuda::Rounding;
+
+InputType input_type(const at::Tensor& x) {
+  switch (x.scalar_type()) {
+    case at::kFloat: return InputType::kFloat32;
+    case at::kBFloat16: return InputType::kBFloat16;
+    default: return InputType::kFloat16;  // check_quantize_args allowed only these three
+  }
+}
+
+// Contiguous, and 16-byte aligned for the kernels' vector loads (a view with an odd
+// storage offset is copied).
+at::Tensor kernel_input(const at::Tensor& x_in) {
+  TORCH_CHECK_VALUE(x_in.is_cuda(), "expected a CUDA tensor; got device ", x_in.device());
+  at::Tensor x = x_in.contiguous();
+  if (reinterpret_cast<uintptr_t>(x.const_data_ptr()) % 16 != 0) x = x.clone();
+  return x;
+}
+
+int64_t leading_rows(const at::Tensor& x) {
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
+  return rows;
+}
+
+std::vector<int64_t> with_last(at::IntArrayRef shape, int64_t last) {
+  std::vector<int64_t> s(shape.begin(), shape.end());
+  s.back() = last;
+  return s;
+}
+
+// A caller-given amax as a device FP32 pointer; `keep` owns the converted copy.
+AmaxIn given_amax(const at::Tensor& amax, const at::Tensor& x, at::Tensor& keep) {
+  TORCH_CHECK_VALUE(amax.numel() == 1, "amax must hold one value; got shape ", amax.sizes());
+  keep = amax.to(x.device(), at::kFloat).contiguous();
+  return AmaxIn{keep.const_data_ptr<float>(), nullptr};
+}
+
+at::Tensor amax_bits_buffer(const at::Tensor& x, int64_t n) {
+  return at::zeros({n}, x.options().dtype(at::kInt));  // memset on the current stream
+}
+
+uint32_t* bits_ptr(at::Tensor& bits) {
+  return reinterpret_cast<uint32_t*>(bits.mutable_data_ptr<int32_t>());
+}
+
+struct Outputs {
+  at::Tensor data, scale, amax;
+  QuantOut ptrs() {
+    return QuantOut{data.mutable_data_ptr<uint8_t>(), static_cast<uint8_t*>(scale.mutable_data_ptr()),
+                    amax.mutable_data_ptr<float>()};
+  }
+};
+
+Outputs allocate(const at::Tensor& x, std::vector<int64_t> rows_shape, int64_t cols) {
+  rows_shape.push_back(cols / 2);
+  at::Tensor data = at::empty(rows_shape, x.options().dtype(at::kByte));
+  rows_shape.back() = cols / 16;
+  at::Tensor scale = at::empty(rows_shape, x.options().dtype(at::kFloat8_e4m3fn));
+  return Outputs{data, scale, at::empty({}, x.options().dtype(at::kFloat))};
+}
+
+Rounding rounding(bool stochastic, int64_t seed, int64_t offset) {
+  return Rounding{stochastic, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset)};
+}
+
+Triple quantize_nvfp4(const at::Tensor& x_in, int64_t block_rows, int64_t rht_mask,
+                      bool stochastic, int64_t seed, int64_t offset,
+                      const std::optional<at::Tensor>& amax) {
+  check_quantize_args(x_in, block_rows, rht_mask, "quantize_nvfp4");
+  at::Tensor x = kernel_input(x_in);
+  c10::cuda::CUDAGuard guard(x.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t cols = x.size(-1), rows = leading_rows(x);
+  const int32_t mask = static_cast<int32_t>(rht_mask);
+  std::vector<int64_t> lead(x.sizes().begin(), x.sizes().end() - 1);
+  Outputs out = allocate(x, lead, cols);
+
+  at::Tensor keep;
+  AmaxIn source{};
+  if (amax.has_value()) {
+    source = given_amax(*amax, x, keep);
+  } else {
+    keep = amax_bits_buffer(x, 1);
+    C10_CUDA_CHECK(cuda::launch_amax(x.const_data_ptr(), input_type(x), rows, cols, mask,
+                                     bits_ptr(keep), stream));
+    source = AmaxIn{nullptr, bits_ptr(keep)};
+  }
+  C10_CUDA_CHECK(cuda::launch_quantize(x.const_data_ptr(), input_type(x), rows, cols,
+                                       static_cast<int>(block_rows), mask, source,
+                                       rounding(stochastic, seed, offset), out.ptrs(),
+                                       QuantOut{nullptr, nullptr, nullptr}, stream));
+  return {out.data, out.scale, out.amax};
+}
+
+Triple absent_copy(const at::Tensor& x) {
+  return {at::empty({0}, x.options().dtype(at::kByte)),
+          at::empty({0}, x.options().dtype(at::kFloat8_e4m3fn)),
+          at::empty({}, x.options().dtype(at::kFloat))};
+}
+
+TwoTriples quantize_nvfp4_2d(const at::Tensor& w_in, bool columnwise, bool stochastic,
+                             int64_t seed, int64_t offset, const std::optional<at::Tensor>& amax) {
+  check_quantize_args(w_in, 16, -1, "quantize_nvfp4_2d");
+  TORCH_CHECK_VALUE(w_in.dim() == 2, "quantize_nvfp4_2d takes a 2-D weight [N, K]; got shape ",
+                    w_in.sizes());
+  at::Tensor w = kernel_input(w_in);
+  c10::cuda::CUDAGuard guard(w.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t n = w.size(0), k = w.size(1);
+  Outputs row = allocate(w, {n}, k);
+  Outputs col = columnwise ? allocate(w, {k}, n) : Outputs{};
+  at::Tensor keep;
+  AmaxIn source{};
+  if (amax.has_value()) {
+    source = given_amax(*amax, w, keep);
+  } else {
+    keep = amax_bits_buffer(w, 1);
+    C10_CUDA_CHECK(cuda::launch_amax(w.const_data_ptr(), input_type(w), n, k, -1,
+                                     bits_ptr(keep), stream));
+    source = AmaxIn{nullptr, bits_ptr(keep)};
+  }
+  C10_CUDA_CHECK(cuda::launch_quantize(
+      w.const_data_ptr(), input_type(w), n, k, 16, -1, source, rounding(stochastic, seed, offset),
+      row.ptrs(), columnwise ? col.ptrs() : QuantOut{nullptr, nullptr, nullptr}, stream));
+  Triple col_out = columnwise ? Triple{col.data, col.scale, col.amax} : absent_copy(w);
+  return std::tuple_cat(Triple{row.data, row.scale, row.amax}, col_out);
+}
+
+TwoTriples quantize_nvfp4_rowcol(const at::Tensor& x_in, int64_t rht_mask, bool rowwise,
+                                 bool columnwise, bool row_stochastic, bool col_stochastic,
+                                 int64_t seed, int64_t row_offset, int64_t col_offset,
+                                 const std::optional<at::Tensor>& row_amax,
+                                 const std::optional<at::Tensor>& col_amax) {
+  if (!columnwise) {  // the plain 1x16 kernel needs no shared-memory transpose
+    Triple row = rowwise ? quantize_nvfp4(x_in, 1, -1, row_stochastic, seed, row_offset, row_amax)
+                         : absent_copy(x_in);
+    return std::tuple_cat(row, absent_copy(x_in));
+  }
+  check_quantize_args(x_in, 1, rht_mask, "quantize_nvfp4_rowcol");
+  at::Tensor x = kernel_input(x_in);
+  c10::cuda::CUDAGuard guard(x.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t cols = x.size(-1), rows = leading_rows(x);
+  const int64_t padded = (rows + 15) / 16 * 16;
+  const int32_t mask = static_cast<int32_t>(rht_mask);
+  std::vector<int64_t> lead(x.sizes().begin(), x.sizes().end() - 1);
+  Outputs row = rowwise ? allocate(x, lead, cols) : Outputs{};
+  Outputs col = allocate(x, {cols}, padded);
+
+  at::Tensor keep_row, keep_col, bits;
+  if ((rowwise && !row_amax.has_value()) || !col_amax.has_value()) {
+    bits = amax_bits_buffer(x, 2);
+    C10_CUDA_CHECK(cuda::launch_rowcol_amax(x.const_data_ptr(), input_type(x), rows, cols, mask,
+                                            bits_ptr(bits), stream));
+  }
+  AmaxIn row_source{}, col_source{};
+  if (rowwise) {
+    row_source = row_amax.has_value() ? given_amax(*row_amax, x, keep_row)
+                                      : AmaxIn{nullptr, bits_ptr(bits)};
+  }
+  col_source = col_amax.has_value() ? given_amax(*col_amax, x, keep_col)
+                                    : AmaxIn{nullptr, bits_ptr(bits) + 1};
+  C10_CUDA_CHECK(cuda::launch_rowcol_quantize(
+      x.const_data_ptr(), input_type(x), rows, cols, mask, rowwise, true, row_source, col_source,
+      rounding(row_stochastic, seed, row_offset), rounding(col_stochastic, seed, col_offset),
+      rowwise ? row.ptrs() : QuantOut{nullptr, nullptr, nullptr}, col.ptrs(), stream));
+  Triple row_out = rowwise ? Triple{row.data, row.scale, row.amax} : absent_copy(x);
+  return std::tuple_cat(row_out, Triple{col.data, col.scale, col.amax});
+}
+
+}  // namespace
+}  // namespace lowprec::cuda_ops
+
+TORCH_LIBRARY_IMPL(lowprec_C, CUDA, m) {
+  m.impl("quantize_nvfp4", &lowprec::cuda_ops::quantize_nvfp4);
+  m.impl("quantize_nvfp4_rowcol", &lowprec::cuda_ops::quantize_nvfp4_rowcol);
+  m.impl("quantize_nvfp4_2d", &lowprec::cuda_ops::quantize_nvfp4_2d);
+}

@@ -1,0 +1,403 @@
+// CPU implementation of the quantize ops: plain loops over nvfp4_math.h, parallel over
+// rows. Besides being the fast CPU path, this file is how CI proves the element math of
+// the CUDA kernels equal to the reference without a GPU: both compile the same header.
+//
+// Each op works in two steps, like the reference: first the values to quantize (the
+// input as FP32, after the optional RHT, transposed and zero-padded for a columnwise
+// copy), then the amax, the scales and the codes of each 16-element block.
+#include "nvfp4_math.h"
+#include "ops.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <c10/util/Exception.h>
+
+#include <string.h>
+
+#include <vector>
+
+namespace lowprec::cpu {
+namespace {
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "packed codes are copied out as little-endian 64-bit words");
+
+constexpr int64_t kRowGrain = 16;
+
+uint64_t as_u64(int64_t v) { return static_cast<uint64_t>(v); }
+
+void check_float_input(const at::Tensor& x, const char* op) {
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 ||
+                       x.scalar_type() == at::kHalf,
+                   op, " takes float32, bfloat16 or float16 input; got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() >= 1, op, " needs at least one dimension");
+}
+
+float read_f32(const float* p, int64_t i) { return p[i]; }
+float read_f32(const c10::BFloat16* p, int64_t i) { return static_cast<float>(p[i]); }
+float read_f32(const c10::Half* p, int64_t i) { return static_cast<float>(p[i]); }
+
+// Calls f(typed pointer) for the three input dtypes.
+template <typename F>
+void with_input(const at::Tensor& x, F&& f) {
+  switch (x.scalar_type()) {
+    case at::kFloat: f(x.const_data_ptr<float>()); break;
+    case at::kBFloat16: f(x.const_data_ptr<c10::BFloat16>()); break;
+    case at::kHalf: f(x.const_data_ptr<c10::Half>()); break;
+    default: TORCH_CHECK(false, "unsupported dtype ", x.scalar_type());
+  }
+}
+
+// out[r, k] = x[r, k] as FP32, with the RHT along k when rht_mask >= 0. x: [rows, cols].
+template <typename T>
+void prepare_rows(const T* x, int64_t rows, int64_t cols, int64_t rht_mask, float* out) {
+  at::parallel_for(0, rows, kRowGrain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t c = 0; c < cols; c += 16) {
+        float v[16];
+        for (int j = 0; j < 16; ++j) v[j] = read_f32(x, r * cols + c + j);
+        if (rht_mask >= 0) rht16_to_bf16(v, static_cast<uint32_t>(rht_mask));
+        memcpy(out + r * cols + c, v, sizeof v);
+      }
+    }
+  });
+}
+
+// out[k, m] = x[m, k] for m < rows, 0 for rows <= m < padded_rows, with the RHT along m.
+// x: [rows, cols]; out: [cols, padded_rows]. The zero padding of NUMERICS 10.
+template <typename T>
+void prepare_columns(const T* x, int64_t rows, int64_t cols, int64_t padded_rows,
+                     int64_t rht_mask, float* out) {
+  at::parallel_for(0, cols, kRowGrain, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      for (int64_t m = 0; m < padded_rows; m += 16) {
+        float v[16];
+        for (int j = 0; j < 16; ++j) v[j] = m + j < rows ? read_f32(x, (m + j) * cols + k) : 0.0f;
+        if (rht_mask >= 0) rht16_to_bf16(v, static_cast<uint32_t>(rht_mask));
+        memcpy(out + k * padded_rows + m, v, sizeof v);
+      }
+    }
+  });
+}
+
+float tensor_amax(const float* x, int64_t n) {
+  uint32_t bits = at::parallel_reduce(
+      0, n, 1 << 16, 0u,
+      [&](int64_t i0, int64_t i1, uint32_t acc) {
+        for (int64_t i = i0; i < i1; ++i) acc = max_u32(acc, abs_bits(x[i]));
+        return acc;
+      },
+      [](uint32_t a, uint32_t b) { return max_u32(a, b); });
+  return amax_from_abs_bits(bits);
+}
+
+float given_amax(const at::Tensor& amax) {
+  TORCH_CHECK_VALUE(amax.numel() == 1, "amax must hold one value; got shape ", amax.sizes());
+  return canonical_amax(amax.to(at::kFloat).contiguous().const_data_ptr<float>()[0]);
+}
+
+at::Tensor scalar_f32(float v, const at::TensorOptions& like) {
+  at::Tensor t = at::empty({}, like.dtype(at::kFloat));
+  t.mutable_data_ptr<float>()[0] = v;
+  return t;
+}
+
+// Product of all dims but the last (the row count, also when K == 0).
+int64_t leading_rows(const at::Tensor& x) {
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
+  return rows;
+}
+
+std::vector<int64_t> with_last(at::IntArrayRef shape, int64_t last) {
+  std::vector<int64_t> s(shape.begin(), shape.end());
+  s.back() = last;
+  return s;
+}
+
+// Quantizes the prepared FP32 values xf [rows, cols] in 1x16 or 16x16 blocks into
+// data [rows, cols/2] and scale [rows, cols/16] (raw bytes). Returns the amax used.
+float quantize_prepared(const float* xf, int64_t rows, int64_t cols, int64_t block_rows,
+                        std::optional<float> amax_given, bool stochastic, uint64_t seed,
+                        uint64_t offset, uint8_t* data, uint8_t* scale) {
+  float amax = amax_given.has_value() ? *amax_given : tensor_amax(xf, rows * cols);
+  TensorScales t = tensor_scales(amax);
+  int64_t blocks = cols / 16;
+  auto load = [&](int64_t r, int64_t b, float (&v)[16]) { memcpy(v, xf + r * cols + b * 16, sizeof v); };
+  auto encode = [&](int64_t r, int64_t b, const float (&v)[16], float block_amax) {
+    // Element (r, b*16) has flat index r*cols + b*16, a multiple of 16.
+    uint64_t counter0 = offset + as_u64((r * cols + b * 16) / 4);
+    EncodedBlock e = quantize16(v, block_amax, t, stochastic, seed, counter0);
+    memcpy(data + r * (cols / 2) + b * 8, &e.codes, 8);  // little-endian: nibble j = element j
+    scale[r * blocks + b] = static_cast<uint8_t>(e.scale);
+  };
+  if (block_rows == 1) {
+    at::parallel_for(0, rows, kRowGrain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        for (int64_t b = 0; b < blocks; ++b) {
+          float v[16];
+          load(r, b, v);
+          encode(r, b, v, amax_from_abs_bits(block_abs_bits(v)));
+        }
+      }
+    });
+  } else {  // 16x16 tiles: one amax over 16 rows, the tile scale repeated per row
+    at::parallel_for(0, rows / 16, 1, [&](int64_t g0, int64_t g1) {
+      for (int64_t g = g0; g < g1; ++g) {
+        for (int64_t b = 0; b < blocks; ++b) {
+          float v[16];
+          uint32_t tile_bits = 0u;
+          for (int64_t r = g * 16; r < g * 16 + 16; ++r) {
+            load(r, b, v);
+            tile_bits = max_u32(tile_bits, block_abs_bits(v));
+          }
+          for (int64_t r = g * 16; r < g * 16 + 16; ++r) {
+            load(r, b, v);
+            encode(r, b, v, amax_from_abs_bits(tile_bits));
+          }
+        }
+      }
+    });
+  }
+  return amax;
+}
+
+// Placeholder outputs of a copy the caller did not ask for.
+Triple absent_copy(const at::Tensor& x) {
+  return {at::empty({0}, x.options().dtype(at::kByte)),
+          at::empty({0}, x.options().dtype(at::kFloat8_e4m3fn)),
+          at::empty({}, x.options().dtype(at::kFloat))};
+}
+
+Triple quantize_rows(const at::Tensor& x, int64_t block_rows, int64_t rht_mask, bool stochastic,
+                     int64_t seed, int64_t offset, const std::optional<at::Tensor>& amax) {
+  int64_t cols = x.size(-1);
+  int64_t rows = leading_rows(x);
+  at::Tensor xf = at::empty({rows, cols}, x.options().dtype(at::kFloat));
+  with_input(x, [&](auto* p) { prepare_rows(p, rows, cols, rht_mask, xf.mutable_data_ptr<float>()); });
+  at::Tensor data = at::empty(with_last(x.sizes(), cols / 2), x.options().dtype(at::kByte));
+  at::Tensor scale = at::empty(with_last(x.sizes(), cols / 16), x.options().dtype(at::kFloat8_e4m3fn));
+  std::optional<float> given;
+  if (amax.has_value()) given = given_amax(*amax);
+  float used = quantize_prepared(xf.const_data_ptr<float>(), rows, cols, block_rows, given,
+                                 stochastic, as_u64(seed), as_u64(offset),
+                                 data.mutable_data_ptr<uint8_t>(),
+                                 static_cast<uint8_t*>(scale.mutable_data_ptr()));
+  return {data, scale, scalar_f32(used, x.options())};
+}
+
+}  // namespace
+
+Triple quantize_nvfp4(const at::Tensor& x_in, int64_t block_rows, int64_t rht_mask,
+                      bool stochastic, int64_t seed, int64_t offset,
+                      const std::optional<at::Tensor>& amax) {
+  check_quantize_args(x_in, block_rows, rht_mask, "quantize_nvfp4");
+  return quantize_rows(x_in.contiguous(), block_rows, rht_mask, stochastic, seed, offset, amax);
+}
+
+TwoTriples quantize_nvfp4_rowcol(const at::Tensor& x_in, int64_t rht_mask, bool rowwise,
+                                 bool columnwise, bool row_stochastic, bool col_stochastic,
+                                 int64_t seed, int64_t row_offset, int64_t col_offset,
+                                 const std::optional<at::Tensor>& row_amax,
+                                 const std::optional<at::Tensor>& col_amax) {
+  check_quantize_args(x_in, 1, rht_mask, "quantize_nvfp4_rowcol");
+  at::Tensor x = x_in.contiguous();
+  Triple row = rowwise ? quantize_rows(x, 1, -1, row_stochastic, seed, row_offset, row_amax)
+                       : absent_copy(x);
+  if (!columnwise) return std::tuple_cat(row, absent_copy(x));
+
+  // Columnwise copy: the zero-padded transpose [K, M_pad], RHT along M.
+  int64_t cols = x.size(-1), rows = leading_rows(x);
+  int64_t padded = (rows + 15) / 16 * 16;
+  at::Tensor xt = at::empty({cols, padded}, x.options().dtype(at::kFloat));
+  with_input(x, [&](auto* p) {
+    prepare_columns(p, rows, cols, padded, rht_mask, xt.mutable_data_ptr<float>());
+  });
+  at::Tensor col_data = at::empty({cols, padded / 2}, x.options().dtype(at::kByte));
+  at::Tensor col_scale = at::empty({cols, padded / 16}, x.options().dtype(at::kFloat8_e4m3fn));
+  std::optional<float> given;
+  if (col_amax.has_value()) given = given_amax(*col_amax);
+  float col_used = quantize_prepared(xt.const_data_ptr<float>(), cols, padded, 1, given,
+                                     col_stochastic, as_u64(seed), as_u64(col_offset),
+                                     col_data.mutable_data_ptr<uint8_t>(),
+                                     static_cast<uint8_t*>(col_scale.mutable_data_ptr()));
+  return std::tuple_cat(row, Triple{col_data, col_scale, scalar_f32(col_used, x.options())});
+}
+
+TwoTriples quantize_nvfp4_2d(const at::Tensor& w_in, bool columnwise, bool stochastic,
+                             int64_t seed, int64_t offset, const std::optional<at::Tensor>& amax) {
+  check_quantize_args(w_in, 16, -1, "quantize_nvfp4_2d");
+  TORCH_CHECK_VALUE(w_in.dim() == 2, "quantize_nvfp4_2d takes a 2-D weight [N, K]; got shape ",
+                    w_in.sizes());
+  at::Tensor w = w_in.contiguous();
+  Triple row = quantize_rows(w, 16, -1, stochastic, seed, offset, amax);
+  if (!columnwise) return std::tuple_cat(row, absent_copy(w));
+  // The columnwise copy is the exact transpose of the rowwise codes and tile scales
+  // (NUMERICS 5), also under SR: W^T is not quantized again.
+  const int64_t n = w.size(0), k = w.size(1);
+  at::Tensor col_data = at::empty({k, n / 2}, w.options().dtype(at::kByte));
+  at::Tensor col_scale = at::empty({k, n / 16}, w.options().dtype(at::kFloat8_e4m3fn));
+  const uint8_t* rd = std::get<0>(row).const_data_ptr<uint8_t>();
+  const uint8_t* rs = static_cast<const uint8_t*>(std::get<1>(row).const_data_ptr());
+  uint8_t* cd = col_data.mutable_data_ptr<uint8_t>();
+  uint8_t* cs = static_cast<uint8_t*>(col_scale.mutable_data_ptr());
+  at::parallel_for(0, k, kRowGrain, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      for (int64_t r = 0; r < n; r += 2) {
+        uint32_t lo = (rd[r * (k / 2) + c / 2] >> (4 * (c & 1))) & 0xFu;
+        uint32_t hi = (rd[(r + 1) * (k / 2) + c / 2] >> (4 * (c & 1))) & 0xFu;
+        cd[c * (n / 2) + r / 2] = static_cast<uint8_t>(lo | (hi << 4));
+      }
+      for (int64_t g = 0; g < n / 16; ++g) cs[c * (n / 16) + g] = rs[g * 16 * (k / 16) + c / 16];
+    }
+  });
+  at::Tensor col_amax = std::get<2>(row).clone();
+  return std::tuple_cat(row, Triple{col_data, col_scale, col_amax});
+}
+
+at::Tensor block_dequantize_nvfp4(const at::Tensor& data_in, const at::Tensor& scale_in) {
+  TORCH_CHECK_TYPE(data_in.scalar_type() == at::kByte, "data must be uint8; got ",
+                   data_in.scalar_type());
+  TORCH_CHECK_TYPE(scale_in.scalar_type() == at::kFloat8_e4m3fn,
+                   "scale must be float8_e4m3fn; got ", scale_in.scalar_type());
+  at::Tensor data = data_in.contiguous(), scale = scale_in.contiguous();
+  int64_t half = data.size(-1);
+  TORCH_CHECK_VALUE(scale.size(-1) * 8 == half && scale.numel() * 8 == data.numel(),
+                    "scale shape ", scale.sizes(), " does not match data shape ", data.sizes());
+  int64_t blocks = scale.numel();
+  at::Tensor out = at::empty(with_last(data.sizes(), half * 2), data.options().dtype(at::kFloat));
+  const uint8_t* d = data.const_data_ptr<uint8_t>();
+  const uint8_t* s = static_cast<const uint8_t*>(scale.const_data_ptr());
+  float* o = out.mutable_data_ptr<float>();
+  at::parallel_for(0, blocks, 1024, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      float block_scale = e4m3_value(s[b]);
+      for (int j = 0; j < 16; ++j) {
+        uint32_t code = (d[b * 8 + j / 2] >> (4 * (j & 1))) & 0xFu;
+        float value = e2m1_magnitude_value(code & 7u);
+        if (code & 8u) value = -value;
+        o[b * 16 + j] = mul_rn(value, block_scale);  // exact: at most 6 significant bits
+      }
+    }
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_fp8_rowwise(const at::Tensor& x_in) {
+  check_float_input(x_in, "quantize_fp8");
+  at::Tensor x = x_in.contiguous();
+  int64_t cols = x.size(-1);
+  int64_t rows = leading_rows(x);
+  at::Tensor data = at::empty(x.sizes(), x.options().dtype(at::kFloat8_e4m3fn));
+  at::Tensor scale = at::empty(with_last(x.sizes(), 1), x.options().dtype(at::kFloat));
+  uint8_t* d = static_cast<uint8_t*>(data.mutable_data_ptr());
+  float* s = scale.mutable_data_ptr<float>();
+  if (cols == 0) {
+    for (int64_t r = 0; r < scale.numel(); ++r) s[r] = 1.0f;
+    return {data, scale};
+  }
+  with_input(x, [&](auto* p) {
+    at::parallel_for(0, rows, kRowGrain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        // Row amax keeps NaN and Inf as they are (the reference's x.abs().amax(-1)).
+        uint32_t bits = 0u;
+        for (int64_t k = 0; k < cols; ++k) bits = max_u32(bits, abs_bits(read_f32(p, r * cols + k)));
+        float row_scale = fp8_row_scale(float_of(bits));
+        s[r] = row_scale;
+        for (int64_t k = 0; k < cols; ++k) {
+          d[r * cols + k] = static_cast<uint8_t>(fp8_quantize_bits(read_f32(p, r * cols + k), row_scale));
+        }
+      }
+    });
+  });
+  return {data, scale};
+}
+
+at::Tensor philox(int64_t seed, const at::Tensor& counters_in) {
+  TORCH_CHECK_TYPE(counters_in.scalar_type() == at::kLong, "counters must be int64");
+  at::Tensor counters = counters_in.contiguous();
+  at::Tensor out = at::empty({counters.numel(), 4}, counters.options());
+  const int64_t* c = counters.const_data_ptr<int64_t>();
+  int64_t* o = out.mutable_data_ptr<int64_t>();
+  for (int64_t i = 0; i < counters.numel(); ++i) {
+    Words4 w = philox4x32_10(as_u64(seed), as_u64(c[i]));
+    o[4 * i + 0] = w.w0;
+    o[4 * i + 1] = w.w1;
+    o[4 * i + 2] = w.w2;
+    o[4 * i + 3] = w.w3;
+  }
+  return out;
+}
+
+at::Tensor e4m3_round(const at::Tensor& v_in) {
+  TORCH_CHECK_TYPE(v_in.scalar_type() == at::kFloat, "e4m3_round takes float32");
+  at::Tensor v = v_in.contiguous();
+  at::Tensor out = at::empty(v.sizes(), v.options().dtype(at::kFloat8_e4m3fn));
+  const float* p = v.const_data_ptr<float>();
+  uint8_t* o = static_cast<uint8_t*>(out.mutable_data_ptr());
+  at::parallel_for(0, v.numel(), 1 << 14, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) o[i] = static_cast<uint8_t>(e4m3_saturate_bits(p[i]));
+  });
+  return out;
+}
+
+at::Tensor e2m1_round(const at::Tensor& v_in, const std::optional<at::Tensor>& words_in) {
+  TORCH_CHECK_TYPE(v_in.scalar_type() == at::kFloat, "e2m1_round takes float32");
+  at::Tensor v = v_in.contiguous();
+  at::Tensor words;
+  if (words_in.has_value()) {
+    words = words_in->contiguous();
+    TORCH_CHECK_VALUE(words.scalar_type() == at::kLong && words.numel() == v.numel(),
+                      "words must be int64 with one word per value");
+  }
+  at::Tensor out = at::empty(v.sizes(), v.options().dtype(at::kByte));
+  const float* p = v.const_data_ptr<float>();
+  uint8_t* o = out.mutable_data_ptr<uint8_t>();
+  for (int64_t i = 0; i < v.numel(); ++i) {
+    uint32_t mag = words.defined()
+                       ? e2m1_sr_magnitude(abs_of(p[i]), static_cast<uint32_t>(words.const_data_ptr<int64_t>()[i]))
+                       : e2m1_rne_magnitude(abs_of(p[i]));
+    o[i] = static_cast<uint8_t>(mag | (sign_bit(p[i]) << 3));
+  }
+  return out;
+}
+
+at::Tensor rht(const at::Tensor& x_in, int64_t rht_mask) {
+  check_float_input(x_in, "rht");
+  at::Tensor x = x_in.contiguous();
+  int64_t cols = x.size(-1);
+  TORCH_CHECK_VALUE(cols % 16 == 0, "rht needs the last dim to be a multiple of 16");
+  int64_t rows = leading_rows(x);
+  at::Tensor xf = at::empty({rows, cols}, x.options().dtype(at::kFloat));
+  with_input(x, [&](auto* p) { prepare_rows(p, rows, cols, rht_mask, xf.mutable_data_ptr<float>()); });
+  at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kBFloat16));
+  const float* f = xf.const_data_ptr<float>();
+  uint16_t* o = static_cast<uint16_t*>(out.mutable_data_ptr());
+  for (int64_t i = 0; i < xf.numel(); ++i) o[i] = static_cast<uint16_t>(bits_of(f[i]) >> 16);
+  return out;
+}
+
+}  // namespace lowprec::cpu
+
+namespace lowprec {
+
+void check_quantize_args(const at::Tensor& x, int64_t block_rows, int64_t rht_mask,
+                         const char* op) {
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 ||
+                       x.scalar_type() == at::kHalf,
+                   op, " takes float32, bfloat16 or float16 input; got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() >= 1, op, " needs at least one dimension; got a 0-d tensor");
+  TORCH_CHECK_VALUE(x.size(-1) % 16 == 0, op, " needs the last dim K % 16 == 0; got shape ",
+                    x.sizes());
+  TORCH_CHECK_VALUE(block_rows == 1 || block_rows == 16, op,
+                    ": block_rows must be 1 or 16; got ", block_rows);
+  TORCH_CHECK_VALUE(block_rows == 1 || (x.dim() >= 2 && x.size(-2) % 16 == 0), op,
+                    ": 16x16 blocks need the row dim (second-to-last) to be a multiple of 16; "
+                    "got shape ", x.sizes());
+  TORCH_CHECK_VALUE(rht_mask >= -1 && rht_mask <= 0xFFFF, op,
+                    ": rht_mask must be -1 (no RHT) or a 16-bit sign mask; got ", rht_mask);
+}
+
+}  // namespace lowprec

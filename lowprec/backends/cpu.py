@@ -1,0 +1,50 @@
+"""The C++ kernels of csrc/ built for the CPU (csrc/quantize_cpu.cpp) as a backend.
+
+Quantization runs in C++ over the same element math as the CUDA kernels and equals the
+reference bit for bit. The GEMMs dequantize in C++ (exact) and multiply with
+``torch.matmul`` in FP32, alpha applied once: the reference's arithmetic, so also its
+bits on the same machine.
+"""
+
+import torch
+
+from lowprec import _C, reference
+from lowprec.reference import fp8_gemm  # noqa: F401  (the GEMM is torch.matmul either way)
+
+quantize_rowwise_and_columnwise = _C.quantize_rowwise_and_columnwise
+quantize_weight_2d = _C.quantize_weight_2d
+counters_used = _C.counters_used
+
+
+def availability(device_type):
+    if _C.REASON is not None:
+        return _C.REASON
+    if device_type != "cpu":
+        return f"the cpu backend runs on CPU tensors only; got device type {device_type!r}"
+    return None
+
+
+def quantize_nvfp4(x, *, block="1x16", rht_signs=None, stochastic=False, seed=0, offset=0,
+                   amax=None):
+    return _C.quantize_nvfp4(x, block=block, rht_signs=rht_signs, stochastic=stochastic,
+                             seed=seed, offset=offset, amax=amax)
+
+
+def dequantize_nvfp4(data, scale, amax, dtype=torch.float32):
+    values = _C.block_dequantize_nvfp4(data, scale)
+    return (values * reference.global_decode_scale(amax)).to(dtype)
+
+
+def quantize_fp8(x):
+    return _C.quantize_fp8(x)
+
+
+def nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=None,
+               out_dtype=torch.bfloat16):
+    a = _C.block_dequantize_nvfp4(a_data, a_scale)
+    b = _C.block_dequantize_nvfp4(b_data, b_scale)
+    alpha = reference.global_decode_scale(a_amax) * reference.global_decode_scale(b_amax)
+    out = (a @ b.transpose(-1, -2)) * alpha
+    if bias is not None:
+        out = out + bias.to(torch.float32)
+    return out.to(out_dtype)

@@ -1,0 +1,104 @@
+"""Native NVFP4 GEMM on Blackwell (sm_100): cuBLASLt's block-scaled FP4 path via torch.
+
+UNTESTED ON HARDWARE: no Blackwell GPU was available while this was written. The
+argument preparation (``scaled_mm_arguments``) is a pure function, tested on CPU against
+torch's own reference layout helper; the call itself runs only on sm_100.
+
+The torch API (checked against torch 2.11-2.13 sources):
+
+* ``torch.nn.functional.scaled_mm(mat_a, mat_b, scale_a, scale_recipe_a, scale_b,
+  scale_recipe_b, swizzle_a, swizzle_b, bias, output_dtype, ...)`` with, per operand,
+  the two-level NVFP4 recipe ``[ScalingType.BlockWise1x16, ScalingType.TensorWise]``,
+  scales ``[block scales (float8_e4m3fn, swizzled), global decode scale (fp32, 1 elem)]``
+  and swizzles ``[SwizzleType.SWIZZLE_32_4_4, SwizzleType.NO_SWIZZLE]``. torch computes
+  ``alpha = global_a * global_b`` (one FP32 multiply, on the device) and hands it to
+  cuBLASLt, which scales the FP32 accumulator once: NUMERICS 8's
+  ``alpha = S_dec(A) * S_dec(B)`` exactly.
+* ``mat_a`` is ``[M, K/2]`` of dtype ``torch.float4_e2m1fn_x2`` (row-major), ``mat_b``
+  is ``[K/2, N]`` column-major, i.e. the transpose of our ``[N, K/2]`` data. Both use our
+  packing (even element in the low nibble, sign in bit 3).
+* Block scales: rows padded to 128 and scale columns to 4 with zeros, 128x4 tiles of 512
+  contiguous bytes (``reference.swizzle_scales``, NUMERICS 8); torch checks only their
+  element count and contiguity.
+* Older torch without ``F.scaled_mm``: ``torch._scaled_mm(mat_a, mat_b, scale_a,
+  scale_b, out_dtype=...)`` does the single-level block-scaled GEMM; alpha is then
+  applied here, once, to the FP32 output (same arithmetic).
+
+The GEMM is asked for an FP32 output; the bias is added in FP32 and the result cast
+afterwards, as NUMERICS 8 orders it (torch's fused bias would require a bf16 output).
+"""
+
+from collections import namedtuple
+
+import torch
+import torch.nn.functional as F
+
+from lowprec import reference
+
+ScaledMMArguments = namedtuple(
+    "ScaledMMArguments", ["mat_a", "mat_b", "scale_a", "scale_b", "global_a", "global_b"])
+
+
+def scaled_mm_arguments(a_data, a_scale, a_amax, b_data, b_scale, b_amax):
+    """The tensors torch's block-scaled FP4 GEMM takes, from two NVFP4 operands.
+
+    Args:
+        a_data: uint8 ``[M, K/2]``; a_scale: float8_e4m3fn ``[M, K/16]``; a_amax: FP32 0-d.
+        b_data: uint8 ``[N, K/2]``; b_scale: float8_e4m3fn ``[N, K/16]``; b_amax: FP32 0-d.
+
+    Returns:
+        ScaledMMArguments: ``mat_a`` float4_e2m1fn_x2 ``[M, K/2]`` (a view of a_data),
+        ``mat_b`` float4_e2m1fn_x2 ``[K/2, N]`` (a transposed view of b_data), swizzled
+        block scales ``scale_a``/``scale_b`` (1-D), and the FP32 one-element global decode
+        scales ``global_a``/``global_b`` (S_dec = 1 / S_enc of each amax).
+    """
+    mat_a = a_data.view(torch.float4_e2m1fn_x2)
+    mat_b = b_data.view(torch.float4_e2m1fn_x2).t()
+    return ScaledMMArguments(
+        mat_a=mat_a,
+        mat_b=mat_b,
+        scale_a=reference.swizzle_scales(a_scale),
+        scale_b=reference.swizzle_scales(b_scale),
+        global_a=reference.global_decode_scale(a_amax).reshape(1),
+        global_b=reference.global_decode_scale(b_amax).reshape(1),
+    )
+
+
+def reason_unsupported(a_data, b_data):
+    """None if ``nvfp4_gemm`` below can run these operands here, else why not."""
+    if not hasattr(torch, "float4_e2m1fn_x2"):
+        return f"torch {torch.__version__} has no float4_e2m1fn_x2 dtype"
+    if not (hasattr(F, "scaled_mm") or hasattr(torch, "_scaled_mm")):
+        return f"torch {torch.__version__} has neither F.scaled_mm nor torch._scaled_mm"
+    if a_data.device.type != "cuda":
+        return "the native FP4 GEMM needs CUDA tensors"
+    major, minor = torch.cuda.get_device_capability(a_data.device)
+    if major < 10:
+        return f"native FP4 GEMMs need sm_100 or newer; this GPU is sm_{major}{minor}"
+    if a_data.shape[-1] % 16 != 0:
+        # cuBLASLt wants 16-byte aligned rows of FP4 data: K % 32 == 0.
+        return f"the native FP4 GEMM needs K % 32 == 0; got K={a_data.shape[-1] * 2}"
+    return None
+
+
+def _scaled_mm_fp32(args):
+    """The FP32 product ``alpha * deq(A) @ deq(B)^T`` (per-block scales inside)."""
+    if hasattr(F, "scaled_mm") and hasattr(F, "ScalingType") and hasattr(F, "SwizzleType"):
+        recipe = [F.ScalingType.BlockWise1x16, F.ScalingType.TensorWise]
+        swizzle = [F.SwizzleType.SWIZZLE_32_4_4, F.SwizzleType.NO_SWIZZLE]
+        return F.scaled_mm(args.mat_a, args.mat_b, [args.scale_a, args.global_a], recipe,
+                           [args.scale_b, args.global_b], recipe, swizzle_a=swizzle,
+                           swizzle_b=swizzle, output_dtype=torch.float32)
+    out = torch._scaled_mm(args.mat_a, args.mat_b, args.scale_a, args.scale_b,
+                           out_dtype=torch.float32)
+    return out * (args.global_a * args.global_b)
+
+
+def nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=None,
+               out_dtype=torch.bfloat16):
+    """NUMERICS 8 on Blackwell: same contract as ``reference.nvfp4_gemm`` (2-D ``a``)."""
+    args = scaled_mm_arguments(a_data, a_scale, a_amax, b_data, b_scale, b_amax)
+    out = _scaled_mm_fp32(args)
+    if bias is not None:
+        out = out + bias.to(torch.float32)
+    return out.to(out_dtype)

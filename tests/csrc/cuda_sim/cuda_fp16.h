@@ -1,0 +1,2 @@
+#pragma once
+#include "sim.h"  // CPU stand-in, see sim.h
