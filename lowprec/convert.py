@@ -180,7 +180,7 @@ def _swap(model, old, new):
 
 
 def convert(model, budget=None, *, recipe=None, calibration=None, optimizer=None,
-            loss_fn=None, filter_fn=None, plan=None):
+            loss_fn=None, filter_fn=None, plan=None, **plan_kwargs):
     """Swap ``model``'s ``nn.Linear``s for ``lowprec.Linear`` in place, as planned.
 
     Args:
@@ -193,6 +193,8 @@ def convert(model, budget=None, *, recipe=None, calibration=None, optimizer=None
         filter_fn: ``filter_fn(name, module) -> bool``; False keeps a layer BF16.
         plan: a ``Plan`` to apply as it is (also to an already converted model, to
             re-plan without touching parameters or optimizer state).
+        **plan_kwargs: further options of ``make_plan`` (e.g. ``budget_kind="time"``,
+            tie groups, ``progress``); only with ``budget``.
 
     Returns:
         The model (a new module only if ``model`` itself is an ``nn.Linear``), with the
@@ -200,6 +202,8 @@ def convert(model, budget=None, *, recipe=None, calibration=None, optimizer=None
     """
     if budget is not None and plan is not None:
         raise ValueError("convert takes a budget (to plan) or a plan (to apply), not both")
+    if plan_kwargs and budget is None:
+        raise TypeError(f"planner options {sorted(plan_kwargs)} need a budget")
     if recipe is not None and not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a lowprec.Recipe; got {type(recipe).__name__}")
     if budget is not None:
@@ -214,7 +218,7 @@ def convert(model, budget=None, *, recipe=None, calibration=None, optimizer=None
         plan = make_plan(model, budget=budget, calibration=calibration,
                          optimizer=optimizer, loss_fn=loss_fn,
                          recipe=Recipe() if recipe is None else recipe,
-                         candidates=candidate_layers(model, filter_fn))
+                         candidates=candidate_layers(model, filter_fn), **plan_kwargs)
     elif plan is None:
         plan = default_plan(model, recipe, filter_fn)
     if not isinstance(plan, Plan):
