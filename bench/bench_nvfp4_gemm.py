@@ -60,6 +60,37 @@ def entries(backend):
     return {backend: module.nvfp4_gemm}, None
 
 
+def fp8_ms(m, n, k, reps):
+    """Median ms of lowprec's FP8 GEMM (torch._scaled_mm on sm_89+) on row-quantized operands."""
+    from lowprec.kernels.fp8 import fp8_gemm, quantize_fp8
+
+    def make():
+        a = quantize_fp8(torch.randn(m, k, device=common.DEVICE, dtype=torch.bfloat16))
+        b = quantize_fp8(torch.randn(n, k, device=common.DEVICE, dtype=torch.bfloat16))
+        return (*a, *b)
+
+    sets = common.input_sets(make, (m + n) * k)
+    return common.median_ms(lambda ops: fp8_gemm(*ops, out_dtype=torch.bfloat16), sets,
+                            reps=reps)
+
+
+def planner_records(rows, best, fp8):
+    """The per-precision GEMM throughputs the planner's Hopper cost model reads
+    (lowprec/planner/cost.py): bf16 torch.mm, fp8, and the best NVFP4 candidate."""
+    out = []
+    for row in rows:
+        if row["impl"] == "torch.mm bf16":
+            out.append({"precision": "bf16", "m": row["M"], "n": row["N"], "k": row["K"],
+                        "tflops": row["tflops"]})
+    for (m, n, k), (_, ms) in best.items():
+        out.append({"precision": "nvfp4", "m": m, "n": n, "k": k,
+                    "tflops": 2 * m * n * k / ms / 1e9})
+    for (m, n, k), ms in fp8.items():
+        out.append({"precision": "fp8", "m": m, "n": n, "k": k,
+                    "tflops": 2 * m * n * k / ms / 1e9})
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="triton")
@@ -69,13 +100,17 @@ def main():
                         help="also time the tile configurations in CONFIGS for (a) and (c)")
     args = parser.parse_args()
     common.exit_without_gpu("bench_nvfp4_gemm")
-    rows, best = [], {}
+    rows, best, fp8 = [], {}, {}
     for shape in args.shapes.split(","):
         m, n, k = (int(v) for v in shape.split("x"))
         sets = common.input_sets(lambda: operands(m, n, k), (m + n) * k * 9 // 16)
         mm_ms, mm_tflops = common.mm_reference(m, n, k, reps=args.reps)
         rows.append({"M": m, "N": n, "K": k, "impl": "torch.mm bf16", "ms": mm_ms,
                      "tflops": mm_tflops, "of_mm": 1.0})
+        fp8[(m, n, k)] = fp8_ms(m, n, k, args.reps)
+        rows.append({"M": m, "N": n, "K": k, "impl": "fp8 (lowprec)", "ms": fp8[(m, n, k)],
+                     "tflops": 2 * m * n * k / fp8[(m, n, k)] / 1e9,
+                     "of_mm": mm_ms / fp8[(m, n, k)]})
         for backend in args.backends.split(","):
             fns, reason = entries(backend)
             if fns is None:
@@ -100,7 +135,9 @@ def main():
                               ("impl", "impl", "s"), ("ms", "ms", ".3f"),
                               ("tflops", "TFLOP/s", ".0f"), ("of_mm", "of torch.mm", ".1%"),
                               ("scratch_mb", "scratch MiB", ".0f")])
-    print("wrote", common.write_results("bench_nvfp4_gemm", rows))
+    print("wrote", common.write_results(
+        "bench_nvfp4_gemm", rows,
+        extra={"benchmark": "gemm", "results": planner_records(rows, best, fp8)}))
     print("DISPATCH = {")
     for shape, (name, _) in best.items():
         print(f"    {shape}: {name!r},")
