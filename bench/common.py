@@ -145,7 +145,9 @@ def write_results(script, rows, extra=None):
         return "nothing (smoke run on CPU: not a measurement)"
     os.makedirs(RESULTS, exist_ok=True)
     facts = device_facts()
-    gpu = str(facts.get("gpu") or facts.get("name") or "gpu").replace(" ", "_")
+    gpu_facts = facts.get("gpu")
+    name = gpu_facts.get("name") if isinstance(gpu_facts, dict) else gpu_facts
+    gpu = str(name or facts.get("name") or "gpu").replace(" ", "_")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = os.path.join(RESULTS, f"{script}_{gpu}_{stamp}.json")
     record = {"script": script, "command": " ".join(sys.argv), "commit": _commit(),

@@ -1,30 +1,61 @@
-"""The ``lowprec`` command: ``info`` (what runs here) and ``demo`` (the main job)."""
+"""The lowprec command.
+
+  lowprec demo      train a small GPT in BF16, the NVFP4 recipe and a planned mix (main job)
+  lowprec demo --quant-table   the quantization error table of each format (seconds)
+  lowprec demo --ablation      the recipe ablation (long)
+  lowprec info      backends available here and why not, device facts, versions
+  lowprec bench     run the kernel benchmarks of bench/ and print one table
+  lowprec plan      print the planner's plan for the demo model at a budget
+"""
 
 import argparse
-import platform
+import importlib.util
+import json
+import os
+import re
 import sys
+from pathlib import Path
 
 import torch
 
 
+def _out_dir(path):
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+# -- info ------------------------------------------------------------------------------
+
+OPTIONAL_MODULES = (("triton", "Triton kernels"), ("matplotlib", "the demo's plot"),
+                    ("transformers", "the Hugging Face integration test"))
+
+
 def _info(args):
     import lowprec
+    from lowprec import device
 
-    print(f"lowprec {lowprec.__version__}, torch {torch.__version__}, "
-          f"python {platform.python_version()}")
-    device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    if device_type == "cuda":
-        print(f"device: {torch.cuda.get_device_name()} "
-              f"(sm_{''.join(map(str, torch.cuda.get_device_capability()))})")
-    else:
-        print("device: CPU only (no CUDA device visible)")
-    print(f"backends for {device_type} tensors:")
-    for name, reason in lowprec.available(return_reason=True, device_type=device_type).items():
-        print(f"  {name:<10} {'available' if reason is None else 'unavailable: ' + reason}")
+    print(f"lowprec {lowprec.__version__} ({Path(lowprec.__file__).parent})")
+    facts = device.facts()
+    print("device:")
+    print(device.format_facts(facts))
+    device_types = ["cuda", "cpu"] if facts["gpu"] is not None else ["cpu"]
+    for device_type in device_types:
+        print(f"backends for {device_type} tensors (auto picks the first available of "
+              f"{', '.join(lowprec.backends.AUTO_ORDER[device_type])}):")
+        for name, reason in lowprec.available(return_reason=True,
+                                              device_type=device_type).items():
+            print(f"  {name:<10} {'available' if reason is None else 'unavailable: ' + reason}")
+    print("optional packages:")
+    for module, use in OPTIONAL_MODULES:
+        found = importlib.util.find_spec(module) is not None
+        print(f"  {module:<13} {'installed' if found else 'not installed'} (for {use})")
     return 0
 
 
-def _demo(args):
+# -- demo ------------------------------------------------------------------------------
+
+def _quant_table(args):
     from lowprec import quant_report
 
     x, w = quant_report.make_inputs(m=args.m, k=args.k, n=args.n, seed=args.seed)
@@ -34,24 +65,331 @@ def _demo(args):
     return 0
 
 
+DEMO_DESCRIPTIONS = {
+    "bf16": "every layer high precision (FP32 on CPU, BF16 autocast on GPU)",
+    "nvfp4": "NVFP4 recipe, default BF16 layers (last ~15% of blocks)",
+    "planned": "planner's mix at budget {budget}",
+}
+
+
+def _write_outputs(out, stem, record, plot):
+    """JSON always; the PNG (``plot(record, path)``) when matplotlib is there."""
+    from lowprec import device
+    from lowprec.demo import report
+
+    record = dict(record, device=device.facts(), command=" ".join(sys.argv))
+    json_path = report.write_json(record, out / f"{stem}.json")
+    png_path, why_not = plot(record, out / f"{stem}.png")
+    print(f"\nwrote {json_path}")
+    print(f"wrote {png_path}" if png_path else why_not)
+
+
+def _demo(args):
+    if args.quant_table:
+        return _quant_table(args)
+    if args.ablation:
+        return _ablation(args)
+    from lowprec.demo import report, train
+
+    preset = train.default_preset(args.quick)
+    model_cfg, train_cfg = train.PRESETS[preset]
+    steps = args.steps or train_cfg.steps
+    print(f"lowprec demo: byte-level GPT (d_model {model_cfg.d_model}, {model_cfg.n_layer} "
+          f"blocks, seq {model_cfg.seq_len}), {steps} steps of batch "
+          f"{train_cfg.batch_size}, seed {args.seed}, preset '{preset}'")
+    record = train.run_demo(preset, steps=args.steps, budget=args.budget, seed=args.seed,
+                            progress=not args.no_progress, threads=args.threads)
+    runs = record["runs"]
+    print(f"\ncorpus: {record['corpus']['name']}, {record['corpus']['bytes']} bytes "
+          f"(sha256 {record['corpus']['sha256'][:12]})")
+    for name in ("nvfp4", "planned"):
+        print(f"\nplan of '{name}' ({DEMO_DESCRIPTIONS[name].format(budget=record['budget'])}):")
+        print(runs[name]["plan"].table())
+    descriptions = {k: v.format(budget=record["budget"]) for k, v in DEMO_DESCRIPTIONS.items()}
+    print("\nfinal losses (cross-entropy, nats per byte; validation = held-out last 10%):")
+    print(report.loss_table(runs, descriptions))
+    print("(one seed: at the CPU size, seed-to-seed spread is about 1% of the loss, see "
+          "experiments/ablation/, so gaps of that size are noise, not a ranking)")
+    print(f"\ntotal {record['seconds']:.0f} s ({record['device_type']}, "
+          f"{record['threads']} thread(s), quantization backend {record['backend']})")
+    title = f"lowprec demo: {preset} preset, {steps} steps, seed {args.seed}"
+    _write_outputs(_out_dir(args.out), "demo", record, lambda rec, path: report.plot_losses(
+        {name: [run] for name, run in rec["runs"].items()}, path, title))
+    return 0
+
+
+def _ablation(args):
+    from lowprec.demo import ablation, train
+
+    preset = train.default_preset(args.quick)
+    seeds = tuple(range(args.seed, args.seed + args.seeds))
+    print(f"lowprec recipe ablation: preset '{preset}', seeds {list(seeds)}, configs "
+          f"{', '.join(ablation.CONFIGS)}")
+    record = ablation.run_ablation(preset, seeds=seeds, steps=args.steps,
+                                   progress=not args.no_progress, threads=args.threads)
+    print("\n" + ablation.format_summary(record))
+    title = (f"recipe ablation: {preset} preset, {record['train_config']['steps']} steps, "
+             f"seeds {list(seeds)}")
+    _write_outputs(_out_dir(args.out), "ablation", record,
+                   lambda rec, path: ablation.plot(rec, path, title))
+    return 0
+
+
+# -- bench -----------------------------------------------------------------------------
+#
+# Each bench/bench_*.py script measures one thing and writes its own JSON under
+# bench/results/ (bench/common.py's write_results, or its own writer). `lowprec bench`
+# runs them all, reads back the JSON files they wrote during this run and prints one
+# table. Rows come from a file's "rows" or "results" (a list, or a dict keyed by name);
+# numbers are found by name: "[impl_]ms" / "us" / "step_s" (time), "tbps" / "tflops" /
+# "tokens_per_s" (throughput), "of_copy" / "of_bf16" / "of_mm" (ratio to the same-run
+# baseline); "mode", "impl" and "backend" qualify the kernel; "shape" or M/N/K give
+# the shape.
+
+METRIC = re.compile(r"(?:(?P<impl>.+)_)?(?P<metric>ms|us|step_s|tbps|tflops|tokens_per_s|"
+                    r"of_copy|of_bf16|of_mm)")
+THROUGHPUT_UNITS = {"tbps": "TB/s", "tflops": "TFLOP/s", "tokens_per_s": "tok/s"}
+RATIO_NAMES = {"of_copy": "copy", "of_bf16": "bf16", "of_mm": "bf16 mm"}
+
+
+def find_bench_dir(explicit=None):
+    """bench/ beside the lowprec package (a source checkout), or None."""
+    import lowprec
+
+    path = Path(explicit) if explicit else Path(lowprec.__file__).resolve().parent.parent / "bench"
+    return path if path.is_dir() else None
+
+
+def _shape_text(shape):
+    if isinstance(shape, (list, tuple)):
+        return "x".join(str(d) for d in shape)
+    return "" if shape is None else str(shape)
+
+
+QUALIFIERS = ("mode", "impl", "backend")
+
+
+def _shape_of(entry):
+    if entry.get("shape") is not None:
+        return _shape_text(entry["shape"])
+    return " ".join(f"{d}{entry[d]}" for d in ("M", "N", "K") if d in entry)
+
+
+def bench_rows(source, data):
+    """Table rows of one benchmark result file (see the comment above)."""
+    if not isinstance(data, dict):
+        return []
+    source = data.get("script") or source
+    results = data.get("rows", data.get("results"))
+    if isinstance(results, dict):
+        entries = list(results.items())
+    elif isinstance(results, list):
+        entries = [(None, entry) for entry in results]
+    else:
+        return []
+    rows = []
+    for key, entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        kernel = (entry.get("kernel") or entry.get("op") or entry.get("name") or key
+                  or source.removeprefix("bench_"))
+        qualifiers = [str(entry[q]) for q in QUALIFIERS if isinstance(entry.get(q), str)]
+        if qualifiers:
+            kernel = f"{kernel} {' '.join(qualifiers)}"
+        by_impl = {}
+        for name, value in entry.items():
+            match = METRIC.fullmatch(name)
+            if match and isinstance(value, (int, float)) and not isinstance(value, bool):
+                by_impl.setdefault(match["impl"], {})[match["metric"]] = value
+        for impl, metrics in by_impl.items():
+            if "ms" in metrics:
+                ms = metrics["ms"]
+            elif "us" in metrics:
+                ms = metrics["us"] / 1e3
+            elif "step_s" in metrics:
+                ms = metrics["step_s"] * 1e3
+            else:
+                continue            # e.g. copy_tbps: the baseline, not a measured kernel
+            unit = next((u for k, u in THROUGHPUT_UNITS.items() if k in metrics), "")
+            ratio_key = next((k for k in RATIO_NAMES if k in metrics), None)
+            rows.append({
+                "source": source, "kernel": kernel if impl is None else f"{kernel} [{impl}]",
+                "shape": _shape_of(entry), "time_ms": ms,
+                "throughput": next((metrics[k] for k in THROUGHPUT_UNITS if k in metrics),
+                                   None), "unit": unit,
+                "ratio": None if ratio_key is None else metrics[ratio_key],
+                "ratio_to": None if ratio_key is None else RATIO_NAMES[ratio_key]})
+    return rows
+
+
+def format_bench_table(rows):
+    from lowprec.demo.report import format_table
+
+    return format_table(
+        ("kernel", "shape", "time ms", "throughput", "% of same-run baseline", "script"),
+        [(r["kernel"], r["shape"], f"{r['time_ms']:.4g}",
+          "" if r["throughput"] is None else f"{r['throughput']:.4g} {r['unit']}",
+          "" if r["ratio"] is None else f"{100 * r['ratio']:.0f}% of {r['ratio_to']}",
+          r["source"]) for r in rows])
+
+
+def _run_bench_script(script, log_dir):
+    """Run one script from the repository root; returns (ok, seconds)."""
+    import subprocess
+    import time
+
+    start = time.perf_counter()
+    with open(log_dir / f"{script.stem}.log", "w") as log:
+        status = subprocess.run([sys.executable, str(script)], cwd=script.parent.parent,
+                                stdout=log, stderr=subprocess.STDOUT).returncode
+    return status == 0, time.perf_counter() - start
+
+
+def _bench(args):
+    import time
+
+    from lowprec import device
+
+    facts = device.facts()
+    bench_dir = find_bench_dir(args.bench_dir)
+    scripts = sorted(bench_dir.glob("bench_*.py")) if bench_dir else []
+    if facts["gpu"] is None:
+        why = next((n[len("no GPU: "):] for n in facts["notes"] if n.startswith("no GPU: ")),
+                   "none visible")
+        print(f"no GPU ({why}): lowprec bench measures GPU kernels, so nothing was run "
+              f"({len(scripts)} scripts in {bench_dir or 'no bench/ directory found'})")
+        return 0
+    if not scripts:
+        print(f"no benchmark scripts found (looked in "
+              f"{args.bench_dir or 'bench/ beside the lowprec package'}): bench/ ships "
+              f"with the source checkout, not the wheel; clone the repository or pass "
+              f"--bench-dir")
+        return 1
+    print("device:\n" + device.format_facts(facts))
+    out = _out_dir(args.out)
+    results_dir = bench_dir / "results"
+    started = time.time()
+    failed = []
+    for script in scripts:
+        print(f"running {script.name} ...", flush=True)
+        ok, seconds = _run_bench_script(script, out)
+        print(f"  {'ok' if ok else 'FAILED'} in {seconds:.0f} s (log: {out / script.stem}.log)")
+        if not ok:
+            failed.append(script.name)
+    rows, files = [], []
+    # Files the scripts wrote during this run; older results are not this run's figures.
+    for path in sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []:
+        if path.stat().st_mtime >= started:
+            data = json.loads(path.read_text())
+            files.append({"file": str(path), "data": data})
+            rows.extend(bench_rows(path.stem, data))
+    print()
+    print(format_bench_table(rows) if rows else "no results were written by the scripts")
+    summary = out / "bench.json"
+    summary.write_text(json.dumps({"device": facts, "command": " ".join(sys.argv),
+                                   "failed": failed, "rows": rows, "files": files},
+                                  indent=1) + "\n")
+    print(f"\nwrote {summary}")
+    return 1 if failed else 0
+
+
+# -- plan ------------------------------------------------------------------------------
+
+def _plan(args):
+    import lowprec
+    from lowprec.demo import corpus as corpus_mod
+    from lowprec.demo import train
+
+    preset = train.default_preset(args.quick)
+    model_cfg, train_cfg = train.PRESETS[preset]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = train.build_model(model_cfg, args.seed, device)
+    batches = train.calibration_batches(corpus_mod.load(), model_cfg, train_cfg, device)
+    model = lowprec.convert(model, budget=args.budget, calibration=batches,
+                            loss_fn=train.planner_loss(device))
+    print(f"plan for the demo model (preset '{preset}') at budget {args.budget}, "
+          f"{len(batches)} calibration batches (untrained weights):")
+    print(model.lowprec_plan.table())
+    if args.json:
+        Path(args.json).write_text(model.lowprec_plan.to_json(indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="lowprec", description=__doc__)
+    parser = argparse.ArgumentParser(prog="lowprec", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+
     info = sub.add_parser("info", help="backends available here, and why not; versions")
     info.set_defaults(func=_info)
-    demo = sub.add_parser("demo", help="the main job: quantization error table of each format")
-    demo.add_argument("--m", type=int, default=512, help="tokens (rows of X)")
-    demo.add_argument("--k", type=int, default=1024, help="contraction dim (multiple of 16)")
-    demo.add_argument("--n", type=int, default=512, help="output features (rows of W)")
+
+    demo = sub.add_parser("demo", help="the main job: train a small GPT three ways")
+    demo.add_argument("--steps", type=int, help="training steps per configuration "
+                      "(default: 200 on CPU, 1000 on GPU)")
+    demo.add_argument("--budget", type=float, help="NVFP4 share of linear FLOPs for the "
+                      "planned mix (default: the share of the default plan)")
+    demo.add_argument("--out", default="lowprec-demo", help="directory for the PNG and "
+                      "JSON (default: ./lowprec-demo)")
+    demo.add_argument("--quick", action="store_true", help="a tiny model and a few steps "
+                      "(tests; well under a minute)")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--backend", default="auto")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.add_argument("--threads", type=int, help="CPU threads for torch (default 1: the "
+                      "demo's matrices are tiny, and spinning threads stall on a busy "
+                      "machine)")
+    demo.add_argument("--ablation", action="store_true", help="run the recipe ablation "
+                      "instead (BF16, recipe, no RHT, no SR, no 2-D, all layers NVFP4)")
+    demo.add_argument("--seeds", type=int, default=2, help="seeds for --ablation "
+                      "(default 2: --seed, --seed+1)")
+    demo.add_argument("--quant-table", action="store_true", help="print the quantization "
+                      "error table of each format instead (no training; seconds)")
+    table = demo.add_argument_group("--quant-table options")
+    table.add_argument("--m", type=int, default=512, help="tokens (rows of X)")
+    table.add_argument("--k", type=int, default=1024, help="contraction dim (multiple of 16)")
+    table.add_argument("--n", type=int, default=512, help="output features (rows of W)")
+    table.add_argument("--backend", default="auto")
     demo.set_defaults(func=_demo)
+
+    bench = sub.add_parser("bench", help="run the kernel benchmarks of bench/ (GPU)")
+    bench.add_argument("--out", default="lowprec-bench", help="directory for the JSON "
+                       "(default: ./lowprec-bench)")
+    bench.add_argument("--bench-dir", help="the bench/ directory (default: the one beside "
+                       "the lowprec package in a source checkout)")
+    bench.set_defaults(func=_bench)
+
+    plan = sub.add_parser("plan", help="the planner's plan for the demo model")
+    plan.add_argument("--budget", type=float, default=0.75, help="NVFP4 share of linear "
+                      "FLOPs (default 0.75)")
+    plan.add_argument("--quick", action="store_true", help="the tiny demo model")
+    plan.add_argument("--seed", type=int, default=0)
+    plan.add_argument("--json", help="also write the plan as JSON to this file")
+    plan.set_defaults(func=_plan)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    for name in ("steps", "seeds", "threads"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            build_parser().error(f"--{name} must be >= 1; got {value}")
+    try:
+        from lowprec.planner import BudgetError
+    except ImportError:           # a broken planner must not take `lowprec info` down
+        BudgetError = ()          # noqa: N806  (an empty tuple catches nothing)
+    try:
+        return args.func(args)
+    except BudgetError as err:
+        # A budget out of reach is a usage error: say why without a traceback.
+        print(f"lowprec {args.command}: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # `lowprec info | head`: the reader left; exit quietly as Unix tools do.
+        sys.stdout = open(os.devnull, "w")
+        return 0
 
 
 if __name__ == "__main__":

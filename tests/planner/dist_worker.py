@@ -1,0 +1,73 @@
+"""Worker for test_distributed.py: run as a script, spawns 2 gloo ranks on localhost.
+
+Each rank builds the same model, calibrates on its own batches, and writes what it got:
+the plan of ``make_plan`` and of a ``Replanner`` round as JSON, and the error type of an
+unreachable budget. The test compares the files. (A script rather than a function of the
+test module, because spawned children must import the function by name.)
+"""
+
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(32, 32)
+        self.fc2 = nn.Linear(32, 32)
+        self.head = nn.Linear(32, 10)          # N=10: forced to BF16
+
+    def forward(self, x, y):
+        return F.cross_entropy(self.head(F.gelu(self.fc2(F.gelu(self.fc1(x))))), y)
+
+
+def run(rank, world, port, outdir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        import lowprec
+        from lowprec.planner import BudgetError, Replanner, make_plan
+        torch.manual_seed(0)
+        model = MLP()
+        gen = torch.Generator().manual_seed(100 + rank)           # different data per rank
+        batches = [(torch.randn(32, 32, generator=gen),
+                    torch.randint(0, 10, (32,), generator=gen))
+                   for _ in range(2)]
+        loss_fn = lambda m, b: m(*b)
+        out = {}
+        plan = make_plan(model, budget=0.5, calibration=batches, loss_fn=loss_fn,
+                         progress=False)
+        out["plan"] = plan.to_json()
+        if hasattr(lowprec, "convert"):
+            model = lowprec.convert(model)
+            apply = None
+        else:                                      # before lowprec.convert exists
+            apply = lambda m, p: m
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        loss_fn(model, batches[0]).backward()
+        opt.step()
+        replanner = Replanner(model, every=1, budget=0.75, calibration=batches,
+                              optimizer=opt, loss_fn=loss_fn, apply=apply, progress=False)
+        out["replan"] = replanner.step().to_json()
+        try:
+            make_plan(model, budget=0.999, calibration=batches, loss_fn=loss_fn,
+                      progress=False)
+            out["error"] = None
+        except BudgetError as err:
+            out["error"] = f"{type(err).__name__}: {err}"
+        with open(os.path.join(outdir, f"rank{rank}.json"), "w") as f:
+            json.dump(out, f)
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    port, outdir = int(sys.argv[1]), sys.argv[2]
+    mp.spawn(run, args=(2, port, outdir), nprocs=2, join=True)

@@ -1,0 +1,66 @@
+"""Re-planning during training: new plan applied, weights and optimizer state untouched."""
+
+import pytest
+import torch
+
+from lowprec.planner import Replanner
+
+lowprec = pytest.importorskip("lowprec")
+if not hasattr(lowprec, "convert"):
+    pytest.skip("lowprec.convert is not there yet", allow_module_level=True)
+
+
+def snapshot(model, opt):
+    params = {n: (p, p.detach().clone(), p.grad.clone()) for n, p in model.named_parameters()}
+    state = {n: {k: v.clone() for k, v in opt.state[p].items()}
+             for n, p in model.named_parameters()}
+    return params, state
+
+
+def test_replan_every_n_steps_changes_only_recipes(tiny_mlp, mlp_batches, mlp_loss):
+    model = lowprec.convert(tiny_mlp)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    mlp_loss(model, mlp_batches[0]).backward()
+    opt.step()
+    params, state = snapshot(model, opt)
+    rng = torch.get_rng_state()
+    seen = []
+    replanner = Replanner(model, every=2, budget=0.5, calibration=lambda: mlp_batches,
+                          optimizer=opt, loss_fn=mlp_loss, progress=False,
+                          on_plan=lambda step, plan: seen.append(step))
+    assert replanner.step() is None
+    plan = replanner.step()
+    assert plan is not None and seen == [2] and model.lowprec_plan is plan
+    assert plan.meta["nvfp4_fraction"] >= 0.5
+    for layer in plan:
+        assert model.get_submodule(layer.name).recipe.precisions() == layer.precisions()
+    for name, p in model.named_parameters():
+        obj, value, grad = params[name]
+        assert p is obj and torch.equal(p, value) and torch.equal(p.grad, grad)
+        assert opt.state[p].keys() == state[name].keys()
+        for k, v in opt.state[p].items():
+            assert torch.equal(v, state[name][k])
+    assert torch.equal(torch.get_rng_state(), rng)
+    # a second round compares with the applied plan
+    replanner.step()
+    again = replanner.step()
+    assert again.meta["switched"] is not None and seen == [2, 4]
+
+
+def test_state_dict_round_trip(tiny_mlp, mlp_batches, mlp_loss):
+    model = lowprec.convert(tiny_mlp)
+    replanner = Replanner(model, every=1, budget=0.25, calibration=mlp_batches,
+                          loss_fn=mlp_loss, progress=False)
+    plan = replanner.step()
+    state = replanner.state_dict()
+    other = Replanner(model, every=1, budget=0.25, calibration=mlp_batches,
+                      loss_fn=mlp_loss, progress=False)
+    other.load_state_dict(state)
+    assert other.steps == 1 and model.lowprec_plan.to_json() == plan.to_json()
+
+
+def test_arguments_are_checked(tiny_mlp, mlp_batches):
+    with pytest.raises(ValueError, match="every"):
+        Replanner(tiny_mlp, every=0, budget=0.5, calibration=mlp_batches)
+    with pytest.raises(ValueError, match="calibration"):
+        Replanner(tiny_mlp, every=1, budget=0.5, calibration=None)
