@@ -126,7 +126,7 @@ def plot_losses(curves, path, title):
     smoothing = f"mean of {window} steps; raw faint" if window > 1 else "per step"
     ax_train.set(title=f"training loss ({smoothing})", xlabel="step",
                  ylabel="cross-entropy (nats/byte)")
-    ax_val.set(title="validation loss", xlabel="step")
+    ax_val.set(title="validation loss (sampled; the table uses more batches)", xlabel="step")
     # Zoom both panels past the first 10% of steps (all runs start near ln 256 = 5.5 and
     # fall fast together); the differences between precisions are in the tail.
     late = [v for runs in curves.values() for run in runs
