@@ -10,7 +10,6 @@ A backend other than triton takes part when its module defines ``amax_row_col(x,
 rht_signs)`` returning the two amaxes.
 """
 
-import argparse
 import os
 import sys
 
@@ -35,29 +34,18 @@ def amax_entry(backend):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backends", default="triton")
-    parser.add_argument("--shapes", default=",".join(DEFAULT_SHAPES))
-    parser.add_argument("--reps", type=int, default=50)
-    args = parser.parse_args()
-    common.exit_without_gpu("bench_amax")
+    args = common.parse_quantize_args("bench_amax", DEFAULT_SHAPES, __doc__.splitlines()[0])
     from lowprec import reference as R
     rows = []
-    for backend in args.backends.split(","):
-        fn, reason = amax_entry(backend)
-        if fn is None:
-            print(f"skipping {backend}: {reason}")
-            continue
-        for shape in args.shapes.split(","):
-            m, k = (int(v) for v in shape.split("x"))
-            nbytes = 2 * m * k
-            sets = common.input_sets(
-                lambda: torch.randn(m, k, device=common.DEVICE, dtype=torch.bfloat16), nbytes)
-            copy_ms, copy_tbps = common.copy_reference(nbytes, reps=args.reps)
-            ms = common.median_ms(lambda x: fn(x, R.DEFAULT_SIGN_VECTOR), sets, reps=args.reps)
-            rows.append({"backend": backend, "M": m, "K": k, "ms": ms, "bytes": nbytes,
-                         "tbps": nbytes / ms / 1e9, "copy_tbps": copy_tbps,
-                         "of_copy": copy_ms / ms})
+    for backend, fn, (m, k) in common.backend_shapes(args, amax_entry):
+        nbytes = 2 * m * k
+        sets = common.input_sets(
+            lambda: torch.randn(m, k, device=common.DEVICE, dtype=torch.bfloat16), nbytes)
+        copy_ms, copy_tbps = common.copy_reference(nbytes, reps=args.reps)
+        ms = common.median_ms(lambda x: fn(x, R.DEFAULT_SIGN_VECTOR), sets, reps=args.reps)
+        rows.append({"backend": backend, "M": m, "K": k, "ms": ms, "bytes": nbytes,
+                     "tbps": nbytes / ms / 1e9, "copy_tbps": copy_tbps,
+                     "of_copy": copy_ms / ms})
     common.print_table(rows, [("backend", "backend", "s"), ("M", "M", "d"), ("K", "K", "d"),
                               ("ms", "ms", ".3f"), ("tbps", "TB/s", ".2f"),
                               ("of_copy", "of copy", ".1%")])

@@ -18,7 +18,6 @@ A backend other than triton takes part when its module defines
 ``quantize_rowwise_and_columnwise`` with the signature of lowprec.kernels.backend's.
 """
 
-import argparse
 import os
 import sys
 
@@ -74,22 +73,12 @@ def measure(fn, m, k, reps):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backends", default="triton")
-    parser.add_argument("--shapes", default=",".join(DEFAULT_SHAPES))
-    parser.add_argument("--reps", type=int, default=50)
-    args = parser.parse_args()
-    common.exit_without_gpu("bench_quantize")
+    args = common.parse_quantize_args("bench_quantize", DEFAULT_SHAPES,
+                                      __doc__.splitlines()[0])
     rows = []
-    for backend in args.backends.split(","):
-        fn, reason = fused_entry(backend)
-        if fn is None:
-            print(f"skipping {backend}: {reason}")
-            continue
-        for shape in args.shapes.split(","):
-            m, k = (int(v) for v in shape.split("x"))
-            for row in measure(fn, m, k, args.reps):
-                rows.append(dict(row, backend=backend))
+    for backend, fn, (m, k) in common.backend_shapes(args, fused_entry):
+        for row in measure(fn, m, k, args.reps):
+            rows.append(dict(row, backend=backend))
     common.print_table(rows, [("backend", "backend", "s"), ("M", "M", "d"), ("K", "K", "d"),
                               ("mode", "mode", "s"), ("ms", "ms", ".3f"),
                               ("tbps", "TB/s", ".2f"), ("of_copy", "of copy", ".1%"),

@@ -10,7 +10,6 @@ A backend other than triton takes part when its module defines ``quantize_weight
 with the signature of lowprec.kernels.backend's.
 """
 
-import argparse
 import os
 import sys
 
@@ -40,30 +39,20 @@ def default_shapes():
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backends", default="triton")
-    parser.add_argument("--shapes", default=",".join(default_shapes()))
-    parser.add_argument("--reps", type=int, default=50)
-    args = parser.parse_args()
-    common.exit_without_gpu("bench_quantize_2d")
+    args = common.parse_quantize_args("bench_quantize_2d", default_shapes(),
+                                      __doc__.splitlines()[0])
     rows = []
-    for backend in args.backends.split(","):
-        fn, reason = weight_entry(backend)
-        if fn is None:
-            print(f"skipping {backend}: {reason}")
-            continue
-        for shape in args.shapes.split(","):
-            n, k = (int(v) for v in shape.split("x"))
-            nbytes = 2 * n * k + 2 * (n * k * 9 // 16)
-            sets = common.input_sets(
-                lambda: torch.randn(n, k, device=common.DEVICE, dtype=torch.bfloat16) * 0.02,
-                2 * n * k)
-            amax = {id(w): w.abs().max().float() for w in sets}
-            copy_ms, copy_tbps = common.copy_reference(nbytes, reps=args.reps)
-            ms = common.median_ms(lambda w: fn(w, amax=amax[id(w)]), sets, reps=args.reps)
-            rows.append({"backend": backend, "N": n, "K": k, "ms": ms, "bytes": nbytes,
-                         "tbps": nbytes / ms / 1e9, "copy_tbps": copy_tbps,
-                         "of_copy": copy_ms / ms})
+    for backend, fn, (n, k) in common.backend_shapes(args, weight_entry):
+        nbytes = 2 * n * k + 2 * (n * k * 9 // 16)
+        sets = common.input_sets(
+            lambda: torch.randn(n, k, device=common.DEVICE, dtype=torch.bfloat16) * 0.02,
+            2 * n * k)
+        amax = {id(w): w.abs().max().float() for w in sets}
+        copy_ms, copy_tbps = common.copy_reference(nbytes, reps=args.reps)
+        ms = common.median_ms(lambda w: fn(w, amax=amax[id(w)]), sets, reps=args.reps)
+        rows.append({"backend": backend, "N": n, "K": k, "ms": ms, "bytes": nbytes,
+                     "tbps": nbytes / ms / 1e9, "copy_tbps": copy_tbps,
+                     "of_copy": copy_ms / ms})
     common.print_table(rows, [("backend", "backend", "s"), ("N", "N", "d"), ("K", "K", "d"),
                               ("ms", "ms", ".3f"), ("tbps", "TB/s", ".2f"),
                               ("of_copy", "of copy", ".1%")])

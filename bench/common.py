@@ -50,6 +50,30 @@ def exit_without_gpu(script):
         sys.exit(0)
 
 
+def parse_quantize_args(script, default_shapes, description):
+    """The arguments every quantize benchmark takes; exits 0 (saying why) without a GPU."""
+    import argparse
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--backends", default="triton")
+    parser.add_argument("--shapes", default=",".join(default_shapes))
+    parser.add_argument("--reps", type=int, default=50)
+    args = parser.parse_args()
+    exit_without_gpu(script)
+    return args
+
+
+def backend_shapes(args, entry):
+    """``(backend, fn, dims)`` for every shape of every requested backend whose
+    ``entry(backend)`` gives a function; backends without one are reported and skipped."""
+    for backend in args.backends.split(","):
+        fn, reason = entry(backend)
+        if fn is None:
+            print(f"skipping {backend}: {reason}")
+            continue
+        for shape in args.shapes.split(","):
+            yield backend, fn, tuple(int(v) for v in shape.split("x"))
+
+
 def backend_module(name):
     """(module, None) for a usable lowprec backend on CUDA, else (None, reason)."""
     from lowprec import backends
