@@ -43,18 +43,6 @@ at::Tensor kernel_input(const at::Tensor& x_in) {
   return x;
 }
 
-int64_t leading_rows(const at::Tensor& x) {
-  int64_t rows = 1;
-  for (int64_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
-  return rows;
-}
-
-std::vector<int64_t> with_last(at::IntArrayRef shape, int64_t last) {
-  std::vector<int64_t> s(shape.begin(), shape.end());
-  s.back() = last;
-  return s;
-}
-
 // A caller-given amax as a device FP32 pointer; `keep` owns the converted copy.
 AmaxIn given_amax(const at::Tensor& amax, const at::Tensor& x, at::Tensor& keep) {
   TORCH_CHECK_VALUE(amax.numel() == 1, "amax must hold one value; got shape ", amax.sizes());

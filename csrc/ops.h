@@ -8,12 +8,27 @@
 
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace lowprec {
 
 using Triple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 using TwoTriples =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// Product of all dims but the last (the row count, also when K == 0).
+inline int64_t leading_rows(const at::Tensor& x) {
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
+  return rows;
+}
+
+// `shape` with its last dim replaced by `last` (the shape of packed codes or scales).
+inline std::vector<int64_t> with_last(at::IntArrayRef shape, int64_t last) {
+  std::vector<int64_t> s(shape.begin(), shape.end());
+  s.back() = last;
+  return s;
+}
 
 // Raises ValueError/TypeError naming the bad value unless x can be NVFP4-quantized in
 // blocks of block_rows (1 or 16) x 16 with RHT mask rht_mask (-1 or 0..0xFFFF). Shared by

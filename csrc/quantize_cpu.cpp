@@ -104,19 +104,6 @@ at::Tensor scalar_f32(float v, const at::TensorOptions& like) {
   return t;
 }
 
-// Product of all dims but the last (the row count, also when K == 0).
-int64_t leading_rows(const at::Tensor& x) {
-  int64_t rows = 1;
-  for (int64_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
-  return rows;
-}
-
-std::vector<int64_t> with_last(at::IntArrayRef shape, int64_t last) {
-  std::vector<int64_t> s(shape.begin(), shape.end());
-  s.back() = last;
-  return s;
-}
-
 // Quantizes the prepared FP32 values xf [rows, cols] in 1x16 or 16x16 blocks into
 // data [rows, cols/2] and scale [rows, cols/16] (raw bytes). Returns the amax used.
 float quantize_prepared(const float* xf, int64_t rows, int64_t cols, int64_t block_rows,
