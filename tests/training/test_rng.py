@@ -8,7 +8,7 @@ import torch
 import lowprec.ops
 from lowprec.convert import convert
 
-from .tinygpt import TinyGPT, loss_fn, markov_batches
+from .tinygpt import TinyGPT, markov_batches, optimizer_steps
 
 
 def small_gpt(**kwargs):
@@ -20,22 +20,11 @@ def small_gpt(**kwargs):
 BATCHES = markov_batches(6, 4, 16, vocab=16)
 
 
-def steps(model, opt, batches):
-    losses = []
-    for tokens in batches:
-        loss = loss_fn(model, tokens)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.detach())
-    return losses
-
-
 def trained(seed, n_steps, **model_kwargs):
     model = small_gpt(**model_kwargs)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     torch.manual_seed(seed)
-    losses = steps(model, opt, BATCHES[:n_steps])
+    losses = optimizer_steps(model, opt, BATCHES[:n_steps])
     return model, opt, losses
 
 
@@ -98,7 +87,7 @@ def test_resumed_run_continues_bit_identically():
     resumed.load_state_dict(state["model"])
     resumed_opt.load_state_dict(state["opt"])
     torch.set_rng_state(state["rng"])
-    rest = steps(resumed, resumed_opt, BATCHES[3:6])
+    rest = optimizer_steps(resumed, resumed_opt, BATCHES[3:6])
     assert_same_run(straight, (resumed, resumed_opt, first + rest))
 
 

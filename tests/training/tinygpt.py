@@ -81,14 +81,19 @@ def markov_batches(n_batches, batch, seq_len, vocab=64, seed=1234):
     return list(seqs.split(batch))
 
 
-def train(model, batches, lr=3e-3, steps=None):
-    """AdamW over ``batches`` (one step each); returns the list of losses."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+def optimizer_steps(model, opt, batches):
+    """One step of ``opt`` per batch; returns the losses as detached tensors."""
     losses = []
-    for tokens in batches[:steps]:
+    for tokens in batches:
         loss = loss_fn(model, tokens)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(loss.item())
+        losses.append(loss.detach())
     return losses
+
+
+def train(model, batches, lr=3e-3, steps=None):
+    """AdamW over ``batches`` (one step each); returns the list of losses."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    return [loss.item() for loss in optimizer_steps(model, opt, batches[:steps])]
