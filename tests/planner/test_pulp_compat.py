@@ -117,10 +117,12 @@ PULP4_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(not os.environ.get("LOWPREC_PULP4_PYTHON"),
+# CI sets LOWPREC_PULP4_PYTHON (.ci/pulp4_env.sh); there a missing one is a failure.
+@pytest.mark.skipif(not os.environ.get("LOWPREC_PULP4_PYTHON") and not os.environ.get("CI"),
                     reason="set LOWPREC_PULP4_PYTHON to an interpreter with pulp>=4 and "
-                           "highspy to test the adapter on PuLP 4")
+                           "highspy to test the adapter on PuLP 4 (.ci/pulp4_env.sh makes one)")
 def test_adapter_on_pulp4_interpreter(tmp_path):
+    assert os.environ.get("LOWPREC_PULP4_PYTHON"), "CI must set LOWPREC_PULP4_PYTHON"
     script = tmp_path / "pulp4_check.py"
     script.write_text(PULP4_SCRIPT)
     done = subprocess.run([os.environ["LOWPREC_PULP4_PYTHON"], str(script),
