@@ -25,6 +25,7 @@ as, so 0.9 means 9/10) before and after solving; a solver answer that meets the 
 only within its feasibility tolerance is re-solved with the right-hand side tightened.
 """
 
+import heapq
 import math
 import time
 import warnings
@@ -233,7 +234,8 @@ def solve(choices, *, budget, budget_kind="nvfp4_fraction", time_cost=None,
         switch_penalty: objective units charged per choice that differs from ``previous``.
         solver: ``"auto"`` (HiGHS via highspy, HiGHS_CMD, then CBC), ``"highs"``,
             ``"highs_cmd"`` or ``"cbc"``.
-        time_limit: seconds; a plan found by then is used with a warning.
+        time_limit: seconds; the best plan found by then is used with a warning, and
+            if the solver found none, a greedy plan that meets the budget (``greedy``).
         gap: relative MIP gap at which the solver may stop (0: prove optimality).
         msg: show the solver's log.
 
@@ -327,6 +329,15 @@ def _solve_free(choices, free, fixed, target, budget_kind, t, switch_penalty, so
         if outcome.status == "infeasible":
             raise BudgetError(f"budget={budget} ({budget_kind}) is infeasible per {label}: "
                               f"{_describe_range(budget_kind, lo, hi)}")
+        if outcome.status == "no_solution":
+            # Typically a time_limit too short for the solver to find any plan; the budget
+            # is reachable (checked above), so a greedy plan meets it.
+            warnings.warn(f"{label} found no plan within time_limit={time_limit}s "
+                          f"({outcome.detail}) for budget={budget} ({budget_kind}); using a "
+                          f"greedy plan that meets the budget; raise time_limit for the "
+                          f"optimal one", RuntimeWarning, stacklevel=3)
+            details["fallback"] = "greedy"
+            return greedy(choices, target, budget_kind, t, switch_penalty), "feasible", label
         if outcome.status not in ("optimal", "feasible"):
             raise PlannerError(f"{label} found no plan ({outcome.status}: {outcome.detail}) for "
                                f"budget={budget} ({budget_kind}); "
@@ -356,6 +367,57 @@ def _solve_free(choices, free, fixed, target, budget_kind, t, switch_penalty, so
     raise PlannerError(f"{label} kept returning plans that miss budget={budget} "
                        f"({budget_kind}) by its tolerance; last: fraction {float(fraction)}, "
                        f"time {float(rel_time)}")
+
+
+def greedy(choices, target, budget_kind, t, switch_penalty=0.0):
+    """A plan that meets the exact budget ``target`` (reachable), found greedily.
+
+    Every choice starts at its cheapest precision (switching penalty included); then,
+    while the budget is missed, the move with the least objective increase per unit of
+    budget gained is taken: a move changes one choice to a precision that gains budget
+    (NVFP4 under ``"nvfp4_fraction"``, a faster one under ``"time"``). Moves continue
+    to the reachable end of the budget, so the result always meets it. The fallback
+    when the solver finds no plan in time.
+    """
+    def effective(c, p):
+        bonus = switch_penalty if switch_penalty and p == c.previous else 0.0
+        return c.cost[p] - bonus
+
+    def gain(c, now, to):
+        if budget_kind == "nvfp4_fraction":
+            return Fraction(c.flops) * ((to == "nvfp4") - (now == "nvfp4"))
+        return Fraction(c.flops) * (Fraction(t[now]) - Fraction(t[to]))
+
+    def best_move(c, now):
+        moves = [((effective(c, to) - effective(c, now)) / float(gain(c, now, to)),
+                  PRECISIONS.index(to), to) for to in c.cost if gain(c, now, to) > 0]
+        return min(moves) if moves else None
+
+    assignment = {c.key: min(c.cost, key=lambda p, c=c: (effective(c, p),
+                                                           PRECISIONS.index(p)))
+                  for c in choices}
+    heap = []
+    for i, c in enumerate(choices):
+        move = best_move(c, assignment[c.key])
+        if move is not None:
+            heap.append((move[0], i, move[2]))
+    heapq.heapify(heap)
+    # The budget quantity, kept exact and updated per move: NVFP4 FLOPs or time spent.
+    total = sum(c.flops for c in choices)
+    if budget_kind == "nvfp4_fraction":
+        need, have = target * total, sum(gain(c, "bf16", assignment[c.key]) for c in choices)
+    else:
+        need = total * Fraction(t["bf16"]) * (1 - target)      # time to save vs all-BF16
+        have = sum(gain(c, "bf16", assignment[c.key]) for c in choices)
+    while heap and have < need:
+        _, i, to = heapq.heappop(heap)
+        c = choices[i]
+        have += gain(c, assignment[c.key], to)
+        assignment[c.key] = to
+        move = best_move(c, to)
+        if move is not None:
+            heapq.heappush(heap, (move[0], i, move[2]))
+    return assignment
 
 
 def _build(free, budget_kind, rhs, total, t, switch_penalty):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lowprec.planner import ilp, pulp_compat
-from lowprec.planner.ilp import BudgetError, Choice, PlannerError, solve
+from lowprec.planner.ilp import BudgetError, Choice, solve
 
 PRECISIONS = ("nvfp4", "fp8", "bf16")
 # Dyadic relative times (Blackwell 1 : 1/2 : 1/4), so brute force can check exactly.
@@ -205,9 +205,68 @@ def test_solver_infeasible_and_no_solution(monkeypatch):
     _with_outcome(monkeypatch, "infeasible")
     with pytest.raises(BudgetError, match=r"infeasible.*reachable"):
         solve(choices, budget=0.3)
-    _with_outcome(monkeypatch, "no_solution")
-    with pytest.raises(PlannerError, match="found no plan"):
-        solve(choices, budget=0.3)
+
+
+@pytest.mark.parametrize("kind, budget", [("nvfp4_fraction", 0.6), ("time", 0.5)])
+def test_too_small_time_limit_falls_back_to_a_greedy_plan(kind, budget):
+    """A time_limit too short for any solution: a warning naming time_limit and a plan
+    that meets the budget (the greedy fallback), not a PlannerError.
+
+    Real solver, no stub: HiGHS with time_limit=0 stops before its first incumbent.
+    Mutants: greedy() returning its starting assignment (no moves) -> solve's final
+    budget check raises; the fallback branch removed -> PlannerError "found no plan".
+    """
+    rng = random.Random(5)
+    choices = [Choice(f"l{i}", "all", rng.randint(1, 50) * 64,
+                      {"nvfp4": rng.random(), "fp8": rng.random() / 3, "bf16": 0.0})
+               for i in range(200)]
+    with pytest.warns(RuntimeWarning, match=r"time_limit=0\.0s.*greedy plan"):
+        sol = solve(choices, budget=budget, budget_kind=kind, time_cost=TIME, time_limit=0.0)
+    assert sol.status == "feasible" and sol.details["fallback"] == "greedy"
+    fraction, rel_time = ilp.achieved(choices, sol.assignment, TIME)
+    assert fraction >= Fraction(budget) if kind == "nvfp4_fraction" \
+        else rel_time <= Fraction(budget)
+    best = solve(choices, budget=budget, budget_kind=kind, time_cost=TIME)
+    assert best.objective <= sol.objective
+
+
+def test_greedy_meets_every_reachable_budget():
+    """The fallback alone on random instances (forced choices, previous plans included):
+    every reachable dyadic budget is met, under both budget kinds."""
+    rng = random.Random(11)
+    for trial in range(60):
+        choices = random_instance(rng, rng.randint(1, 12))
+        kind = rng.choice(ilp.BUDGET_KINDS)
+        lo, hi = ilp._exact_range(choices, kind, TIME)
+        budget = Fraction(rng.randint(0, 64), 64) * (hi - lo) + lo
+        got = ilp.greedy(choices, budget, kind, TIME, rng.choice((0.0, 0.3)))
+        fraction, rel_time = ilp.achieved(choices, got, TIME)
+        assert all(got[c.key] in c.cost for c in choices)
+        assert fraction >= budget if kind == "nvfp4_fraction" else rel_time <= budget, trial
+
+
+def test_time_budget_is_relative_to_the_bf16_time():
+    """Device times with BF16 != 1 (here 3x TIME: same ratios) give the optimum of the
+    brute force on the ratios: the budget rows are divided by the BF16 time.
+
+    Mutant killed: ``_build`` using ``share * t[p]`` (not divided by ``t["bf16"]``), or
+    the fixed choices' time not divided by it: with t_bf16 = 3 every plan then looks 3x
+    slower and the solver answers infeasible or a worse plan.
+    """
+    scaled = {p: 3 * t for p, t in TIME.items()}          # 0.75 : 1.5 : 3, exact floats
+    rng = random.Random(99)
+    checked = 0
+    for trial in range(40):
+        choices = random_instance(rng, rng.randint(2, 8))
+        budget = max(rng.randint(0, 64) / 64, 1 / 64)
+        best = brute_force(choices, budget, "time", 0.0)
+        if best is None:
+            continue
+        sol = solve(choices, budget=budget, budget_kind="time", time_cost=scaled)
+        assert sol.objective == pytest.approx(best, abs=1e-6), trial
+        assert ilp.achieved(choices, sol.assignment, scaled)[1] <= Fraction(budget)
+        checked += 1
+    assert checked >= 20                       # most instances were feasible
 
 
 def test_no_free_choice_needs_no_solver(monkeypatch):
