@@ -26,6 +26,8 @@ optimizer state and the module objects stay as they are. Convert before wrapping
 model in DDP, FSDP (``fully_shard``) or ``torch.compile``.
 """
 
+import warnings
+
 from torch import nn
 
 from lowprec.linear import NVFP4_BLOCK, Linear, check_nvfp4_shape
@@ -204,6 +206,14 @@ def convert(model, budget=None, *, recipe=None, calibration=None, optimizer=None
         raise ValueError("convert takes a budget (to plan) or a plan (to apply), not both")
     if plan_kwargs and budget is None:
         raise TypeError(f"planner options {sorted(plan_kwargs)} need a budget")
+    planner_inputs = [name for name, value in (("calibration", calibration),
+                      ("optimizer", optimizer), ("loss_fn", loss_fn)) if value is not None]
+    if planner_inputs and budget is None:
+        # Refused rather than ignored: the caller meant to plan and would get another plan.
+        instead = "the given plan" if plan is not None else "the default plan"
+        raise TypeError(f"convert got {', '.join(planner_inputs)} but no budget: they are "
+                        f"only used to plan under a budget (budget=...); pass one, or leave "
+                        f"them out for {instead}")
     if recipe is not None and not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a lowprec.Recipe; got {type(recipe).__name__}")
     if budget is not None:
@@ -223,9 +233,21 @@ def convert(model, budget=None, *, recipe=None, calibration=None, optimizer=None
         plan = default_plan(model, recipe, filter_fn)
     if not isinstance(plan, Plan):
         raise TypeError(f"plan must be a lowprec.Plan; got {type(plan).__name__}")
+    _warn_unplanned(model, plan, filter_fn)
     model = apply_plan(model, plan, recipe)
     model.lowprec_plan = plan
     return model
+
+
+def _warn_unplanned(model, plan, filter_fn):
+    """Warn naming the model's linear layers ``plan`` leaves out (they stay as they are)."""
+    missing = [name for name, _, _ in candidate_layers(model, filter_fn) if name not in plan]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f", ... ({len(missing)} in all)"
+                                           if len(missing) > 10 else "")
+        warnings.warn(f"the plan has no entry for {len(missing)} linear layer(s) of the model: "
+                      f"{shown}; they keep their current precision (an nn.Linear stays an "
+                      f"unconverted nn.Linear)", UserWarning, stacklevel=3)
 
 
 def unconvert(model):

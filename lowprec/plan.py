@@ -13,6 +13,7 @@ dicts with str keys, lists, str, int, float, bool, None; a tuple comes back as a
 
 import dataclasses
 import json
+import math
 
 from lowprec.recipe import GEMMS, PRECISIONS, Recipe
 
@@ -153,24 +154,75 @@ class Plan:
     # -- JSON -------------------------------------------------------------------------
 
     def to_json(self, indent=None):
-        """JSON text of the plan (raises TypeError naming a value JSON cannot hold)."""
-        _check_json_keys(self.meta, "meta")
+        """Valid JSON text of the plan.
+
+        Raises TypeError naming a key JSON cannot hold, ValueError naming a NaN or
+        infinite number (JSON has none; Python's bare ``NaN`` token is not JSON).
+        """
+        _check_json(self.meta, "meta")
         layers = []
         for layer in self:
-            _check_json_keys(layer.stats, f"layers[{layer.name!r}].stats")
+            for key in ("flops_share", "cost", "stats"):
+                _check_json(getattr(layer, key), f"layers[{layer.name!r}].{key}")
             entry = dataclasses.asdict(layer)
             entry["shape"] = list(layer.shape)
             layers.append(entry)
         return json.dumps({"format": PLAN_FORMAT_VERSION, "meta": self.meta,
-                           "layers": layers}, indent=indent)
+                           "layers": layers}, indent=indent, allow_nan=False)
 
     @classmethod
     def from_json(cls, text):
-        data = json.loads(text)
+        """The Plan of ``to_json``'s text; ValueError naming what is missing or wrong."""
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"a lowprec plan must be JSON text: {err}") from None
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT_VERSION:
             raise ValueError(f"not a lowprec plan of format {PLAN_FORMAT_VERSION}: "
                              f"{str(data)[:80]!r}")
-        return cls([LayerPlan(**entry) for entry in data["layers"]], data["meta"])
+        missing = [key for key in ("meta", "layers") if key not in data]
+        if missing:
+            raise ValueError(f"plan JSON lacks {missing}")
+        if not isinstance(data["meta"], dict) or not isinstance(data["layers"], list):
+            raise ValueError(f"plan JSON: meta must be an object and layers a list; got "
+                             f"{type(data['meta']).__name__} and "
+                             f"{type(data['layers']).__name__}")
+        layers, seen = [], set()
+        for i, entry in enumerate(data["layers"]):
+            layer = _layer_from_json(entry, f"layers[{i}]")
+            if layer.name in seen:
+                raise ValueError(f"plan JSON names layer {layer.name!r} twice "
+                                 f"(again at layers[{i}])")
+            seen.add(layer.name)
+            layers.append(layer)
+        return cls(layers, data["meta"])
+
+
+_FIELD_TYPES = {"name": (str,), "reason": (str,), "fprop": (str,), "dgrad": (str,),
+                "wgrad": (str,), "flops_share": (int, float, type(None)),
+                "cost": (int, float, type(None)), "stats": (dict,), "shape": (list,)}
+_REQUIRED = ("name", "shape", "fprop", "dgrad", "wgrad", "reason")
+
+
+def _layer_from_json(entry, where):
+    """One LayerPlan from its JSON object, each field's type checked first."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"plan JSON {where} must be an object; got {entry!r:.80}")
+    missing = [key for key in _REQUIRED if key not in entry]
+    unknown = [key for key in entry if key not in _FIELD_TYPES]
+    if missing or unknown:
+        raise ValueError(f"plan JSON {where} ({entry.get('name')!r}): missing fields "
+                         f"{missing}, unknown fields {unknown}")
+    for key, value in entry.items():
+        if not isinstance(value, _FIELD_TYPES[key]) or isinstance(value, bool):
+            raise ValueError(f"plan JSON {where} ({entry.get('name')!r}): {key} must be "
+                             f"{' or '.join(t.__name__ for t in _FIELD_TYPES[key])}; "
+                             f"got {value!r:.80}")
+    shape = entry["shape"]
+    if len(shape) != 2 or any(type(d) is not int or d < 1 for d in shape):
+        raise ValueError(f"plan JSON {where} ({entry['name']!r}): shape must be two "
+                         f"positive ints [out_features, in_features]; got {shape!r}")
+    return LayerPlan(**entry)
 
 
 def _stat_cell(value):
@@ -188,14 +240,17 @@ def _number(value):
     return f"{value:.2e}" if isinstance(value, (int, float)) else str(value)
 
 
-def _check_json_keys(value, path):
-    """JSON turns non-str dict keys into strings silently; refuse them instead."""
+def _check_json(value, path):
+    """Refuse what JSON would change or cannot hold: non-str keys (they would turn into
+    strings silently) and NaN or infinite floats (no JSON token exists for them)."""
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(f"Plan {path} has the key {key!r} of type "
                                 f"{type(key).__name__}; JSON keys must be str")
-            _check_json_keys(item, f"{path}[{key!r}]")
+            _check_json(item, f"{path}[{key!r}]")
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            _check_json_keys(item, f"{path}[{i}]")
+            _check_json(item, f"{path}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"Plan {path} is {value}; JSON holds only finite numbers")

@@ -22,7 +22,7 @@ import math
 
 from lowprec.planner import gemm_error, ilp, pulp_compat
 from lowprec.planner.cost import GEMMS, device_cost, gemm_flops
-from lowprec.planner.distributed import broadcast_text, resolve_group
+from lowprec.planner.distributed import broadcast_text, rebuild_error, resolve_group
 from lowprec.planner.stats import DEFAULT_NOISE_SCALE, DEFAULT_SEED, collect_stats
 
 DEFAULT_GEMM_GROUPS = (("fprop", "dgrad"), ("wgrad",))
@@ -30,7 +30,7 @@ OBJECTIVES = ("snip", "relative_error")
 SNIP_METRIC = {"fprop": "ld", "dgrad": "dx", "wgrad": "wd"}
 METRIC_LABEL = {"ld": "LD", "dx": "dX err", "wd": "WD"}
 ERRORS = {"BudgetError": ilp.BudgetError, "NoSolverError": pulp_compat.NoSolverError,
-          "PlannerError": ilp.PlannerError, "ValueError": ValueError}
+          "PlannerError": ilp.PlannerError}
 
 
 def _candidates(model, candidates):
@@ -312,13 +312,13 @@ def make_plan(model, *, budget, calibration, optimizer=None, loss_fn=None, recip
                 results_dir=results_dir, solver=solver, time_limit=time_limit, gap=gap,
                 recipe=recipe, extra_meta={"noise_scale": noise_scale, "seed": seed})
             text = json.dumps({"ok": True, "plan": plan.to_json()})
-        except (ilp.PlannerError, pulp_compat.NoSolverError, ValueError) as err:
+        except Exception as err:           # noqa: BLE001  (every rank raises it below)
             if group is None:
                 raise
             text = json.dumps({"ok": False, "type": type(err).__name__, "message": str(err)})
     envelope = json.loads(broadcast_text(text, group))
     if not envelope["ok"]:
-        raise ERRORS.get(envelope["type"], ilp.PlannerError)(envelope["message"])
+        raise rebuild_error(envelope["type"], envelope["message"], ERRORS)
     from lowprec.plan import Plan
     return Plan.from_json(envelope["plan"])
 

@@ -1,8 +1,11 @@
-"""The two collectives the planner needs: sum statistics, broadcast the plan as JSON.
+"""The collectives the planner needs: sum statistics, broadcast the plan as JSON, and
+agree after each calibration batch whether to go on or to fail.
 
-Everything is sent as tensors (float64 sums; the plan's UTF-8 JSON bytes as uint8), so
-no pickling is involved and every rank decodes the same bytes into the same plan.
+Everything is sent as tensors (float64 sums and flags; UTF-8 text as uint8), so no
+pickling is involved and every rank decodes the same bytes into the same plan or error.
 """
+
+import builtins
 
 import torch
 
@@ -56,3 +59,49 @@ def broadcast_text(text, group, src_rank=0):
         buf.copy_(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
     dist.broadcast(buf, src=src, group=group)
     return buf.cpu().numpy().tobytes().decode("utf-8")
+
+
+def rebuild_error(type_name, message, known=None):
+    """An exception of the named type (from ``known``, else a builtin) with ``message``.
+
+    A type that cannot be rebuilt that way becomes a RuntimeError naming it.
+    """
+    cls = (known or {}).get(type_name) or getattr(builtins, type_name, None)
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            return cls(message)
+        except TypeError:             # a constructor that wants other arguments
+            pass
+    return RuntimeError(f"{type_name}: {message}")
+
+
+def agree(active, failure, group, known=None):
+    """One round of "did any rank fail, and is any rank still busy?"; every rank calls it.
+
+    ``active``: this rank did work this round (it had a batch). ``failure``: the
+    exception this rank hit this round, or None. If any rank failed, every rank raises
+    the same error (type and message of the lowest failing rank, prefixed by its rank;
+    on that rank chained to the original) instead of leaving the others waiting in the
+    next collective until the process-group timeout. Otherwise returns whether any rank
+    was active, so that ranks with fewer batches keep taking part until all are done.
+    Without a group: re-raises ``failure`` as it is, or returns ``active``.
+    """
+    if group is None:
+        if failure is not None:
+            raise failure
+        return active
+    import torch.distributed as dist
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    flags = torch.zeros(world, dtype=torch.float64)
+    flags[rank] = 2.0 if failure is not None else 1.0 if active else 0.0
+    flags = all_reduce_sum(flags, group)
+    failed = [r for r in range(world) if flags[r] == 2.0]
+    if not failed:
+        return bool((flags == 1.0).any())
+    src = failed[0]
+    text = f"{type(failure).__name__}\n{failure}" if rank == src else None
+    type_name, message = broadcast_text(text, group, src_rank=src).split("\n", 1)
+    error = rebuild_error(type_name, f"rank {src}: {message}", known)
+    if rank == src:
+        raise error from failure
+    raise error

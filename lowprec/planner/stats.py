@@ -80,7 +80,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lowprec.planner import gemm_error
-from lowprec.planner.distributed import all_reduce_sum, resolve_group
+from lowprec.planner.distributed import agree, all_reduce_sum, resolve_group
 from lowprec.planner.progress import Progress
 
 QUANTIZED = gemm_error.QUANTIZED
@@ -138,11 +138,15 @@ class CollectedStats:
 
 
 def default_loss(model, batch):
-    """Run ``model`` on ``batch`` and take the loss from what it returns.
+    """The loss ``make_plan`` uses when no ``loss_fn`` is given: ``model``'s own output.
 
-    ``batch`` is passed as ``model(**batch)`` (dict), ``model(*batch)`` (tuple/list) or
-    ``model(batch)``. The output must be a scalar tensor, a tuple/list starting with
-    one, a dict with ``"loss"``, or an object with a ``.loss`` (Hugging Face style).
+    The batch is unpacked into the model's arguments: a dict as ``model(**batch)``, a
+    tuple or list as ``model(*batch)`` (so an ``(x, y)`` batch calls ``model(x, y)``), a
+    tensor or anything else as ``model(batch)``. The model must then return the loss:
+    a scalar tensor, a tuple/list starting with one, a dict with ``"loss"``, or an
+    object with ``.loss`` (Hugging Face style). A model that returns logits needs a
+    ``loss_fn(model, batch) -> scalar``, e.g. for ``(x, y)`` batches
+    ``loss_fn=lambda m, b: F.cross_entropy(m(b[0]), b[1])``.
     """
     if isinstance(batch, dict):
         out = model(**batch)
@@ -158,8 +162,50 @@ def default_loss(model, batch):
     elif not isinstance(out, torch.Tensor):
         loss = getattr(out, "loss", None)
     if not (isinstance(loss, torch.Tensor) and loss.numel() == 1):
-        raise TypeError(f"cannot find a scalar loss in the model's output "
-                        f"({type(out).__name__}); pass loss_fn=lambda model, batch: <scalar>")
+        raise TypeError(f"the model's output is not a loss: {_describe(out)}; pass "
+                        f"{example_loss_fn(batch)}")
+    return loss.reshape(())
+
+
+def _describe(value):
+    """A short description of what a loss function returned, for error messages."""
+    if isinstance(value, torch.Tensor):
+        return (f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+                + ("" if value.numel() != 1 else f" ({value.item():.6g})"))
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}: " \
+               f"({', '.join(_describe(v) for v in value[:3])}{', ...' if len(value) > 3 else ''})"
+    return f"{type(value).__name__} {value!r}"[:120]
+
+
+def example_loss_fn(batch):
+    """A ``loss_fn`` that suits ``batch``'s structure, to show in error messages."""
+    if isinstance(batch, dict):
+        return "loss_fn=lambda m, b: m(**b).loss  (or m(**b)['loss'])"
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return "loss_fn=lambda m, b: F.cross_entropy(m(b[0]), b[1])"
+    if isinstance(batch, torch.Tensor) and batch.dim() == 2 and not batch.is_floating_point():
+        return ("loss_fn=lambda m, b: F.cross_entropy(m(b[:, :-1]).flatten(0, 1), "
+                "b[:, 1:].flatten())  (next-token prediction)")
+    return "loss_fn=lambda m, b: <a scalar loss tensor computed by m from b>"
+
+
+def _loss(loss_fn, model, batch, given):
+    """``loss_fn(model, batch)`` as a 0-d tensor, or an error naming ``loss_fn``."""
+    who = "loss_fn" if given else "loss_fn (omitted: the default, stats.default_loss)"
+    shape = "; ".join(["loss_fn is called as loss_fn(model, batch) and must return a "
+                       "scalar tensor that requires grad",
+                       f"for this batch ({_describe(batch)}) try {example_loss_fn(batch)}"])
+    try:
+        loss = loss_fn(model, batch)
+    except TypeError as err:
+        raise TypeError(f"{who} failed: {err}; {shape}") from err
+    if not (isinstance(loss, torch.Tensor) and loss.numel() == 1):
+        raise TypeError(f"{who} returned {_describe(loss)}, not a scalar loss; {shape}")
+    if not loss.requires_grad:
+        raise ValueError(f"{who} returned a loss that does not require grad "
+                         f"({_describe(loss)}): the planner differentiates it, so it must "
+                         f"be computed from the model's output with autograd enabled")
     return loss.reshape(())
 
 
@@ -395,6 +441,7 @@ def finalize(raw, layers_info, uses_optimizer):
     out = {}
     raw = raw.double()
     for i, (name, shape, compute, nvfp4_ok) in enumerate(layers_info):
+        _check_finite(raw[i], name, "after summing over batches and ranks")
         r = {f: float(raw[i, COLUMN[f]]) for f in FIELDS}
         batches = int(round(r["batches"]))
         stats = LayerStats(name=name, shape=tuple(shape), batches=batches,
@@ -418,6 +465,41 @@ def finalize(raw, layers_info, uses_optimizer):
             stats.rel = rel
         out[name] = stats
     return out
+
+
+_END = object()
+
+
+def _one_batch(model, batch, index, layers, raw, hooks, devices, cfg, seeds, optimizer,
+               loss_fn, given):
+    """Both passes of one calibration batch, added into ``raw``; non-finite values raise."""
+    state = _rng_state(devices)
+    hooks.start("clean", index)
+    loss = _loss(loss_fn, model, batch, given)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss_fn returned a non-finite loss ({loss.item()}) on "
+                                 f"calibration batch {index}; no layer's statistics can be "
+                                 f"measured on it (leave the batch out or fix the model)")
+    _output_grads(loss, layers)
+    for layer in layers:
+        _accumulate_clean(layer, raw[layer.index], hooks, cfg, seeds, optimizer)
+    _set_rng_state(state, devices)       # same dropout masks in the noise pass
+    hooks.start("noisy", index)
+    _output_grads(_loss(loss_fn, model, batch, given), layers)
+    for layer in layers:
+        _accumulate_noisy(layer, raw[layer.index])
+        layer.calls = []
+        _check_finite(raw[layer.index], layer.name, f"on calibration batch {index}")
+
+
+def _check_finite(row, name, where):
+    """FloatingPointError naming the layer and the non-finite fields of its row."""
+    bad = [f for f in FIELDS if not math.isfinite(float(row[COLUMN[f]]))]
+    if bad:
+        raise FloatingPointError(f"non-finite statistics for layer {name} {where}: "
+                                 f"{', '.join(f'{f}={float(row[COLUMN[f]])}' for f in bad)} "
+                                 f"(a NaN/Inf in its input, weight or output gradient?); "
+                                 f"the planner cannot rank a layer it cannot measure")
 
 
 def _iterate(calibration, num_batches):
@@ -445,7 +527,9 @@ def collect_stats(model, candidates, calibration, *, loss_fn=None, optimizer=Non
             layers are only counted (tokens), not measured.
         calibration: a finite iterable of batches (or a zero-argument callable returning
             one); an endless stream needs ``num_batches``.
-        loss_fn: ``loss_fn(model, batch) -> scalar tensor``; default ``default_loss``.
+        loss_fn: ``loss_fn(model, batch) -> scalar tensor`` (it must run ``model`` and
+            be differentiable); default ``default_loss`` (the model's own output, see
+            there: ``(x, y)`` batches of a model returning logits need a ``loss_fn``).
         optimizer: an Adam/AdamW optimizer holding the layers' weights, for WD through
             its moments; None for the gradient-norm fallback.
         recipe: the ``lowprec.Recipe`` whose quantizer switches to emulate.
@@ -458,8 +542,14 @@ def collect_stats(model, candidates, calibration, *, loss_fn=None, optimizer=Non
 
     Returns:
         CollectedStats with ``layers`` = ``{name: LayerStats}`` in candidate order.
+
+    Raises:
+        TypeError / ValueError naming ``loss_fn``: it failed on the batch's structure or
+        returned no differentiable scalar (the message shows a ``loss_fn`` that suits
+        the batch). FloatingPointError: a non-finite loss or statistic, naming the
+        batch (and the layer). In a distributed run an error on any rank is raised on
+        every rank after that batch, prefixed by the failing rank.
     """
-    loss_fn = loss_fn or default_loss
     cfg = gemm_error.QuantConfig.from_recipe(recipe)
     group, rank, world = resolve_group(process_group)
     layers = []
@@ -473,32 +563,39 @@ def collect_stats(model, candidates, calibration, *, loss_fn=None, optimizer=Non
     devices = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
     start = time.perf_counter()
     used = 0
+    iterator = iter(batches)
     with torch.random.fork_rng(devices=devices), \
             _Hooks(layers, noise_scale, _mix(seed, rank)) as hooks, \
             Progress(total, "lowprec planner: statistics", progress) as bar:
-        for batch in batches:
-            if num_batches is not None and used >= num_batches:
+        while True:
+            # Every rank takes part in each round, also after its own batches ran out,
+            # so that an error on one rank reaches all of them (distributed.agree).
+            active, failure = False, None
+            try:
+                batch = next(iterator, _END) if num_batches is None or used < num_batches \
+                    else _END
+                if batch is not _END:
+                    active = True
+                    _one_batch(model, batch, used, layers, raw, hooks, devices, cfg, seeds,
+                               optimizer, loss_fn or default_loss, loss_fn is not None)
+                    used += 1
+                    bar.update()
+            except Exception as err:              # noqa: BLE001  (handed to agree)
+                failure = err
+            if not agree(active, failure, group):
                 break
-            state = _rng_state(devices)
-            hooks.start("clean", used)
-            _output_grads(loss_fn(model, batch), layers)
-            for layer in layers:
-                _accumulate_clean(layer, raw[layer.index], hooks, cfg, seeds, optimizer)
-            _set_rng_state(state, devices)       # same dropout masks in the noise pass
-            hooks.start("noisy", used)
-            _output_grads(loss_fn(model, batch), layers)
-            for layer in layers:
-                _accumulate_noisy(layer, raw[layer.index])
-                layer.calls = []
-            used += 1
-            bar.update()
-    if used == 0:
-        raise ValueError("calibration gave no batches; the planner needs at least one")
     raw = all_reduce_sum(raw, group)
+    total_batches = int(all_reduce_sum(torch.tensor([float(used)]), group)[0])
+    if total_batches == 0:
+        raise ValueError("calibration gave no batches (on any rank); the planner needs at "
+                         "least one")
+    if not any(raw[layer.index, COLUMN["tokens"]] > 0 for layer in layers):
+        raise ValueError(f"loss_fn(model, batch) ran none of the {len(layers)} candidate "
+                         f"layers on the calibration batches; it must compute the loss "
+                         f"with the model (loss_fn={loss_fn!r})")
     uses_optimizer = [_adam_view(optimizer, layer.module.weight) is not None for layer in layers]
     info = [(layer.name, tuple(layer.module.weight.shape), layer.compute, layer.nvfp4_ok)
             for layer in layers]
-    total_batches = int(all_reduce_sum(torch.tensor([float(used)]), group)[0])
     return CollectedStats(layers=finalize(raw, info, uses_optimizer),
                           seconds=time.perf_counter() - start, batches=total_batches,
                           world_size=world, raw=raw)
