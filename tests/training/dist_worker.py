@@ -1,6 +1,7 @@
 """Worker processes for test_distributed.py (spawned; gloo on CPU)."""
 
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -32,10 +33,24 @@ def batches():
     return markov_batches(STEPS, GLOBAL_BATCH, SEQ, vocab=VOCAB)
 
 
+def sleep_on_rank(rank, sleeper, seconds):
+    """A stand-in worker whose rank ``sleeper`` hangs (for the spawn timeout's test)."""
+    if rank == sleeper:
+        time.sleep(seconds)
+
+
 def worker(rank, init_file, wrapper, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=WORLD)
+    try:
+        _train_and_save(rank, wrapper, out_dir)
+        dist.barrier()             # no rank tears down while another still communicates
+    finally:
+        dist.destroy_process_group()
+
+
+def _train_and_save(rank, wrapper, out_dir):
     results = {}
     for name, recipe in RECIPES.items():
         model = build(recipe)
@@ -60,4 +75,3 @@ def worker(rank, init_file, wrapper, out_dir):
             state = {k: v.full_tensor() for k, v in model.state_dict().items()}
         results[name] = {"losses": losses, "state": state}
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()

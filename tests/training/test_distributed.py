@@ -22,6 +22,7 @@ of NVFP4's own error. Bounds against it, per step, on the mean of the ranks' los
 
 import os
 import tempfile
+import time
 
 import pytest
 import torch
@@ -66,16 +67,55 @@ def one_process_global_batch(recipe):
     return losses
 
 
+# Wall-clock limit of one 2-rank run (both recipes; ~10-30 s on a loaded 2-core machine):
+# a rank that hangs (a collective, or teardown at exit) fails the test instead of
+# running into CI's time limit.
+RUN_TIMEOUT_S = 300
+
+
+def spawn_with_timeout(fn, args, nprocs, timeout):
+    """``mp.spawn`` with a deadline: on timeout every rank is terminated (then killed)
+    and TimeoutError names the ranks that were still running. A rank's exception is
+    raised as by ``mp.spawn`` (the others are terminated by torch)."""
+    # The spawned interpreters import ``fn`` by its module name, from the directory
+    # above this test package, with this process's sys.path (read when they start).
+    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(tests_dir)
+        context = mp.start_processes(fn, args=args, nprocs=nprocs, join=False,
+                                     start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=max(0.0, deadline - time.monotonic())):
+        if time.monotonic() >= deadline:
+            alive = [rank for rank, p in enumerate(context.processes) if p.is_alive()]
+            for p in context.processes:
+                p.terminate()
+            for p in context.processes:
+                p.join(5)
+                if p.is_alive():
+                    p.kill()
+                    p.join()
+            raise TimeoutError(f"ranks {alive} still running after {timeout} s; terminated")
+
+
 @pytest.fixture(scope="module", params=["ddp", "fsdp2"])
 def distributed_run(request):
-    # The spawned interpreters import the worker by its module name, from the directory
-    # above this test package, with this process's sys.path.
-    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with tempfile.TemporaryDirectory() as out_dir, pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(tests_dir)
-        mp.spawn(W.worker, args=(f"{out_dir}/init", request.param, out_dir),
-                 nprocs=W.WORLD)
+    with tempfile.TemporaryDirectory() as out_dir:
+        spawn_with_timeout(W.worker, (f"{out_dir}/init", request.param, out_dir),
+                           W.WORLD, RUN_TIMEOUT_S)
         yield [torch.load(f"{out_dir}/rank{r}.pt") for r in range(W.WORLD)]
+
+
+def test_a_hung_rank_is_terminated_and_named():
+    """The deadline works: a rank that never returns is killed and named, promptly.
+
+    30 s leaves rank 0 time to start (a spawned interpreter imports torch: a few seconds
+    on a loaded machine) and return. Mutant: no terminate on timeout -> the test waits
+    the sleeper's 600 s and fails the elapsed-time bound."""
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"ranks \[1\] still running after 30 s"):
+        spawn_with_timeout(W.sleep_on_rank, (1, 600.0), 2, 30)
+    assert time.monotonic() - start < 90
 
 
 def test_nvfp4_equals_one_process_accumulating_the_ranks_halves(distributed_run):
