@@ -1,14 +1,17 @@
 """Worker for test_distributed.py: run as a script, spawns 2 gloo ranks on localhost.
 
 Each rank builds the same model, calibrates on its own batches, and writes what it got:
-the plan of ``make_plan`` and of a ``Replanner`` round as JSON, and the error type of an
-unreachable budget. The test compares the files. (A script rather than a function of the
+the plan of ``make_plan`` and of a ``Replanner`` round as JSON, the error of an
+unreachable budget, of a loss_fn failing on one rank and of a NaN batch on one rank (with
+how long each took), and the plan of uneven calibration (3 batches on rank 0, 2 on 1). The test compares the files. (A script rather than a function of the
 test module, because spawned children must import the function by name.)
 """
 
+import datetime
 import json
 import os
 import sys
+import time
 
 import torch
 import torch.distributed as dist
@@ -28,9 +31,44 @@ class MLP(nn.Module):
         return F.cross_entropy(self.head(F.gelu(self.fc2(F.gelu(self.fc1(x))))), y)
 
 
+def failing_loss(rank):
+    """A loss_fn that fails on rank 1's second batch (rank 0 has nothing to fail on)."""
+    calls = []
+
+    def loss_fn(model, batch):
+        calls.append(1)
+        if rank == 1 and len(calls) > 2:              # two passes per batch
+            raise RuntimeError("boom in rank 1's loss_fn")
+        return model(*batch)
+    return loss_fn
+
+
+def errors_of(rank, batches, make_plan):
+    """The error each failing call raised on this rank, as 'Type: message', and its time."""
+    out = {}
+    for case in ("stats_error", "nan_error"):
+        start = time.monotonic()
+        calibration = batches
+        loss_fn = failing_loss(rank)
+        if case == "nan_error":                     # a NaN batch on rank 0 only
+            calibration = [(torch.full_like(b[0], float("nan")) if rank == 0 else b[0], b[1])
+                           for b in batches]
+            loss_fn = lambda m, b: m(*b)
+        try:
+            make_plan(MLP(), budget=0.5, calibration=calibration, loss_fn=loss_fn,
+                      progress=False)
+            out[case] = None
+        except Exception as err:
+            out[case] = f"{type(err).__name__}: {err}"
+        out[case + "_seconds"] = time.monotonic() - start
+    return out
+
+
 def run(rank, world, port, outdir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # A rank left waiting in a collective fails after 60 s instead of the default 30 min.
+    dist.init_process_group("gloo", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
     try:
         import lowprec
         from lowprec.planner import BudgetError, Replanner, make_plan
@@ -62,8 +100,14 @@ def run(rank, world, port, outdir):
             out["error"] = None
         except BudgetError as err:
             out["error"] = f"{type(err).__name__}: {err}"
+        out.update(errors_of(rank, batches, make_plan))
+        # Uneven calibration: rank 0 has 3 batches, rank 1 has 2.
+        uneven = batches + [batches[0]] if rank == 0 else batches
+        out["uneven"] = make_plan(MLP(), budget=0.5, calibration=uneven, loss_fn=loss_fn,
+                                  progress=False).to_json()
         with open(os.path.join(outdir, f"rank{rank}.json"), "w") as f:
             json.dump(out, f)
+        dist.barrier()             # no rank tears down while another still communicates
     finally:
         dist.destroy_process_group()
 
