@@ -110,10 +110,19 @@ def _normalisers(layer_stats, objective, forced):
 
 
 def _previous_precision(previous, members, group):
+    """The precision every GEMM of ``group`` of every member had in ``previous``, or None.
+
+    None (no switching penalty either way) when the previous plan lacks a member or gave
+    the group's GEMMs different precisions (a plan made with other GEMM groups or ties):
+    then no choice keeps the previous plan as it was.
+    """
     if previous is None:
         return None
-    layer = previous.layers.get(members[0]) if hasattr(previous, "layers") else None
-    return getattr(layer, group[0], None) if layer is not None else None
+    layers = getattr(previous, "layers", {})
+    if any(m not in layers for m in members):
+        return None
+    precisions = {getattr(layers[m], gemm) for m in members for gemm in group}
+    return precisions.pop() if len(precisions) == 1 else None
 
 
 def _build_choices(units, groups, layer_stats, forced, objective, weights, norm, previous):
