@@ -191,7 +191,9 @@ def convert(model, budget=None, *, recipe=None, calibration=None, optimizer=None
             ``lowprec.planner.make_plan`` under this budget (needs ``calibration``).
         recipe: the base recipe (its switches, and the precisions the default plan
             gives); None means ``Recipe()`` (NUMERICS 7).
-        calibration, optimizer, loss_fn: passed to the planner with ``budget``.
+        calibration, optimizer, loss_fn: passed to the planner with ``budget`` (and
+            refused without one); ``loss_fn(model, batch) -> scalar tensor``, default
+            the model's own output (``lowprec.planner.default_loss``).
         filter_fn: ``filter_fn(name, module) -> bool``; False keeps a layer BF16.
         plan: a ``Plan`` to apply as it is (also to an already converted model, to
             re-plan without touching parameters or optimizer state).

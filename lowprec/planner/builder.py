@@ -274,7 +274,12 @@ def make_plan(model, *, budget, calibration, optimizer=None, loss_fn=None, recip
             time relative to all-BF16 (device relative costs, ``cost.device_cost``).
         calibration: an iterable of batches (or a callable returning one).
         optimizer: Adam/AdamW holding the weights: WD through its moments.
-        loss_fn: ``loss_fn(model, batch) -> scalar``; default ``stats.default_loss``.
+        loss_fn: ``loss_fn(model, batch) -> scalar tensor``, differentiable, computed by
+            running ``model``; default ``stats.default_loss`` (the model's own output:
+            ``model(**batch)`` for a dict, ``model(*batch)`` for a tuple or list,
+            ``model(batch)`` otherwise, which must return the loss). A model returning
+            logits with ``(x, y)`` batches needs e.g.
+            ``loss_fn=lambda m, b: F.cross_entropy(m(b[0]), b[1])``.
         recipe: the base ``lowprec.Recipe`` (its switches shape the quantizers).
         candidates: ``[(name, module, forced_reason)]``; default
             ``lowprec.convert.candidate_layers(model)``.
@@ -298,7 +303,9 @@ def make_plan(model, *, budget, calibration, optimizer=None, loss_fn=None, recip
 
     Raises:
         ilp.BudgetError (a ValueError) naming the reachable range; NoSolverError;
-        PlannerError. In a distributed run every rank raises the same error.
+        PlannerError; TypeError/ValueError naming ``loss_fn`` when it does not fit the
+        batches; FloatingPointError for a non-finite loss or statistic (naming the batch
+        and layer). In a distributed run every rank raises the same error.
     """
     _objective_name(objective)
     _check_groups(gemm_groups)

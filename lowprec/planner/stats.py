@@ -563,7 +563,7 @@ def collect_stats(model, candidates, calibration, *, loss_fn=None, optimizer=Non
     devices = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
     start = time.perf_counter()
     used = 0
-    iterator = iter(batches)
+    iterator = None
     with torch.random.fork_rng(devices=devices), \
             _Hooks(layers, noise_scale, _mix(seed, rank)) as hooks, \
             Progress(total, "lowprec planner: statistics", progress) as bar:
@@ -572,6 +572,7 @@ def collect_stats(model, candidates, calibration, *, loss_fn=None, optimizer=Non
             # so that an error on one rank reaches all of them (distributed.agree).
             active, failure = False, None
             try:
+                iterator = iter(batches) if iterator is None else iterator
                 batch = next(iterator, _END) if num_batches is None or used < num_batches \
                     else _END
                 if batch is not _END:
