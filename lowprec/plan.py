@@ -198,25 +198,29 @@ class Plan:
         return cls(layers, data["meta"])
 
 
+# The JSON types of LayerPlan's fields (a field not listed here is not type-checked).
 _FIELD_TYPES = {"name": (str,), "reason": (str,), "fprop": (str,), "dgrad": (str,),
                 "wgrad": (str,), "flops_share": (int, float, type(None)),
                 "cost": (int, float, type(None)), "stats": (dict,), "shape": (list,)}
-_REQUIRED = ("name", "shape", "fprop", "dgrad", "wgrad", "reason")
 
 
 def _layer_from_json(entry, where):
     """One LayerPlan from its JSON object, each field's type checked first."""
     if not isinstance(entry, dict):
         raise ValueError(f"plan JSON {where} must be an object; got {entry!r:.80}")
-    missing = [key for key in _REQUIRED if key not in entry]
-    unknown = [key for key in entry if key not in _FIELD_TYPES]
+    fields = dataclasses.fields(LayerPlan)
+    required = [f.name for f in fields if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING]
+    missing = [key for key in required if key not in entry]
+    unknown = [key for key in entry if key not in {f.name for f in fields}]
     if missing or unknown:
         raise ValueError(f"plan JSON {where} ({entry.get('name')!r}): missing fields "
                          f"{missing}, unknown fields {unknown}")
     for key, value in entry.items():
-        if not isinstance(value, _FIELD_TYPES[key]) or isinstance(value, bool):
+        types = _FIELD_TYPES.get(key, (object,))
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise ValueError(f"plan JSON {where} ({entry.get('name')!r}): {key} must be "
-                             f"{' or '.join(t.__name__ for t in _FIELD_TYPES[key])}; "
+                             f"{' or '.join(t.__name__ for t in types)}; "
                              f"got {value!r:.80}")
     shape = entry["shape"]
     if len(shape) != 2 or any(type(d) is not int or d < 1 for d in shape):
