@@ -7,7 +7,7 @@ set -euo pipefail
 dir=${1:?usage: pulp4_env.sh DIR}
 py=""
 for candidate in python3.13 python3.12 \
-    "$(pyenv root 2>/dev/null)"/versions/3.1[2-9]*/bin/python3; do
+    "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[2-9]*/bin/python3; do
   if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c \
       'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
     py=$(command -v "$candidate"); break

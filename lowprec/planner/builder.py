@@ -375,6 +375,7 @@ def plan_from_stats(candidates, collected, *, budget, budget_kind="nvfp4_fractio
         "solver": solution.solver, "status": solution.status,
         "ilp_objective": solution.objective, "ilp_seconds": solution.seconds,
         "ilp_variables": solution.details.get("variables"),
+        "ilp_fallback": solution.details.get("fallback"),
         "stats_seconds": collected.seconds, "calibration_batches": collected.batches,
         "world_size": collected.world_size,
         "gemm_groups": ["+".join(g) for g in groups],

@@ -339,8 +339,8 @@ def _solve_free(choices, free, fixed, target, budget_kind, t, switch_penalty, so
             details["fallback"] = "greedy"
             return greedy(choices, target, budget_kind, t, switch_penalty), "feasible", label
         if outcome.status not in ("optimal", "feasible"):
-            raise PlannerError(f"{label} found no plan ({outcome.status}: {outcome.detail}) for "
-                               f"budget={budget} ({budget_kind}); "
+            raise PlannerError(f"{label} found no plan ({outcome.status}: {outcome.detail}, "
+                               f"time_limit={time_limit}s) for budget={budget} ({budget_kind}); "
                                f"{_describe_range(budget_kind, lo, hi)}")
         assignment = dict(fixed)
         for c in free:

@@ -3,8 +3,9 @@
 Each rank builds the same model, calibrates on its own batches, and writes what it got:
 the plan of ``make_plan`` and of a ``Replanner`` round as JSON, the error of an
 unreachable budget, of a loss_fn failing on one rank and of a NaN batch on one rank (with
-how long each took), and the plan of uneven calibration (3 batches on rank 0, 2 on 1). The test compares the files. (A script rather than a function of the
-test module, because spawned children must import the function by name.)
+how long each took), and the plan of uneven calibration (3 batches on rank 0, 2 on 1).
+The test compares the files. (A script rather than a function of the test module,
+because spawned children must import the function by name.)
 """
 
 import datetime

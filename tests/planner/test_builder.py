@@ -93,3 +93,12 @@ def test_switch_penalty_of_a_group_whose_gemms_had_different_precisions():
                            previous=previous_plan(), switch_penalty=100.0)
     assert plan["a"].precisions() == ("bf16", "bf16", "bf16")
     assert plan["b"].precisions() == ("nvfp4", "nvfp4", "nvfp4")
+
+
+def test_too_small_time_limit_gives_a_plan_that_says_so():
+    """The solver finds nothing in time_limit=0: the plan still meets the budget, the
+    warning names time_limit, and the plan's meta records the greedy fallback."""
+    with pytest.warns(RuntimeWarning, match=r"no plan within time_limit=0\.0s"):
+        plan = plan_from_stats(CANDIDATES, collected(), budget=0.5, time_limit=0.0)
+    assert plan.meta["ilp_fallback"] == "greedy" and plan.meta["status"] == "feasible"
+    assert plan.meta["nvfp4_fraction"] >= 0.5
