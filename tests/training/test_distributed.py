@@ -20,6 +20,7 @@ of NVFP4's own error. Bounds against it, per step, on the mean of the ranks' los
   here at most 0.21%). Wiring errors are caught bit for bit by the first test.
 """
 
+import multiprocessing
 import os
 import tempfile
 import time
@@ -110,12 +111,14 @@ def test_a_hung_rank_is_terminated_and_named():
     """The deadline works: a rank that never returns is killed and named, promptly.
 
     30 s leaves rank 0 time to start (a spawned interpreter imports torch: a few seconds
-    on a loaded machine) and return. Mutant: no terminate on timeout -> the test waits
-    the sleeper's 600 s and fails the elapsed-time bound."""
+    on a loaded machine) and return. Mutants: no terminate/kill on timeout -> a rank is
+    still alive afterwards; no deadline (``join()`` without timeout) -> the elapsed-time
+    bound fails."""
     start = time.monotonic()
     with pytest.raises(TimeoutError, match=r"ranks \[1\] still running after 30 s"):
         spawn_with_timeout(W.sleep_on_rank, (1, 600.0), 2, 30)
     assert time.monotonic() - start < 90
+    assert not multiprocessing.active_children()
 
 
 def test_nvfp4_equals_one_process_accumulating_the_ranks_halves(distributed_run):
