@@ -14,14 +14,14 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-GOLDEN_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "golden",
-                           "nvfp4_public_v1.pt")
+# In-tree copy; provenance and layout in tests/data/README.md.
+GOLDEN_PATH = os.path.join(os.path.dirname(__file__), "data", "nvfp4_public_v1.pt")
 
 
 @pytest.fixture(scope="session")
 def golden():
-    """The golden vectors of ../shared/golden (an independent implementation)."""
+    """The golden vectors of tests/data (an independent implementation, see its README)."""
     if not os.path.exists(GOLDEN_PATH):
-        pytest.fail(f"golden vectors missing at {os.path.abspath(GOLDEN_PATH)}: the "
-                    "checkout must sit beside shared/")
+        pytest.fail(f"golden vectors missing at {GOLDEN_PATH}: tests/data is part of the "
+                    "repository; restore it from git")
     return torch.load(GOLDEN_PATH)
