@@ -20,7 +20,7 @@ decodes the same bytes, so all ranks hold the identical plan (or raise the same 
 import json
 import math
 
-from lowprec.planner import gemm_error, ilp, pulp_compat
+from lowprec.planner import gemm_error, ilp, options, pulp_compat
 from lowprec.planner.cost import GEMMS, device_cost, gemm_flops
 from lowprec.planner.distributed import broadcast_text, resolve_group
 from lowprec.planner.stats import DEFAULT_NOISE_SCALE, DEFAULT_SEED, collect_stats
@@ -291,6 +291,8 @@ def make_plan(model, *, budget, calibration, optimizer=None, loss_fn=None, recip
         ilp.BudgetError (a ValueError) naming the reachable range; NoSolverError;
         PlannerError. In a distributed run every rank raises the same error.
     """
+    budget = options.check_plan_options(budget=budget, budget_kind=budget_kind, ties=ties,
+                                        recipe=recipe, time_limit=time_limit, gap=gap)
     _objective_name(objective)
     _check_groups(gemm_groups)
     candidates = _candidates(model, candidates)
