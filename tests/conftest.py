@@ -25,3 +25,16 @@ def golden():
         pytest.fail(f"golden vectors missing at {GOLDEN_PATH}: tests/data is part of the "
                     "repository; restore it from git")
     return torch.load(GOLDEN_PATH)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def empty_user_cache(tmp_path_factory):
+    """The planner reads measured device costs from the user's cache (``lowprec bench``
+    writes it); tests plan with the packaged defaults whatever that cache holds."""
+    before = os.environ.get("LOWPREC_CACHE_DIR")
+    os.environ["LOWPREC_CACHE_DIR"] = str(tmp_path_factory.mktemp("lowprec-cache"))
+    yield
+    if before is None:
+        del os.environ["LOWPREC_CACHE_DIR"]
+    else:
+        os.environ["LOWPREC_CACHE_DIR"] = before

@@ -357,7 +357,9 @@ def plan_from_stats(candidates, collected, *, budget, budget_kind="nvfp4_fractio
         "budget": budget, "budget_kind": budget_kind,
         "budget_range": list(solution.budget_range),
         "nvfp4_fraction": solution.nvfp4_fraction, "relative_time": solution.relative_time,
-        "device": dev.device, "device_time_cost": dict(dev.time), "cost_source": dev.source,
+        # The device kind the costs describe, which need not be this machine's (no GPU:
+        # Blackwell's); cost_source says why.
+        "costs_for": dev.device, "device_time_cost": dict(dev.time), "cost_source": dev.source,
         "solver": solution.solver, "status": solution.status,
         "ilp_objective": solution.objective, "ilp_seconds": solution.seconds,
         "ilp_variables": solution.details.get("variables"),
