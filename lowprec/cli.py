@@ -106,7 +106,8 @@ def _provenance():
         try:
             done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"],
                                   capture_output=True, text=True, timeout=10)
-            commit = done.stdout.strip() or None if done.returncode == 0 else None
+            if done.returncode == 0 and done.stdout.strip():
+                commit = done.stdout.strip()
         except (OSError, subprocess.SubprocessError):
             commit = None               # no git here: the version alone identifies it
     return {"version": lowprec.__version__, "commit": commit}
@@ -163,9 +164,9 @@ def _demo(args):
     print("\nplan columns:\n" + runs["nvfp4"]["plan"].legend())
     print("\nfinal losses (cross-entropy, nats per byte; validation = held-out last 10%):")
     print(report.loss_table(runs, descriptions))
-    print("\n" + report.spike_summary(runs))
     print("(one seed: at the CPU size, seed-to-seed spread is about 1% of the loss, see "
           "experiments/ablation/, so gaps of that size are noise, not a ranking)")
+    print("\n" + report.spike_summary(runs))
     print(f"\ntotal {record['seconds']:.0f} s ({record['device_type']}, "
           f"{record['threads']} thread(s), quantization backend {record['backend']})")
     title = f"lowprec demo: {preset} preset, {steps} steps, seed {args.seed}"
