@@ -153,6 +153,7 @@ def plot_losses(curves, path, title):
         import matplotlib
         matplotlib.use("Agg")          # no display needed; must precede pyplot
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return None, f"matplotlib is not installed, so no plot was drawn: {MATPLOTLIB_HINT}"
     fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -175,6 +176,9 @@ def plot_losses(curves, path, title):
                         label=label if j == 0 else None)
     smoothing = f"mean of {window} steps, raw steps faint" if window > 1 else "per step"
     ax_train.set_yscale("log")
+    for set_formatter in (ax_train.yaxis.set_major_formatter,
+                          ax_train.yaxis.set_minor_formatter):
+        set_formatter(matplotlib.ticker.ScalarFormatter())      # 3, 4, 6 rather than 3x10^0
     ax_train.set(title=f"training loss ({smoothing}; log scale, x = spike)", xlabel="step",
                  ylabel="cross-entropy (nats/byte)")
     ax_val.set(title="validation loss (sampled; the table uses more batches)", xlabel="step")
