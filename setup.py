@@ -123,6 +123,8 @@ setup(
     # Triton kernels live in kernels/ at the top of the tree (project layout) and are
     # installed as the subpackage lowprec.kernels.
     package_dir={"lowprec.kernels": "kernels"},
+    # The planner's default device cost table (lowprec/planner/cost.py reads it).
+    package_data={"lowprec.planner": ["device_costs.json"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -1,4 +1,4 @@
-// Element math of NUMERICS.md, written once for the GPU kernels (quantize.cu) and the
+// Element math of docs/numerics.md, written once for the GPU kernels (quantize.cu) and the
 // CPU loops (quantize_cpu.cpp). Every function reproduces lowprec/reference.py bit for
 // bit; the comments say which detail of the reference each step mirrors.
 //

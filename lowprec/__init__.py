@@ -1,6 +1,6 @@
 """lowprec: NVFP4 / FP8 / BF16 low-precision training for PyTorch.
 
-The numerics are specified in NUMERICS.md; ``lowprec.reference`` is their executable
+The numerics are specified in docs/numerics.md; ``lowprec.reference`` is their executable
 form and every backend reproduces its bits.
 """
 

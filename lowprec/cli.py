@@ -19,6 +19,13 @@ from pathlib import Path
 import torch
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (and exit code 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _out_dir(path):
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -55,9 +62,23 @@ def _info(args):
 
 # -- demo ------------------------------------------------------------------------------
 
+def _check_quant_table_args(args):
+    """--m/--k/--n/--backend, before any tensor is made."""
+    from lowprec.planner import options
+
+    for name in ("m", "k", "n"):
+        if getattr(args, name) < 1:
+            raise options.OptionError(f"--{name} must be >= 1; got {getattr(args, name)}")
+    if args.k % 16:
+        raise options.OptionError(f"--k must be a multiple of 16 (NVFP4 blocks of 16 along "
+                                  f"K); got {args.k}")
+    options.check_backend(args.backend, "cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _quant_table(args):
     from lowprec import quant_report
 
+    _check_quant_table_args(args)
     x, w = quant_report.make_inputs(m=args.m, k=args.k, n=args.n, seed=args.seed)
     print(f"Quantization error on a generated activation X [{args.m}, {args.k}] "
           f"(Gaussian, 1/64 of channels x20) and weight W [{args.n}, {args.k}]:\n")
@@ -66,10 +87,36 @@ def _quant_table(args):
 
 
 DEMO_DESCRIPTIONS = {
-    "bf16": "every layer high precision (FP32 on CPU, BF16 autocast on GPU)",
+    "bf16": "every layer high precision ({high})",
     "nvfp4": "NVFP4 recipe, default BF16 layers (last ~15% of blocks)",
     "planned": "planner's mix at budget {budget}",
 }
+HIGH_PRECISION = {"cpu": "FP32: no BF16 autocast on a CPU", "cuda": "BF16 autocast"}
+
+
+def _provenance():
+    """lowprec's version, and the git commit when it runs from a checkout (else None)."""
+    import subprocess
+
+    import lowprec
+
+    root = Path(lowprec.__file__).resolve().parent.parent
+    commit = None
+    if (root / ".git").exists():
+        try:
+            done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"],
+                                  capture_output=True, text=True, timeout=10)
+            if done.returncode == 0 and done.stdout.strip():
+                commit = done.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            commit = None               # no git here: the version alone identifies it
+    return {"version": lowprec.__version__, "commit": commit}
+
+
+def _threads_line(threads):
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (f"torch CPU threads: {threads} of {cores} cores here (--threads N to change; "
+            f"small models run fastest on 1, and on a busy machine more threads stall)")
 
 
 def _write_outputs(out, stem, record, plot):
@@ -77,7 +124,8 @@ def _write_outputs(out, stem, record, plot):
     from lowprec import device
     from lowprec.demo import report
 
-    record = dict(record, device=device.facts(), command=" ".join(sys.argv))
+    record = dict(record, device=device.facts(), lowprec=_provenance(),
+                  command=" ".join(sys.argv))
     json_path = report.write_json(record, out / f"{stem}.json")
     png_path, why_not = plot(record, out / f"{stem}.png")
     print(f"\nwrote {json_path}")
@@ -90,7 +138,10 @@ def _demo(args):
     if args.ablation:
         return _ablation(args)
     from lowprec.demo import report, train
+    from lowprec.planner import options
 
+    if args.budget is not None:
+        options.check_budget(args.budget)
     preset = train.default_preset(args.quick)
     model_cfg, train_cfg = train.PRESETS[preset]
     steps = args.steps or train_cfg.steps
@@ -98,23 +149,29 @@ def _demo(args):
           f"blocks, seq {model_cfg.seq_len}), {steps} steps of batch "
           f"{train_cfg.batch_size}, seed {args.seed}, preset '{preset}'")
     record = train.run_demo(preset, steps=args.steps, budget=args.budget, seed=args.seed,
-                            progress=not args.no_progress, threads=args.threads)
+                            progress=not args.no_progress, threads=args.threads,
+                            log=lambda text: print(text, flush=True),
+                            on_start=lambda used: print(_threads_line(used), flush=True))
     runs = record["runs"]
     print(f"\ncorpus: {record['corpus']['name']}, {record['corpus']['bytes']} bytes "
           f"(sha256 {record['corpus']['sha256'][:12]})")
+    descriptions = {k: v.format(budget=record["budget"],
+                                high=HIGH_PRECISION.get(record["device_type"], "FP32"))
+                    for k, v in DEMO_DESCRIPTIONS.items()}
     for name in ("nvfp4", "planned"):
-        print(f"\nplan of '{name}' ({DEMO_DESCRIPTIONS[name].format(budget=record['budget'])}):")
+        print(f"\nplan of '{name}' ({descriptions[name]}):")
         print(runs[name]["plan"].table())
-    descriptions = {k: v.format(budget=record["budget"]) for k, v in DEMO_DESCRIPTIONS.items()}
+    print("\nplan columns:\n" + runs["nvfp4"]["plan"].legend())
     print("\nfinal losses (cross-entropy, nats per byte; validation = held-out last 10%):")
     print(report.loss_table(runs, descriptions))
     print("(one seed: at the CPU size, seed-to-seed spread is about 1% of the loss, see "
           "experiments/ablation/, so gaps of that size are noise, not a ranking)")
+    print("\n" + report.spike_summary(runs))
     print(f"\ntotal {record['seconds']:.0f} s ({record['device_type']}, "
           f"{record['threads']} thread(s), quantization backend {record['backend']})")
     title = f"lowprec demo: {preset} preset, {steps} steps, seed {args.seed}"
     _write_outputs(_out_dir(args.out), "demo", record, lambda rec, path: report.plot_losses(
-        {name: [run] for name, run in rec["runs"].items()}, path, title))
+        {run.get("label", name): [run] for name, run in rec["runs"].items()}, path, title))
     return 0
 
 
@@ -150,6 +207,11 @@ METRIC = re.compile(r"(?:(?P<impl>.+)_)?(?P<metric>ms|us|step_s|tbps|tflops|toke
                     r"of_copy|of_bf16|of_mm)")
 THROUGHPUT_UNITS = {"tbps": "TB/s", "tflops": "TFLOP/s", "tokens_per_s": "tok/s"}
 RATIO_NAMES = {"of_copy": "copy", "of_bf16": "bf16", "of_mm": "bf16 mm"}
+
+
+NO_BENCH_SCRIPTS = ("looked in {looked}. The scripts are part of the source repository, "
+                    "not of the installed package: run `lowprec bench` in a clone of the "
+                    "repository, or pass --bench-dir PATH/TO/bench")
 
 
 def find_bench_dir(explicit=None):
@@ -253,17 +315,17 @@ def _bench(args):
     facts = device.facts()
     bench_dir = find_bench_dir(args.bench_dir)
     scripts = sorted(bench_dir.glob("bench_*.py")) if bench_dir else []
+    looked = args.bench_dir or "bench/ beside the lowprec package"
+    where = (f"{len(scripts)} benchmark scripts in {bench_dir}" if scripts else
+             f"and no benchmark scripts: {NO_BENCH_SCRIPTS.format(looked=looked)}")
     if facts["gpu"] is None:
         why = next((n[len("no GPU: "):] for n in facts["notes"] if n.startswith("no GPU: ")),
                    "none visible")
         print(f"no GPU ({why}): lowprec bench measures GPU kernels, so nothing was run "
-              f"({len(scripts)} scripts in {bench_dir or 'no bench/ directory found'})")
+              f"({where})")
         return 0
     if not scripts:
-        print(f"no benchmark scripts found (looked in "
-              f"{args.bench_dir or 'bench/ beside the lowprec package'}): bench/ ships "
-              f"with the source checkout, not the wheel; clone the repository or pass "
-              f"--bench-dir")
+        print(f"lowprec bench: nothing to run, {where}")
         return 1
     print("device:\n" + device.format_facts(facts))
     out = _out_dir(args.out)
@@ -285,6 +347,7 @@ def _bench(args):
             rows.extend(bench_rows(path.stem, data))
     print()
     print(format_bench_table(rows) if rows else "no results were written by the scripts")
+    _cache_device_costs([f["file"] for f in files])
     summary = out / "bench.json"
     summary.write_text(json.dumps({"device": facts, "command": " ".join(sys.argv),
                                    "failed": failed, "rows": rows, "files": files},
@@ -293,23 +356,44 @@ def _bench(args):
     return 1 if failed else 0
 
 
+def _cache_device_costs(result_files):
+    """Store the GEMM costs this run measured where the planner looks for them."""
+    from lowprec.planner import cost
+
+    kind, _ = cost.detect_device()
+    measured = cost.load_bench_costs(result_files, want=lambda _device: True)
+    if measured is None:
+        print(f"\nno GEMM costs measured in this run (bench_nvfp4_gemm.py writes them); the "
+              f"planner keeps using {cost.user_cache_path()} if present, else its defaults")
+        return
+    costs, source = measured
+    path = cost.write_user_costs(kind, costs, source)
+    print(f"\nplanner costs for {kind} (time per FLOP relative to bf16): "
+          f"{', '.join(f'{p} {t:.3g}' for p, t in costs.items())}; wrote {path}")
+
+
 # -- plan ------------------------------------------------------------------------------
 
 def _plan(args):
     import lowprec
     from lowprec.demo import corpus as corpus_mod
     from lowprec.demo import train
+    from lowprec.planner import options
 
+    options.check_budget(args.budget)
     preset = train.default_preset(args.quick)
     model_cfg, train_cfg = train.PRESETS[preset]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = train.build_model(model_cfg, args.seed, device)
-    batches = train.calibration_batches(corpus_mod.load(), model_cfg, train_cfg, device)
-    model = lowprec.convert(model, budget=args.budget, calibration=batches,
-                            loss_fn=train.planner_loss(device))
+    with train.cpu_threads(device, args.threads):
+        print(_threads_line(torch.get_num_threads()), flush=True)
+        model = train.build_model(model_cfg, args.seed, device)
+        batches = train.calibration_batches(corpus_mod.load(), model_cfg, train_cfg, device)
+        model = lowprec.convert(model, budget=args.budget, calibration=batches,
+                                loss_fn=train.planner_loss(device))
     print(f"plan for the demo model (preset '{preset}') at budget {args.budget}, "
           f"{len(batches)} calibration batches (untrained weights):")
     print(model.lowprec_plan.table())
+    print("\nplan columns:\n" + model.lowprec_plan.legend())
     if args.json:
         Path(args.json).write_text(model.lowprec_plan.to_json(indent=1))
         print(f"wrote {args.json}")
@@ -319,7 +403,7 @@ def _plan(args):
 # -- parser ----------------------------------------------------------------------------
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="lowprec", description=__doc__,
+    parser = _Parser(prog="lowprec", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -366,6 +450,8 @@ def build_parser():
     plan.add_argument("--quick", action="store_true", help="the tiny demo model")
     plan.add_argument("--seed", type=int, default=0)
     plan.add_argument("--json", help="also write the plan as JSON to this file")
+    plan.add_argument("--threads", type=int, help="CPU threads for torch (default 1, as "
+                      "for the demo)")
     plan.set_defaults(func=_plan)
     return parser
 
@@ -375,16 +461,17 @@ def main(argv=None):
     for name in ("steps", "seeds", "threads"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
-            build_parser().error(f"--{name} must be >= 1; got {value}")
+            build_parser().error(f"argument --{name}: must be >= 1; got {value}")
     try:
-        from lowprec.planner import BudgetError
+        from lowprec.planner.options import BudgetError, OptionError
+        user_errors = (BudgetError, OptionError)
     except ImportError:           # a broken planner must not take `lowprec info` down
-        BudgetError = ()          # noqa: N806  (an empty tuple catches nothing)
+        user_errors = ()          # an empty tuple catches nothing
     try:
         return args.func(args)
-    except BudgetError as err:
-        # A budget out of reach is a usage error: say why without a traceback.
-        print(f"lowprec {args.command}: {err}", file=sys.stderr)
+    except user_errors as err:
+        # A bad option or a budget out of reach is a usage error: one line, no traceback.
+        print(f"lowprec {args.command}: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # `lowprec info | head`: the reader left; exit quietly as Unix tools do.

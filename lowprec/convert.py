@@ -204,6 +204,8 @@ def convert(model, budget=None, *, recipe=None, calibration=None, optimizer=None
         The model (a new module only if ``model`` itself is an ``nn.Linear``), with the
         applied Plan at ``model.lowprec_plan``.
     """
+    from lowprec.planner import options          # no planner code runs before this check
+
     if budget is not None and plan is not None:
         raise ValueError("convert takes a budget (to plan) or a plan (to apply), not both")
     if plan_kwargs and budget is None:
@@ -216,17 +218,13 @@ def convert(model, budget=None, *, recipe=None, calibration=None, optimizer=None
         raise TypeError(f"convert got {', '.join(planner_inputs)} but no budget: they are "
                         f"only used to plan under a budget (budget=...); pass one, or leave "
                         f"them out for {instead}")
-    if recipe is not None and not isinstance(recipe, Recipe):
-        raise TypeError(f"recipe must be a lowprec.Recipe; got {type(recipe).__name__}")
+    options.check_recipe(recipe)
     if budget is not None:
+        budget = options.check_plan_options(budget=budget, **plan_kwargs)
         if calibration is None:
             raise ValueError("convert(budget=...) plans from measurements: pass "
                              "calibration=<an iterable of batches>")
-        try:
-            from lowprec.planner import make_plan
-        except ImportError as err:
-            raise ImportError(f"convert(budget=...) needs lowprec.planner.make_plan, "
-                              f"which cannot be imported: {err}") from err
+        from lowprec.planner import make_plan
         plan = make_plan(model, budget=budget, calibration=calibration,
                          optimizer=optimizer, loss_fn=loss_fn,
                          recipe=Recipe() if recipe is None else recipe,

@@ -151,6 +151,11 @@ class Plan:
     def __str__(self):
         return self.table()
 
+    @staticmethod
+    def legend():
+        """What each column of ``table()`` (and each term of a planner's reason) means."""
+        return "\n".join(f"  {name:<12} {text}" for name, text in TABLE_LEGEND)
+
     # -- JSON -------------------------------------------------------------------------
 
     def to_json(self, indent=None):
@@ -227,6 +232,29 @@ def _layer_from_json(entry, where):
         raise ValueError(f"plan JSON {where} ({entry['name']!r}): shape must be two "
                          f"positive ints [out_features, in_features]; got {shape!r}")
     return LayerPlan(**entry)
+
+
+# For a reader of ``Plan.table()``: one entry per column, then the terms of the reasons.
+TABLE_LEGEND = (
+    ("layer", "module name of the linear layer"),
+    ("shape", "(N, K) of its weight: (out_features, in_features)"),
+    ("FLOPs", "its share of all linear-layer FLOPs (fprop + dgrad + wgrad)"),
+    ("fprop", "precision of the forward GEMM Y = X W^T"),
+    ("dgrad", "precision of the input-gradient GEMM dX = dY W"),
+    ("wgrad", "precision of the weight-gradient GEMM dW = dY^T X"),
+    ("LD fp4/fp8", "loss divergence if fprop ran in NVFP4 / FP8: estimated loss change "
+                   "from the GEMM's output error (first-order term + curvature term)"),
+    ("WD fp4/fp8", "weight divergence if wgrad ran in NVFP4 / FP8: relative change of the "
+                   "optimizer's update (of the weight gradient without an optimizer)"),
+    ("cost", "the layer's GEMM time relative to all-BF16 under the plan's cost model "
+             "(meta costs_for, cost_source)"),
+    ("reason", "why the layer has these precisions"),
+    ("dX err", "(in reasons) relative error of the gradient passed to the layers below "
+               "if dgrad ran in NVFP4 / FP8"),
+    ("sensitivity", "(in reasons) rank r/n of the layer's NVFP4 cost among the n layers "
+                    "the planner chose for; 1 = most sensitive"),
+    ("(blank)", "LD, WD and cost are blank in a plan made without measurements"),
+)
 
 
 def _stat_cell(value):

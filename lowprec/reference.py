@@ -1,4 +1,4 @@
-"""Pure-PyTorch executable form of NUMERICS.md (sections 2-10).
+"""Pure-PyTorch executable form of docs/numerics.md (sections 2-10).
 
 Every other backend (Triton, CUDA C++, the CPU build of the C++ math) is tested
 bit for bit against the functions here, so this module is written for clarity and

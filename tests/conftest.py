@@ -14,14 +14,27 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-GOLDEN_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "golden",
-                           "nvfp4_public_v1.pt")
+# In-tree copy; provenance and layout in tests/data/README.md.
+GOLDEN_PATH = os.path.join(os.path.dirname(__file__), "data", "nvfp4_public_v1.pt")
 
 
 @pytest.fixture(scope="session")
 def golden():
-    """The golden vectors of ../shared/golden (an independent implementation)."""
+    """The golden vectors of tests/data (an independent implementation, see its README)."""
     if not os.path.exists(GOLDEN_PATH):
-        pytest.fail(f"golden vectors missing at {os.path.abspath(GOLDEN_PATH)}: the "
-                    "checkout must sit beside shared/")
+        pytest.fail(f"golden vectors missing at {GOLDEN_PATH}: tests/data is part of the "
+                    "repository; restore it from git")
     return torch.load(GOLDEN_PATH)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def empty_user_cache(tmp_path_factory):
+    """The planner reads measured device costs from the user's cache (``lowprec bench``
+    writes it); tests plan with the packaged defaults whatever that cache holds."""
+    before = os.environ.get("LOWPREC_CACHE_DIR")
+    os.environ["LOWPREC_CACHE_DIR"] = str(tmp_path_factory.mktemp("lowprec-cache"))
+    yield
+    if before is None:
+        del os.environ["LOWPREC_CACHE_DIR"]
+    else:
+        os.environ["LOWPREC_CACHE_DIR"] = before

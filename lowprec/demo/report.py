@@ -18,6 +18,46 @@ def relative_gap(loss, baseline):
     return (loss - baseline) / baseline
 
 
+SPIKE_WINDOW = 5         # steps of recent history a loss is compared with
+SPIKE_FACTOR = 1.3       # a spike: a loss above 1.3x the median of that history
+
+
+def find_spikes(train_loss, window=SPIKE_WINDOW, factor=SPIKE_FACTOR):
+    """``[step, loss]`` (steps from 1) of each training-loss spike.
+
+    A step is a spike when its loss exceeds ``factor`` times the median loss of the
+    ``window`` steps before it. The median of a short window ignores an earlier spike
+    and follows the fast early fall of the loss; a healthy demo run's step-to-step noise
+    (a batch of about a thousand tokens) stays within about 10%, far below 30%. A
+    non-finite loss counts.
+    """
+    spikes = []
+    for i in range(window, len(train_loss)):
+        recent = sorted(train_loss[i - window:i])
+        median = recent[window // 2]
+        value = train_loss[i]
+        if not math.isfinite(value) or value > factor * median:
+            spikes.append([i + 1, value])
+    return spikes
+
+
+def spike_summary(runs):
+    """One line per run saying whether its training loss spiked, and where."""
+    lines = []
+    for name, run in runs.items():
+        label = run.get("label", name)
+        spikes = run.get("spikes") or []
+        if not spikes:
+            lines.append(f"{label}: no training-loss spike")
+            continue
+        shown = ", ".join(f"step {step} ({loss:.2f})" for step, loss in spikes[:8])
+        more = f" and {len(spikes) - 8} more" if len(spikes) > 8 else ""
+        lines.append(f"{label}: {len(spikes)} training-loss spike(s) (loss > "
+                     f"{SPIKE_FACTOR}x the median of the {SPIKE_WINDOW} steps before): "
+                     f"{shown}{more}")
+    return "\n".join(lines)
+
+
 def format_table(header, rows):
     """Left-aligned text columns; the first row is the header, then a rule."""
     rows = [tuple(header)] + [tuple(str(c) for c in row) for row in rows]
@@ -33,19 +73,23 @@ def _pct(x):
 
 
 def loss_table(runs, descriptions=None, baseline="bf16"):
-    """One row per run: final validation loss and its relative gap to ``baseline``."""
+    """One row per run: final validation loss and its relative gap to ``baseline``.
+
+    Rows are named by each run's ``label`` (what it computes in) when it has one.
+    """
     base = runs.get(baseline, {}).get("final_val_loss")
+    base_label = runs.get(baseline, {}).get("label", baseline)
     rows = []
     for name, run in runs.items():
         rows.append((
-            name, (descriptions or {}).get(name, ""),
+            run.get("label", name), (descriptions or {}).get(name, ""),
             f"{100 * run['nvfp4_share']:.1f}%",
             f"{run['final_val_loss']:.4f}" + (" (diverged)" if run["diverged"] else ""),
             "-" if name == baseline else _pct(relative_gap(run["final_val_loss"], base)),
             f"{run['final_train_loss']:.4f}",
             f"{run['seconds']:.1f}"))
     return format_table(("config", "what", "NVFP4 FLOPs", "final val loss",
-                         f"gap vs {baseline}", "train loss (last 10%)", "train s"), rows)
+                         f"gap vs {base_label}", "train loss (last 10%)", "train s"), rows)
 
 
 def plan_json(plan):
@@ -98,15 +142,18 @@ def _moving_average(values, window):
 
 
 def plot_losses(curves, path, title):
-    """Training loss (moving average, raw faint) and validation loss per configuration.
+    """Training loss (moving average, every raw step) and validation loss per configuration.
 
     ``curves`` maps a label to a list of runs (several seeds draw several lines of one
-    colour). Returns ``(path, None)``, or ``(None, why)`` when matplotlib is missing.
+    colour). The training panel has a log-scale y axis over the whole range, so a spike
+    stays on the plot (each one marked with an x) while the late differences remain
+    readable. Returns ``(path, None)``, or ``(None, why)`` when matplotlib is missing.
     """
     try:
         import matplotlib
         matplotlib.use("Agg")          # no display needed; must precede pyplot
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return None, f"matplotlib is not installed, so no plot was drawn: {MATPLOTLIB_HINT}"
     fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -116,23 +163,27 @@ def plot_losses(curves, path, title):
         color = f"C{i}"
         for j, run in enumerate(runs):
             steps = range(1, len(run["train_loss"]) + 1)
-            ax_train.plot(steps, run["train_loss"], color=color, alpha=0.12, lw=0.8)
+            ax_train.plot(steps, run["train_loss"], color=color, alpha=0.3, lw=0.7)
             ax_train.plot(steps, _moving_average(run["train_loss"], window), color=color,
-                          lw=1.4,
-                          label=label if j == 0 else None)
+                          lw=1.4, label=label if j == 0 else None)
+            spikes = [(step, loss) for step, loss in run.get("spikes") or []
+                      if math.isfinite(loss)]
+            if spikes:
+                ax_train.scatter(*zip(*spikes), marker="x", s=40, color=color, zorder=3,
+                                 label=f"{label} spike" if j == 0 else None)
             val_steps, val_loss = zip(*run["val"])
             ax_val.plot(val_steps, val_loss, color=color, marker="o", ms=3, lw=1.2,
                         label=label if j == 0 else None)
-    smoothing = f"mean of {window} steps; raw faint" if window > 1 else "per step"
-    ax_train.set(title=f"training loss ({smoothing})", xlabel="step",
+    smoothing = f"mean of {window} steps, raw steps faint" if window > 1 else "per step"
+    ax_train.set_yscale("log")
+    for set_formatter in (ax_train.yaxis.set_major_formatter,
+                          ax_train.yaxis.set_minor_formatter):
+        set_formatter(matplotlib.ticker.ScalarFormatter())      # 3, 4, 6 rather than 3x10^0
+    ax_train.set(title=f"training loss ({smoothing}; log scale, x = spike)", xlabel="step",
                  ylabel="cross-entropy (nats/byte)")
     ax_val.set(title="validation loss (sampled; the table uses more batches)", xlabel="step")
-    # Zoom both panels past the first 10% of steps (all runs start near ln 256 = 5.5 and
-    # fall fast together); the differences between precisions are in the tail.
-    late = [v for runs in curves.values() for run in runs
-            for v in _moving_average(run["train_loss"], window)[longest // 10:]]
-    if late and all(math.isfinite(v) for v in late):
-        ax_train.set_ylim(min(late) - 0.05, max(late) + 0.05)
+    # Zoom the validation panel past the first 10% of steps (all runs start near
+    # ln 256 = 5.5 and fall fast together), keeping every later point on the plot.
     late_val = [loss for runs in curves.values() for run in runs
                 for step, loss in run["val"] if step >= longest // 10]
     n_points = min(len(run["val"]) for runs in curves.values() for run in runs)
@@ -140,7 +191,7 @@ def plot_losses(curves, path, title):
     if n_points >= 5 and all(math.isfinite(v) for v in late_val):
         ax_val.set_ylim(min(late_val) - 0.05, max(late_val) + 0.05)
     for ax in (ax_train, ax_val):
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

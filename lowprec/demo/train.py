@@ -7,7 +7,9 @@ training, so two configurations differ only in their precisions and a rerun with
 same seed repeats every number on the same machine and backend.
 
 High precision means FP32 on a CPU and BF16 autocast on a GPU: lowprec's ``"bf16"``
-recipe runs a GEMM unquantized in the layer's compute dtype.
+recipe runs a GEMM unquantized in the layer's compute dtype. The configuration is
+called ``"bf16"`` in the record, and labelled by what it computes in (``run["label"]``,
+"fp32" on a CPU) wherever a reader sees it.
 """
 
 import contextlib
@@ -19,8 +21,10 @@ import torch
 
 import lowprec
 from lowprec.convert import default_plan
+from lowprec.planner import options
 from lowprec.demo import corpus as corpus_mod
 from lowprec.demo.model import GPT, GPTConfig
+from lowprec.demo.report import find_spikes
 from lowprec.demo.progress import Progress
 
 
@@ -84,6 +88,11 @@ def cpu_threads(device, threads=None):
         torch.set_num_threads(before)
 
 
+def high_precision_label(device):
+    """What the ``"bf16"`` configuration really computes in on ``device``."""
+    return "bf16" if torch.device(device).type == "cuda" else "fp32"
+
+
 def default_preset(quick=False):
     if quick:
         return "quick"
@@ -140,7 +149,8 @@ def train(model, corpus, cfg, device, label="train", progress=True):
     ``eval_batches``, step 0 first), ``final_val_loss`` (on ``final_eval_batches``, a
     larger sample: the number the tables compare), ``final_train_loss`` (mean of the last
     10% of steps),
-    ``seconds``, ``diverged`` (a non-finite loss stopped the run; the loss is recorded).
+    ``seconds``, ``diverged`` (a non-finite loss stopped the run; the loss is recorded),
+    ``spikes`` (``[step, loss]`` of training-loss spikes, ``report.find_spikes``).
     """
     seq_len = model.cfg.seq_len
     batches = corpus.train_batches(cfg.batch_size, seq_len, seed=cfg.seed)
@@ -167,7 +177,8 @@ def train(model, corpus, cfg, device, label="train", progress=True):
             optimizer.zero_grad(set_to_none=True)
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
                 val.append([step + 1, evaluate(model, val_batches, device)])
-            bar.update(step + 1, loss=value, val=val[-1][1])
+            # The step of the last evaluation goes with its value: it is not this step's.
+            bar.update(step + 1, loss=value, **{f"val@{val[-1][0]}": val[-1][1]})
     if device.type == "cuda":
         torch.cuda.synchronize()
     final_val = float("nan")
@@ -177,7 +188,8 @@ def train(model, corpus, cfg, device, label="train", progress=True):
     tail = train_loss[-max(1, len(train_loss) // 10):]
     return {"train_loss": train_loss, "val": val, "final_val_loss": final_val,
             "final_train_loss": sum(tail) / len(tail),
-            "seconds": time.perf_counter() - start, "diverged": diverged}
+            "seconds": time.perf_counter() - start, "diverged": diverged,
+            "spikes": find_spikes(train_loss)}
 
 
 def calibration_batches(corpus, model_cfg, cfg, device):
@@ -226,18 +238,30 @@ DEMO_CONVERTERS = {"bf16": convert_bf16, "nvfp4": convert_default,
                    "planned": convert_planned}
 
 
-def run_config(name, convert_fn, corpus, model_cfg, train_cfg, device, ctx=None,
-               progress=True):
-    """Build the model (same init for every config), convert it, train it."""
+def prepare_config(convert_fn, model_cfg, train_cfg, device, ctx=None):
+    """Build the model (same init for every config) and convert it: ``(model, seconds)``."""
     model = build_model(model_cfg, train_cfg.seed, device)
     start = time.perf_counter()
     model = convert_fn(model, dict(ctx or {}, device=device))
-    convert_seconds = time.perf_counter() - start
-    result = train(model, corpus, train_cfg, device, label=name, progress=progress)
+    return model, time.perf_counter() - start
+
+
+def train_config(name, model, convert_seconds, corpus, train_cfg, device, label=None,
+                 progress=True):
+    """Train a prepared model; the result of ``train`` plus name, label, plan, share."""
+    label = label or name
+    result = train(model, corpus, train_cfg, device, label=label, progress=progress)
     plan = getattr(model, "lowprec_plan", None)
-    result.update(name=name, convert_seconds=convert_seconds, plan=plan,
+    result.update(name=name, label=label, convert_seconds=convert_seconds, plan=plan,
                   nvfp4_share=0.0 if plan is None else plan.summary()["nvfp4"])
     return result
+
+
+def run_config(name, convert_fn, corpus, model_cfg, train_cfg, device, ctx=None,
+               progress=True):
+    """Build the model, convert it, train it."""
+    model, seconds = prepare_config(convert_fn, model_cfg, train_cfg, device, ctx)
+    return train_config(name, model, seconds, corpus, train_cfg, device, progress=progress)
 
 
 def default_budget(nvfp4_share):
@@ -251,10 +275,11 @@ DEMO_CONFIGS = ("bf16", "nvfp4", "planned")
 
 
 def run_demo(preset="cpu", steps=None, budget=None, seed=0, device=None, progress=True,
-             log=print, configs=DEMO_CONFIGS, threads=None):
+             log=print, configs=DEMO_CONFIGS, threads=None, on_start=None):
     """Train the demo's configurations (``configs``, a subset of ``DEMO_CONFIGS``).
 
-    ``threads``: CPU intra-op threads (default ``CPU_THREADS``). Returns a dict: the
+    ``threads``: CPU intra-op threads (default ``CPU_THREADS``); ``on_start(threads)`` is
+    called with the count in use before any work. Returns a dict: the
     configs of model and training, the budget, the corpus facts, the threads and backend
     used, and ``runs`` (name -> the dict of ``train`` plus ``plan``, a ``lowprec.Plan`` or None).
     """
@@ -270,20 +295,30 @@ def run_demo(preset="cpu", steps=None, budget=None, seed=0, device=None, progres
     if budget is None:
         share = default_plan(build_model(model_cfg, seed, "cpu")).summary()["nvfp4"]
         budget = default_budget(share)
+    budget = options.check_budget(budget)
     corpus = corpus_mod.load()
     ctx = {"budget": budget}
     start = time.perf_counter()
     runs = {}
     with cpu_threads(device, threads):
         used_threads = torch.get_num_threads()
+        if on_start is not None:
+            on_start(used_threads)
+        # Every configuration is converted (the planner included) before any trains, so
+        # a budget the model cannot reach fails at once, not after minutes of training.
+        prepared = {}
         for name in configs:
             if name == "planned":
                 log(f"planning at budget {budget} (NVFP4 share of linear FLOPs) on "
                     f"{train_cfg.calibration_batches} calibration batches ...")
                 ctx["calibration"] = calibration_batches(corpus, model_cfg, train_cfg,
                                                          device)
-            runs[name] = run_config(name, DEMO_CONVERTERS[name], corpus, model_cfg,
-                                    train_cfg, device, ctx, progress=progress)
+            prepared[name] = prepare_config(DEMO_CONVERTERS[name], model_cfg, train_cfg,
+                                            device, ctx)
+        for name, (model, seconds) in prepared.items():
+            label = high_precision_label(device) if name == "bf16" else name
+            runs[name] = train_config(name, model, seconds, corpus, train_cfg, device,
+                                      label=label, progress=progress)
     return {"preset": preset, "model_config": dataclasses.asdict(model_cfg),
             "train_config": dataclasses.asdict(train_cfg), "budget": budget,
             "corpus": corpus.describe(), "device_type": device.type,

@@ -20,7 +20,7 @@ decodes the same bytes, so all ranks hold the identical plan (or raise the same 
 import json
 import math
 
-from lowprec.planner import gemm_error, ilp, pulp_compat
+from lowprec.planner import gemm_error, ilp, options, pulp_compat
 from lowprec.planner.cost import GEMMS, device_cost, gemm_flops
 from lowprec.planner.distributed import broadcast_text, rebuild_error, resolve_group
 from lowprec.planner.stats import DEFAULT_NOISE_SCALE, DEFAULT_SEED, collect_stats
@@ -307,6 +307,8 @@ def make_plan(model, *, budget, calibration, optimizer=None, loss_fn=None, recip
         batches; FloatingPointError for a non-finite loss or statistic (naming the batch
         and layer). In a distributed run every rank raises the same error.
     """
+    budget = options.check_plan_options(budget=budget, budget_kind=budget_kind, ties=ties,
+                                        recipe=recipe, time_limit=time_limit, gap=gap)
     _objective_name(objective)
     _check_groups(gemm_groups)
     candidates = _candidates(model, candidates)
@@ -371,7 +373,9 @@ def plan_from_stats(candidates, collected, *, budget, budget_kind="nvfp4_fractio
         "budget": budget, "budget_kind": budget_kind,
         "budget_range": list(solution.budget_range),
         "nvfp4_fraction": solution.nvfp4_fraction, "relative_time": solution.relative_time,
-        "device": dev.device, "device_time_cost": dict(dev.time), "cost_source": dev.source,
+        # The device kind the costs describe, which need not be this machine's (no GPU:
+        # Blackwell's); cost_source says why.
+        "costs_for": dev.device, "device_time_cost": dict(dev.time), "cost_source": dev.source,
         "solver": solution.solver, "status": solution.status,
         "ilp_objective": solution.objective, "ilp_seconds": solution.seconds,
         "ilp_variables": solution.details.get("variables"),

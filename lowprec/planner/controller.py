@@ -17,6 +17,7 @@ Distributed: call ``step`` on every rank at the same steps. Statistics are all-r
 rank 0 solves and broadcasts the plan as JSON; every rank applies the identical plan.
 """
 
+from lowprec.planner import options
 from lowprec.planner.builder import make_plan
 
 
@@ -50,6 +51,7 @@ class Replanner:
             raise ValueError(f"every must be a positive int; got {every!r}")
         if calibration is None:
             raise ValueError("Replanner needs calibration batches (a callable or iterable)")
+        budget = options.check_plan_options(budget=budget, **plan_kwargs)
         self.model = model
         self.every = every
         self.budget = budget

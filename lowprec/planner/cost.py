@@ -9,32 +9,42 @@ Relative time. ``DeviceCost.time[p]`` is the time one FLOP in precision ``p`` ta
 relative to BF16 (so ``time["bf16"] == 1``). Where it comes from, in order:
 
 1. an explicit dict passed by the caller (source ``"user"``);
-2. Hopper (sm_90): measured GEMM throughput from ``bench/results/*.json`` when such files
-   exist (NVFP4 there is emulated, FP8 native); the fields read are documented in
-   ``load_bench_costs``;
-3. documented defaults (``DEFAULT_COSTS``), each with its source, which the plan's meta
-   names: Blackwell datasheet dense-throughput ratios bf16:fp8:nvfp4 = 1:2:4, i.e. time
-   1, 1/2, 1/4; Hopper without measurements: FP8 at the datasheet's 2x BF16, NVFP4
-   *assumed* no faster than BF16 (it is a BF16 GEMM on dequantized operands; this is an
-   assumption, not a measurement).
+2. GEMM benchmark results in a directory the caller names (``results_dir``; the fields
+   read are documented in ``load_bench_costs``);
+3. the user cache file (``user_cache_path()``, by default
+   ``~/.cache/lowprec/device_costs.json``), which ``lowprec bench`` writes on a GPU with
+   the costs it measured for that device kind;
+4. the defaults shipped with the package (``device_costs.json`` beside this module), each
+   with its source, which the plan's meta names: Blackwell datasheet dense-throughput
+   ratios bf16:fp8:nvfp4 = 1:2:4, i.e. time 1, 1/2, 1/4; Hopper: FP8 at the datasheet's
+   2x BF16, NVFP4 *assumed* no faster than BF16 (it is a BF16 GEMM on dequantized
+   operands; an assumption, not a measurement).
+
+Nothing is read from the current directory or from a source checkout, so an installed
+lowprec plans the same wherever it is run.
 """
 
 import json
 import os
 import statistics
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 GEMMS = ("fprop", "dgrad", "wgrad")
 PRECISIONS = ("nvfp4", "fp8", "bf16")
 
-DEFAULT_COSTS = {
-    "blackwell": ({"bf16": 1.0, "fp8": 0.5, "nvfp4": 0.25},
-                  "default: Blackwell datasheet dense throughput bf16:fp8:nvfp4 = 1:2:4"),
-    "hopper": ({"bf16": 1.0, "fp8": 0.5, "nvfp4": 1.0},
-               "default: Hopper datasheet fp8 = 2x bf16; nvfp4 emulated, assumed = bf16 "
-               "(not measured)"),
-}
+COSTS_FILE = "device_costs.json"
+
+
+def _packaged_costs():
+    """``{kind: (time dict, source)}`` from the package data file."""
+    data = json.loads(resources.files("lowprec.planner").joinpath(COSTS_FILE).read_text())
+    return {kind: (entry["time"], entry["source"]) for kind, entry in data.items()
+            if not kind.startswith("_")}
+
+
+DEFAULT_COSTS = _packaged_costs()
 
 # Names by which a bench file identifies a Hopper GPU when it gives no capability.
 HOPPER_NAMES = ("H100", "H200", "H800", "H20", "GH200")
@@ -77,12 +87,54 @@ def _check_costs(costs, where):
     return {p: float(costs[p]) / float(costs["bf16"]) for p in PRECISIONS}
 
 
-def default_results_dir():
-    """``$LOWPREC_BENCH_RESULTS`` or ``bench/results`` of the source checkout, if any."""
-    env = os.environ.get("LOWPREC_BENCH_RESULTS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "bench" / "results"
+def user_cache_path():
+    """The user's cache of measured device costs: ``$LOWPREC_CACHE_DIR`` or
+    ``$XDG_CACHE_HOME/lowprec`` or ``~/.cache/lowprec``, file ``device_costs.json``."""
+    base = os.environ.get("LOWPREC_CACHE_DIR")
+    if not base:
+        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                                ".cache")
+        base = os.path.join(xdg, "lowprec")
+    return Path(base) / COSTS_FILE
+
+
+def read_user_costs(path=None):
+    """``{kind: (time dict, source)}`` from the user cache; {} when there is none.
+
+    A file that cannot be read or does not hold valid costs is reported, not ignored:
+    planning with numbers the user did not mean would be silent.
+    """
+    path = Path(path) if path is not None else user_cache_path()
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        out = {}
+        for kind, entry in data.items():
+            if kind.startswith("_"):
+                continue
+            out[kind] = (_check_costs(entry["time"], f"{path} [{kind!r}]"),
+                         f"{entry['source']} (cached in {path})")
+        return out
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"the device cost cache {path} is unreadable ({err}); delete it or "
+                         f"rerun `lowprec bench` to rewrite it") from err
+
+
+def write_user_costs(kind, costs, source, path=None):
+    """Store measured ``costs`` for device ``kind`` in the user cache; returns its path."""
+    path = Path(path) if path is not None else user_cache_path()
+    data = {}
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}                     # rewritten below with what was just measured
+    data["_about"] = "written by `lowprec bench`; read by lowprec.planner.cost"
+    data[kind] = {"time": _check_costs(costs, "measured costs"), "source": source}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
 
 
 def _is_hopper(device):
@@ -94,10 +146,11 @@ def _is_hopper(device):
     return any(tag in str(device) for tag in HOPPER_NAMES)
 
 
-def load_bench_costs(results_dir, want=_is_hopper):
+def load_bench_costs(results, want=_is_hopper):
     """Relative times measured by the GEMM benchmark, or None when there are none.
 
-    Reads every ``*.json`` in ``results_dir``. A file is used when it holds:
+    ``results``: a directory (every ``*.json`` in it is read) or a list of files. A file
+    is used when it holds:
 
     - ``"benchmark": "gemm"`` (files of other benchmarks are skipped);
     - ``"device"``: the GPU's name (str) or ``{"name": str, "capability": [major, minor]}``;
@@ -112,12 +165,17 @@ def load_bench_costs(results_dir, want=_is_hopper):
         ``(costs dict, source str)`` or None when no file has both BF16 and every other
         precision measured.
     """
-    results_dir = Path(results_dir)
-    if not results_dir.is_dir():
-        return None
+    if isinstance(results, (str, os.PathLike)):
+        results_dir = Path(results)
+        if not results_dir.is_dir():
+            return None
+        paths = sorted(results_dir.glob("*.json"))
+    else:
+        paths = [Path(p) for p in results]
+        results_dir = paths[0].parent if paths else Path()
     tflops = {}          # (m, n, k) -> {precision: tflops}
     used = []
-    for path in sorted(results_dir.glob("*.json")):
+    for path in paths:
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -151,7 +209,7 @@ def load_bench_costs(results_dir, want=_is_hopper):
     return costs, source
 
 
-def _detect_device():
+def detect_device():
     """``(kind, why)`` for the GPU visible here; Blackwell when there is none."""
     try:
         import torch
@@ -168,15 +226,15 @@ def _detect_device():
     return "blackwell", "no GPU here: planning for Blackwell"
 
 
-def device_cost(device=None, results_dir=None):
-    """The ``DeviceCost`` to plan with.
+def device_cost(device=None, results_dir=None, cache_path=None):
+    """The ``DeviceCost`` to plan with (the module docstring gives the order of sources).
 
     Args:
         device: None (detect: sm_90 -> Hopper, sm_100+ -> Blackwell, no GPU -> Blackwell),
             ``"blackwell"``, ``"hopper"``, or a dict ``{"bf16": t, "fp8": t, "nvfp4": t}``
             of relative times per FLOP.
-        results_dir: where to look for Hopper GEMM measurements (default
-            ``default_results_dir()``).
+        results_dir: a directory of Hopper GEMM benchmark results to use (none by default).
+        cache_path: the user cache file (default ``user_cache_path()``).
 
     Returns:
         DeviceCost whose ``source`` says where the numbers came from.
@@ -185,16 +243,16 @@ def device_cost(device=None, results_dir=None):
         return DeviceCost("user", _check_costs(device, "device"), "user")
     why = None
     if device is None:
-        device, why = _detect_device()
+        device, why = detect_device()
     if device not in DEFAULT_COSTS:
         raise ValueError(f"device must be None, one of {sorted(DEFAULT_COSTS)} or a dict of "
                          f"relative times; got {device!r}")
-    if device == "hopper":
-        measured = load_bench_costs(results_dir or default_results_dir())
+    if device == "hopper" and results_dir is not None:
+        measured = load_bench_costs(results_dir)
         if measured is not None:
             costs, source = measured
             return DeviceCost("hopper", _check_costs(costs, "bench results"), source)
-    costs, source = DEFAULT_COSTS[device]
+    costs, source = read_user_costs(cache_path).get(device, DEFAULT_COSTS[device])
     if why:
         source = f"{source} ({why})"
     return DeviceCost(device, _check_costs(costs, device), source)

@@ -33,20 +33,15 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from lowprec.planner import pulp_compat
+from lowprec.planner.options import (BUDGET_KINDS, BudgetError,  # noqa: F401  (re-exported)
+                                     PlannerError, check_budget)
 from lowprec.planner.pulp_compat import NoSolverError  # noqa: F401  (re-exported)
 
 PRECISIONS = ("nvfp4", "fp8", "bf16")
-BUDGET_KINDS = ("nvfp4_fraction", "time")
 MAX_TIGHTENINGS = 3
 TOLERANCE_STEP = 2e-7
 
 
-class PlannerError(RuntimeError):
-    """The planner could not produce a plan (solver failure, bad input)."""
-
-
-class BudgetError(PlannerError, ValueError):
-    """The budget is out of range or cannot be met; the message names the reachable range."""
 
 
 @dataclass
@@ -172,18 +167,14 @@ def _check_budget(budget, budget_kind, lo, hi):
     1e-12 beyond the reachable end (e.g. a rounded-up float of an end like 2/3) is
     snapped to that end.
     """
-    if budget_kind not in BUDGET_KINDS:
-        raise ValueError(f"budget_kind must be one of {BUDGET_KINDS}; got {budget_kind!r}")
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) \
-            or not math.isfinite(budget):
-        raise BudgetError(f"budget must be a finite number; got {budget!r}")
+    try:
+        value = check_budget(budget, budget_kind)
+    except BudgetError as err:
+        raise BudgetError(f"{err} ({_describe_range(budget_kind, lo, hi)})") from None
     # The float's shortest decimal (its repr) is the budget the user wrote: 0.9 means
     # 9/10, not the binary float just above it, which a plan of exactly 9/10 would miss.
-    exact = Fraction(repr(float(budget)))
+    exact = Fraction(repr(value))
     if budget_kind == "nvfp4_fraction":
-        if not 0 <= budget <= 1:
-            raise BudgetError(f"budget={budget} is out of range: an NVFP4 FLOPs fraction must "
-                              f"be in [0, 1] ({_describe_range(budget_kind, lo, hi)})")
         if hi < exact <= hi + SNAP:
             return hi
         if exact > hi:
@@ -191,9 +182,6 @@ def _check_budget(budget, budget_kind, lo, hi):
                               f"{_describe_range(budget_kind, lo, hi)} (layers forced to BF16 "
                               f"or not allowed NVFP4 cap it)")
     else:
-        if budget <= 0:
-            raise BudgetError(f"budget={budget} is out of range: a relative time must be > 0 "
-                              f"({_describe_range(budget_kind, lo, hi)})")
         if lo - SNAP <= exact < lo:
             return lo
         if exact < lo:

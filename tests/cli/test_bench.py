@@ -84,3 +84,40 @@ def test_with_a_gpu_runs_every_script_and_tabulates_this_runs_results(tmp_path, 
     assert [row["kernel"] for row in summary["rows"]] == ["amax [cuda]"]
     assert "boom" in (out / "bench_broken.log").read_text()
     assert "measured" in (out / "bench_ok.log").read_text()
+
+
+def test_without_scripts_says_where_they_are(capsys, monkeypatch, tmp_path):
+    """From a wheel there is no bench/: the message says what is needed."""
+    monkeypatch.setattr(device, "facts", lambda: {"gpu": None, "notes": []})
+    assert cli.main(["bench", "--bench-dir", str(tmp_path / "none")]) == 0
+    out = capsys.readouterr().out
+    assert "part of the source repository" in out and "--bench-dir" in out
+    monkeypatch.setattr(device, "facts", lambda: {
+        "python": "3", "torch": "t", "torch_cuda": "12.8", "platform": "p", "cpu_count": 1,
+        "gpu": {"index": 0, "name": "Fake GPU"}, "notes": []})
+    assert cli.main(["bench", "--bench-dir", str(tmp_path / "none")]) == 1
+    assert "nothing to run" in capsys.readouterr().out
+
+
+def test_measured_gemm_costs_go_to_the_user_cache(tmp_path, capsys, monkeypatch):
+    bench = tmp_path / "bench"
+    (bench / "results").mkdir(parents=True)
+    rows = [{"precision": p, "m": 64, "n": 64, "k": 64, "tflops": v}
+            for p, v in (("bf16", 100.0), ("fp8", 200.0), ("nvfp4", 80.0))]
+    (bench / "bench_gemm.py").write_text(textwrap.dedent(f"""
+        import json, pathlib
+        out = pathlib.Path(__file__).parent / "results" / "gemm.json"
+        out.write_text(json.dumps({{"benchmark": "gemm", "device": "Fake GPU",
+                                   "results": {rows!r}}}))
+    """))
+    monkeypatch.setattr(device, "facts", lambda: {
+        "python": "3", "torch": "t", "torch_cuda": "12.8", "platform": "p", "cpu_count": 1,
+        "gpu": {"index": 0, "name": "Fake GPU"}, "notes": []})
+    monkeypatch.setenv("LOWPREC_CACHE_DIR", str(tmp_path / "cache"))
+    assert cli.main(["bench", "--bench-dir", str(bench), "--out", str(tmp_path / "o")]) == 0
+    text = capsys.readouterr().out
+    cache = tmp_path / "cache" / "device_costs.json"
+    assert f"wrote {cache}" in text
+    from lowprec.planner import cost
+    kind, _ = cost.detect_device()
+    assert cost.device_cost(kind).time == {"bf16": 1.0, "fp8": 0.5, "nvfp4": 1.25}

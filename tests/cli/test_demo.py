@@ -2,9 +2,12 @@
 
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 
+import lowprec
 from lowprec import cli
 
 
@@ -39,6 +42,21 @@ def test_quick_demo_writes_a_run_record(quick_demo):
     assert record["runs"]["planned"]["nvfp4_share"] >= record["budget"] - 1e-9
     assert record["device"]["torch"]
     assert record["corpus"]["bytes"] > 100_000
+    # Honest labels: the high-precision run computes in FP32 on a CPU.
+    high = "bf16" if record["device_type"] == "cuda" else "fp32"
+    assert record["runs"]["bf16"]["label"] == high
+    assert all(isinstance(run["spikes"], list) for run in record["runs"].values())
+
+
+def test_quick_demo_records_version_and_commit(quick_demo):
+    _, out = quick_demo
+    record = json.loads((out / "demo.json").read_text())
+    assert record["lowprec"]["version"] == lowprec.__version__
+    checkout = Path(lowprec.__file__).resolve().parent.parent / ".git"
+    if checkout.exists():
+        assert re.fullmatch(r"[0-9a-f]{40}", record["lowprec"]["commit"])
+    else:
+        assert record["lowprec"]["commit"] is None
 
 
 def test_quick_demo_plot(quick_demo):

@@ -65,3 +65,44 @@ def test_hopper_without_results_falls_back_and_names_the_assumption(tmp_path):
     dev = cost.device_cost("hopper", results_dir=tmp_path)
     assert dev.time == {"bf16": 1.0, "fp8": 0.5, "nvfp4": 1.0}
     assert "assumed" in dev.source and "not measured" in dev.source
+
+
+def test_packaged_defaults_come_from_the_package_data_file():
+    from importlib import resources
+    data = json.loads(resources.files("lowprec.planner").joinpath("device_costs.json")
+                      .read_text())
+    for kind in ("blackwell", "hopper"):
+        assert cost.DEFAULT_COSTS[kind] == (data[kind]["time"], data[kind]["source"])
+
+
+def test_nothing_is_read_from_the_current_directory_or_a_checkout(tmp_path, monkeypatch):
+    """A bench/results directory where the command runs changes nothing (mutation tried:
+    reading ``Path.cwd() / "bench" / "results"`` in device_cost fails this test)."""
+    rows = [{"precision": p, "m": 64, "n": 64, "k": 64, "tflops": v}
+            for p, v in (("bf16", 100.0), ("fp8", 400.0), ("nvfp4", 800.0))]
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    _bench(tmp_path / "bench" / "results" / "gemm.json", {"name": "NVIDIA H100",
+                                                          "capability": [9, 0]}, rows)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LOWPREC_CACHE_DIR", str(tmp_path / "empty-cache"))
+    dev = cost.device_cost("hopper")
+    assert dev.time == {"bf16": 1.0, "fp8": 0.5, "nvfp4": 1.0}
+    assert "not measured" in dev.source
+
+
+def test_user_cache_overrides_the_defaults_and_names_itself(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWPREC_CACHE_DIR", str(tmp_path))
+    path = cost.write_user_costs("hopper", {"bf16": 2.0, "fp8": 1.0, "nvfp4": 1.5},
+                                 "measured: gemm.json")
+    assert path == tmp_path / "device_costs.json"
+    dev = cost.device_cost("hopper")
+    assert dev.time == {"bf16": 1.0, "fp8": 0.5, "nvfp4": 0.75}
+    assert dev.source == f"measured: gemm.json (cached in {path})"
+    assert cost.device_cost("blackwell").time["nvfp4"] == 0.25      # other kinds: defaults
+
+
+def test_a_broken_user_cache_is_an_error_naming_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWPREC_CACHE_DIR", str(tmp_path))
+    (tmp_path / "device_costs.json").write_text('{"hopper": {"time": {"bf16": 1}}}')
+    with pytest.raises(ValueError, match="device_costs.json is unreadable"):
+        cost.device_cost("hopper")

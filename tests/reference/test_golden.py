@@ -1,4 +1,4 @@
-"""The reference reproduces the independent golden vectors (../shared/golden) bit for bit."""
+"""The reference reproduces the independent golden vectors (tests/data, see its README) bit for bit."""
 
 import pytest
 import torch
