@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import common  # noqa: E402
-from bench.bench_quantize import DEFAULT_SHAPES  # noqa: E402
+from bench.bench_quantize_row_col import DEFAULT_SHAPES  # noqa: E402
 
 
 def amax_entry(backend):

@@ -76,7 +76,7 @@ def cases(m, k):
 def op_for(backend, x, spec, amaxes):
     row_amax, col_amax = amaxes
     if spec["kind"] == "rowcol":
-        return lambda: backend.quantize_rowwise_and_columnwise(
+        return lambda: backend.quantize_row_col(
             x, rht_signs=SIGNS, row_stochastic=spec["sr"], col_stochastic=spec["sr"], seed=1,
             row_offset=0, row_amax=row_amax, col_amax=col_amax)
     if spec["kind"] == "2d":

@@ -12,10 +12,10 @@ can reach is 3.125 / 5.125 = 61% of copy ("of bound" is the ratio to that).
 
 Targets (issue 3, H100/H200): rne >= 85% of copy, sr >= 80%.
 
-    python bench/bench_quantize.py [--backends triton] [--shapes 8192x8192,...] [--reps 50]
+    python bench/bench_quantize_row_col.py [--backends triton] [--shapes 8192x8192,...] [--reps 50]
 
 A backend other than triton takes part when its module defines
-``quantize_rowwise_and_columnwise`` with the signature of lowprec.kernels.backend's.
+``quantize_row_col`` with the signature of lowprec.kernels.backend's.
 """
 
 import os
@@ -34,13 +34,13 @@ DEFAULT_SHAPES = ["8192x8192", "8192x4096", "8192x6144", "8192x10240", "8192x143
 
 def fused_entry(backend):
     if backend == "triton":
-        from lowprec.kernels.backend import quantize_rowwise_and_columnwise
-        return quantize_rowwise_and_columnwise, None
+        from lowprec.kernels.backend import quantize_row_col
+        return quantize_row_col, None
     module, reason = common.backend_module(backend)
     if module is None:
         return None, reason
-    fn = getattr(module, "quantize_rowwise_and_columnwise", None)
-    return fn, None if fn else f"backend {backend} has no quantize_rowwise_and_columnwise"
+    fn = getattr(module, "quantize_row_col", None)
+    return fn, None if fn else f"backend {backend} has no quantize_row_col"
 
 
 def measure(fn, m, k, reps):
@@ -73,7 +73,7 @@ def measure(fn, m, k, reps):
 
 
 def main():
-    args = common.parse_quantize_args("bench_quantize", DEFAULT_SHAPES,
+    args = common.parse_quantize_args("bench_quantize_row_col", DEFAULT_SHAPES,
                                       __doc__.splitlines()[0])
     rows = []
     for backend, fn, (m, k) in common.backend_shapes(args, fused_entry):
@@ -83,7 +83,7 @@ def main():
                               ("mode", "mode", "s"), ("ms", "ms", ".3f"),
                               ("tbps", "TB/s", ".2f"), ("of_copy", "of copy", ".1%"),
                               ("of_bound", "of 61% bound", ".1%")])
-    print("wrote", common.write_results("bench_quantize", rows))
+    print("wrote", common.write_results("bench_quantize_row_col", rows))
 
 
 if __name__ == "__main__":

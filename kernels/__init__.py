@@ -4,7 +4,7 @@ One op per file:
 
 * ``nvfp4_math``     element math of NUMERICS 2-6 in integer / FP32 arithmetic
 * ``amax``           max|x| and max|RHT(x^T)| in one read
-* ``quantize_1x16``  fused rowwise + RHT-columnwise 1x16 quantization (RNE / SR)
+* ``quantize_row_col`` fused rowwise + RHT-columnwise 1x16 quantization (RNE / SR)
 * ``quantize_2d``    16x16 weight quantization, rowwise and transposed copies
 * ``dequantize``     NVFP4 -> fp32 / bf16 / fp16
 * ``nvfp4_gemm``     NVFP4 GEMM for Hopper (candidates and dispatch)
@@ -16,7 +16,7 @@ The entry points for the training layer are re-exported here; importing this pac
 does not import Triton.
 """
 
-_EXPORTS = ("quantize_rowwise_and_columnwise", "quantize_weight_2d", "counters_used")
+_EXPORTS = ("quantize_row_col", "quantize_weight_2d", "counters_used")
 
 
 def __getattr__(name):

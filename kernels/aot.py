@@ -36,7 +36,7 @@ def _specs():
     from lowprec.kernels.dequantize import _dequantize_kernel
     from lowprec.kernels.fp8 import _quantize_fp8_kernel
     from lowprec.kernels.nvfp4_gemm import _epilogue_kernel, _gemm_kernel
-    from lowprec.kernels.quantize_1x16 import _quantize_1x16_kernel
+    from lowprec.kernels.quantize_row_col import _quantize_row_col_kernel
     from lowprec.kernels.quantize_2d import _quantize_2d_kernel
 
     q1 = dict(x_ptr="*i16", M="i32", K="i32", stride_m="i32", signs_ptr="*fp32",
@@ -48,7 +48,7 @@ def _specs():
     per_thread = 16 * 256 // 128
 
     def fused(row, col, rht, sr):
-        return (_quantize_1x16_kernel, q1,
+        return (_quantize_row_col_kernel, q1,
                 dict(tile, X_KIND=1, ROW=row, COL=col, COL_RHT=rht, ROW_SR=sr and row,
                      COL_SR=sr and col, HW_BF16=True), 4, 1, per_thread)
 
@@ -58,11 +58,11 @@ def _specs():
     gemm_consts = dict(HAS_BIAS=True, BIAS_KIND=1, OUT_KIND=1, BLOCK_M=128, BLOCK_N=128,
                        GROUP_M=8)
     return {
-        "quantize_1x16 row RNE": fused(True, False, False, False),
-        "quantize_1x16 row SR": fused(True, False, False, True),
-        "quantize_1x16 col RHT RNE": fused(False, True, True, False),
-        "quantize_1x16 row+col RHT RNE": fused(True, True, True, False),
-        "quantize_1x16 row+col RHT SR": fused(True, True, True, True),
+        "quantize_row_col row RNE": fused(True, False, False, False),
+        "quantize_row_col row SR": fused(True, False, False, True),
+        "quantize_row_col col RHT RNE": fused(False, True, True, False),
+        "quantize_row_col row+col RHT RNE": fused(True, True, True, False),
+        "quantize_row_col row+col RHT SR": fused(True, True, True, True),
         "quantize_2d row+col": (
             _quantize_2d_kernel,
             dict(w_ptr="*i16", N="i32", K="i32", stride_n="i32", amax_ptr="*fp32",

@@ -10,7 +10,7 @@ schema's ``int``); the wrappers here map [0, 2^64) onto it and back.
 Besides the registry ops (``quantize_nvfp4``, ``dequantize_nvfp4``, ``quantize_fp8``,
 ``nvfp4_gemm``, ``fp8_gemm``), two entry points serve the training layer:
 
-* ``quantize_rowwise_and_columnwise``: activations / gradients, the fused kernel;
+* ``quantize_row_col``: activations / gradients, the fused kernel;
 * ``quantize_weight_2d``: weights, 16x16 tiles, both layouts from one read.
 
 CPU tensors run only in Triton's interpreter (``TRITON_INTERPRET=1`` before the kernels
@@ -33,6 +33,31 @@ U8, E4M3, F32 = torch.uint8, torch.float8_e4m3fn, torch.float32
 UINT64 = 1 << 64
 
 
+# bf16 loads and stores: Ampere and newer.
+MIN_CAPABILITY = (8, 0)
+QUANTIZE_NAMES = {"quantize_nvfp4": "triton:quantize_nvfp4",
+                  "quantize_row_col": "triton:quantize_row_col",
+                  "quantize_weight_2d": "triton:quantize_weight_2d",
+                  "dequantize_nvfp4": "triton:dequantize",
+                  "quantize_fp8": "triton:quantize_fp8"}
+
+
+def implementation(op, capability):
+    """What this backend runs for ``op`` on a GPU of ``capability`` (None: CPU tensors, in
+    the interpreter); None where it does not implement ``op`` (see lowprec.backends)."""
+    if _TRITON_MISSING or (capability is not None and capability < MIN_CAPABILITY):
+        return None
+    if op in QUANTIZE_NAMES:
+        return QUANTIZE_NAMES[op]
+    if op == "nvfp4_gemm":
+        from lowprec.kernels import nvfp4_gemm
+        return nvfp4_gemm.CANDIDATE_NAMES[nvfp4_gemm.DEFAULT_CANDIDATE]
+    if op == "fp8_gemm":
+        from lowprec.kernels import fp8
+        return fp8.gemm_implementation(capability)
+    return None
+
+
 def availability(device_type):
     """None when the Triton kernels can run on tensors of ``device_type``, else why not."""
     if _TRITON_MISSING:
@@ -41,7 +66,7 @@ def availability(device_type):
         if not torch.cuda.is_available():
             return "no CUDA device is visible to torch"
         capability = torch.cuda.get_device_capability()
-        if capability < (8, 0):
+        if capability < MIN_CAPABILITY:
             return (f"the Triton kernels need compute capability 8.0 or newer (bf16); this "
                     f"GPU has {capability[0]}.{capability[1]}")
         return None
@@ -50,8 +75,8 @@ def availability(device_type):
             return ("Triton runs on CPU tensors only in its interpreter: set "
                     "TRITON_INTERPRET=1 before lowprec.kernels is imported")
         from triton.runtime.interpreter import InterpretedFunction
-        from lowprec.kernels.quantize_1x16 import _quantize_1x16_kernel
-        if not isinstance(_quantize_1x16_kernel, InterpretedFunction):
+        from lowprec.kernels.quantize_row_col import _quantize_row_col_kernel
+        if not isinstance(_quantize_row_col_kernel, InterpretedFunction):
             return ("TRITON_INTERPRET=1 was set after the Triton kernels were compiled for "
                     "the GPU; set it before lowprec.kernels is imported")
         return None
@@ -83,7 +108,7 @@ def _empty_triple(device):
 def _quantize_nvfp4_op(x: Tensor, block: str, rht_signs: Optional[List[int]],
                        stochastic: bool, seed: int, offset: int,
                        amax: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
-    from lowprec.kernels.quantize_1x16 import quantize_1x16
+    from lowprec.kernels.quantize_row_col import quantize_row_col
     from lowprec.kernels.quantize_2d import quantize_2d
     k = x.shape[-1]
     lead = x.shape[:-1]
@@ -92,13 +117,13 @@ def _quantize_nvfp4_op(x: Tensor, block: str, rht_signs: Optional[List[int]],
         (data, scale, amax_out), _ = quantize_2d(x2, columnwise=False, stochastic=stochastic,
                                                  seed=seed, offset=offset, amax=amax)
     elif rht_signs is None:
-        (data, scale, amax_out), _ = quantize_1x16(x2, row=True, row_stochastic=stochastic,
+        (data, scale, amax_out), _ = quantize_row_col(x2, row=True, row_stochastic=stochastic,
                                                    seed=seed, row_offset=offset, row_amax=amax)
     else:
         # RHT along the last dim = the fused kernel's columnwise copy of x2^T (a strided
         # view, no copy): its "M" is our K (a multiple of 16, so no padding), and its flat
         # SR index k*M_pad + m is our row-major index.
-        _, (data, scale, amax_out) = quantize_1x16(
+        _, (data, scale, amax_out) = quantize_row_col(
             x2.t(), row=False, col=True, col_signs=rht_signs, col_stochastic=stochastic,
             seed=seed, col_offset=offset, col_amax=amax)
     return data.reshape(*lead, k // 2), scale.reshape(*lead, k // 16), amax_out
@@ -117,8 +142,8 @@ def _quantize_row_col_op(x: Tensor, rht_signs: Optional[List[int]], rowwise: boo
                          seed: int, row_offset: int, col_offset: int,
                          row_amax: Optional[Tensor], col_amax: Optional[Tensor]
                          ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    from lowprec.kernels.quantize_1x16 import quantize_1x16
-    row, col = quantize_1x16(x.contiguous(), row=rowwise, col=columnwise, col_signs=rht_signs,
+    from lowprec.kernels.quantize_row_col import quantize_row_col
+    row, col = quantize_row_col(x.contiguous(), row=rowwise, col=columnwise, col_signs=rht_signs,
                              row_stochastic=row_stochastic, col_stochastic=col_stochastic,
                              seed=seed, row_offset=row_offset, col_offset=col_offset,
                              row_amax=row_amax, col_amax=col_amax)
@@ -250,7 +275,7 @@ def counters_used(m, k):
     return -(-m * k // 4), k * m_pad // 4
 
 
-def quantize_rowwise_and_columnwise(x, *, rht_signs=None, row_stochastic=False,
+def quantize_row_col(x, *, rht_signs=None, row_stochastic=False,
                                     col_stochastic=False, seed=0, row_offset=0,
                                     col_offset=None, row_amax=None, col_amax=None,
                                     rowwise=True, columnwise=True):

@@ -69,21 +69,59 @@ def quantize_fp8(x):
     return data.view(torch.float8_e4m3fn).reshape(*lead, k), scale.reshape(*lead, 1)
 
 
-def _native_scaled_mm_ok(a_data, b_data, bias, out_dtype):
-    if not a_data.is_cuda or interpreting():
-        return False
-    if torch.cuda.get_device_capability(a_data.device) < (8, 9):
-        return False
-    k, n = a_data.shape[1], b_data.shape[0]
-    return (out_dtype == torch.bfloat16 and k % 16 == 0 and n % 16 == 0
-            and (bias is None or bias.dtype == torch.bfloat16))
+# FP8 tensor cores: sm_89 (Ada) and newer.
+FP8_MMA_CAPABILITY = (8, 9)
+
+
+def gemm_implementation(capability):
+    """What ``fp8_gemm`` runs for CUDA tensors of ``capability`` (None: CPU tensors)."""
+    if capability is not None and capability >= FP8_MMA_CAPABILITY:
+        return "torch:_scaled_mm"
+    return "reference:fp8_gemm"
+
+
+def _pad16(data, dim):
+    """Zero-pad a float8 tensor along ``dim`` to a multiple of 16 (cuBLASLt's alignment);
+    zero codes add exact zeros to every dot product."""
+    missing = -data.shape[dim] % 16
+    if missing == 0:
+        return data
+    pad = (0, missing) if dim == 1 else (0, 0, 0, missing)
+    return torch.nn.functional.pad(data.view(torch.uint8), pad).view(data.dtype)
+
+
+def _scaled_mm(a_data, a_scale, b_data, b_scale, bias, out_dtype):
+    """FP32-accumulated FP8 GEMM on tensor cores, NUMERICS 9's arithmetic.
+
+    bf16 output with a bf16 (or no) bias: cuBLASLt's row-wise scaled GEMM does it all.
+    Any other output: the unscaled product in FP32 (``scale=1``, tensor-wise, exact), then
+    ``acc * scale_a * scale_b^T + bias`` in FP32 and one rounding, the reference's order.
+    """
+    m, n = a_data.shape[0], b_data.shape[0]
+    a = _pad16(a_data.contiguous(), 1)
+    b = _pad16(_pad16(b_data.contiguous(), 1), 0)
+    if out_dtype == torch.bfloat16 and (bias is None or bias.dtype == torch.bfloat16):
+        pad_n = b.shape[0] - n
+        scale_b = torch.nn.functional.pad(b_scale.reshape(1, -1).float(), (0, pad_n), value=1.0)
+        if bias is not None:
+            bias = torch.nn.functional.pad(bias, (0, pad_n))
+        out = torch._scaled_mm(a, b.t(), scale_a=a_scale.reshape(-1, 1).float().contiguous(),
+                               scale_b=scale_b.contiguous(), bias=bias, out_dtype=out_dtype,
+                               use_fast_accum=False)
+        return out[:, :n]
+    one = torch.ones((), dtype=torch.float32, device=a.device)
+    acc = torch._scaled_mm(a, b.t(), scale_a=one, scale_b=one, out_dtype=torch.float32,
+                           use_fast_accum=False)[:m, :n]
+    out = acc * a_scale.reshape(-1, 1) * b_scale.reshape(1, -1)
+    if bias is not None:
+        out = out + bias.to(torch.float32)
+    return out.to(out_dtype)
 
 
 def fp8_gemm(a_data, a_scale, b_data, b_scale, bias=None, out_dtype=torch.bfloat16):
     """``a [M, K] @ b [N, K]^T`` of per-row-scaled E4M3 operands, FP32 accumulation."""
-    if _native_scaled_mm_ok(a_data, b_data, bias, out_dtype):
-        return torch._scaled_mm(a_data.contiguous(), b_data.contiguous().t(),
-                                scale_a=a_scale.reshape(-1, 1).float().contiguous(),
-                                scale_b=b_scale.reshape(1, -1).float().contiguous(),
-                                bias=bias, out_dtype=out_dtype, use_fast_accum=False)
+    capability = (torch.cuda.get_device_capability(a_data.device)
+                  if a_data.is_cuda and not interpreting() else None)
+    if gemm_implementation(capability) == "torch:_scaled_mm":
+        return _scaled_mm(a_data, a_scale, b_data, b_scale, bias, out_dtype)
     return reference.fp8_gemm(a_data, a_scale, b_data, b_scale, bias=bias, out_dtype=out_dtype)

@@ -235,6 +235,9 @@ def fused_supported(device):
 
 CANDIDATES = {"fused": gemm_fused, "dequant_mm": gemm_dequant_mm,
               "dequant_triton": gemm_dequant_triton}
+# What each candidate runs, as ``lowprec info --dispatch`` names it.
+CANDIDATE_NAMES = {"fused": "triton:nvfp4_gemm(fused dequant)",
+                   "dequant_mm": "dequant+torch.mm", "dequant_triton": "dequant+triton:gemm"}
 
 
 def choose_candidate(m, n, k, device):

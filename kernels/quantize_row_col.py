@@ -15,7 +15,7 @@ taken in the tensor as quantized (NUMERICS 4.1): ``m * K + k`` for the rowwise c
 ``k * M_pad + m`` for the columnwise one. Both copies share ``seed``; their counter
 ranges are ``[row_offset, row_offset + ceil(M*K/4))`` and
 ``[col_offset, col_offset + K*M_pad/4)`` (mod 2^64), which the caller keeps disjoint;
-``quantize_rowwise_and_columnwise`` defaults ``col_offset`` to the end of the row range.
+``quantize_row_col`` defaults ``col_offset`` to the end of the row range.
 
 A program owns a tile of ``16 * CHUNKS`` rows by ``BLOCK_K`` columns. The rowwise copy
 blocks the tile's rows into 16-column groups; the columnwise copy blocks its columns into
@@ -35,7 +35,7 @@ from lowprec.kernels.config import (as_uint64, input_view, interpreting, launch_
 
 
 @triton.jit(do_not_specialize=["seed", "row_offset", "col_offset"])
-def _quantize_1x16_kernel(
+def _quantize_row_col_kernel(
         x_ptr, M, K, stride_m, stride_k, signs_ptr,
         row_amax_ptr, col_amax_ptr, row_amax_out_ptr, col_amax_out_ptr,
         row_data_ptr, row_scale_ptr, col_words_ptr, col_scale_ptr, col_blocks,
@@ -111,7 +111,7 @@ def _amax_operand(amax, device):
     return amax.detach().to(device=device, dtype=torch.float32).reshape(1)
 
 
-def quantize_1x16(x, *, row=True, col=False, col_signs=None, row_stochastic=False,
+def quantize_row_col(x, *, row=True, col=False, col_signs=None, row_stochastic=False,
                   col_stochastic=False, seed=0, row_offset=0, col_offset=0,
                   row_amax=None, col_amax=None):
     """Launch the fused kernel on a 2-D ``x [M, K]`` (any strides; no validation here).
@@ -158,7 +158,7 @@ def quantize_1x16(x, *, row=True, col=False, col_signs=None, row_stochastic=Fals
         chunks, block_k, warps = tile_config(m, k)
         grid = (triton.cdiv(m, 16 * chunks), triton.cdiv(k, block_k))
         anything = view                      # placeholder pointer for unused operands
-        _quantize_1x16_kernel[grid](
+        _quantize_row_col_kernel[grid](
             view, m, k, view.stride(0), view.stride(1),
             signs if signs is not None else anything,
             row_amax_in if row else anything, col_amax_in if col else anything,

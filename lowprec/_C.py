@@ -19,6 +19,8 @@ import os
 import torch
 
 EXTENSION = "lowprec._lowprec_C"
+# The CUDA kernels are built for sm_90a, sm_100a and compute_90 PTX (csrc/nvcc_flags.txt).
+MIN_CAPABILITY = (9, 0)
 UINT64_SPAN = 1 << 64
 
 
@@ -106,7 +108,7 @@ def cuda_reason():
     if not torch.cuda.is_available():
         return "no CUDA GPU is visible"
     major, minor = torch.cuda.get_device_capability()
-    if major < 9:
+    if (major, minor) < MIN_CAPABILITY:
         return (f"the CUDA kernels are built for sm_90a, sm_100a and compute_90 PTX; this "
                 f"GPU is sm_{major}{minor}")
     return None
@@ -173,7 +175,7 @@ def quantize_nvfp4(x, *, block="1x16", rht_signs=None, stochastic=False, seed=0,
     return data, scale, amax_out
 
 
-def quantize_rowwise_and_columnwise(x, *, rht_signs=None, row_stochastic=False,
+def quantize_row_col(x, *, rht_signs=None, row_stochastic=False,
                                     col_stochastic=False, seed=0, row_offset=0,
                                     col_offset=None, row_amax=None, col_amax=None,
                                     rowwise=True, columnwise=True):

@@ -12,6 +12,8 @@ from lowprec.ops import (
     nvfp4_gemm,
     quantize_fp8,
     quantize_nvfp4,
+    quantize_row_col,
+    quantize_weight_2d,
 )
 
 __version__ = "0.1.0"
@@ -25,6 +27,8 @@ __all__ = [
     "nvfp4_gemm",
     "quantize_fp8",
     "quantize_nvfp4",
+    "quantize_row_col",
+    "quantize_weight_2d",
 ]
 
 # Training layer (issue 5).

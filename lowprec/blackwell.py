@@ -35,6 +35,9 @@ import torch.nn.functional as F
 
 from lowprec import reference
 
+# Native FP4 tensor cores: sm_100 and newer.
+MIN_CAPABILITY = (10, 0)
+
 ScaledMMArguments = namedtuple(
     "ScaledMMArguments", ["mat_a", "mat_b", "scale_a", "scale_b", "global_a", "global_b"])
 
@@ -73,7 +76,7 @@ def reason_unsupported(a_data, b_data):
     if a_data.device.type != "cuda":
         return "the native FP4 GEMM needs CUDA tensors"
     major, minor = torch.cuda.get_device_capability(a_data.device)
-    if major < 10:
+    if (major, minor) < MIN_CAPABILITY:
         return f"native FP4 GEMMs need sm_100 or newer; this GPU is sm_{major}{minor}"
     if a_data.shape[-1] % 16 != 0:
         # cuBLASLt wants 16-byte aligned rows of FP4 data: K % 32 == 0.

@@ -13,13 +13,19 @@ wgrad        dW = dY^T X         dY^T: RHT, 1x16, SR         X^T: RHT, 1x16 RNE
 
 * Every operand is quantized from the high-precision tensor with its own global amax
   (the rowwise X of fprop and the columnwise X^T of wgrad are two quantizations of X).
+* One quantize call per tensor and pass makes every copy the GEMMs read: X (forward)
+  and dY (backward) each go through one ``quantize_row_col`` (rowwise copy + padded,
+  RHT'd columnwise copy, no transpose or pad copies in between); W through one
+  ``quantize_weight_2d`` (or ``quantize_row_col`` without ``weight_2d``) in the forward
+  for fprop and one in the backward for dgrad's W^T.
 * wgrad contracts over the token dim M, which is arbitrary: X^T and dY^T are padded
   with zero columns to a multiple of 16 (NUMERICS 10).
 * FP8 quantizes each operand per row along the contraction dim (NUMERICS 9), so the
   wgrad operands are the rows of X^T and dY^T. FP8 rounds to nearest (no SR).
 * What the backward keeps: the quantized X^T of wgrad (an NVFP4 or FP8 copy, 0.56 or
-  1 byte per element), never X itself, unless wgrad is ``"bf16"``. W is a Parameter and
-  is kept as it is; the dgrad operand W^T is quantized from it in the backward.
+  1 byte per element), never X itself, unless wgrad is ``"bf16"``; nothing of X^T when
+  W needs no gradient. W is a Parameter and is kept as it is; the dgrad operand W^T is
+  quantized from it in the backward (recomputed rather than saved, see ``_linear_fwd``).
 * Stochastic rounding: each forward that will need SR draws one 64-bit Philox key from
   torch's default CPU generator (``lowprec::draw_seed``). Its backward uses counters
   ``[0, ceil(M*N/4))`` for dY (dgrad) and the next ``ceil(N*Mp/4)`` for dY^T (wgrad),
@@ -78,100 +84,124 @@ def check_nvfp4_shape(weight_shape, recipe, name=None):
 
 
 # ----------------------------------------------------------------------------------
-# The three GEMMs, each for any precision. Inputs are 2-D and contiguous.
+# Quantization: one call per operand tensor (X, W, dY), each producing every copy the
+# step's GEMMs read. Inputs are 2-D.
 # ----------------------------------------------------------------------------------
 
-def _weight_block(weight_2d):
-    return "16x16" if weight_2d else "1x16"
-
-
-def _rht_signs(rht, signs):
+def _sign_vector(rht, signs):
     """The sign vector the wgrad operands carry (None without RHT)."""
     return ops.check_sign_vector(signs or None) if rht else None
 
 
-def _fprop(x, weight, bias, precision, weight_2d):
+def _quantize_rows_and_cols(t, row_precision, col_precision, rht, signs, stochastic=False,
+                            seed=0):
+    """(operand along t's rows, operand along t's columns), each for its own precision.
+
+    The NVFP4 copies come from one ``quantize_row_col`` call: the rowwise copy (fprop's X,
+    dgrad's dY) and the columnwise copy of t^T, zero-padded along the token dim to a
+    multiple of 16, RHT'd with ``signs`` when ``rht`` (wgrad's X^T, dY^T). SR, when asked,
+    uses counters [0, ceil(M*C/4)) for the rowwise copy and the next ``ceil(C*M_pad/4)`` for
+    the columnwise one. FP8 quantizes each operand along its contraction dim (NUMERICS
+    9); a precision of None means the copy is not needed.
+    """
+    row_nv, col_nv = row_precision == "nvfp4", col_precision == "nvfp4"
+    rows = cols = None
+    if row_nv or col_nv:
+        rows, cols = ops.quantize_row_col(
+            t, rowwise=row_nv, columnwise=col_nv, rht=rht, sign_vector=signs or None,
+            row_stochastic=stochastic, col_stochastic=stochastic, seed=seed, row_offset=0,
+            col_offset=reference.counters_used(t.numel()))
+    if row_precision == "fp8":
+        rows = ops.quantize_fp8(t)
+    if col_precision == "fp8":
+        cols = ops.quantize_fp8(t.t().contiguous())
+    return rows, cols
+
+
+def _quantize_weight(weight, fprop, dgrad, weight_2d):
+    """(fprop's W, dgrad's W^T) for NVFP4 GEMMs, from one call; None where not needed.
+
+    With ``weight_2d`` the W^T copy holds exactly the transposed codes and 16x16 tile
+    scales of W (NUMERICS 5), so fprop and dgrad multiply by one quantized W; without it
+    both are 1x16 quantizations, W^T's along N.
+    """
+    row_nv, col_nv = fprop == "nvfp4", dgrad == "nvfp4"
+    if not (row_nv or col_nv):
+        return None, None
+    if weight_2d:
+        # The kernel always writes the rowwise copy: W^T's tiles are made from it.
+        qw, qwt = ops.quantize_weight_2d(weight, columnwise=col_nv)
+        return (qw if row_nv else None), qwt
+    return ops.quantize_row_col(weight, rowwise=row_nv, columnwise=col_nv)
+
+
+# ----------------------------------------------------------------------------------
+# The three GEMMs, each for any precision, on operands already quantized.
+# ----------------------------------------------------------------------------------
+
+def _fprop(x, qx, weight, qw, bias, precision):
     """Y = X W^T + b in x's dtype."""
     if precision == "bf16":
         return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
     if precision == "fp8":
-        return ops.fp8_gemm(ops.quantize_fp8(x), ops.quantize_fp8(weight), bias,
-                            out_dtype=x.dtype)
-    qx = ops.quantize_nvfp4(x)                                        # 1x16, RNE
-    qw = ops.quantize_nvfp4(weight, block=_weight_block(weight_2d))   # 16x16, RNE
+        return ops.fp8_gemm(qx, ops.quantize_fp8(weight), bias, out_dtype=x.dtype)
     return ops.nvfp4_gemm(qx, qw, bias, out_dtype=x.dtype)
 
 
-def _dgrad(grad, weight, precision, weight_2d, stochastic, seed):
-    """dX = dY W in dY's dtype; SR words at counters [0, ceil(M*N/4))."""
+def _dgrad(grad, qg, weight, qwt, precision):
+    """dX = dY W in dY's dtype."""
     if precision == "bf16":
         return grad.mm(weight.to(grad.dtype))       # the expression autograd uses for mm
-    weight_t = weight.t().contiguous()              # [K, N]: rows along the contraction
     if precision == "fp8":
-        return ops.fp8_gemm(ops.quantize_fp8(grad), ops.quantize_fp8(weight_t),
+        return ops.fp8_gemm(qg, ops.quantize_fp8(weight.t().contiguous()),
                             out_dtype=grad.dtype)
-    qg = ops.quantize_nvfp4(grad, stochastic=stochastic, seed=seed, offset=0)
-    # With weight_2d the 16x16 tiles of W^T are those of W transposed, so these codes
-    # are exactly the transpose of fprop's (NUMERICS 5): both GEMMs see the same W.
-    qwt = ops.quantize_nvfp4(weight_t, block=_weight_block(weight_2d))
     return ops.nvfp4_gemm(qg, qwt, out_dtype=grad.dtype)
 
 
-def _pad_tokens(t_transposed):
-    """[C, M] -> [C, Mp] with zero columns, Mp the next multiple of 16 (NUMERICS 10)."""
-    m = t_transposed.shape[-1]
-    return F.pad(t_transposed, (0, -m % NVFP4_BLOCK)).contiguous()
-
-
-def _wgrad_operand(t, precision, rht, signs, stochastic=False, seed=0, offset=0):
-    """Quantize t^T ([M, C] -> [C, M]): the columnwise copy that wgrad contracts over M."""
-    if precision == "fp8":
-        return ops.quantize_fp8(t.t().contiguous())
-    return ops.quantize_nvfp4(_pad_tokens(t.t()), rht=rht, sign_vector=signs,
-                              stochastic=stochastic, seed=seed, offset=offset)
-
-
-def _wgrad(grad, saved_x, weight_dtype, precision, rht, signs, stochastic, seed):
-    """dW = dY^T X in ``weight_dtype``; SR words after dgrad's (see module docstring)."""
+def _wgrad(grad, qgt, saved_x, weight_dtype, precision):
+    """dW = dY^T X in ``weight_dtype``."""
     if precision == "bf16":
         return grad.t().mm(saved_x.to(grad.dtype)).to(weight_dtype)
-    offset = reference.counters_used(grad.numel())
-    qgt = _wgrad_operand(grad, precision, rht, signs, stochastic, seed, offset)
     gemm = ops.nvfp4_gemm if precision == "nvfp4" else ops.fp8_gemm
     return gemm(qgt, saved_x, out_dtype=weight_dtype)
 
 
-# The quantized X^T travels from the forward op to the backward op as three plain
-# tensors (custom ops take and return tensors only).
+# Quantized operands travel from the forward op to the backward op as three plain
+# tensors each (custom ops take and return tensors only).
 
-def _pack_saved(q):
+def _pack_saved(q, like):
+    if q is None:
+        return _empty_saved(like)
     if isinstance(q, NVFP4Tensor):
         return q.data, q.scale, q.amax
     return q.data, q.scale, q.scale.new_empty(0)
 
 
-def _unpack_saved(saved, precision, rht_signs):
+def _unpack_saved(saved, precision, shape, rht_signs):
     data, scale, amax = saved
     if precision == "fp8":
         return FP8Tensor(data, scale, data.shape)
-    shape = (data.shape[0], data.shape[1] * 2)
-    return NVFP4Tensor(data, scale, amax, shape, block="1x16", rht_signs=rht_signs)
+    return NVFP4Tensor(data, scale, amax, shape, rht_signs=rht_signs)
 
 
 def _empty_saved(x):
     return tuple(x.new_empty(0, dtype=torch.float32) for _ in range(3))
 
 
-def _saved_like(x, precision):
-    """Empty tensors shaped like ``_pack_saved(_wgrad_operand(x, precision))``."""
+def _saved_x_like(x, precision):
+    """Empty tensors shaped like the saved wgrad operand X^T."""
     m, k = x.shape
     if precision == "fp8":
         return (x.new_empty(k, m, dtype=torch.float8_e4m3fn),
                 x.new_empty(k, 1, dtype=torch.float32), x.new_empty(0, dtype=torch.float32))
-    mp = (m + NVFP4_BLOCK - 1) // NVFP4_BLOCK * NVFP4_BLOCK
+    mp = _padded_tokens(m)
     return (x.new_empty(k, mp // 2, dtype=torch.uint8),
             x.new_empty(k, mp // NVFP4_BLOCK, dtype=torch.float8_e4m3fn),
             x.new_empty((), dtype=torch.float32))
+
+
+def _padded_tokens(m):
+    return (m + NVFP4_BLOCK - 1) // NVFP4_BLOCK * NVFP4_BLOCK
 
 
 # ----------------------------------------------------------------------------------
@@ -201,56 +231,68 @@ def _linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Y = fprop(x, W, b), plus the quantized X^T that wgrad will read (if ``save_x``).
 
-    ``seed``, ``dgrad`` and ``stochastic`` are not used here; they are inputs so that
-    the backward finds the whole recipe among the op's inputs.
+    X is quantized by one call that makes both of its copies (fprop's rowwise one, and
+    wgrad's X^T when saved); W by one call making fprop's copy. The backward quantizes W^T
+    again rather than keeping it from here: saved, it would hold 0.56 bytes per weight
+    element of every layer from its forward to its backward, on top of the activations,
+    while recomputing it costs one read of W per step, small beside the step's GEMMs.
+
+    ``seed`` and ``stochastic`` are not used here; they are inputs so that the backward
+    finds the whole recipe among the op's inputs.
     """
     x = x.contiguous()
     # Autocast must not reach the FP32 math inside (it would run the reference GEMM in
     # bf16); the caller has already cast x to the autocast dtype.
     with torch.autocast(x.device.type, enabled=False):
-        y = _fprop(x, weight, bias, fprop, weight_2d)
-        if save_x and wgrad != "bf16":
-            saved = _pack_saved(_wgrad_operand(x, wgrad, rht, _rht_signs(rht, signs)))
-        else:
-            saved = _empty_saved(x)
-    return (y, *saved)
+        qx, qxt = _quantize_rows_and_cols(x, fprop, wgrad if save_x else None, rht,
+                                          _sign_vector(rht, signs))
+        qw, _ = _quantize_weight(weight, fprop, None, weight_2d)
+        y = _fprop(x, qx, weight, qw, bias, fprop)
+    return (y, *_pack_saved(qxt, x))
 
 
 @_linear_fwd.register_fake
 def _linear_fwd_fake(x, weight, bias, seed, fprop, dgrad, wgrad, rht, stochastic,
                      weight_2d, signs, save_x):
     y = x.new_empty(x.shape[0], weight.shape[0])
-    saved = _saved_like(x, wgrad) if save_x and wgrad != "bf16" else _empty_saved(x)
-    return (y, *saved)
+    saved_x = _saved_x_like(x, wgrad) if save_x and wgrad != "bf16" else _empty_saved(x)
+    return (y, *saved_x)
 
 
 @torch.library.custom_op("lowprec::linear_bwd", mutates_args=())
 def _linear_bwd(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tensor | None,
-                saved_data: torch.Tensor, saved_scale: torch.Tensor,
-                saved_amax: torch.Tensor, seed: torch.Tensor | None, dgrad: str,
-                wgrad: str, rht: bool, stochastic: bool, weight_2d: bool,
-                signs: list[int], need_dx: bool, need_dw: bool
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dX, dW) for the recipe; an empty tensor for a gradient not needed."""
+                x_data: torch.Tensor, x_scale: torch.Tensor, x_amax: torch.Tensor,
+                seed: torch.Tensor | None, dgrad: str, wgrad: str, rht: bool,
+                stochastic: bool, weight_2d: bool, signs: list[int], need_dx: bool,
+                need_dw: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dX, dW) for the recipe; an empty tensor for a gradient not needed.
+
+    dY is quantized by one call for both GEMMs: SR words at counters [0, ceil(M*N/4))
+    for dgrad's rowwise copy and the next ``ceil(N*M_pad/4)`` for wgrad's dY^T.
+    """
     grad = grad.contiguous()
     seed_value = 0 if seed is None else int(seed.item()) & MASK64
-    rht_signs = _rht_signs(rht, signs)
+    rht_signs = _sign_vector(rht, signs)
     with torch.autocast(grad.device.type, enabled=False):
+        qg, qgt = _quantize_rows_and_cols(grad, dgrad if need_dx else None,
+                                          wgrad if need_dw else None, rht, rht_signs,
+                                          stochastic, seed_value)
         dx = grad.new_empty(0)
         if need_dx:
-            dx = _dgrad(grad, weight, dgrad, weight_2d, stochastic, seed_value)
+            _, qwt = _quantize_weight(weight, None, dgrad, weight_2d)
+            dx = _dgrad(grad, qg, weight, qwt, dgrad)
         dw = weight.new_empty(0)
         if need_dw:
             saved_x = x if wgrad == "bf16" else _unpack_saved(
-                (saved_data, saved_scale, saved_amax), wgrad, rht_signs)
-            dw = _wgrad(grad, saved_x, weight.dtype, wgrad, rht, rht_signs, stochastic,
-                        seed_value)
+                (x_data, x_scale, x_amax), wgrad, (weight.shape[1],
+                                                   _padded_tokens(grad.shape[0])),
+                rht_signs=rht_signs)
+            dw = _wgrad(grad, qgt, saved_x, weight.dtype, wgrad)
     return dx, dw
 
 
 @_linear_bwd.register_fake
-def _linear_bwd_fake(grad, weight, x, saved_data, saved_scale, saved_amax, seed, dgrad,
-                     wgrad, rht, stochastic, weight_2d, signs, need_dx, need_dw):
+def _linear_bwd_fake(grad, weight, x, x_data, x_scale, x_amax, seed, dgrad, wgrad, rht, stochastic, weight_2d, signs, need_dx, need_dw):
     m, k = grad.shape[0], weight.shape[1]
     dx = grad.new_empty(m, k) if need_dx else grad.new_empty(0)
     dw = weight.new_empty(weight.shape) if need_dw else weight.new_empty(0)

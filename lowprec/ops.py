@@ -85,17 +85,118 @@ def quantize_nvfp4(x, *, block="1x16", rht=False, sign_vector=None, stochastic=F
     signs = check_sign_vector(sign_vector) if rht else None
     _check_uint64(seed, "seed")
     _check_uint64(offset, "offset")
-    impl = backends.get(backend, "quantize_nvfp4", x.device.type)
+    impl = backends.get(backend, "quantize_nvfp4", x.device)
     data, scale, amax_out = impl(x, block=block, rht_signs=signs, stochastic=bool(stochastic),
                                  seed=seed, offset=offset, amax=_amax_tensor(amax, x.device))
     return NVFP4Tensor(data, scale, amax_out, x.shape, block=block, rht_signs=signs)
+
+
+def _check_nvfp4_k(x, what):
+    if x.shape[-1] % 16 != 0:
+        raise ValueError(f"{what}: nvfp4 needs the last dim K % 16 == 0; got shape "
+                         f"{tuple(x.shape)}")
+
+
+def quantize_row_col(x, *, rowwise=True, columnwise=True, rht=False, sign_vector=None,
+                     row_stochastic=False, col_stochastic=False, seed=0, row_offset=0,
+                     col_offset=None, row_amax=None, col_amax=None, backend="auto"):
+    """The NVFP4 copies every GEMM reading an activation or gradient needs, in one pass.
+
+    ``x [..., K]`` is seen as ``[M, K]`` (leading dims flattened). The spec is
+    ``lowprec.reference.quantize_row_col``:
+
+    * rowwise (fprop / dgrad operand): ``x`` quantized along K in 1x16 blocks, shape
+      ``[M, K]``;
+    * columnwise (wgrad operand): ``x^T`` zero-padded to ``[K, M_pad]`` (M_pad the next
+      multiple of 16, NUMERICS 10), optionally RHT'd along M, quantized along M.
+
+    Args:
+        x: float32/bfloat16/float16 tensor ``[..., K]`` with K % 16 == 0.
+        rowwise, columnwise: which copies to produce (at least one).
+        rht, sign_vector: the RHT of the columnwise copy and its 16 signs (default TE's).
+        row_stochastic, col_stochastic: stochastic rounding per copy.
+        seed, row_offset, col_offset: Philox key and first counters, ints in [0, 2**64).
+            ``col_offset`` defaults to the end of the rowwise range, ``row_offset +
+            ceil(M*K/4)`` (mod 2**64), so the two copies never share a random word.
+        row_amax, col_amax: global amaxes the caller already has (the columnwise one of
+            ``RHT(x^T)`` when ``rht``); measured when None.
+        backend: ``"auto"``, ``"reference"``, ``"triton"``, ``"cuda"`` or ``"cpu"``.
+
+    Returns:
+        ``(row, col)``: NVFP4Tensors of logical shapes ``[M, K]`` and ``[K, M_pad]`` (col
+        carries the RHT signs), or None for a copy not asked for.
+
+    Raises:
+        TypeError: non-float input. ValueError: bad K, no copy asked, signs, seed/offsets.
+    """
+    _check_float_input(x, "quantize_row_col")
+    _check_nvfp4_k(x, "quantize_row_col")
+    if not (rowwise or columnwise):
+        raise ValueError("quantize_row_col needs rowwise=True or columnwise=True; got both "
+                         "False")
+    signs = check_sign_vector(sign_vector) if rht else None
+    k = x.shape[-1]
+    m = math.prod(x.shape[:-1])
+    if col_offset is None:
+        _check_uint64(row_offset, "row_offset")
+        col_offset = (row_offset + reference.counters_used(m * k)) % UINT64_LIMIT
+    for value, name in ((seed, "seed"), (row_offset, "row_offset"), (col_offset, "col_offset")):
+        _check_uint64(value, name)
+    impl = backends.get(backend, "quantize_row_col", x.device)
+    row, col = impl(x, rht_signs=signs, rowwise=bool(rowwise), columnwise=bool(columnwise),
+                    row_stochastic=bool(row_stochastic), col_stochastic=bool(col_stochastic),
+                    seed=seed, row_offset=row_offset, col_offset=col_offset,
+                    row_amax=_amax_tensor(row_amax, x.device),
+                    col_amax=_amax_tensor(col_amax, x.device))
+    m_pad = -(-m // 16) * 16
+    row_t = None if row is None else NVFP4Tensor(*row, (m, k))
+    col_t = None if col is None else NVFP4Tensor(*col, (k, m_pad), rht_signs=signs)
+    return row_t, col_t
+
+
+def quantize_weight_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0, amax=None,
+                       backend="auto"):
+    """16x16-scaled NVFP4 of a weight ``w [N, K]`` and of ``w^T``, from one read (NUMERICS 5).
+
+    The spec is ``lowprec.reference.quantize_weight_2d``: ``row`` equals
+    ``quantize_nvfp4(w, block="16x16")``; ``col``, the quantized ``W^T`` that dgrad reads,
+    has exactly the transposed codes and tile scales, so forward and backward multiply by
+    one quantized W.
+
+    Args:
+        w: float32/bfloat16/float16 ``[N, K]``, N and K multiples of 16.
+        columnwise: also produce the ``W^T`` copy.
+        stochastic, seed, offset: SR (Philox words of the rowwise flat index).
+        amax: a global amax the caller already has; measured when None.
+        backend: as for ``quantize_nvfp4``.
+
+    Returns:
+        ``(row, col)``: NVFP4Tensors (block ``"16x16"``) of shapes ``[N, K]`` and ``[K, N]``;
+        col is None unless ``columnwise``.
+
+    Raises:
+        TypeError: non-float input. ValueError: not 2-D, N or K not multiples of 16.
+    """
+    _check_float_input(w, "quantize_weight_2d")
+    if w.dim() != 2 or w.shape[0] % 16 or w.shape[1] % 16:
+        raise ValueError(f"quantize_weight_2d needs w [N, K] with N % 16 == 0 and "
+                         f"K % 16 == 0; got shape {tuple(w.shape)}")
+    _check_uint64(seed, "seed")
+    _check_uint64(offset, "offset")
+    impl = backends.get(backend, "quantize_weight_2d", w.device)
+    row, col = impl(w, columnwise=bool(columnwise), stochastic=bool(stochastic), seed=seed,
+                    offset=offset, amax=_amax_tensor(amax, w.device))
+    n, k = w.shape
+    row_t = NVFP4Tensor(*row, (n, k), block="16x16")
+    col_t = None if col is None else NVFP4Tensor(*col, (k, n), block="16x16")
+    return row_t, col_t
 
 
 def dequantize_nvfp4(t, dtype=torch.float32, *, backend="auto"):
     """``e2m1(q) * s_b * S_dec`` of an NVFP4Tensor, as ``dtype``."""
     if not isinstance(t, NVFP4Tensor):
         raise TypeError(f"dequantize_nvfp4 takes an NVFP4Tensor; got {type(t).__name__}")
-    impl = backends.get(backend, "dequantize_nvfp4", t.device.type)
+    impl = backends.get(backend, "dequantize_nvfp4", t.device)
     return impl(t.data, t.scale, t.amax, dtype)
 
 
@@ -108,7 +209,7 @@ def quantize_fp8(x, *, backend="auto"):
         FP8Tensor with ``data`` float8_e4m3fn ``[..., K]`` and ``scale`` FP32 ``[..., 1]``.
     """
     _check_float_input(x, "quantize_fp8")
-    impl = backends.get(backend, "quantize_fp8", x.device.type)
+    impl = backends.get(backend, "quantize_fp8", x.device)
     data, scale = impl(x)
     return FP8Tensor(data, scale, x.shape)
 
@@ -144,7 +245,7 @@ def nvfp4_gemm(a, b, bias=None, out_dtype=torch.bfloat16, *, backend="auto"):
     if a.rht_signs != b.rht_signs:
         raise ValueError(f"operands must share one RHT (or none) to multiply; got "
                          f"a.rht_signs={a.rht_signs}, b.rht_signs={b.rht_signs}")
-    impl = backends.get(backend, "nvfp4_gemm", a.device.type)
+    impl = backends.get(backend, "nvfp4_gemm", a.device)
     lead = a.shape[:-1]
     rows = math.prod(lead)          # not -1: K may be 0 (an empty contraction)
     # Autocast must not turn the FP32 accumulation of NUMERICS 8 into a bf16 matmul.
@@ -158,7 +259,7 @@ def nvfp4_gemm(a, b, bias=None, out_dtype=torch.bfloat16, *, backend="auto"):
 def fp8_gemm(a, b, bias=None, out_dtype=torch.bfloat16, *, backend="auto"):
     """``a @ b.T`` of two FP8Tensors: FP32 accumulation, row scales applied after (NUMERICS 9)."""
     _check_gemm_operands(a, b, FP8Tensor, bias)
-    impl = backends.get(backend, "fp8_gemm", a.device.type)
+    impl = backends.get(backend, "fp8_gemm", a.device)
     lead = a.shape[:-1]
     rows = math.prod(lead)          # not -1: K may be 0 (an empty contraction)
     with torch.autocast(a.device.type, enabled=False):

@@ -329,6 +329,61 @@ def quantize_nvfp4(x, *, block="1x16", rht_signs=None, stochastic=False, seed=0,
     return pack_codes(codes), scales, amax
 
 
+def pad_rows16(x2d):
+    """[M, K] -> [M_pad, K] with zero rows, M_pad the next multiple of 16 (NUMERICS 10)."""
+    m = x2d.shape[0]
+    return torch.cat((x2d, x2d.new_zeros(-m % 16, x2d.shape[1])), dim=0)
+
+
+def quantize_row_col(x, *, rht_signs=None, rowwise=True, columnwise=True,
+                     row_stochastic=False, col_stochastic=False, seed=0, row_offset=0,
+                     col_offset=0, row_amax=None, col_amax=None):
+    """The two NVFP4 copies of an activation or gradient ``x [..., K]`` (seen as [M, K]).
+
+    The spec of the fused row+col kernels, as two plain quantizations:
+
+    * rowwise: ``quantize_nvfp4(x2d, stochastic=row_stochastic, seed=seed,
+      offset=row_offset, amax=row_amax)``: data ``[M, K/2]``, scale ``[M, K/16]``;
+    * columnwise: ``quantize_nvfp4(pad_rows16(x2d).T, rht_signs=rht_signs,
+      stochastic=col_stochastic, seed=seed, offset=col_offset, amax=col_amax)``: data
+      ``[K, M_pad/2]``, scale ``[K, M_pad/16]`` (the SR index is that of the ``[K, M_pad]``
+      copy; the RHT runs along M).
+
+    Returns ``(row, col)``, each a ``(data, scale, amax)`` triple or None if not asked for.
+    """
+    x2d = x.reshape(-1, x.shape[-1])
+    row = col = None
+    if rowwise:
+        row = quantize_nvfp4(x2d, stochastic=row_stochastic, seed=seed, offset=row_offset,
+                             amax=row_amax)
+    if columnwise:
+        col = quantize_nvfp4(pad_rows16(x2d).t().contiguous(), rht_signs=rht_signs,
+                             stochastic=col_stochastic, seed=seed, offset=col_offset,
+                             amax=col_amax)
+    return row, col
+
+
+def quantize_weight_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0, amax=None):
+    """16x16-scaled NVFP4 of a weight ``w [N, K]`` and of ``w^T`` (NUMERICS 5).
+
+    ``row`` is ``quantize_nvfp4(w, block="16x16", ...)``. ``col`` is the quantized ``W^T``
+    (codes ``[K, N/2]``, scales ``[K, N/16]``, the same amax): its codes and tile scales
+    are the transpose of ``row``'s, so fprop and dgrad multiply by one quantized W (with
+    SR too: it is not a second draw). Returns ``(row, col)``; col is None unless asked.
+    """
+    row = quantize_nvfp4(w, block="16x16", stochastic=stochastic, seed=seed, offset=offset,
+                         amax=amax)
+    if not columnwise:
+        return row, None
+    data, scale, amax_out = row
+    col_data = pack_codes(unpack_codes(data).t().contiguous())
+    # row's scale holds each tile's scale on its 16 rows; W^T holds it on its 16 columns'
+    # rows, i.e. the tile grid transposed and repeated along the new rows.
+    tile_scales = scale[0::16, :]                                    # [N/16, K/16]
+    col_scale = tile_scales.t().repeat_interleave(16, dim=0).contiguous()
+    return row, (col_data, col_scale, amax_out)
+
+
 def dequantize_nvfp4(data, scale, amax, dtype=torch.float32):
     """x_hat = e2m1_value(q) * f32(s_b) * S_dec, then cast to ``dtype``."""
     values = block_dequantize_nvfp4(data, scale)

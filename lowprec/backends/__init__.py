@@ -4,9 +4,17 @@ A backend is a module that defines ``availability(device_type)`` (None when it c
 on tensors of that device type, else the reason it cannot) and any of the op functions
 of ``lowprec.backends.reference`` with the same signatures. Modules are imported lazily,
 so a missing Triton or a broken compiled extension never breaks ``import lowprec``.
+
+A backend may also define ``implementation(op, capability)``: the name of the code it runs
+for ``op`` on a GPU of compute capability ``capability`` (``(major, minor)``; None for CPU
+tensors), or None where it does not implement ``op`` there. Its op functions decide with
+that same function, so the names ``lowprec info --dispatch`` prints are what runs.
+A backend without it implements the ops it defines as ``"<backend>:<op>"``.
 """
 
 import importlib
+
+import torch
 
 BACKEND_MODULES = {
     "reference": "lowprec.backends.reference",
@@ -16,12 +24,16 @@ BACKEND_MODULES = {
 }
 
 # backend="auto": the first backend in this order that runs here and implements the op.
+# CUDA tensors never fall back to the reference (FP32 math on CUDA cores, ~10x slower than
+# the tensor-core path): a missing kernel is an error naming why, and the reference runs
+# on a GPU only when asked for by name.
 AUTO_ORDER = {
-    "cuda": ("cuda", "triton", "reference"),
+    "cuda": ("cuda", "triton"),
     "cpu": ("cpu", "reference"),
 }
 
-OPS = ("quantize_nvfp4", "dequantize_nvfp4", "quantize_fp8", "nvfp4_gemm", "fp8_gemm")
+OPS = ("quantize_nvfp4", "quantize_row_col", "quantize_weight_2d", "dequantize_nvfp4",
+       "quantize_fp8", "nvfp4_gemm", "fp8_gemm")
 
 
 def _load(name):
@@ -47,24 +59,50 @@ def reason_unavailable(name, device_type="cpu"):
     return module.availability(device_type)
 
 
-def get(name, op, device_type):
-    """The function implementing ``op`` in backend ``name`` for ``device_type``.
+def device_facts(device):
+    """(device type, compute capability or None) of a torch.device or a device-type string."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return device.type, None
+    return device.type, torch.cuda.get_device_capability(device)
 
-    ``name="auto"`` picks by ``AUTO_ORDER``. Raises RuntimeError naming the reason when
-    an explicitly requested backend cannot run the op here.
+
+def implementation(name, module, op, capability):
+    """The name of what backend ``name`` runs for ``op`` at ``capability``, or None."""
+    namer = getattr(module, "implementation", None)
+    if namer is not None:
+        return namer(op, capability)
+    return f"{name}:{op}" if hasattr(module, op) else None
+
+
+def get(name, op, device):
+    """The function implementing ``op`` in backend ``name`` for tensors on ``device``.
+
+    ``device``: a torch.device or a device type string. ``name="auto"`` picks by
+    ``AUTO_ORDER``. Raises RuntimeError naming the reason when no backend can run the op
+    here, or when an explicitly requested backend cannot.
     """
+    device_type, capability = device_facts(device)
     if name == "auto":
+        reasons = []
         for candidate in AUTO_ORDER.get(device_type, ("reference",)):
-            module, _ = _load(candidate)
-            if (module is not None and module.availability(device_type) is None
-                    and hasattr(module, op)):
+            module, reason = _load(candidate)
+            if module is not None:
+                reason = module.availability(device_type)
+            if reason is None and implementation(candidate, module, op, capability) is None:
+                reason = f"it does not implement {op} here"
+            if reason is None:
                 return getattr(module, op)
-        raise RuntimeError(f"no backend implements {op} on {device_type}")
+            reasons.append(f"{candidate}: {reason}")
+        raise RuntimeError(f"no backend can run {op} on {device_type} tensors "
+                           f"({'; '.join(reasons)}); pass backend='reference' to run the "
+                           f"slow reference explicitly")
     module, reason = _load(name)
     if module is not None:
         reason = module.availability(device_type)
     if reason is not None:
         raise RuntimeError(f"backend={name!r} cannot run on {device_type}: {reason}")
-    if not hasattr(module, op):
-        raise NotImplementedError(f"backend={name!r} does not implement {op}")
+    if implementation(name, module, op, capability) is None:
+        where = "" if capability is None else f" on compute capability {capability[0]}.{capability[1]}"
+        raise NotImplementedError(f"backend={name!r} does not implement {op}{where}")
     return getattr(module, op)

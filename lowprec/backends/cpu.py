@@ -11,9 +11,23 @@ import torch
 from lowprec import _C, reference
 from lowprec.reference import fp8_gemm  # noqa: F401  (the GEMM is torch.matmul either way)
 
-quantize_rowwise_and_columnwise = _C.quantize_rowwise_and_columnwise
+quantize_row_col = _C.quantize_row_col
 quantize_weight_2d = _C.quantize_weight_2d
 counters_used = _C.counters_used
+
+
+IMPLEMENTATIONS = {"quantize_nvfp4": "cpu:quantize_nvfp4",
+                   "quantize_row_col": "cpu:quantize_row_col",
+                   "quantize_weight_2d": "cpu:quantize_weight_2d",
+                   "dequantize_nvfp4": "cpu:dequantize",
+                   "quantize_fp8": "cpu:quantize_fp8",
+                   "nvfp4_gemm": "cpu:dequantize+torch.matmul(fp32)",
+                   "fp8_gemm": "reference:fp8_gemm"}
+
+
+def implementation(op, capability):
+    """What this backend runs for ``op`` (CPU tensors only; see lowprec.backends)."""
+    return IMPLEMENTATIONS.get(op) if capability is None else None
 
 
 def availability(device_type):

@@ -1,15 +1,19 @@
 """The CUDA C++ kernels of csrc/ (quantize.cu) as a backend.
 
-Quantization runs in the CUDA kernels. ``nvfp4_gemm`` uses the native block-scaled FP4
-GEMM on Blackwell (``lowprec.blackwell``, untested on hardware) and otherwise the exact
-emulation of NUMERICS 8 (block dequantization in FP32, one FP32 matmul, alpha once).
-FP8 ops are not implemented here: ``backend="auto"`` takes them from Triton or the
+Quantization runs in the CUDA kernels. ``nvfp4_gemm`` is the native block-scaled FP4
+GEMM of Blackwell (``lowprec.blackwell``, through torch's ``scaled_mm``; untested on
+hardware). Everything else (dequantization, FP8, the NVFP4 GEMM on Hopper) is not
+implemented here: ``backend="auto"`` takes it from the Triton backend, never from the
 reference.
 """
 
 import torch
 
-from lowprec import _C, blackwell, reference
+from lowprec import _C, blackwell
+
+MIN_CAPABILITY = _C.MIN_CAPABILITY
+QUANTIZE_OPS = ("quantize_nvfp4", "quantize_row_col", "quantize_weight_2d")
+NATIVE_FP4_GEMM = "torch:scaled_mm(nvfp4)"
 
 
 def availability(device_type):
@@ -18,25 +22,35 @@ def availability(device_type):
     return _C.cuda_reason()
 
 
+def implementation(op, capability):
+    """What this backend runs for ``op`` on a GPU of ``capability`` (see lowprec.backends)."""
+    if capability is None or capability < MIN_CAPABILITY:
+        return None
+    if op in QUANTIZE_OPS:
+        return f"cuda:{op}"
+    if op == "nvfp4_gemm" and capability >= blackwell.MIN_CAPABILITY:
+        return NATIVE_FP4_GEMM
+    return None
+
+
 def quantize_nvfp4(x, *, block="1x16", rht_signs=None, stochastic=False, seed=0, offset=0,
                    amax=None):
     return _C.quantize_nvfp4(x, block=block, rht_signs=rht_signs, stochastic=stochastic,
                              seed=seed, offset=offset, amax=amax)
 
 
-quantize_rowwise_and_columnwise = _C.quantize_rowwise_and_columnwise
+quantize_row_col = _C.quantize_row_col
 quantize_weight_2d = _C.quantize_weight_2d
 counters_used = _C.counters_used
 
 
-def dequantize_nvfp4(data, scale, amax, dtype=torch.float32):
-    return reference.dequantize_nvfp4(data, scale, amax, dtype)
-
-
 def nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=None,
                out_dtype=torch.bfloat16):
+    """The native FP4 GEMM; shapes it cannot take (K % 32 != 0) go to the Triton backend's
+    GEMM, which has the same contract (NUMERICS 8)."""
     if blackwell.reason_unsupported(a_data, b_data) is None:
         return blackwell.nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale, b_amax,
                                     bias=bias, out_dtype=out_dtype)
-    return reference.nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=bias,
-                                out_dtype=out_dtype)
+    from lowprec.kernels import backend as triton_backend
+    return triton_backend.nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale, b_amax,
+                                     bias=bias, out_dtype=out_dtype)

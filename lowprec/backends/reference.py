@@ -6,6 +6,8 @@ from lowprec.reference import (  # noqa: F401  (re-exported as this backend's op
     nvfp4_gemm,
     quantize_fp8_rowwise as quantize_fp8,
     quantize_nvfp4,
+    quantize_row_col,
+    quantize_weight_2d,
 )
 
 

@@ -74,9 +74,9 @@ def test_rowwise_columnwise_cuda_equals_triton_and_reference(cuda_backend, trito
                                                              dtype, sr):
     x = make_values(shape, dtype, "heavy", 1)
     kwargs = dict(rht_signs=S, row_stochastic=sr, col_stochastic=sr, seed=123, row_offset=5)
-    row, col = cuda_backend.quantize_rowwise_and_columnwise(x.cuda(), **kwargs)
-    t_row, t_col = triton_backend.quantize_rowwise_and_columnwise(x.cuda(), **kwargs)
-    c_row, c_col = _C.quantize_rowwise_and_columnwise(x, **kwargs)  # CPU build == reference
+    row, col = cuda_backend.quantize_row_col(x.cuda(), **kwargs)
+    t_row, t_col = triton_backend.quantize_row_col(x.cuda(), **kwargs)
+    c_row, c_col = _C.quantize_row_col(x, **kwargs)  # CPU build == reference
     assert_bits_equal(cpu(row), c_row, "cuda rowwise")
     assert_bits_equal(cpu(col), c_col, "cuda columnwise")
     assert_bits_equal(cpu(t_row), c_row, "triton rowwise")

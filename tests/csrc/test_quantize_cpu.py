@@ -61,7 +61,7 @@ def padded_transpose(x):
 def test_rowwise_and_columnwise_equal_reference(x, signs, row_sr, col_sr, seed, row_offset,
                                                 col_offset, row_amax, col_amax, copies):
     rowwise, columnwise = copies
-    row, col = cpu_backend.quantize_rowwise_and_columnwise(
+    row, col = cpu_backend.quantize_row_col(
         x, rht_signs=signs, row_stochastic=row_sr, col_stochastic=col_sr, seed=seed,
         row_offset=row_offset, col_offset=col_offset, row_amax=amax_tensor(row_amax),
         col_amax=amax_tensor(col_amax), rowwise=rowwise, columnwise=columnwise)
@@ -208,7 +208,7 @@ def test_block_dequantize_fake_kernel():
 def test_compiles_without_graph_breaks():
     """A torch.compile trace goes through the ops via their fake kernels."""
     def f(x):
-        row, col = cpu_backend.quantize_rowwise_and_columnwise(
+        row, col = cpu_backend.quantize_row_col(
             x, rht_signs=R.DEFAULT_SIGN_VECTOR, seed=1, row_offset=0)
         return row[0], col[1]
 

@@ -14,7 +14,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SCRIPTS = {
-    "bench_quantize.py": "40x64",
+    "bench_quantize_row_col.py": "40x64",
     "bench_amax.py": "40x64",
     "bench_quantize_2d.py": "32x64",
     "bench_nvfp4_gemm.py": "40x32x64",

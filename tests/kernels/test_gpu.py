@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lowprec import reference as R
-from lowprec.kernels.backend import quantize_rowwise_and_columnwise, quantize_weight_2d
+from lowprec.kernels.backend import quantize_row_col, quantize_weight_2d
 from lowprec.kernels.fp8 import fp8_gemm, quantize_fp8
 from lowprec.kernels.nvfp4_gemm import CANDIDATES
 
@@ -34,7 +34,7 @@ def pad_rows(x):
 @pytest.mark.parametrize("stochastic", [False, True])
 def test_fused_quantize_large(same_triple, m, k, stochastic):
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    row, col = quantize_rowwise_and_columnwise(
+    row, col = quantize_row_col(
         x, rht_signs=SIGNS, row_stochastic=stochastic, col_stochastic=stochastic,
         seed=2**63 + 1, row_offset=2**64 - 7, col_offset=2**33)
     same_triple(row, R.quantize_nvfp4(x, stochastic=stochastic, seed=2**63 + 1,

@@ -29,8 +29,8 @@ def facts():
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-NAMES = ["quantize_1x16 row RNE", "quantize_1x16 row SR", "quantize_1x16 col RHT RNE",
-         "quantize_1x16 row+col RHT RNE", "quantize_1x16 row+col RHT SR", "quantize_2d row+col",
+NAMES = ["quantize_row_col row RNE", "quantize_row_col row SR", "quantize_row_col col RHT RNE",
+         "quantize_row_col row+col RHT RNE", "quantize_row_col row+col RHT SR", "quantize_2d row+col",
          "amax row+col RHT", "dequantize", "quantize_fp8", "gemm (a) fused",
          "gemm (c) fp16 tiles", "gemm (b) epilogue"]
 
@@ -40,7 +40,7 @@ def test_compiles_without_spills(facts, name):
     f = facts[name]
     assert f["LOCAL"] == 0 and f["STACK"] == 0, f      # nothing spilled to local memory
     assert not f["ftz"]                                # subnormals kept (E2M1 code trick)
-    if name.startswith("quantize_1x16") or name.startswith("amax"):
+    if name.startswith("quantize_row_col") or name.startswith("amax"):
         assert f["ld_v4"]                              # 16-byte loads
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lowprec import reference as R
-from lowprec.kernels.backend import counters_used, quantize_rowwise_and_columnwise
+from lowprec.kernels.backend import counters_used, quantize_row_col
 
 SIGNS = R.DEFAULT_SIGN_VECTOR
 OTHER_SIGNS = (-1, 1, 1, 1, -1, -1, 1, -1, 1, 1, -1, -1, -1, 1, 1, -1)
@@ -61,7 +61,7 @@ def test_matches_reference(device, same_triple, m, k, dtype, rht, row_sr, col_sr
                            row_off, col_off):
     x = sample((m, k), DTYPES[dtype], seed=m * k)
     signs = SIGNS if rht else None
-    row, col = quantize_rowwise_and_columnwise(
+    row, col = quantize_row_col(
         x.to(device), rht_signs=signs, row_stochastic=row_sr, col_stochastic=col_sr,
         seed=seed, row_offset=row_off, col_offset=col_off)
     want_row, want_col = reference_pair(x, signs, row_sr, col_sr, seed, row_off, col_off)
@@ -84,7 +84,7 @@ def test_non_contiguous_input(device, same_triple, view):
     base = sample((96, 400), torch.bfloat16, seed=1)
     x = make(base.to(device))
     assert not x.is_contiguous()
-    row, col = quantize_rowwise_and_columnwise(x, rht_signs=OTHER_SIGNS, col_stochastic=True,
+    row, col = quantize_row_col(x, rht_signs=OTHER_SIGNS, col_stochastic=True,
                                                seed=5, row_offset=0, col_offset=77)
     want_row, want_col = reference_pair(make(base), OTHER_SIGNS, col_sr=True, seed=5,
                                         col_offset=77)
@@ -110,7 +110,7 @@ def special_values(dtype):
 @pytest.mark.parametrize("stochastic", [False, True])
 def test_special_values(device, same_triple, dtype, stochastic):
     x = special_values(DTYPES[dtype])
-    row, col = quantize_rowwise_and_columnwise(x.to(device), rht_signs=SIGNS,
+    row, col = quantize_row_col(x.to(device), rht_signs=SIGNS,
                                                row_stochastic=stochastic,
                                                col_stochastic=stochastic, seed=9,
                                                row_offset=0, col_offset=2**62)
@@ -125,7 +125,7 @@ def test_finite_extremes(device, same_triple, dtype):
     """Only finite values, across the whole range: amax stays finite."""
     x = special_values(DTYPES[dtype]).float()
     x = torch.where(torch.isfinite(x), x, torch.zeros_like(x)).to(DTYPES[dtype])
-    row, col = quantize_rowwise_and_columnwise(x.to(device), rht_signs=SIGNS)
+    row, col = quantize_row_col(x.to(device), rht_signs=SIGNS)
     want_row, want_col = reference_pair(x, SIGNS)
     assert torch.isfinite(row[2])
     same_triple(row, want_row)
@@ -134,7 +134,7 @@ def test_finite_extremes(device, same_triple, dtype):
 
 def test_all_zero_tensor(device, same_triple):
     x = torch.zeros(20, 32, dtype=torch.bfloat16)
-    row, col = quantize_rowwise_and_columnwise(x.to(device), rht_signs=SIGNS)
+    row, col = quantize_row_col(x.to(device), rht_signs=SIGNS)
     want_row, want_col = reference_pair(x, SIGNS)
     same_triple(row, want_row)
     same_triple(col, want_col)
@@ -147,7 +147,7 @@ def test_given_amax(device, same_triple, row_amax, col_amax):
     """A caller's amax is used as is (smaller than the data: saturation; non-finite: NaN)."""
     x = sample((40, 64), torch.bfloat16, seed=4)
     ra, ca = torch.tensor(row_amax), torch.tensor(col_amax)
-    row, col = quantize_rowwise_and_columnwise(x.to(device), rht_signs=SIGNS,
+    row, col = quantize_row_col(x.to(device), rht_signs=SIGNS,
                                                row_amax=ra.to(device), col_amax=ca.to(device),
                                                col_stochastic=True, seed=3, col_offset=5)
     want_row, want_col = reference_pair(x, SIGNS, col_sr=True, seed=3, col_offset=5,
@@ -158,8 +158,8 @@ def test_given_amax(device, same_triple, row_amax, col_amax):
 
 def test_measured_amax_equals_given(device, same_triple):
     x = sample((64, 96), torch.float32, seed=5)
-    row, col = quantize_rowwise_and_columnwise(x.to(device), rht_signs=SIGNS)
-    again = quantize_rowwise_and_columnwise(x.to(device), rht_signs=SIGNS,
+    row, col = quantize_row_col(x.to(device), rht_signs=SIGNS)
+    again = quantize_row_col(x.to(device), rht_signs=SIGNS,
                                             row_amax=row[2], col_amax=col[2])
     same_triple(again[0], row)
     same_triple(again[1], col)
@@ -170,11 +170,11 @@ def test_measured_amax_equals_given(device, same_triple):
 def test_one_copy_only(device, same_triple):
     x = sample((50, 32), torch.bfloat16, seed=6)
     want_row, want_col = reference_pair(x, SIGNS, col_sr=True, seed=1, col_offset=9)
-    row, col = quantize_rowwise_and_columnwise(x.to(device), rowwise=False, rht_signs=SIGNS,
+    row, col = quantize_row_col(x.to(device), rowwise=False, rht_signs=SIGNS,
                                                col_stochastic=True, seed=1, col_offset=9)
     assert row is None
     same_triple(col, want_col)
-    row, col = quantize_rowwise_and_columnwise(x.to(device), columnwise=False)
+    row, col = quantize_row_col(x.to(device), columnwise=False)
     assert col is None
     same_triple(row, want_row)
 
@@ -185,7 +185,7 @@ def test_default_col_offset_follows_row_range(device, same_triple):
     x = sample((m, k), torch.float32, seed=7)
     row_counters, col_counters = counters_used(m, k)
     assert row_counters == -(-m * k // 4) and col_counters == k * 48 // 4
-    row, col = quantize_rowwise_and_columnwise(x.to(device), rht_signs=SIGNS,
+    row, col = quantize_row_col(x.to(device), rht_signs=SIGNS,
                                                row_stochastic=True, col_stochastic=True,
                                                seed=11, row_offset=offset)
     want_row, want_col = reference_pair(x, SIGNS, True, True, 11, offset,
@@ -195,14 +195,14 @@ def test_default_col_offset_follows_row_range(device, same_triple):
 
 
 def test_empty_rows(device):
-    row, col = quantize_rowwise_and_columnwise(torch.zeros(0, 32, device=device),
+    row, col = quantize_row_col(torch.zeros(0, 32, device=device),
                                                rht_signs=SIGNS)
     assert row[0].shape == (0, 16) and col[0].shape == (32, 0) and row[2].item() == 0
 
 
 def test_leading_dims_flatten(device, same_triple):
     x = sample((3, 10, 32), torch.bfloat16, seed=8)
-    row, col = quantize_rowwise_and_columnwise(x.to(device), rht_signs=SIGNS)
+    row, col = quantize_row_col(x.to(device), rht_signs=SIGNS)
     want_row, want_col = reference_pair(x.reshape(30, 32), SIGNS)
     same_triple(row, want_row)
     same_triple(col, want_col)
@@ -212,7 +212,7 @@ def test_sr_is_unbiased_on_average(device):
     """SR of 1.3 between the grid points 1 and 1.5 averages to 1.3 (bound: 5 sigma)."""
     x = torch.full((16, 4096), 1.3)
     x[:, ::16] = 6.0               # every block's amax is 6: S_enc = 448, s_b = 448, enc = 1
-    row, _ = quantize_rowwise_and_columnwise(x.to(device), columnwise=False,
+    row, _ = quantize_row_col(x.to(device), columnwise=False,
                                              row_stochastic=True, seed=2024)
     codes = R.unpack_codes(row[0].cpu()).reshape(16, 256, 16)[:, :, 1:]
     body = R.e2m1_values(codes).flatten()                # the grid values drawn
@@ -224,10 +224,10 @@ def test_sr_is_unbiased_on_average(device):
 
 def test_rejects_bad_arguments():
     with pytest.raises(ValueError, match="K % 16"):
-        quantize_rowwise_and_columnwise(torch.zeros(4, 20))
+        quantize_row_col(torch.zeros(4, 20))
     with pytest.raises(ValueError, match="rht_signs"):
-        quantize_rowwise_and_columnwise(torch.zeros(4, 16), rht_signs=(1, 2))
+        quantize_row_col(torch.zeros(4, 16), rht_signs=(1, 2))
     with pytest.raises(ValueError, match="seed"):
-        quantize_rowwise_and_columnwise(torch.zeros(4, 16), seed=2**64)
+        quantize_row_col(torch.zeros(4, 16), seed=2**64)
     with pytest.raises(TypeError, match="float32"):
-        quantize_rowwise_and_columnwise(torch.zeros(4, 16, dtype=torch.int32))
+        quantize_row_col(torch.zeros(4, 16, dtype=torch.int32))

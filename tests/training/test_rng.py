@@ -37,16 +37,28 @@ def assert_same_run(a, b):
 
 @pytest.fixture
 def sr_calls(monkeypatch):
-    """Records (seed, first counter, counters used) of every SR quantization."""
+    """Records (seed, first counter, counters used) of every SR quantization: each SR
+    copy made by ``quantize_row_col`` (the training layer's path) or ``quantize_nvfp4``."""
     calls = []
-    quantize = lowprec.ops.quantize_nvfp4
+    quantize, quantize_row_col = lowprec.ops.quantize_nvfp4, lowprec.ops.quantize_row_col
 
     def recording(x, **kwargs):
         if kwargs.get("stochastic"):
             calls.append((kwargs["seed"], kwargs["offset"], (x.numel() + 3) // 4))
         return quantize(x, **kwargs)
 
+    def recording_row_col(x, **kwargs):
+        row, col = quantize_row_col(x, **kwargs)
+        # Counters the kernel consumed, from the copies' shapes (never from the offsets
+        # the code under test computed): ceil(numel / 4) of each copy's logical shape.
+        if kwargs.get("row_stochastic") and row is not None:
+            calls.append((kwargs["seed"], kwargs["row_offset"], (row.data.numel() * 2 + 3) // 4))
+        if kwargs.get("col_stochastic") and col is not None:
+            calls.append((kwargs["seed"], kwargs["col_offset"], (col.data.numel() * 2 + 3) // 4))
+        return row, col
+
     monkeypatch.setattr(lowprec.ops, "quantize_nvfp4", recording)
+    monkeypatch.setattr(lowprec.ops, "quantize_row_col", recording_row_col)
     return calls
 
 
