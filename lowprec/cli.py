@@ -4,6 +4,7 @@
   lowprec demo --quant-table   the quantization error table of each format (seconds)
   lowprec demo --ablation      the recipe ablation (long)
   lowprec info      backends available here and why not, device facts, versions
+  lowprec info --dispatch [--capability 9.0] [--json]   op -> implementation table
   lowprec bench     run the kernel benchmarks of bench/ and print one table
   lowprec plan      print the planner's plan for the demo model at a budget
 """
@@ -41,6 +42,10 @@ OPTIONAL_MODULES = (("triton", "Triton kernels"), ("matplotlib", "the demo's plo
 def _info(args):
     import lowprec
     from lowprec import device
+
+    if args.dispatch or args.capability or args.json:
+        from lowprec import dispatch
+        return dispatch.main(args.capability, args.json)
 
     print(f"lowprec {lowprec.__version__} ({Path(lowprec.__file__).parent})")
     facts = device.facts()
@@ -408,6 +413,12 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
 
     info = sub.add_parser("info", help="backends available here, and why not; versions")
+    info.add_argument("--dispatch", action="store_true", help="print op -> implementation "
+                      "that backend='auto' runs here")
+    info.add_argument("--capability", help="with --dispatch: for a GPU of this compute "
+                      "capability instead (e.g. 9.0 Hopper, 10.0 Blackwell)")
+    info.add_argument("--json", action="store_true", help="with --dispatch: as JSON "
+                      "{op: implementation}")
     info.set_defaults(func=_info)
 
     demo = sub.add_parser("demo", help="the main job: train a small GPT three ways")

@@ -75,28 +75,44 @@ def implementation(name, module, op, capability):
     return f"{name}:{op}" if hasattr(module, op) else None
 
 
+def choose(op, device_type, capability, installed=False):
+    """``(backend name, implementation name)`` that ``backend="auto"`` takes for ``op``.
+
+    ``installed=True`` answers for a full install on a GPU of ``capability`` rather than
+    for this machine: each backend counts as importable and built (the CUDA extension
+    with its kernels, Triton present), and only ``implementation`` decides. Raises
+    RuntimeError naming every backend's reason when none can run the op.
+    """
+    reasons = []
+    for candidate in AUTO_ORDER.get(device_type, ("reference",)):
+        module, reason = _load(candidate)
+        if module is not None and not installed:
+            reason = module.availability(device_type)
+        name = None
+        if module is not None and reason is None:
+            name = implementation(candidate, module, op, capability)
+            if name is None:
+                where = "" if capability is None else f" on {capability[0]}.{capability[1]}"
+                reason = f"it does not implement {op}{where}"
+        if name is not None:
+            return candidate, name
+        reasons.append(f"{candidate}: {reason}")
+    raise RuntimeError(f"no backend can run {op} on {device_type} tensors "
+                       f"({'; '.join(reasons)}); pass backend='reference' to run the "
+                       f"slow reference explicitly")
+
+
 def get(name, op, device):
     """The function implementing ``op`` in backend ``name`` for tensors on ``device``.
 
     ``device``: a torch.device or a device type string. ``name="auto"`` picks by
-    ``AUTO_ORDER``. Raises RuntimeError naming the reason when no backend can run the op
-    here, or when an explicitly requested backend cannot.
+    ``AUTO_ORDER`` (see ``choose``). Raises RuntimeError naming the reason when no
+    backend can run the op here, or when an explicitly requested backend cannot.
     """
     device_type, capability = device_facts(device)
     if name == "auto":
-        reasons = []
-        for candidate in AUTO_ORDER.get(device_type, ("reference",)):
-            module, reason = _load(candidate)
-            if module is not None:
-                reason = module.availability(device_type)
-            if reason is None and implementation(candidate, module, op, capability) is None:
-                reason = f"it does not implement {op} here"
-            if reason is None:
-                return getattr(module, op)
-            reasons.append(f"{candidate}: {reason}")
-        raise RuntimeError(f"no backend can run {op} on {device_type} tensors "
-                           f"({'; '.join(reasons)}); pass backend='reference' to run the "
-                           f"slow reference explicitly")
+        name, _ = choose(op, device_type, capability)
+        return getattr(_load(name)[0], op)
     module, reason = _load(name)
     if module is not None:
         reason = module.availability(device_type)

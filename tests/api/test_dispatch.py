@@ -1,0 +1,68 @@
+"""The dispatch table: what backend='auto' runs, for this machine and for Hopper/Blackwell.
+
+The expected tables are written out by hand from issue 10's rules (quantization in the
+CUDA kernels, dequantization in Triton, Hopper's NVFP4 GEMM as dequantize + torch.mm,
+Blackwell's as the native scaled_mm, FP8 GEMMs on torch._scaled_mm); none may be the
+reference on a GPU. Mutation tried: the FP8 GEMM taking the reference on every
+capability (test_gpu_tables and test_no_gpu_op_runs_the_reference fail).
+"""
+
+import json
+
+import pytest
+import torch
+
+from lowprec import backends, cli, dispatch
+
+HOPPER = {
+    "quantize_nvfp4": "cuda:quantize_nvfp4",
+    "quantize_row_col": "cuda:quantize_row_col",
+    "quantize_weight_2d": "cuda:quantize_weight_2d",
+    "dequantize_nvfp4": "triton:dequantize",
+    "quantize_fp8": "triton:quantize_fp8",
+    "nvfp4_gemm": "dequant+torch.mm",
+    "fp8_gemm": "torch:_scaled_mm",
+}
+BLACKWELL = dict(HOPPER, nvfp4_gemm="torch:scaled_mm(nvfp4)")
+
+
+@pytest.mark.parametrize("capability, expected", [((9, 0), HOPPER), ((10, 0), BLACKWELL)])
+def test_gpu_tables(capability, expected):
+    assert dispatch.table(capability)[1] == expected
+
+
+@pytest.mark.parametrize("capability", [(9, 0), (10, 0), (12, 0)])
+def test_no_gpu_op_runs_the_reference(capability):
+    _, ops = dispatch.table(capability)
+    assert set(ops) == set(backends.OPS)
+    assert not [op for op, name in ops.items() if name.startswith(("reference", "none"))]
+
+
+def test_auto_never_falls_back_to_the_reference_on_cuda():
+    assert "reference" not in backends.AUTO_ORDER["cuda"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU table")
+def test_this_machine_table_names_the_functions_auto_returns():
+    where, ops = dispatch.table()
+    assert "CPU" in where
+    for op, name in ops.items():
+        backend = name.split(":")[0]
+        module = backends._load(backend)[0]
+        assert backends.get("auto", op, "cpu") is getattr(module, op), op
+
+
+def test_cli_json_and_text(capsys):
+    assert cli.main(["info", "--dispatch", "--capability", "9.0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == HOPPER
+    assert cli.main(["info", "--dispatch", "--capability", "10.0"]) == 0
+    out = capsys.readouterr().out
+    assert "capability 10.0" in out and "torch:scaled_mm(nvfp4)" in out
+    assert cli.main(["info", "--dispatch"]) == 0
+    assert "quantize_row_col" in capsys.readouterr().out
+
+
+def test_cli_bad_capability_is_one_line_and_exit_2(capsys):
+    assert cli.main(["info", "--dispatch", "--capability", "hopper"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'hopper'" in err
