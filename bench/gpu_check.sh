@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# One-call GPU proof: install, test and benchmark lowprec on a bare GPU machine, in at most
+# 8 minutes, and leave JSON per benchmark plus one summary.md in one folder.
+#
+#   bash bench/gpu_check.sh [--out DIR]     on the GPU (default DIR:
+#                                           bench/results/<device>-<UTC date>/)
+#   bash bench/gpu_check.sh --smoke         the same flow on CPU: Triton interpreter, tiny
+#                                           shapes, results in a temporary folder that is
+#                                           deleted (nothing recorded); CI runs this
+#
+# The GPU machine has Python 3.12, torch + CUDA 13, Triton, nvcc 13 and nvidia-ml-py, but
+# no pulp/highspy/hypothesis: ../shared/tools/device-wheels.sh fetches those into .whl/,
+# which is carried along and installed here when present.
+#
+# Phases run in order, each under its own time box (timeout); a phase that fails or runs
+# out of time is recorded as such and the next one starts. Every figure comes from a
+# benchmark script's own JSON; this script only runs them and tabulates.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+SMOKE=0
+OUT=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --smoke) SMOKE=1; shift ;;
+    --out) [ $# -ge 2 ] || { echo "gpu_check.sh: --out needs a folder" >&2; exit 2; }
+           OUT=$2; shift 2 ;;
+    *) echo "gpu_check.sh: unknown argument '$1' (use --smoke, --out DIR)" >&2; exit 2 ;;
+  esac
+done
+
+PY=${PYTHON:-python3}
+START=$(date +%s)
+BUDGET=470            # seconds for all phases; the summary takes the rest of 8 minutes
+if [ "$SMOKE" = 1 ]; then
+  export TRITON_INTERPRET=1 LOWPREC_BENCH_SMOKE=1
+  OUT=$(mktemp -d)
+  trap 'rm -rf "$OUT"' EXIT
+elif [ -z "$OUT" ]; then
+  gpu=$($PY -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '_'))" \
+        2>/dev/null || echo no-gpu)
+  OUT="bench/results/${gpu}-$(date -u +%Y%m%dT%H%M%SZ)"
+fi
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+PHASES="$OUT/phases.tsv"
+: > "$PHASES"
+
+# phase NAME SECONDS CMD...: run CMD with a time box, log to $OUT/NAME.log, record the
+# exit status (124: out of time) and the seconds it took.
+phase() {
+  local name=$1 box=$2
+  shift 2
+  local t0=$(date +%s)
+  # The whole run ends within BUDGET seconds: a box never reaches past it.
+  local left=$(( BUDGET - (t0 - START) ))
+  [ "$box" -le "$left" ] || box=$left
+  if [ "$box" -le 0 ]; then
+    printf '%s\t%s\t%s\t%s\n' "$name" skipped 0 0 >> "$PHASES"
+    echo "== $name: skipped, the ${BUDGET}s budget is spent"
+    return
+  fi
+  echo "== $name (time box ${box}s)"
+  timeout --kill-after=10 "$box" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$(( $(date +%s) - t0 ))" "$box" >> "$PHASES"
+  [ "$rc" = 0 ] || { echo "   $name: exit $rc (log: $OUT/$name.log)"; tail -5 "$OUT/$name.log"; }
+}
+
+# bench NAME SECONDS SCRIPT ARGS...: a benchmark phase; JSON it writes under bench/results
+# is moved into $OUT.
+bench() {
+  local name=$1 box=$2 script=$3
+  shift 3
+  local marker="$OUT/.before_$name"
+  touch "$marker"
+  phase "$name" "$box" "$PY" "bench/$script" "$@"
+  find bench/results -maxdepth 1 -name '*.json' -newer "$marker" \
+    -exec mv {} "$OUT/" \; 2>/dev/null
+  rm -f "$marker"
+}
+
+if [ "$SMOKE" = 1 ]; then
+  # Same flow, CPU-sized: no install (the checkout is already installed), tiny shapes.
+  phase dispatch 30 "$PY" -m lowprec.cli info --dispatch --json
+  phase tests 60 "$PY" -m pytest -x -q -p no:cacheprovider tests/api/test_dispatch.py \
+    -k gpu_tables
+  bench bench_quantize_row_col 60 bench_quantize_row_col.py --shapes 40x64 --reps 1
+  bench bench_nvfp4_gemm 60 bench_nvfp4_gemm.py --shapes 40x32x64 --reps 1
+else
+  if ls .whl/*.whl > /dev/null 2>&1; then
+    phase wheels 30 "$PY" -m pip install -q --no-index --no-deps --no-compile \
+      --target .site .whl/*.whl
+    export PYTHONPATH=$ROOT/.site:${PYTHONPATH:-}
+  fi
+  # The CUDA extension, built on every core (LOWPREC_REQUIRE_EXT: a failed build fails).
+  phase install 140 env MAX_JOBS="$(nproc)" LOWPREC_REQUIRE_EXT=1 \
+    "$PY" -m pip install -q --no-build-isolation --no-deps -e .
+  phase dispatch 15 "$PY" -m lowprec.cli info --dispatch --json
+  phase tests_gpu 60 "$PY" -m pytest -x -q -p no:cacheprovider -m gpu tests
+  phase tests_api_kernels_training 45 "$PY" -m pytest -x -q -p no:cacheprovider \
+    tests/api tests/kernels tests/training
+  # Benchmarks: repetition counts sized so that all of them fit the remaining budget.
+  bench bench_quantize_row_col 25 bench_quantize_row_col.py --backends triton,cuda --reps 20
+  bench bench_quantize_cuda 25 bench_quantize_cuda.py --iters 20
+  bench bench_amax 15 bench_amax.py --reps 20
+  bench bench_quantize_2d 15 bench_quantize_2d.py --backends triton,cuda --reps 20
+  bench bench_nvfp4_gemm 40 bench_nvfp4_gemm.py --reps 10
+  bench bench_train_step 70 bench_train_step.py --steps 8 --warmup 3
+fi
+cp "$OUT/dispatch.log" "$OUT/dispatch.json" 2>/dev/null
+
+# summary.md: every phase, then every figure the benchmarks wrote, as one table.
+"$PY" - "$OUT" "$SMOKE" "$(( $(date +%s) - START ))" <<'PYEOF' > "$OUT/summary.md"
+import json, pathlib, sys
+from lowprec import cli
+out, smoke, seconds = pathlib.Path(sys.argv[1]), sys.argv[2] == "1", sys.argv[3]
+print(f"# lowprec GPU check{' (smoke run on CPU: nothing measured)' if smoke else ''}\n")
+print(f"total {seconds} s\n\n| phase | exit | seconds | time box |\n|---|---|---|---|")
+for line in (out / "phases.tsv").read_text().splitlines():
+    name, rc, took, box = line.split("\t")
+    status = "ok" if rc == "0" else ("OUT OF TIME" if rc in ("124", "137") else f"FAILED ({rc})")
+    print(f"| {name} | {status} | {took} | {box} |")
+dispatch = out / "dispatch.json"
+if dispatch.exists():
+    print("\n## dispatch\n\n```\n" + dispatch.read_text().strip() + "\n```")
+rows = []
+for path in sorted(out.glob("*.json")):
+    if path.name == "dispatch.json":
+        continue
+    try:
+        rows.extend(cli.bench_rows(path.stem, json.loads(path.read_text())))
+    except (ValueError, KeyError, TypeError) as err:
+        print(f"\n{path.name}: unreadable ({err})")
+print("\n## figures\n\n```\n" + (cli.format_bench_table(rows) if rows else
+      "none recorded") + "\n```")
+PYEOF
+cat "$OUT/summary.md"
+failed=$(awk -F'\t' '$2 != "0"' "$PHASES" | wc -l)
+[ "$failed" = 0 ]
