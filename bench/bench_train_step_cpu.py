@@ -1,0 +1,78 @@
+"""CPU training step: a lowprec-converted small GPT against the same model plain.
+
+One thread, the ``cpu`` backend (``backend="auto"`` on CPU tensors: the C++ kernels of
+csrc/ built for the CPU, FP32 GEMMs). Both models are the demo GPT
+(``lowprec.demo.model``) with the same weights; the converted one is
+``lowprec.convert(model)`` (the default plan: the NVFP4 recipe on the block linears, the
+last blocks BF16 as the plan says). A step is forward, backward and AdamW on one batch.
+Reported: the median CPU time of the process per step (``time.process_time``: with one
+thread it is the step's compute, and other jobs on a shared machine do not inflate it)
+over ``--steps`` steps after ``--warmup``, the median wall time beside it, per model, and
+the ratio converted / plain of the CPU times.
+
+Target (issue 10): converted step <= 3x the plain one.
+
+    python bench/bench_train_step_cpu.py [--layers 6 --d-model 128 --batch 8 --seq 128]
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import lowprec
+from lowprec import dispatch
+from lowprec.demo.model import GPT, GPTConfig
+
+
+def step_times(model, batch, steps, warmup):
+    """(median CPU ms, median wall ms) per step."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    cpu, wall = [], []
+    for i in range(warmup + steps):
+        c0, w0 = time.process_time(), time.perf_counter()
+        loss = model(*batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= warmup:
+            cpu.append(time.process_time() - c0)
+            wall.append(time.perf_counter() - w0)
+    return statistics.median(cpu) * 1e3, statistics.median(wall) * 1e3
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--d-model", type=int, default=128)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    cfg = GPTConfig(d_model=args.d_model, n_layer=args.layers, n_head=args.heads,
+                    seq_len=args.seq)
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 256, (args.batch, args.seq + 1), generator=gen)
+    batch = (tokens[:, :-1], tokens[:, 1:])
+
+    torch.manual_seed(0)
+    plain = GPT(cfg)
+    torch.manual_seed(0)
+    converted = lowprec.convert(GPT(cfg))
+    print(f"model: {args.layers} blocks, d_model {args.d_model}, batch {args.batch} x "
+          f"{args.seq} tokens; torch threads {torch.get_num_threads()}; backend for "
+          f"quantize_row_col on CPU: {dispatch.table()[1]['quantize_row_col']}")
+    plain_cpu, plain_wall = step_times(plain, batch, args.steps, args.warmup)
+    conv_cpu, conv_wall = step_times(converted, batch, args.steps, args.warmup)
+    print(f"medians of {args.steps} steps    CPU ms   wall ms")
+    print(f"plain                   {plain_cpu:8.1f}  {plain_wall:8.1f}")
+    print(f"converted               {conv_cpu:8.1f}  {conv_wall:8.1f}")
+    print(f"ratio converted/plain   {conv_cpu / plain_cpu:8.2f}x (CPU time; target <= 3x)")
+
+
+if __name__ == "__main__":
+    main()
