@@ -23,13 +23,13 @@ TORCH_LIBRARY(lowprec_C, m) {
   // zero-padded transpose [K, M_pad] (RHT along M when rht_mask >= 0), one pass. A copy
   // not asked for comes back as empty placeholders (data [0], scale [0], amax 0-d).
   m.def(
-      "quantize_nvfp4_rowcol(Tensor x, int rht_mask, bool rowwise, bool columnwise, "
+      "quantize_row_col(Tensor x, int rht_mask, bool rowwise, bool columnwise, "
       "bool row_stochastic, bool col_stochastic, int seed, int row_offset, int col_offset, "
       "Tensor? row_amax, Tensor? col_amax) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // 16x16-scaled W [N, K]: the rowwise copy and (if columnwise) the transposed copy
   // [K, N/2] whose codes and scales are exactly the transpose of the rowwise ones.
   m.def(
-      "quantize_nvfp4_2d(Tensor w, bool columnwise, bool stochastic, int seed, int offset, "
+      "quantize_weight_2d(Tensor w, bool columnwise, bool stochastic, int seed, int offset, "
       "Tensor? amax) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // e2m1(q) * f32(s_b) in FP32: what a GEMM reads (no global scale).
   m.def("block_dequantize_nvfp4(Tensor data, Tensor scale) -> Tensor");
@@ -44,8 +44,8 @@ TORCH_LIBRARY(lowprec_C, m) {
 
 TORCH_LIBRARY_IMPL(lowprec_C, CPU, m) {
   m.impl("quantize_nvfp4", &lowprec::cpu::quantize_nvfp4);
-  m.impl("quantize_nvfp4_rowcol", &lowprec::cpu::quantize_nvfp4_rowcol);
-  m.impl("quantize_nvfp4_2d", &lowprec::cpu::quantize_nvfp4_2d);
+  m.impl("quantize_row_col", &lowprec::cpu::quantize_row_col);
+  m.impl("quantize_weight_2d", &lowprec::cpu::quantize_weight_2d);
   m.impl("block_dequantize_nvfp4", &lowprec::cpu::block_dequantize_nvfp4);
   m.impl("quantize_fp8_rowwise", &lowprec::cpu::quantize_fp8_rowwise);
   m.impl("philox", &lowprec::cpu::philox);

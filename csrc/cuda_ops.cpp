@@ -113,10 +113,10 @@ Triple absent_copy(const at::Tensor& x) {
           at::empty({}, x.options().dtype(at::kFloat))};
 }
 
-TwoTriples quantize_nvfp4_2d(const at::Tensor& w_in, bool columnwise, bool stochastic,
+TwoTriples quantize_weight_2d(const at::Tensor& w_in, bool columnwise, bool stochastic,
                              int64_t seed, int64_t offset, const std::optional<at::Tensor>& amax) {
-  check_quantize_args(w_in, 16, -1, "quantize_nvfp4_2d");
-  TORCH_CHECK_VALUE(w_in.dim() == 2, "quantize_nvfp4_2d takes a 2-D weight [N, K]; got shape ",
+  check_quantize_args(w_in, 16, -1, "quantize_weight_2d");
+  TORCH_CHECK_VALUE(w_in.dim() == 2, "quantize_weight_2d takes a 2-D weight [N, K]; got shape ",
                     w_in.sizes());
   at::Tensor w = kernel_input(w_in);
   c10::cuda::CUDAGuard guard(w.device());
@@ -141,7 +141,7 @@ TwoTriples quantize_nvfp4_2d(const at::Tensor& w_in, bool columnwise, bool stoch
   return std::tuple_cat(Triple{row.data, row.scale, row.amax}, col_out);
 }
 
-TwoTriples quantize_nvfp4_rowcol(const at::Tensor& x_in, int64_t rht_mask, bool rowwise,
+TwoTriples quantize_row_col(const at::Tensor& x_in, int64_t rht_mask, bool rowwise,
                                  bool columnwise, bool row_stochastic, bool col_stochastic,
                                  int64_t seed, int64_t row_offset, int64_t col_offset,
                                  const std::optional<at::Tensor>& row_amax,
@@ -151,7 +151,7 @@ TwoTriples quantize_nvfp4_rowcol(const at::Tensor& x_in, int64_t rht_mask, bool 
                          : absent_copy(x_in);
     return std::tuple_cat(row, absent_copy(x_in));
   }
-  check_quantize_args(x_in, 1, rht_mask, "quantize_nvfp4_rowcol");
+  check_quantize_args(x_in, 1, rht_mask, "quantize_row_col");
   at::Tensor x = kernel_input(x_in);
   c10::cuda::CUDAGuard guard(x.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -165,7 +165,7 @@ TwoTriples quantize_nvfp4_rowcol(const at::Tensor& x_in, int64_t rht_mask, bool 
   at::Tensor keep_row, keep_col, bits;
   if ((rowwise && !row_amax.has_value()) || !col_amax.has_value()) {
     bits = amax_bits_buffer(x, 2);
-    C10_CUDA_CHECK(cuda::launch_rowcol_amax(x.const_data_ptr(), input_type(x), rows, cols, mask,
+    C10_CUDA_CHECK(cuda::launch_row_col_amax(x.const_data_ptr(), input_type(x), rows, cols, mask,
                                             bits_ptr(bits), stream));
   }
   AmaxIn row_source{}, col_source{};
@@ -175,7 +175,7 @@ TwoTriples quantize_nvfp4_rowcol(const at::Tensor& x_in, int64_t rht_mask, bool 
   }
   col_source = col_amax.has_value() ? given_amax(*col_amax, x, keep_col)
                                     : AmaxIn{nullptr, bits_ptr(bits) + 1};
-  C10_CUDA_CHECK(cuda::launch_rowcol_quantize(
+  C10_CUDA_CHECK(cuda::launch_quantize_row_col(
       x.const_data_ptr(), input_type(x), rows, cols, mask, rowwise, true, row_source, col_source,
       rounding(row_stochastic, seed, row_offset), rounding(col_stochastic, seed, col_offset),
       rowwise ? row.ptrs() : QuantOut{nullptr, nullptr, nullptr}, col.ptrs(), stream));
@@ -188,6 +188,6 @@ TwoTriples quantize_nvfp4_rowcol(const at::Tensor& x_in, int64_t rht_mask, bool 
 
 TORCH_LIBRARY_IMPL(lowprec_C, CUDA, m) {
   m.impl("quantize_nvfp4", &lowprec::cuda_ops::quantize_nvfp4);
-  m.impl("quantize_nvfp4_rowcol", &lowprec::cuda_ops::quantize_nvfp4_rowcol);
-  m.impl("quantize_nvfp4_2d", &lowprec::cuda_ops::quantize_nvfp4_2d);
+  m.impl("quantize_row_col", &lowprec::cuda_ops::quantize_row_col);
+  m.impl("quantize_weight_2d", &lowprec::cuda_ops::quantize_weight_2d);
 }

@@ -42,13 +42,13 @@ Triple quantize_nvfp4(const at::Tensor& x, int64_t block_rows, int64_t rht_mask,
                       bool stochastic, int64_t seed, int64_t offset,
                       const std::optional<at::Tensor>& amax);
 
-TwoTriples quantize_nvfp4_rowcol(const at::Tensor& x, int64_t rht_mask, bool rowwise,
+TwoTriples quantize_row_col(const at::Tensor& x, int64_t rht_mask, bool rowwise,
                                  bool columnwise, bool row_stochastic, bool col_stochastic,
                                  int64_t seed, int64_t row_offset, int64_t col_offset,
                                  const std::optional<at::Tensor>& row_amax,
                                  const std::optional<at::Tensor>& col_amax);
 
-TwoTriples quantize_nvfp4_2d(const at::Tensor& w, bool columnwise, bool stochastic, int64_t seed,
+TwoTriples quantize_weight_2d(const at::Tensor& w, bool columnwise, bool stochastic, int64_t seed,
                              int64_t offset, const std::optional<at::Tensor>& amax);
 
 at::Tensor block_dequantize_nvfp4(const at::Tensor& data, const at::Tensor& scale);

@@ -15,7 +15,7 @@
 // * grids are sized to fill the GPU once and loop over the work (grid-stride), which
 //   also keeps the amax atomics to a few per block.
 // The global amax needs its own pass when the caller does not supply it (it scales
-// every block); launch_amax / launch_rowcol_amax accumulate it as max |x| bits with one
+// every block); launch_amax / launch_row_col_amax accumulate it as max |x| bits with one
 // atomicMax per thread block.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -263,7 +263,7 @@ struct RowColArgs {
 };
 
 template <InputType kType, bool kAmaxOnly>
-__global__ void __launch_bounds__(kThreads) rowcol_kernel(RowColArgs a) {
+__global__ void __launch_bounds__(kThreads) quantize_row_col_kernel(RowColArgs a) {
   __shared__ float tile[kTile][kPitch];
   __shared__ unsigned long long col_codes[kTile][4];
   __shared__ uint8_t col_scales[kTile][4];
@@ -422,7 +422,7 @@ struct QuantizeLauncher {
   }
 };
 
-int64_t rowcol_tiles(int64_t rows, int64_t cols) {
+int64_t row_col_tiles(int64_t rows, int64_t cols) {
   int64_t padded = (rows + 15) / 16 * 16;
   return ((cols + kTile - 1) / kTile) * ((padded + kTile - 1) / kTile);
 }
@@ -430,14 +430,14 @@ int64_t rowcol_tiles(int64_t rows, int64_t cols) {
 template <InputType kType>
 struct RowColAmaxLauncher {
   static cudaError_t run(const RowColArgs& args, cudaStream_t stream) {
-    return launch(rowcol_kernel<kType, true>, rowcol_tiles(args.rows, args.cols), args, stream);
+    return launch(quantize_row_col_kernel<kType, true>, row_col_tiles(args.rows, args.cols), args, stream);
   }
 };
 
 template <InputType kType>
 struct RowColQuantizeLauncher {
   static cudaError_t run(const RowColArgs& args, cudaStream_t stream) {
-    return launch(rowcol_kernel<kType, false>, rowcol_tiles(args.rows, args.cols), args, stream);
+    return launch(quantize_row_col_kernel<kType, false>, row_col_tiles(args.rows, args.cols), args, stream);
   }
 };
 
@@ -463,7 +463,7 @@ cudaError_t launch_quantize(const void* x, InputType type, int64_t rows, int64_t
   return dispatch<QuantizeLauncher>(type, args, block_rows, stream);
 }
 
-cudaError_t launch_rowcol_amax(const void* x, InputType type, int64_t rows, int64_t cols,
+cudaError_t launch_row_col_amax(const void* x, InputType type, int64_t rows, int64_t cols,
                                int32_t rht_mask, uint32_t* amax_bits, cudaStream_t stream) {
   const QuantOut none{nullptr, nullptr, nullptr};
   RowColArgs args{x, rows, cols, (rows + 15) / 16 * 16, rht_mask, true, true,
@@ -472,7 +472,7 @@ cudaError_t launch_rowcol_amax(const void* x, InputType type, int64_t rows, int6
   return dispatch<RowColAmaxLauncher>(type, args, stream);
 }
 
-cudaError_t launch_rowcol_quantize(const void* x, InputType type, int64_t rows, int64_t cols,
+cudaError_t launch_quantize_row_col(const void* x, InputType type, int64_t rows, int64_t cols,
                                    int32_t rht_mask, bool rowwise, bool columnwise,
                                    AmaxIn row_amax, AmaxIn col_amax, Rounding row_rounding,
                                    Rounding col_rounding, QuantOut row, QuantOut col,

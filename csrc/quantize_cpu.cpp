@@ -184,12 +184,12 @@ Triple quantize_nvfp4(const at::Tensor& x_in, int64_t block_rows, int64_t rht_ma
   return quantize_rows(x_in.contiguous(), block_rows, rht_mask, stochastic, seed, offset, amax);
 }
 
-TwoTriples quantize_nvfp4_rowcol(const at::Tensor& x_in, int64_t rht_mask, bool rowwise,
+TwoTriples quantize_row_col(const at::Tensor& x_in, int64_t rht_mask, bool rowwise,
                                  bool columnwise, bool row_stochastic, bool col_stochastic,
                                  int64_t seed, int64_t row_offset, int64_t col_offset,
                                  const std::optional<at::Tensor>& row_amax,
                                  const std::optional<at::Tensor>& col_amax) {
-  check_quantize_args(x_in, 1, rht_mask, "quantize_nvfp4_rowcol");
+  check_quantize_args(x_in, 1, rht_mask, "quantize_row_col");
   at::Tensor x = x_in.contiguous();
   Triple row = rowwise ? quantize_rows(x, 1, -1, row_stochastic, seed, row_offset, row_amax)
                        : absent_copy(x);
@@ -213,10 +213,10 @@ TwoTriples quantize_nvfp4_rowcol(const at::Tensor& x_in, int64_t rht_mask, bool 
   return std::tuple_cat(row, Triple{col_data, col_scale, scalar_f32(col_used, x.options())});
 }
 
-TwoTriples quantize_nvfp4_2d(const at::Tensor& w_in, bool columnwise, bool stochastic,
+TwoTriples quantize_weight_2d(const at::Tensor& w_in, bool columnwise, bool stochastic,
                              int64_t seed, int64_t offset, const std::optional<at::Tensor>& amax) {
-  check_quantize_args(w_in, 16, -1, "quantize_nvfp4_2d");
-  TORCH_CHECK_VALUE(w_in.dim() == 2, "quantize_nvfp4_2d takes a 2-D weight [N, K]; got shape ",
+  check_quantize_args(w_in, 16, -1, "quantize_weight_2d");
+  TORCH_CHECK_VALUE(w_in.dim() == 2, "quantize_weight_2d takes a 2-D weight [N, K]; got shape ",
                     w_in.sizes());
   at::Tensor w = w_in.contiguous();
   Triple row = quantize_rows(w, 16, -1, stochastic, seed, offset, amax);

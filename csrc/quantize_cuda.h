@@ -48,13 +48,13 @@ cudaError_t launch_quantize(const void* x, InputType type, int64_t rows, int64_t
 
 // For x [rows, cols]: max |x| into amax_bits[0] and max |RHT(columns of x)| (RHT along
 // the rows, zero-padded to a multiple of 16) into amax_bits[1].
-cudaError_t launch_rowcol_amax(const void* x, InputType type, int64_t rows, int64_t cols,
+cudaError_t launch_row_col_amax(const void* x, InputType type, int64_t rows, int64_t cols,
                                int32_t rht_mask, uint32_t* amax_bits, cudaStream_t stream);
 
 // One pass over x [rows, cols]: the rowwise copy (no RHT) into row, and the columnwise
 // copy of the transpose [cols, padded_rows] (RHT along rows when rht_mask >= 0) into col;
 // rowwise / columnwise say which of the two to write.
-cudaError_t launch_rowcol_quantize(const void* x, InputType type, int64_t rows, int64_t cols,
+cudaError_t launch_quantize_row_col(const void* x, InputType type, int64_t rows, int64_t cols,
                                    int32_t rht_mask, bool rowwise, bool columnwise,
                                    AmaxIn row_amax, AmaxIn col_amax, Rounding row_rounding,
                                    Rounding col_rounding, QuantOut row, QuantOut col,

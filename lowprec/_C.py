@@ -67,7 +67,7 @@ def _register_fakes():
                 x.new_empty((0,), dtype=torch.float8_e4m3fn),
                 x.new_empty((), dtype=torch.float32))
 
-    @torch.library.register_fake("lowprec_C::quantize_nvfp4_rowcol")
+    @torch.library.register_fake("lowprec_C::quantize_row_col")
     def _(x, rht_mask, rowwise, columnwise, row_stochastic, col_stochastic, seed, row_offset,
           col_offset, row_amax, col_amax):
         k = x.shape[-1]
@@ -79,7 +79,7 @@ def _register_fakes():
         col = nvfp4_outputs(x, (k,), m_pad) if columnwise else absent(x)
         return row + col
 
-    @torch.library.register_fake("lowprec_C::quantize_nvfp4_2d")
+    @torch.library.register_fake("lowprec_C::quantize_weight_2d")
     def _(w, columnwise, stochastic, seed, offset, amax):
         n, k = w.shape
         col = nvfp4_outputs(w, (k,), n) if columnwise else absent(w)
@@ -206,7 +206,7 @@ def quantize_row_col(x, *, rht_signs=None, row_stochastic=False,
         m *= size
     if col_offset is None:
         col_offset = (int(row_offset) + counters_used(m, x.shape[-1])[0]) % UINT64_SPAN
-    out = torch.ops.lowprec_C.quantize_nvfp4_rowcol(
+    out = torch.ops.lowprec_C.quantize_row_col(
         x.detach(), sign_mask(signs), bool(rowwise), bool(columnwise), bool(row_stochastic),
         bool(col_stochastic), as_int64(seed), as_int64(row_offset), as_int64(col_offset),
         _amax_or_none(row_amax, x.device), _amax_or_none(col_amax, x.device))
@@ -228,7 +228,7 @@ def quantize_weight_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0
                          f"K % 16 == 0; got shape {tuple(w.shape)}")
     _check_seed("seed", seed)
     _check_seed("offset", offset)
-    out = torch.ops.lowprec_C.quantize_nvfp4_2d(
+    out = torch.ops.lowprec_C.quantize_weight_2d(
         w.detach(), bool(columnwise), bool(stochastic), as_int64(seed), as_int64(offset),
         _amax_or_none(amax, w.device))
     return tuple(out[:3]), (tuple(out[3:]) if columnwise else None)

@@ -186,9 +186,9 @@ def test_non_contiguous_and_leading_dim_inputs():
 @pytest.mark.parametrize("op,args", [
     ("quantize_nvfp4", lambda x: (x, 1, 0x1234, True, 5, 7, None)),
     ("quantize_nvfp4", lambda x: (x, 16, -1, False, 0, 0, torch.tensor(2.0))),
-    ("quantize_nvfp4_rowcol", lambda x: (x, 0x0F0F, True, True, False, True, 1, 2, 3, None, None)),
-    ("quantize_nvfp4_rowcol", lambda x: (x, -1, False, True, False, False, 1, 2, 3, None, None)),
-    ("quantize_nvfp4_2d", lambda x: (x, True, False, 0, 0, None)),
+    ("quantize_row_col", lambda x: (x, 0x0F0F, True, True, False, True, 1, 2, 3, None, None)),
+    ("quantize_row_col", lambda x: (x, -1, False, True, False, False, 1, 2, 3, None, None)),
+    ("quantize_weight_2d", lambda x: (x, True, False, 0, 0, None)),
     ("quantize_fp8_rowwise", lambda x: (x,)),
 ])
 def test_fake_kernels_match_the_real_ones(op, args):

@@ -39,12 +39,12 @@ int sim_rowcol(const void* x, int type, int64_t rows, int64_t cols, int rht_mask
   InputType kind = static_cast<InputType>(type);
   uint32_t bits[2] = {0u, 0u};
   if (row_given == nullptr || col_given == nullptr) {
-    int err = lowprec::cuda::launch_rowcol_amax(x, kind, rows, cols, rht_mask, bits, nullptr);
+    int err = lowprec::cuda::launch_row_col_amax(x, kind, rows, cols, rht_mask, bits, nullptr);
     if (err != 0) return err;
   }
   AmaxIn row_source = row_given ? AmaxIn{row_given, nullptr} : AmaxIn{nullptr, bits};
   AmaxIn col_source = col_given ? AmaxIn{col_given, nullptr} : AmaxIn{nullptr, bits + 1};
-  return lowprec::cuda::launch_rowcol_quantize(
+  return lowprec::cuda::launch_quantize_row_col(
       x, kind, rows, cols, rht_mask, rowwise != 0, true, row_source, col_source,
       Rounding{row_stochastic != 0, seed, row_offset}, Rounding{col_stochastic != 0, seed, col_offset},
       QuantOut{row_data, row_scale, row_amax}, QuantOut{col_data, col_scale, col_amax}, nullptr);
