@@ -16,7 +16,7 @@ The entry points for the training layer are re-exported here; importing this pac
 does not import Triton.
 """
 
-_EXPORTS = ("quantize_row_col", "quantize_weight_2d", "counters_used")
+_EXPORTS = ("quantize_row_col", "quantize_weight_2d")
 
 
 def __getattr__(name):

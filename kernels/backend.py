@@ -7,11 +7,9 @@ graph breaks; each calls ``.contiguous()`` on its inputs itself (compile can han
 stride-0 gradient). The op schemas carry 64-bit seeds and offsets as signed int64 (the
 schema's ``int``); the wrappers here map [0, 2^64) onto it and back.
 
-Besides the registry ops (``quantize_nvfp4``, ``dequantize_nvfp4``, ``quantize_fp8``,
-``nvfp4_gemm``, ``fp8_gemm``), two entry points serve the training layer:
-
-* ``quantize_row_col``: activations / gradients, the fused kernel;
-* ``quantize_weight_2d``: weights, 16x16 tiles, both layouts from one read.
+The registry ops: ``quantize_nvfp4``, ``quantize_row_col`` (activations / gradients, the
+fused kernel), ``quantize_weight_2d`` (weights, 16x16 tiles, both layouts from one read),
+``dequantize_nvfp4``, ``quantize_fp8``, ``nvfp4_gemm``, ``fp8_gemm``.
 
 CPU tensors run only in Triton's interpreter (``TRITON_INTERPRET=1`` before the kernels
 are imported); ``availability`` says why not otherwise.
@@ -265,92 +263,28 @@ def fp8_gemm(a_data, a_scale, b_data, b_scale, bias=None, out_dtype=torch.bfloat
     return torch.ops.lowprec.triton_fp8_gemm(a_data, a_scale, b_data, b_scale, bias, out_dtype)
 
 
-# ----------------------------------------------------------------------------------
-# Entry points for the training layer
-# ----------------------------------------------------------------------------------
-
-def counters_used(m, k):
-    """Philox counters consumed by SR of the (rowwise, columnwise) copies of an [m, k] x."""
-    m_pad = -(-m // 16) * 16
-    return -(-m * k // 4), k * m_pad // 4
-
-
-def quantize_row_col(x, *, rht_signs=None, row_stochastic=False,
-                                    col_stochastic=False, seed=0, row_offset=0,
-                                    col_offset=None, row_amax=None, col_amax=None,
-                                    rowwise=True, columnwise=True):
-    """Quantize an activation / gradient for all the GEMMs that read it, in one pass.
-
-    ``x`` is ``[..., K]`` (leading dims flattened to M tokens; bf16, fp16 or fp32, any
-    strides). Produces, bit for bit equal to the reference,
-
-    * rowwise: ``reference.quantize_nvfp4(x2d, stochastic=row_stochastic, seed=seed,
-      offset=row_offset, amax=row_amax)``: data ``[M, K/2]``, scale ``[M, K/16]``;
-    * columnwise: ``reference.quantize_nvfp4(pad_M(x2d).T, rht_signs=rht_signs,
-      stochastic=col_stochastic, seed=seed, offset=col_offset, amax=col_amax)``: data
-      ``[K, M_pad/2]``, scale ``[K, M_pad/16]``, with ``M_pad`` = M rounded up to 16 (zero
-      rows, NUMERICS 10).
-
-    Args:
-        rht_signs: 16 signs of the RHT applied (along M) to the columnwise copy, e.g.
-            ``lowprec.reference.DEFAULT_SIGN_VECTOR``; None for no RHT.
-        row_stochastic, col_stochastic: SR per copy (recipe: dY rowwise and columnwise).
-        seed, row_offset, col_offset: Philox key and first counters, ints in [0, 2^64).
-            The copies must not share random words: ``col_offset`` defaults to
-            ``row_offset + counters_used(M, K)[0]`` (mod 2^64), the end of the rowwise
-            range; the caller advances its offset by the sum of ``counters_used(M, K)``.
-        row_amax, col_amax: global amaxes the caller already has (the columnwise one of
-            ``RHT(x^T)`` when RHT is on); measured in one extra read when None.
-        rowwise, columnwise: which copies to produce.
-
-    Returns:
-        ``(row, col)``, each ``(data uint8, scale float8_e4m3fn, amax fp32 0-d)`` or None.
-
-    Raises:
-        TypeError / ValueError naming the bad value.
+def quantize_row_col(x, *, rht_signs=None, rowwise=True, columnwise=True,
+                     row_stochastic=False, col_stochastic=False, seed=0, row_offset=0,
+                     col_offset=0, row_amax=None, col_amax=None):
+    """Same contract as ``lowprec.reference.quantize_row_col`` (inputs validated by
+    ``lowprec.ops.quantize_row_col``), bit for bit: the fused kernel, one read of ``x``
+    (``[..., K]``, any strides; bf16, fp16 or fp32) for both copies, plus one amax read
+    when an amax is not given. Returns ``(row, col)``, each ``(data uint8, scale
+    float8_e4m3fn, amax fp32 0-d)`` or None for a copy not asked for.
     """
-    if not isinstance(x, torch.Tensor) or x.dtype not in (torch.float32, torch.bfloat16,
-                                                          torch.float16):
-        raise TypeError(f"x must be a float32/bfloat16/float16 tensor; got "
-                        f"{getattr(x, 'dtype', type(x).__name__)}")
-    if x.dim() < 1 or (rowwise and x.shape[-1] % 16 != 0):
-        raise ValueError(f"rowwise nvfp4 needs the last dim K % 16 == 0; got shape "
-                         f"{tuple(x.shape)}")
-    x2 = x.detach().reshape(-1, x.shape[-1])
-    signs = _check_signs(rht_signs)
-    for name, value in (("seed", seed), ("row_offset", row_offset), ("col_offset", col_offset)):
-        if value is not None and not 0 <= int(value) < UINT64:
-            raise ValueError(f"{name} must be in [0, 2**64); got {value}")
-    if col_offset is None:
-        col_offset = (int(row_offset) + counters_used(*x2.shape)[0]) % UINT64
+    signs = None if rht_signs is None else [int(s) for s in rht_signs]
     out = torch.ops.lowprec.triton_quantize_row_col(
-        x2, signs, bool(rowwise), bool(columnwise), bool(row_stochastic),
-        bool(col_stochastic), _to_int64(seed), _to_int64(row_offset), _to_int64(col_offset),
-        _scalar_or_none(row_amax, x.device), _scalar_or_none(col_amax, x.device))
+        x.detach().reshape(-1, x.shape[-1]), signs, bool(rowwise), bool(columnwise),
+        bool(row_stochastic), bool(col_stochastic), _to_int64(seed), _to_int64(row_offset),
+        _to_int64(col_offset), _scalar_or_none(row_amax, x.device),
+        _scalar_or_none(col_amax, x.device))
     return (tuple(out[:3]) if rowwise else None), (tuple(out[3:]) if columnwise else None)
 
 
 def quantize_weight_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0, amax=None):
-    """16x16-scaled NVFP4 of a weight ``w [N, K]`` (N, K multiples of 16) from one read.
-
-    Returns ``(row, col)``: ``row`` equals ``reference.quantize_nvfp4(w, block="16x16")``
-    bit for bit; ``col`` (``[K, N/2]`` codes, ``[K, N/16]`` scales, same amax) is the
-    quantized ``W^T`` whose codes are exactly the transpose of ``row``'s (NUMERICS 5), or
-    None unless ``columnwise``.
-    """
-    if w.dim() != 2 or w.shape[0] % 16 or w.shape[1] % 16:
-        raise ValueError(f"2-D weight quantization needs [N, K] with N % 16 == 0 and "
-                         f"K % 16 == 0; got shape {tuple(w.shape)}")
+    """Same contract as ``lowprec.reference.quantize_weight_2d`` (inputs validated by
+    ``lowprec.ops.quantize_weight_2d``): W and W^T, 16x16 tiles, from one read."""
     out = torch.ops.lowprec.triton_quantize_weight_2d(
         w.detach(), bool(columnwise), bool(stochastic), _to_int64(seed), _to_int64(offset),
         _scalar_or_none(amax, w.device))
     return tuple(out[:3]), (tuple(out[3:]) if columnwise else None)
-
-
-def _check_signs(rht_signs):
-    if rht_signs is None:
-        return None
-    signs = [int(s) for s in torch.as_tensor(rht_signs).flatten().tolist()]
-    if len(signs) != 16 or any(s not in (1, -1) for s in signs):
-        raise ValueError(f"rht_signs must be 16 entries of +1/-1; got {rht_signs!r}")
-    return signs

@@ -137,35 +137,6 @@ def _amax_or_none(amax, device):
     return torch.as_tensor(amax, dtype=torch.float32, device=device).reshape(())
 
 
-def _check_seed(name, value):
-    if value is not None and not 0 <= int(value) < UINT64_SPAN:
-        raise ValueError(f"{name} must be in [0, 2**64); got {value}")
-
-
-def _check_signs(rht_signs):
-    if rht_signs is None:
-        return None
-    if isinstance(rht_signs, torch.Tensor):
-        rht_signs = rht_signs.flatten().tolist()
-    signs = [int(s) for s in rht_signs]  # plain Python: torch.compile traces through it
-    if len(signs) != 16 or any(s not in (1, -1) for s in signs):
-        raise ValueError(f"rht_signs must be 16 entries of +1/-1; got {rht_signs!r}")
-    return signs
-
-
-def _check_float(x, what):
-    if not isinstance(x, torch.Tensor) or x.dtype not in (torch.float32, torch.bfloat16,
-                                                          torch.float16):
-        raise TypeError(f"{what} must be a float32/bfloat16/float16 tensor; got "
-                        f"{getattr(x, 'dtype', type(x).__name__)}")
-
-
-def counters_used(m, k):
-    """Philox counters consumed by SR of the (rowwise, columnwise) copies of an [m, k] x."""
-    m_pad = -(-m // 16) * 16
-    return -(-m * k // 4), k * m_pad // 4
-
-
 def quantize_nvfp4(x, *, block="1x16", rht_signs=None, stochastic=False, seed=0, offset=0,
                    amax=None):
     """Same contract as ``lowprec.reference.quantize_nvfp4`` (inputs validated by ops.py)."""
@@ -175,59 +146,24 @@ def quantize_nvfp4(x, *, block="1x16", rht_signs=None, stochastic=False, seed=0,
     return data, scale, amax_out
 
 
-def quantize_row_col(x, *, rht_signs=None, row_stochastic=False,
-                                    col_stochastic=False, seed=0, row_offset=0,
-                                    col_offset=None, row_amax=None, col_amax=None,
-                                    rowwise=True, columnwise=True):
-    """Rowwise and columnwise NVFP4 copies of ``x`` from one read (the CUDA kernel) or
-    two loops (CPU); the same signature as ``lowprec.kernels.backend``'s.
-
-    ``x`` is ``[..., K]`` with K % 16 == 0, seen as ``[M, K]``. Bit for bit:
-
-    * rowwise: ``reference.quantize_nvfp4(x, stochastic=row_stochastic, seed=seed,
-      offset=row_offset, amax=row_amax)``;
-    * columnwise: ``reference.quantize_nvfp4(xt, rht_signs=rht_signs,
-      stochastic=col_stochastic, seed=seed, offset=col_offset, amax=col_amax)`` where
-      ``xt`` is the ``[K, M_pad]`` transpose of ``x`` zero-padded to a multiple of 16 rows
-      (NUMERICS 10).
-
-    ``col_offset`` defaults to ``row_offset + counters_used(M, K)[0]`` (mod 2^64), so the
-    copies never share random words. Returns ``(row, col)``, each a ``(data, scale,
-    amax)`` triple, or None for a copy not asked for.
+def quantize_row_col(x, *, rht_signs=None, rowwise=True, columnwise=True,
+                     row_stochastic=False, col_stochastic=False, seed=0, row_offset=0,
+                     col_offset=0, row_amax=None, col_amax=None):
+    """Same contract as ``lowprec.reference.quantize_row_col`` (inputs validated by
+    ``lowprec.ops.quantize_row_col``): both copies from one read on CUDA, two loops on CPU.
+    Returns ``(row, col)``, each a ``(data, scale, amax)`` triple, or None if not asked for.
     """
-    _check_float(x, "x")
-    if x.dim() < 1 or x.shape[-1] % 16 != 0:
-        raise ValueError(f"nvfp4 needs the last dim K % 16 == 0; got shape {tuple(x.shape)}")
-    signs = _check_signs(rht_signs)
-    for name, value in (("seed", seed), ("row_offset", row_offset), ("col_offset", col_offset)):
-        _check_seed(name, value)
-    m = 1
-    for size in x.shape[:-1]:
-        m *= size
-    if col_offset is None:
-        col_offset = (int(row_offset) + counters_used(m, x.shape[-1])[0]) % UINT64_SPAN
     out = torch.ops.lowprec_C.quantize_row_col(
-        x.detach(), sign_mask(signs), bool(rowwise), bool(columnwise), bool(row_stochastic),
-        bool(col_stochastic), as_int64(seed), as_int64(row_offset), as_int64(col_offset),
-        _amax_or_none(row_amax, x.device), _amax_or_none(col_amax, x.device))
+        x.detach(), sign_mask(rht_signs), bool(rowwise), bool(columnwise),
+        bool(row_stochastic), bool(col_stochastic), as_int64(seed), as_int64(row_offset),
+        as_int64(col_offset), _amax_or_none(row_amax, x.device),
+        _amax_or_none(col_amax, x.device))
     return (tuple(out[:3]) if rowwise else None), (tuple(out[3:]) if columnwise else None)
 
 
 def quantize_weight_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0, amax=None):
-    """16x16-scaled NVFP4 of a weight ``w [N, K]`` (N, K multiples of 16) from one read;
-    the same signature as ``lowprec.kernels.backend``'s.
-
-    Returns ``(row, col)``: ``row`` equals ``reference.quantize_nvfp4(w, block="16x16",
-    stochastic=stochastic, seed=seed, offset=offset, amax=amax)``; ``col`` (codes
-    ``[K, N/2]``, scales ``[K, N/16]``, the same amax) is the quantized ``W^T`` whose codes
-    and scales are exactly the transpose of ``row``'s (NUMERICS 5), or None.
-    """
-    _check_float(w, "w")
-    if w.dim() != 2 or w.shape[0] % 16 or w.shape[1] % 16:
-        raise ValueError(f"2-D weight quantization needs [N, K] with N % 16 == 0 and "
-                         f"K % 16 == 0; got shape {tuple(w.shape)}")
-    _check_seed("seed", seed)
-    _check_seed("offset", offset)
+    """Same contract as ``lowprec.reference.quantize_weight_2d`` (inputs validated by
+    ``lowprec.ops.quantize_weight_2d``): W and W^T, 16x16 tiles, from one read."""
     out = torch.ops.lowprec_C.quantize_weight_2d(
         w.detach(), bool(columnwise), bool(stochastic), as_int64(seed), as_int64(offset),
         _amax_or_none(amax, w.device))

@@ -13,7 +13,6 @@ from lowprec.reference import fp8_gemm  # noqa: F401  (the GEMM is torch.matmul 
 
 quantize_row_col = _C.quantize_row_col
 quantize_weight_2d = _C.quantize_weight_2d
-counters_used = _C.counters_used
 
 
 IMPLEMENTATIONS = {"quantize_nvfp4": "cpu:quantize_nvfp4",

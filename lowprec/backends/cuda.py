@@ -41,7 +41,6 @@ def quantize_nvfp4(x, *, block="1x16", rht_signs=None, stochastic=False, seed=0,
 
 quantize_row_col = _C.quantize_row_col
 quantize_weight_2d = _C.quantize_weight_2d
-counters_used = _C.counters_used
 
 
 def nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=None,

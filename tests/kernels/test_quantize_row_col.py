@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from lowprec import reference as R
-from lowprec.kernels.backend import counters_used, quantize_row_col
+import lowprec
+from lowprec.kernels.backend import quantize_row_col
 
 SIGNS = R.DEFAULT_SIGN_VECTOR
 OTHER_SIGNS = (-1, 1, 1, 1, -1, -1, 1, -1, 1, 1, -1, -1, -1, 1, 1, -1)
@@ -85,7 +86,7 @@ def test_non_contiguous_input(device, same_triple, view):
     x = make(base.to(device))
     assert not x.is_contiguous()
     row, col = quantize_row_col(x, rht_signs=OTHER_SIGNS, col_stochastic=True,
-                                               seed=5, row_offset=0, col_offset=77)
+                                seed=5, row_offset=0, col_offset=77)
     want_row, want_col = reference_pair(make(base), OTHER_SIGNS, col_sr=True, seed=5,
                                         col_offset=77)
     same_triple(row, want_row)
@@ -111,9 +112,9 @@ def special_values(dtype):
 def test_special_values(device, same_triple, dtype, stochastic):
     x = special_values(DTYPES[dtype])
     row, col = quantize_row_col(x.to(device), rht_signs=SIGNS,
-                                               row_stochastic=stochastic,
-                                               col_stochastic=stochastic, seed=9,
-                                               row_offset=0, col_offset=2**62)
+                                row_stochastic=stochastic,
+                                col_stochastic=stochastic, seed=9,
+                                row_offset=0, col_offset=2**62)
     want_row, want_col = reference_pair(x, SIGNS, stochastic, stochastic, 9, 0, 2**62)
     assert torch.isnan(row[2]) and torch.isnan(col[2])       # non-finite input -> NaN amax
     same_triple(row, want_row)
@@ -148,8 +149,8 @@ def test_given_amax(device, same_triple, row_amax, col_amax):
     x = sample((40, 64), torch.bfloat16, seed=4)
     ra, ca = torch.tensor(row_amax), torch.tensor(col_amax)
     row, col = quantize_row_col(x.to(device), rht_signs=SIGNS,
-                                               row_amax=ra.to(device), col_amax=ca.to(device),
-                                               col_stochastic=True, seed=3, col_offset=5)
+                                row_amax=ra.to(device), col_amax=ca.to(device),
+                                col_stochastic=True, seed=3, col_offset=5)
     want_row, want_col = reference_pair(x, SIGNS, col_sr=True, seed=3, col_offset=5,
                                         row_amax=ra, col_amax=ca)
     same_triple(row, want_row)
@@ -160,7 +161,7 @@ def test_measured_amax_equals_given(device, same_triple):
     x = sample((64, 96), torch.float32, seed=5)
     row, col = quantize_row_col(x.to(device), rht_signs=SIGNS)
     again = quantize_row_col(x.to(device), rht_signs=SIGNS,
-                                            row_amax=row[2], col_amax=col[2])
+                             row_amax=row[2], col_amax=col[2])
     same_triple(again[0], row)
     same_triple(again[1], col)
     assert row[2].item() == x.abs().max().item()
@@ -171,7 +172,7 @@ def test_one_copy_only(device, same_triple):
     x = sample((50, 32), torch.bfloat16, seed=6)
     want_row, want_col = reference_pair(x, SIGNS, col_sr=True, seed=1, col_offset=9)
     row, col = quantize_row_col(x.to(device), rowwise=False, rht_signs=SIGNS,
-                                               col_stochastic=True, seed=1, col_offset=9)
+                                col_stochastic=True, seed=1, col_offset=9)
     assert row is None
     same_triple(col, want_col)
     row, col = quantize_row_col(x.to(device), columnwise=False)
@@ -180,23 +181,22 @@ def test_one_copy_only(device, same_triple):
 
 
 def test_default_col_offset_follows_row_range(device, same_triple):
-    """Row and column SR draw from disjoint counter ranges unless told otherwise."""
+    """Through lowprec.quantize_row_col, row and column SR draw from disjoint counter
+    ranges unless told otherwise: the column range starts ceil(M*K/4) after row_offset."""
     m, k, offset = 37, 48, 2**64 - 100
     x = sample((m, k), torch.float32, seed=7)
-    row_counters, col_counters = counters_used(m, k)
-    assert row_counters == -(-m * k // 4) and col_counters == k * 48 // 4
-    row, col = quantize_row_col(x.to(device), rht_signs=SIGNS,
-                                               row_stochastic=True, col_stochastic=True,
-                                               seed=11, row_offset=offset)
+    row, col = lowprec.quantize_row_col(x.to(device), rht=True, sign_vector=SIGNS,
+                                        row_stochastic=True, col_stochastic=True, seed=11,
+                                        row_offset=offset, backend="triton")
     want_row, want_col = reference_pair(x, SIGNS, True, True, 11, offset,
-                                        (offset + row_counters) % 2**64)
-    same_triple(row, want_row)
-    same_triple(col, want_col)
+                                        (offset + -(-m * k // 4)) % 2**64)
+    same_triple((row.data, row.scale, row.amax), want_row)
+    same_triple((col.data, col.scale, col.amax), want_col)
 
 
 def test_empty_rows(device):
     row, col = quantize_row_col(torch.zeros(0, 32, device=device),
-                                               rht_signs=SIGNS)
+                                rht_signs=SIGNS)
     assert row[0].shape == (0, 16) and col[0].shape == (32, 0) and row[2].item() == 0
 
 
@@ -213,21 +213,10 @@ def test_sr_is_unbiased_on_average(device):
     x = torch.full((16, 4096), 1.3)
     x[:, ::16] = 6.0               # every block's amax is 6: S_enc = 448, s_b = 448, enc = 1
     row, _ = quantize_row_col(x.to(device), columnwise=False,
-                                             row_stochastic=True, seed=2024)
+                              row_stochastic=True, seed=2024)
     codes = R.unpack_codes(row[0].cpu()).reshape(16, 256, 16)[:, :, 1:]
     body = R.e2m1_values(codes).flatten()                # the grid values drawn
     assert set(body.unique().tolist()) == {1.0, 1.5}
     # Each element is 1 or 1.5 with p = 0.6: sd 0.5 * sqrt(p (1 - p)) per element.
     sd_of_mean = 0.5 * (0.6 * 0.4) ** 0.5 / body.numel() ** 0.5
     assert abs(body.double().mean().item() - 1.3) < 5 * sd_of_mean
-
-
-def test_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="K % 16"):
-        quantize_row_col(torch.zeros(4, 20))
-    with pytest.raises(ValueError, match="rht_signs"):
-        quantize_row_col(torch.zeros(4, 16), rht_signs=(1, 2))
-    with pytest.raises(ValueError, match="seed"):
-        quantize_row_col(torch.zeros(4, 16), seed=2**64)
-    with pytest.raises(TypeError, match="float32"):
-        quantize_row_col(torch.zeros(4, 16, dtype=torch.int32))
