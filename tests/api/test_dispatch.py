@@ -66,3 +66,12 @@ def test_cli_bad_capability_is_one_line_and_exit_2(capsys):
     assert cli.main(["info", "--dispatch", "--capability", "hopper"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'hopper'" in err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_this_gpu_runs_what_its_capability_table_says():
+    """On the GPU itself (CUDA extension built, Triton installed): the same table as for
+    its capability, so nothing there runs the reference."""
+    capability = torch.cuda.get_device_capability()
+    assert dispatch.table()[1] == dispatch.table(capability)[1]

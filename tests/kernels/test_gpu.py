@@ -91,3 +91,25 @@ def test_fp8_gemm_large():
     slack = (2 * 4096 * 2.0**-24 * (qa.abs() @ qb.abs().t()) * a[1].double()
              * b[1].double().t() + want.abs() * 2.0**-8)
     assert ((got - want).abs() <= slack).all()
+
+
+@pytest.mark.parametrize("m,n,k,out_dtype", [(40, 24, 40, torch.float32),
+                                             (33, 20, 48, torch.bfloat16),
+                                             (64, 48, 32, torch.float16)])
+def test_fp8_gemm_any_shape_and_output_on_tensor_cores(m, n, k, out_dtype):
+    """K and N not multiples of 16 and non-bf16 outputs take torch._scaled_mm too (zero
+    padding, FP32 product then the scales): within the FP32 accumulation bound
+    (2 K u |qa||qb| ssb) of the exact float64 result, plus one rounding to ``out_dtype``."""
+    gen = torch.Generator().manual_seed(m * n)
+    a = quantize_fp8(torch.randn(m, k, generator=gen).cuda())
+    b = quantize_fp8(torch.randn(n, k, generator=gen).cuda())
+    bias = torch.randn(n, generator=gen).cuda().to(out_dtype)
+    got = fp8_gemm(*a, *b, bias=bias, out_dtype=out_dtype).double()
+    qa, qb = a[0].double(), b[0].double()
+    scales = a[1].double() * b[1].double().t()
+    want = (qa @ qb.t()) * scales + bias.double()
+    unit = torch.finfo(out_dtype).eps / 2
+    slack = (2 * k * 2.0**-24 * (qa.abs() @ qb.abs().t()) * scales
+             + (want.abs() + bias.double().abs()) * (unit + 2.0**-23))
+    assert got.shape == (m, n)
+    assert ((got - want).abs() <= slack).all()

@@ -108,3 +108,26 @@ def test_fp8_and_bf16_mix(calls):
     ops = [op for op, _ in calls]
     # forward: X and W in FP8; backward: dY rowwise, W^T (2-D)
     assert ops == ["quantize_fp8", "quantize_fp8", "quantize_row_col", "quantize_weight_2d"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_step_runs_no_reference_op(monkeypatch):
+    """Every op a bf16 default-recipe step dispatches on CUDA comes from the cuda or
+    triton backend, never from lowprec.reference."""
+    import lowprec.backends.reference as reference_backend
+
+    chosen = []
+    get = backends.get
+
+    def recording_get(name, op, device):
+        impl = get(name, op, device)
+        chosen.append((op, impl))
+        return impl
+
+    monkeypatch.setattr(backends, "get", recording_get)
+    x = torch.randn(256, 512, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(384, 512, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    linear(x, w).sum().backward()
+    reference_impls = {getattr(reference_backend, op, None) for op in backends.OPS}
+    assert chosen and not [op for op, impl in chosen if impl in reference_impls]
