@@ -78,7 +78,7 @@ def op_for(backend, x, spec, amaxes):
     if spec["kind"] == "rowcol":
         return lambda: backend.quantize_row_col(
             x, rht_signs=SIGNS, row_stochastic=spec["sr"], col_stochastic=spec["sr"], seed=1,
-            row_offset=0, row_amax=row_amax, col_amax=col_amax)
+            row_offset=0, col_offset=-(-x.numel() // 4), row_amax=row_amax, col_amax=col_amax)
     if spec["kind"] == "2d":
         return lambda: backend.quantize_weight_2d(x, amax=row_amax)
     return lambda: backend.quantize_nvfp4(x, amax=row_amax)

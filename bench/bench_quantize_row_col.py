@@ -57,8 +57,8 @@ def measure(fn, m, k, reps):
         "rne": lambda x: fn(x, rht_signs=signs, row_amax=given[id(x)][0],
                             col_amax=given[id(x)][1]),
         "sr": lambda x: fn(x, rht_signs=signs, row_stochastic=True, col_stochastic=True,
-                           seed=1, row_offset=0, row_amax=given[id(x)][0],
-                           col_amax=given[id(x)][1]),
+                           seed=1, row_offset=0, col_offset=-(-m * k // 4),
+                           row_amax=given[id(x)][0], col_amax=given[id(x)][1]),
         "amax+rne": lambda x: fn(x, rht_signs=signs),
     }
     rows = []

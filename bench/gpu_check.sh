@@ -90,7 +90,7 @@ if [ "$SMOKE" = 1 ]; then
   bench bench_nvfp4_gemm 60 bench_nvfp4_gemm.py --shapes 40x32x64 --reps 1
 else
   if ls .whl/*.whl > /dev/null 2>&1; then
-    phase wheels 30 "$PY" -m pip install -q --no-index --no-deps --no-compile \
+    phase wheels 20 "$PY" -m pip install -q --no-index --no-deps --no-compile \
       --target .site .whl/*.whl
     export PYTHONPATH=$ROOT/.site:${PYTHONPATH:-}
   fi
@@ -98,16 +98,20 @@ else
   phase install 140 env MAX_JOBS="$(nproc)" LOWPREC_REQUIRE_EXT=1 \
     "$PY" -m pip install -q --no-build-isolation --no-deps -e .
   phase dispatch 15 "$PY" -m lowprec.cli info --dispatch --json
-  phase tests_gpu 60 "$PY" -m pytest -x -q -p no:cacheprovider -m gpu tests
+  phase tests_gpu 70 "$PY" -m pytest -x -q -p no:cacheprovider -m gpu tests
   phase tests_api_kernels_training 45 "$PY" -m pytest -x -q -p no:cacheprovider \
     tests/api tests/kernels tests/training
-  # Benchmarks: repetition counts sized so that all of them fit the remaining budget.
-  bench bench_quantize_row_col 25 bench_quantize_row_col.py --backends triton,cuda --reps 20
-  bench bench_quantize_cuda 25 bench_quantize_cuda.py --iters 20
-  bench bench_amax 15 bench_amax.py --reps 20
-  bench bench_quantize_2d 15 bench_quantize_2d.py --backends triton,cuda --reps 20
-  bench bench_nvfp4_gemm 40 bench_nvfp4_gemm.py --reps 10
-  bench bench_train_step 70 bench_train_step.py --steps 8 --warmup 3
+  # Benchmarks, sized to the remaining budget: Llama-3 8B shapes (M = 8192 tokens) and
+  # 8192^2, few repetitions (medians of device-event timings), an eager training step.
+  bench bench_quantize_row_col 25 bench_quantize_row_col.py --backends triton,cuda \
+    --shapes 8192x4096,8192x14336 --reps 20
+  bench bench_quantize_cuda 25 bench_quantize_cuda.py --shapes 8192x8192,8192x4096 --iters 20
+  bench bench_amax 15 bench_amax.py --shapes 8192x4096 --reps 20
+  bench bench_quantize_2d 15 bench_quantize_2d.py --backends triton,cuda \
+    --shapes 4096x4096,14336x4096 --reps 20
+  bench bench_nvfp4_gemm 30 bench_nvfp4_gemm.py --reps 10 \
+    --shapes 8192x8192x8192,8192x6144x4096,8192x4096x4096,8192x28672x4096,8192x4096x14336
+  bench bench_train_step 70 bench_train_step.py --no-compile --steps 5 --warmup 2
 fi
 cp "$OUT/dispatch.log" "$OUT/dispatch.json" 2>/dev/null
 
@@ -117,6 +121,13 @@ import json, pathlib, sys
 from lowprec import cli
 out, smoke, seconds = pathlib.Path(sys.argv[1]), sys.argv[2] == "1", sys.argv[3]
 print(f"# lowprec GPU check{' (smoke run on CPU: nothing measured)' if smoke else ''}\n")
+import torch
+if torch.cuda.is_available():
+    major, minor = torch.cuda.get_device_capability()
+    print(f"device: {torch.cuda.get_device_name()} (compute capability {major}.{minor}), "
+          f"torch {torch.__version__}, CUDA {torch.version.cuda}\n")
+else:
+    print(f"device: CPU only, torch {torch.__version__}\n")
 print(f"total {seconds} s\n\n| phase | exit | seconds | time box |\n|---|---|---|---|")
 for line in (out / "phases.tsv").read_text().splitlines():
     name, rc, took, box = line.split("\t")
