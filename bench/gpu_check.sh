@@ -9,8 +9,8 @@
 #                                           deleted (nothing recorded); CI runs this
 #
 # The GPU machine has Python 3.12, torch + CUDA 13, Triton, nvcc 13 and nvidia-ml-py, but
-# no pulp/highspy/hypothesis: ../shared/tools/device-wheels.sh fetches those into .whl/,
-# which is carried along and installed here when present.
+# no pulp/highspy/hypothesis: put their wheels (for Python 3.12, manylinux x86_64) in
+# .whl/ of the checkout before the run, and they are installed here first.
 #
 # Phases run in order, each under its own time box (timeout); a phase that fails or runs
 # out of time is recorded as such and the next one starts. Every figure comes from a

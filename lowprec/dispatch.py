@@ -61,7 +61,7 @@ def main(capability_text=None, as_json=False):
     try:
         capability = None if capability_text is None else parse_capability(capability_text)
     except ValueError as err:
-        print(f"lowprec info: {err}", file=sys.stderr)
+        print(f"lowprec info: error: {err}", file=sys.stderr)
         return 2
     where, ops = table(capability)
     print(json.dumps(ops, indent=2) if as_json else format_table(where, ops))
