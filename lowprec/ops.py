@@ -5,6 +5,7 @@ value, then hands plain tensors to the chosen backend (``lowprec.backends``).
 """
 
 import math
+import numbers
 
 import torch
 
@@ -33,22 +34,50 @@ def _check_uint64(value, name):
 
 
 def check_sign_vector(sign_vector):
-    """Return the 16 signs as a tuple of +-1 ints, or raise naming the bad value."""
+    """Return the 16 signs as a tuple of +-1 ints, or raise naming the bad value.
+
+    Accepts a flat sequence of 16 ints or a 1-D integer/float tensor of 16 entries, each
+    +1 or -1. Bools (True == 1 in Python), strings and nested lists are refused rather
+    than coerced.
+    """
     if sign_vector is None:
         return reference.DEFAULT_SIGN_VECTOR
-    signs = torch.as_tensor(sign_vector).flatten().tolist()
-    if len(signs) != 16 or any(s not in (1, -1) for s in signs):
-        raise ValueError(f"sign_vector must be 16 entries of +1/-1; got {sign_vector!r}")
-    return tuple(int(s) for s in signs)
+    if isinstance(sign_vector, torch.Tensor):
+        ok_kind = sign_vector.dim() == 1 and sign_vector.dtype != torch.bool
+        entries = sign_vector.tolist() if ok_kind else None
+    elif isinstance(sign_vector, (list, tuple)):
+        entries = list(sign_vector)
+        ok_kind = all(isinstance(s, numbers.Real) and not isinstance(s, bool)
+                      for s in entries)
+    else:
+        ok_kind, entries = False, None
+    if not ok_kind or len(entries) != 16 or any(s not in (1, -1) for s in entries):
+        raise ValueError(f"sign_vector must be 16 entries of +1/-1 (ints, a flat list or a "
+                         f"1-D tensor); got {sign_vector!r}")
+    return tuple(int(s) for s in entries)
 
 
 def _amax_tensor(amax, device):
+    """A caller's global amax as an FP32 0-d tensor; NaN/Inf pass (they mean "non-finite
+    input", NUMERICS 2), a negative value would give negative scales and is refused."""
     if amax is None:
         return None
+    if isinstance(amax, bool) or not isinstance(amax, (numbers.Real, torch.Tensor)):
+        raise TypeError(f"amax must be a real number or a one-element tensor; got "
+                        f"{type(amax).__name__} {amax!r}")
     amax = torch.as_tensor(amax, dtype=torch.float32, device=device)
     if amax.numel() != 1:
         raise ValueError(f"amax must be a scalar; got shape {tuple(amax.shape)}")
+    if bool(amax < 0):
+        raise ValueError(f"amax must be >= 0 (it is a max of |x|); got {amax.item()}")
     return amax.reshape(())
+
+
+def check_float_dtype(dtype, name):
+    """Refuse an output dtype that cannot hold NaN or a fraction (an int dtype would turn
+    a NaN into -2147483648 without a word)."""
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be one of float32, bfloat16, float16; got {dtype!r}")
 
 
 def quantize_nvfp4(x, *, block="1x16", rht=False, sign_vector=None, stochastic=False,
@@ -82,7 +111,13 @@ def quantize_nvfp4(x, *, block="1x16", rht=False, sign_vector=None, stochastic=F
     if block == "16x16" and (x.dim() < 2 or x.shape[-2] % 16 != 0):
         raise ValueError(f"block='16x16' needs the row dim (second-to-last) to be a multiple "
                          f"of 16; got shape {tuple(x.shape)}")
-    signs = check_sign_vector(sign_vector) if rht else None
+    if block == "16x16" and rht:
+        raise ValueError("block='16x16' with rht=True is not supported: the RHT belongs to "
+                         "the 1x16 wgrad operands (NUMERICS 6-7); pass block='1x16' or "
+                         "rht=False")
+    # A bad vector is refused even with rht=False, where it would otherwise go unseen.
+    signs = check_sign_vector(sign_vector)
+    signs = signs if rht else None
     _check_uint64(seed, "seed")
     _check_uint64(offset, "offset")
     impl = backends.get(backend, "quantize_nvfp4", x.device.type)
@@ -95,6 +130,7 @@ def dequantize_nvfp4(t, dtype=torch.float32, *, backend="auto"):
     """``e2m1(q) * s_b * S_dec`` of an NVFP4Tensor, as ``dtype``."""
     if not isinstance(t, NVFP4Tensor):
         raise TypeError(f"dequantize_nvfp4 takes an NVFP4Tensor; got {type(t).__name__}")
+    check_float_dtype(dtype, "dtype")
     impl = backends.get(backend, "dequantize_nvfp4", t.device.type)
     return impl(t.data, t.scale, t.amax, dtype)
 
@@ -113,10 +149,22 @@ def quantize_fp8(x, *, backend="auto"):
     return FP8Tensor(data, scale, x.shape)
 
 
-def _check_gemm_operands(a, b, kind, bias):
+def _check_gemm_operands(a, b, kind, bias, out_dtype):
     if not isinstance(a, kind) or not isinstance(b, kind):
         raise TypeError(f"operands must both be {kind.__name__}; got "
                         f"{type(a).__name__} and {type(b).__name__}")
+    if a.device != b.device:
+        raise ValueError(f"operands must be on one device; got a on {a.device}, b on "
+                         f"{b.device}")
+    check_float_dtype(out_dtype, "out_dtype")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor):
+            raise TypeError(f"bias must be a tensor or None; got {type(bias).__name__}")
+        if bias.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"bias must be float32, bfloat16 or float16; got {bias.dtype}")
+        if bias.device != a.device:
+            raise ValueError(f"bias must be on the operands' device {a.device}; got "
+                             f"{bias.device}")
     if len(b.shape) != 2:
         raise ValueError(f"operand b must be 2-D [N, K]; got shape {tuple(b.shape)}")
     if a.shape[-1] != b.shape[-1]:
@@ -140,7 +188,7 @@ def nvfp4_gemm(a, b, bias=None, out_dtype=torch.bfloat16, *, backend="auto"):
     Raises:
         ValueError: mismatched K, bias shape, or operands with different RHT signs.
     """
-    _check_gemm_operands(a, b, NVFP4Tensor, bias)
+    _check_gemm_operands(a, b, NVFP4Tensor, bias, out_dtype)
     if a.rht_signs != b.rht_signs:
         raise ValueError(f"operands must share one RHT (or none) to multiply; got "
                          f"a.rht_signs={a.rht_signs}, b.rht_signs={b.rht_signs}")
@@ -157,7 +205,7 @@ def nvfp4_gemm(a, b, bias=None, out_dtype=torch.bfloat16, *, backend="auto"):
 
 def fp8_gemm(a, b, bias=None, out_dtype=torch.bfloat16, *, backend="auto"):
     """``a @ b.T`` of two FP8Tensors: FP32 accumulation, row scales applied after (NUMERICS 9)."""
-    _check_gemm_operands(a, b, FP8Tensor, bias)
+    _check_gemm_operands(a, b, FP8Tensor, bias, out_dtype)
     impl = backends.get(backend, "fp8_gemm", a.device.type)
     lead = a.shape[:-1]
     rows = math.prod(lead)          # not -1: K may be 0 (an empty contraction)
