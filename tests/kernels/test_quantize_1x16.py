@@ -26,17 +26,6 @@ def reference_pair(x, signs, row_sr=False, col_sr=False, seed=0, row_offset=0,
     return row, col
 
 
-def nan_nibbles(x, signs):
-    """Packed-byte mask of columnwise codes whose element is a NaN made inside the RHT:
-    the sign of such a NaN is platform-defined (NUMERICS leaves it open)."""
-    if signs is None:
-        return None
-    values = R.rht(pad_rows(x.cpu().float()).t().contiguous(), signs)
-    nan = torch.isnan(values)
-    made_here = nan & ~torch.isnan(pad_rows(x.cpu().float()).t())
-    return made_here.reshape(*nan.shape[:-1], -1, 2).any(-1)
-
-
 def sample(shape, dtype, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=g) * torch.exp2(torch.randint(-6, 7, shape, generator=g))
@@ -117,7 +106,7 @@ def test_special_values(device, same_triple, dtype, stochastic):
     want_row, want_col = reference_pair(x, SIGNS, stochastic, stochastic, 9, 0, 2**62)
     assert torch.isnan(row[2]) and torch.isnan(col[2])       # non-finite input -> NaN amax
     same_triple(row, want_row)
-    same_triple(col, want_col, nan_sign_free=nan_nibbles(x, SIGNS))
+    same_triple(col, want_col)
 
 
 @pytest.mark.parametrize("dtype", ["f32", "bf16"])
@@ -129,7 +118,7 @@ def test_finite_extremes(device, same_triple, dtype):
     want_row, want_col = reference_pair(x, SIGNS)
     assert torch.isfinite(row[2])
     same_triple(row, want_row)
-    same_triple(col, want_col, nan_sign_free=nan_nibbles(x, SIGNS))
+    same_triple(col, want_col)
 
 
 def test_all_zero_tensor(device, same_triple):
