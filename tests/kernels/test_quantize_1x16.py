@@ -68,13 +68,26 @@ NON_CONTIGUOUS = {
 
 
 @pytest.mark.parametrize("view", sorted(NON_CONTIGUOUS))
-def test_non_contiguous_input(device, same_triple, view):
+def test_non_contiguous_input(device, same_triple, monkeypatch, view):
+    """The kernel itself reads the strided view: the launcher is spied on to see the
+    strides it gets (a backend that copied to contiguous first would hide a kernel that
+    ignores strides; that mutant, ``view.stride(0), view.stride(1)`` replaced by ``k, 1``
+    in quantize_1x16's launch, fails here)."""
+    import lowprec.kernels.quantize_1x16 as q1
+    seen = []
+    launch = q1.quantize_1x16
+
+    def spy(x, **kwargs):
+        seen.append(x.stride())
+        return launch(x, **kwargs)
+    monkeypatch.setattr(q1, "quantize_1x16", spy)
     make = NON_CONTIGUOUS[view]
     base = sample((96, 400), torch.bfloat16, seed=1)
     x = make(base.to(device))
     assert not x.is_contiguous()
     row, col = quantize_rowwise_and_columnwise(x, rht_signs=OTHER_SIGNS, col_stochastic=True,
                                                seed=5, row_offset=0, col_offset=77)
+    assert seen == [x.stride()]
     want_row, want_col = reference_pair(make(base), OTHER_SIGNS, col_sr=True, seed=5,
                                         col_offset=77)
     same_triple(row, want_row)
