@@ -24,6 +24,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from lowprec import checks
+
 try:
     import triton  # noqa: F401
     _TRITON_MISSING = None
@@ -324,9 +326,4 @@ def quantize_weight_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0
 
 
 def _check_signs(rht_signs):
-    if rht_signs is None:
-        return None
-    signs = [int(s) for s in torch.as_tensor(rht_signs).flatten().tolist()]
-    if len(signs) != 16 or any(s not in (1, -1) for s in signs):
-        raise ValueError(f"rht_signs must be 16 entries of +1/-1; got {rht_signs!r}")
-    return signs
+    return None if rht_signs is None else list(checks.sign_vector(rht_signs, "rht_signs"))

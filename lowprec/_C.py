@@ -18,6 +18,8 @@ import os
 
 import torch
 
+from lowprec import checks
+
 EXTENSION = "lowprec._lowprec_C"
 UINT64_SPAN = 1 << 64
 
@@ -141,14 +143,7 @@ def _check_seed(name, value):
 
 
 def _check_signs(rht_signs):
-    if rht_signs is None:
-        return None
-    if isinstance(rht_signs, torch.Tensor):
-        rht_signs = rht_signs.flatten().tolist()
-    signs = [int(s) for s in rht_signs]  # plain Python: torch.compile traces through it
-    if len(signs) != 16 or any(s not in (1, -1) for s in signs):
-        raise ValueError(f"rht_signs must be 16 entries of +1/-1; got {rht_signs!r}")
-    return signs
+    return None if rht_signs is None else list(checks.sign_vector(rht_signs, "rht_signs"))
 
 
 def _check_float(x, what):

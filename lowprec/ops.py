@@ -9,7 +9,7 @@ import numbers
 
 import torch
 
-from lowprec import backends, reference
+from lowprec import backends, checks, reference
 from lowprec.formats import FP8Tensor, NVFP4Tensor
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -34,27 +34,10 @@ def _check_uint64(value, name):
 
 
 def check_sign_vector(sign_vector):
-    """Return the 16 signs as a tuple of +-1 ints, or raise naming the bad value.
-
-    Accepts a flat sequence of 16 ints or a 1-D integer/float tensor of 16 entries, each
-    +1 or -1. Bools (True == 1 in Python), strings and nested lists are refused rather
-    than coerced.
-    """
+    """The 16 signs as a tuple of +-1 ints (TE's default for None), or ValueError."""
     if sign_vector is None:
         return reference.DEFAULT_SIGN_VECTOR
-    if isinstance(sign_vector, torch.Tensor):
-        ok_kind = sign_vector.dim() == 1 and sign_vector.dtype != torch.bool
-        entries = sign_vector.tolist() if ok_kind else None
-    elif isinstance(sign_vector, (list, tuple)):
-        entries = list(sign_vector)
-        ok_kind = all(isinstance(s, numbers.Real) and not isinstance(s, bool)
-                      for s in entries)
-    else:
-        ok_kind, entries = False, None
-    if not ok_kind or len(entries) != 16 or any(s not in (1, -1) for s in entries):
-        raise ValueError(f"sign_vector must be 16 entries of +1/-1 (ints, a flat list or a "
-                         f"1-D tensor); got {sign_vector!r}")
-    return tuple(int(s) for s in entries)
+    return checks.sign_vector(sign_vector)
 
 
 def _amax_tensor(amax, device):

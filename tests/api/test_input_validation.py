@@ -106,3 +106,17 @@ def test_bad_bias(bias, error, match):
         lowprec.nvfp4_gemm(q, q, bias=bias, backend="reference")
     with pytest.raises(error, match=match):
         lowprec.fp8_gemm(f, f, bias=bias, backend="reference")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_training_entry_points_check_signs_the_same_way(backend):
+    """The backends' quantize_rowwise_and_columnwise (called by lowprec.linear) use the
+    same sign check as ops.py (lowprec.checks.sign_vector): bools are refused there too."""
+    if not lowprec.available(backend, device_type="cpu"):
+        pytest.skip(f"{backend} does not run here")
+    if backend == "cpu":
+        from lowprec.backends.cpu import quantize_rowwise_and_columnwise
+    else:
+        from lowprec.kernels.backend import quantize_rowwise_and_columnwise
+    with pytest.raises(ValueError, match="rht_signs must be 16 entries"):
+        quantize_rowwise_and_columnwise(X, rht_signs=[True] * 16)
