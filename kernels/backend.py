@@ -92,6 +92,8 @@ def _quantize_nvfp4_op(x: Tensor, block: str, rht_signs: Optional[List[int]],
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)             # a view when it can be: the kernels take any strides
     if block == "16x16":
+        if rht_signs is not None:       # ops.quantize_nvfp4 refuses it; never drop the signs
+            raise ValueError("block='16x16' with rht_signs is not supported")
         (data, scale, amax_out), _ = quantize_2d(x2, columnwise=False, stochastic=stochastic,
                                                  seed=seed, offset=offset, amax=amax)
     elif rht_signs is None:

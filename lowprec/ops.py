@@ -70,20 +70,23 @@ def quantize_nvfp4(x, *, block="1x16", rht=False, sign_vector=None, stochastic=F
     Args:
         x: float32/bfloat16/float16 tensor ``[..., K]`` with K % 16 == 0.
         block: ``"1x16"`` (one scale per 16 elements) or ``"16x16"`` (2-D tiles; needs
-            the second-to-last dim to be a multiple of 16).
+            the second-to-last dim to be a multiple of 16; not with ``rht``).
         rht: apply the 16-point random Hadamard transform along the last dim first.
-        sign_vector: 16 signs (+-1) for the RHT; default TE's fixed vector.
+        sign_vector: 16 signs (+-1) for the RHT; default TE's fixed vector. Checked even
+            when ``rht`` is False.
         stochastic: stochastic rounding with Philox words from ``(seed, offset)``; the
             call consumes ``ceil(numel / 4)`` counters starting at ``offset``.
         seed, offset: ints in [0, 2**64).
-        amax: a global amax the caller already has (of ``rht(x)`` when ``rht``).
+        amax: a global amax the caller already has (of ``rht(x)`` when ``rht``); >= 0,
+            or NaN/Inf for a tensor known to hold non-finite values.
         backend: ``"auto"``, ``"reference"``, ``"triton"``, ``"cuda"`` or ``"cpu"``.
 
     Returns:
         NVFP4Tensor
 
     Raises:
-        TypeError: non-float input. ValueError: bad K, rows, block, signs, seed/offset.
+        TypeError: non-float input. ValueError: bad K, rows, block (or 16x16 with RHT),
+        signs, seed/offset, negative amax.
     """
     _check_float_input(x, "quantize_nvfp4")
     if block not in BLOCKS:
