@@ -166,13 +166,13 @@ LP_HD uint32_t e2m1_sr_magnitude(float v_abs, uint32_t r) {
 // ---------------------------------------------------------------------------------
 
 // float8_e4m3fn bits of v rounded to nearest even. Precondition: |v| <= 448 or v is NaN
-// (callers clamp first: PyTorch's cast does not saturate, the reference clamps).
-// NaN keeps its sign: 0x7F or 0xFF, as PyTorch's conversion does.
+// (callers clamp first, as the reference does: torch 2.11's cast turns |v| >= 480 into
+// NaN, torch >= 2.12 saturates). Every NaN becomes the canonical 0x7F, whatever its sign.
 LP_HD uint32_t e4m3_rne_bits(float v) {
   uint32_t u = bits_of(v);
   uint32_t sign = (u >> 24) & 0x80u;
   uint32_t mag = u & kAbsMask;
-  if (mag > kInfBits) return sign | 0x7Fu;
+  if (mag > kInfBits) return 0x7Fu;
   uint32_t exponent = mag >> 23;
   if (exponent >= 121u) {  // |v| >= 2^-6: a normal E4M3 number
     // Rebias the exponent (127 -> 7) and keep the top 3 mantissa bits, then round the
@@ -419,14 +419,15 @@ LP_HD EncodedBlock quantize16(const float (&x)[16], float block_amax, TensorScal
 // FP8 per-row scaling (NUMERICS 9)
 // ---------------------------------------------------------------------------------
 
-// scale = amax_row / 448, 1 for a zero row (NaN/Inf propagate).
+// scale = amax_row / 448, 1 for a zero row; Inf propagates, NaN is the canonical one.
 LP_HD float fp8_row_scale(float row_amax) {
   float s = div_rn(row_amax, kE4m3Max);
+  if (is_nan(s)) return float_of(kNanBits);
   return row_amax == 0.0f ? 1.0f : s;
 }
 
-// e4m3_rne(clamp(x / scale, -448, 448)) with a correctly rounded division. Which NaN a
-// division returns follows the hardware (the reference runs on it too).
+// e4m3_rne(clamp(x / scale, -448, 448)) with a correctly rounded division; a NaN
+// quotient gives the canonical byte 0x7F.
 LP_HD uint32_t fp8_quantize_bits(float x, float scale) {
   return e4m3_saturate_bits(div_rn(x, scale));
 }

@@ -16,6 +16,8 @@
 
 #include <string.h>
 
+#include <algorithm>
+#include <functional>
 #include <vector>
 
 namespace lowprec::cpu {
@@ -25,6 +27,9 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "packed codes are copied out as little-endian 64-bit words");
 
 constexpr int64_t kRowGrain = 16;
+// Values per FP32 working chunk (16 MiB): bounds the memory a quantization adds to its
+// input and outputs.
+constexpr int64_t kChunkElements = int64_t{1} << 22;
 
 uint64_t as_u64(int64_t v) { return static_cast<uint64_t>(v); }
 
@@ -66,15 +71,18 @@ void prepare_rows(const T* x, int64_t rows, int64_t cols, int64_t rht_mask, floa
 }
 
 // out[k, m] = x[m, k] for m < rows, 0 for rows <= m < padded_rows, with the RHT along m.
-// x: [rows, cols]; out: [cols, padded_rows]. The zero padding of NUMERICS 10.
+// x: [rows, cols] with rows `row_stride` apart; out: [cols, padded_rows]. The zero
+// padding of NUMERICS 10.
 template <typename T>
-void prepare_columns(const T* x, int64_t rows, int64_t cols, int64_t padded_rows,
-                     int64_t rht_mask, float* out) {
+void prepare_columns(const T* x, int64_t rows, int64_t cols, int64_t row_stride,
+                     int64_t padded_rows, int64_t rht_mask, float* out) {
   at::parallel_for(0, cols, kRowGrain, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       for (int64_t m = 0; m < padded_rows; m += 16) {
         float v[16];
-        for (int j = 0; j < 16; ++j) v[j] = m + j < rows ? read_f32(x, (m + j) * cols + k) : 0.0f;
+        for (int j = 0; j < 16; ++j) {
+          v[j] = m + j < rows ? read_f32(x, (m + j) * row_stride + k) : 0.0f;
+        }
         if (rht_mask >= 0) rht16_to_bf16(v, static_cast<uint32_t>(rht_mask));
         memcpy(out + k * padded_rows + m, v, sizeof v);
       }
@@ -82,15 +90,15 @@ void prepare_columns(const T* x, int64_t rows, int64_t cols, int64_t padded_rows
   });
 }
 
-float tensor_amax(const float* x, int64_t n) {
-  uint32_t bits = at::parallel_reduce(
+// max |x| bits over n prepared values (see abs_bits: a NaN-propagating max).
+uint32_t max_abs_bits(const float* x, int64_t n) {
+  return at::parallel_reduce(
       0, n, 1 << 16, 0u,
       [&](int64_t i0, int64_t i1, uint32_t acc) {
         for (int64_t i = i0; i < i1; ++i) acc = max_u32(acc, abs_bits(x[i]));
         return acc;
       },
       [](uint32_t a, uint32_t b) { return max_u32(a, b); });
-  return amax_from_abs_bits(bits);
 }
 
 float given_amax(const at::Tensor& amax) {
@@ -104,24 +112,25 @@ at::Tensor scalar_f32(float v, const at::TensorOptions& like) {
   return t;
 }
 
-// Quantizes the prepared FP32 values xf [rows, cols] in 1x16 or 16x16 blocks into
-// data [rows, cols/2] and scale [rows, cols/16] (raw bytes). Returns the amax used.
-float quantize_prepared(const float* xf, int64_t rows, int64_t cols, int64_t block_rows,
-                        std::optional<float> amax_given, bool stochastic, uint64_t seed,
-                        uint64_t offset, uint8_t* data, uint8_t* scale) {
-  float amax = amax_given.has_value() ? *amax_given : tensor_amax(xf, rows * cols);
-  TensorScales t = tensor_scales(amax);
+// Quantizes the prepared FP32 values xf of rows [row0, row0 + n_rows) (xf points at
+// row row0) in 1x16 or 16x16 blocks into data [rows, cols/2] and scale [rows, cols/16]
+// (raw bytes, whole-tensor pointers). A 16x16 tile never straddles two calls: row0 and
+// n_rows are multiples of 16 then.
+void encode_rows(const float* xf, int64_t row0, int64_t n_rows, int64_t cols,
+                 int64_t block_rows, TensorScales t, bool stochastic, uint64_t seed,
+                 uint64_t offset, uint8_t* data, uint8_t* scale) {
   int64_t blocks = cols / 16;
   auto load = [&](int64_t r, int64_t b, float (&v)[16]) { memcpy(v, xf + r * cols + b * 16, sizeof v); };
   auto encode = [&](int64_t r, int64_t b, const float (&v)[16], float block_amax) {
-    // Element (r, b*16) has flat index r*cols + b*16, a multiple of 16.
-    uint64_t counter0 = offset + as_u64((r * cols + b * 16) / 4);
+    int64_t row = row0 + r;
+    // Element (row, b*16) has flat index row*cols + b*16, a multiple of 16.
+    uint64_t counter0 = offset + as_u64((row * cols + b * 16) / 4);
     EncodedBlock e = quantize16(v, block_amax, t, stochastic, seed, counter0);
-    memcpy(data + r * (cols / 2) + b * 8, &e.codes, 8);  // little-endian: nibble j = element j
-    scale[r * blocks + b] = static_cast<uint8_t>(e.scale);
+    memcpy(data + row * (cols / 2) + b * 8, &e.codes, 8);  // little-endian: nibble j = element j
+    scale[row * blocks + b] = static_cast<uint8_t>(e.scale);
   };
   if (block_rows == 1) {
-    at::parallel_for(0, rows, kRowGrain, [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, n_rows, kRowGrain, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         for (int64_t b = 0; b < blocks; ++b) {
           float v[16];
@@ -131,7 +140,7 @@ float quantize_prepared(const float* xf, int64_t rows, int64_t cols, int64_t blo
       }
     });
   } else {  // 16x16 tiles: one amax over 16 rows, the tile scale repeated per row
-    at::parallel_for(0, rows / 16, 1, [&](int64_t g0, int64_t g1) {
+    at::parallel_for(0, n_rows / 16, 1, [&](int64_t g0, int64_t g1) {
       for (int64_t g = g0; g < g1; ++g) {
         for (int64_t b = 0; b < blocks; ++b) {
           float v[16];
@@ -148,6 +157,42 @@ float quantize_prepared(const float* xf, int64_t rows, int64_t cols, int64_t blo
       }
     });
   }
+}
+
+// Fills out with the prepared FP32 values (input as FP32, RHT, transpose, padding: the
+// values the reference quantizes) of rows [r0, r1) of the tensor being quantized.
+using Prepare = std::function<void(int64_t r0, int64_t r1, float* out)>;
+
+// Quantizes a [rows, cols] tensor given by `prepare` in chunks of about kChunkElements
+// values, so that peak memory is the input and the outputs plus one FP32 chunk (not a
+// full FP32 copy). Without a given amax, a tensor of several chunks is prepared twice:
+// once for its amax, once to encode. Returns the amax used.
+float quantize_chunked(const Prepare& prepare, int64_t rows, int64_t cols, int64_t block_rows,
+                       std::optional<float> amax_given, bool stochastic, uint64_t seed,
+                       uint64_t offset, uint8_t* data, uint8_t* scale) {
+  int64_t step = std::max<int64_t>(16, kChunkElements / std::max<int64_t>(cols, 1) / 16 * 16);
+  step = std::min(step, rows);
+  std::vector<float> chunk(static_cast<size_t>(step * cols));
+  bool one_chunk = step == rows;
+  float amax;
+  if (amax_given.has_value()) {
+    amax = *amax_given;
+  } else {
+    uint32_t bits = 0u;
+    for (int64_t r0 = 0; r0 < rows; r0 += step) {
+      int64_t r1 = std::min(rows, r0 + step);
+      prepare(r0, r1, chunk.data());
+      bits = max_u32(bits, max_abs_bits(chunk.data(), (r1 - r0) * cols));
+    }
+    amax = amax_from_abs_bits(bits);
+  }
+  TensorScales t = tensor_scales(amax);
+  for (int64_t r0 = 0; r0 < rows; r0 += step) {
+    int64_t r1 = std::min(rows, r0 + step);
+    if (!one_chunk || amax_given.has_value()) prepare(r0, r1, chunk.data());
+    encode_rows(chunk.data(), r0, r1 - r0, cols, block_rows, t, stochastic, seed, offset,
+                data, scale);
+  }
   return amax;
 }
 
@@ -162,16 +207,19 @@ Triple quantize_rows(const at::Tensor& x, int64_t block_rows, int64_t rht_mask, 
                      int64_t seed, int64_t offset, const std::optional<at::Tensor>& amax) {
   int64_t cols = x.size(-1);
   int64_t rows = leading_rows(x);
-  at::Tensor xf = at::empty({rows, cols}, x.options().dtype(at::kFloat));
-  with_input(x, [&](auto* p) { prepare_rows(p, rows, cols, rht_mask, xf.mutable_data_ptr<float>()); });
   at::Tensor data = at::empty(with_last(x.sizes(), cols / 2), x.options().dtype(at::kByte));
   at::Tensor scale = at::empty(with_last(x.sizes(), cols / 16), x.options().dtype(at::kFloat8_e4m3fn));
   std::optional<float> given;
   if (amax.has_value()) given = given_amax(*amax);
-  float used = quantize_prepared(xf.const_data_ptr<float>(), rows, cols, block_rows, given,
-                                 stochastic, as_u64(seed), as_u64(offset),
-                                 data.mutable_data_ptr<uint8_t>(),
-                                 static_cast<uint8_t*>(scale.mutable_data_ptr()));
+  float used;
+  with_input(x, [&](auto* p) {
+    Prepare prepare = [&](int64_t r0, int64_t r1, float* out) {
+      prepare_rows(p + r0 * cols, r1 - r0, cols, rht_mask, out);
+    };
+    used = quantize_chunked(prepare, rows, cols, block_rows, given, stochastic, as_u64(seed),
+                            as_u64(offset), data.mutable_data_ptr<uint8_t>(),
+                            static_cast<uint8_t*>(scale.mutable_data_ptr()));
+  });
   return {data, scale, scalar_f32(used, x.options())};
 }
 
@@ -198,18 +246,20 @@ TwoTriples quantize_row_col(const at::Tensor& x_in, int64_t rht_mask, bool rowwi
   // Columnwise copy: the zero-padded transpose [K, M_pad], RHT along M.
   int64_t cols = x.size(-1), rows = leading_rows(x);
   int64_t padded = (rows + 15) / 16 * 16;
-  at::Tensor xt = at::empty({cols, padded}, x.options().dtype(at::kFloat));
-  with_input(x, [&](auto* p) {
-    prepare_columns(p, rows, cols, padded, rht_mask, xt.mutable_data_ptr<float>());
-  });
   at::Tensor col_data = at::empty({cols, padded / 2}, x.options().dtype(at::kByte));
   at::Tensor col_scale = at::empty({cols, padded / 16}, x.options().dtype(at::kFloat8_e4m3fn));
   std::optional<float> given;
   if (col_amax.has_value()) given = given_amax(*col_amax);
-  float col_used = quantize_prepared(xt.const_data_ptr<float>(), cols, padded, 1, given,
-                                     col_stochastic, as_u64(seed), as_u64(col_offset),
-                                     col_data.mutable_data_ptr<uint8_t>(),
-                                     static_cast<uint8_t*>(col_scale.mutable_data_ptr()));
+  float col_used;
+  with_input(x, [&](auto* p) {
+    // Rows [k0, k1) of the [K, M_pad] transpose are input columns k0..k1-1.
+    Prepare prepare = [&](int64_t k0, int64_t k1, float* out) {
+      prepare_columns(p + k0, rows, k1 - k0, cols, padded, rht_mask, out);
+    };
+    col_used = quantize_chunked(prepare, cols, padded, 1, given, col_stochastic, as_u64(seed),
+                                as_u64(col_offset), col_data.mutable_data_ptr<uint8_t>(),
+                                static_cast<uint8_t*>(col_scale.mutable_data_ptr()));
+  });
   return std::tuple_cat(row, Triple{col_data, col_scale, scalar_f32(col_used, x.options())});
 }
 

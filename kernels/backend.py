@@ -3,8 +3,9 @@ the backend registry (``lowprec.backends``) calls for ``backend="triton"``.
 
 Every op is a ``torch.library.custom_op`` in the ``lowprec`` namespace (prefixed
 ``triton_``) with a fake implementation, so ``torch.compile`` traces through them without
-graph breaks; each calls ``.contiguous()`` on its inputs itself (compile can hand over a
-stride-0 gradient). The op schemas carry 64-bit seeds and offsets as signed int64 (the
+graph breaks. The quantizers hand their input to the kernels with its strides (stride 0,
+as compile may hand over for a gradient, included); the other ops call ``.contiguous()``.
+The op schemas carry 64-bit seeds and offsets as signed int64 (the
 schema's ``int``); the wrappers here map [0, 2^64) onto it and back.
 
 The registry ops: ``quantize_nvfp4``, ``quantize_row_col`` (activations / gradients, the
@@ -20,6 +21,7 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
+
 
 try:
     import triton  # noqa: F401
@@ -110,8 +112,10 @@ def _quantize_nvfp4_op(x: Tensor, block: str, rht_signs: Optional[List[int]],
     from lowprec.kernels.quantize_2d import quantize_2d
     k = x.shape[-1]
     lead = x.shape[:-1]
-    x2 = x.contiguous().reshape(-1, k)
+    x2 = x.reshape(-1, k)             # a view when it can be: the kernels take any strides
     if block == "16x16":
+        if rht_signs is not None:       # ops.quantize_nvfp4 refuses it; never drop the signs
+            raise ValueError("block='16x16' with rht_signs is not supported")
         (data, scale, amax_out), _ = quantize_2d(x2, columnwise=False, stochastic=stochastic,
                                                  seed=seed, offset=offset, amax=amax)
     elif rht_signs is None:
@@ -141,7 +145,7 @@ def _quantize_row_col_op(x: Tensor, rht_signs: Optional[List[int]], rowwise: boo
                          row_amax: Optional[Tensor], col_amax: Optional[Tensor]
                          ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     from lowprec.kernels.quantize_row_col import quantize_row_col
-    row, col = quantize_row_col(x.contiguous(), row=rowwise, col=columnwise, col_signs=rht_signs,
+    row, col = quantize_row_col(x, row=rowwise, col=columnwise, col_signs=rht_signs,
                              row_stochastic=row_stochastic, col_stochastic=col_stochastic,
                              seed=seed, row_offset=row_offset, col_offset=col_offset,
                              row_amax=row_amax, col_amax=col_amax)
@@ -168,7 +172,7 @@ def _quantize_weight_2d_op(w: Tensor, columnwise: bool, stochastic: bool, seed: 
                            offset: int, amax: Optional[Tensor]
                            ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     from lowprec.kernels.quantize_2d import quantize_2d
-    row, col = quantize_2d(w.contiguous(), columnwise=columnwise, stochastic=stochastic,
+    row, col = quantize_2d(w, columnwise=columnwise, stochastic=stochastic,
                            seed=seed, offset=offset, amax=amax)
     return (*row, *(col or _empty_triple(w.device)))
 
@@ -199,7 +203,7 @@ def _(data, scale, amax, dtype):
 @torch.library.custom_op("lowprec::triton_quantize_fp8", mutates_args=())
 def _quantize_fp8_op(x: Tensor) -> Tuple[Tensor, Tensor]:
     from lowprec.kernels.fp8 import quantize_fp8 as impl
-    return impl(x.contiguous())
+    return impl(x)
 
 
 @_quantize_fp8_op.register_fake

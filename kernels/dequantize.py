@@ -56,6 +56,7 @@ def _dequantize_kernel(data_ptr, scale_ptr, amax_ptr, out_ptr, R, K,
     if APPLY_GLOBAL:
         # reference.global_decode_scale: 1 / S_enc of the stored amax, as is.
         x = x * tl.div_rn(1.0, nm.global_encode_scale(tl.load(amax_ptr)))
+    x = tl.where(x != x, nm.nan_f32(), x)        # the canonical NaN (reference.canonicalize_nan)
     nm.store_cast(out_ptr + r64 * K + cols[None, :], x, row_ok & (cols < K)[None, :], OUT_KIND)
 
 

@@ -34,6 +34,7 @@ def _quantize_fp8_kernel(x_ptr, data_ptr, scale_ptr, R, K, stride_r, stride_k,
         amax_bits = tl.maximum(amax_bits, tl.max(nm.abs_bits(x), axis=1))
     amax = amax_bits.to(tl.float32, bitcast=True)              # Inf and NaN stay as they are
     scale = tl.where(amax == 0.0, 1.0, tl.div_rn(amax, 448.0))
+    scale = tl.where(scale != scale, nm.nan_f32(), scale)     # the canonical NaN
     tl.store(scale_ptr + rows, scale, mask=row_ok)
 
     for k0 in range(0, K, BLOCK_K):

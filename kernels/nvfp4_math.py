@@ -24,7 +24,9 @@ import triton.language as tl
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
 INF_BITS = tl.constexpr(0x7F800000)
-QNAN_BITS = tl.constexpr(0x7FC00000)        # the canonical NaN, what torch writes
+QNAN_BITS = tl.constexpr(0x7FC00000)        # the canonical fp32 NaN (reference.CANONICAL_NAN_BITS)
+F16_QNAN_BITS = tl.constexpr(0x7E00)         # the canonical fp16 NaN
+RHT_NAN_BITS = tl.constexpr(-65536)          # 0xFFFF0000: the bf16 NaN 0xFFFF every RHT NaN becomes
 E4M3_NAN_BYTE = tl.constexpr(0x7F)
 # float32(1/6): the reference multiplies S_enc by this FP32 constant (NUMERICS 2).
 ONE_SIXTH = tl.constexpr(0.1666666716337204)
@@ -84,9 +86,8 @@ def sign_code(x):
 def round_to_bf16(v):
     """fp32 -> bf16 round-to-nearest-even, returned widened back to fp32 (exact).
 
-    NaN keeps its sign and becomes quiet. (The reference's NaN here comes from torch's
-    CPU cast, whose sign for NaN differs between its scalar and vector paths, so the sign
-    of a NaN produced inside the RHT is platform-defined; tests mask it.)
+    NaN keeps its sign and becomes quiet (callers that need one NaN pin it: ``to_bf16``
+    for the RHT, the dequantizer for its output).
     """
     bits = v.to(tl.int32, bitcast=True)
     rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
@@ -109,7 +110,11 @@ def store_cast(ptrs, v, mask, KIND: tl.constexpr):
     elif KIND == KIND_BF16:
         tl.store(ptrs, bf16_bits(v).to(tl.int16), mask=mask)
     else:
-        tl.store(ptrs, v.to(tl.float16), mask=mask)   # a correctly rounded cast everywhere
+        # The cast rounds correctly everywhere, but its NaN differs (the GPU's cvt writes
+        # 0x7FFF, numpy 0x7E00): a NaN is stored as the canonical 0x7E00.
+        h = v.to(tl.float16).to(tl.int16, bitcast=True)
+        h = tl.where(v != v, F16_QNAN_BITS, h)
+        tl.store(ptrs, h.to(tl.float16, bitcast=True), mask=mask)
 
 
 # ----------------------------------------------------------------------------------
@@ -124,7 +129,7 @@ def e4m3_rne(v):
     ``c = 2^(e+20)`` for the binade exponent ``e`` of |v| (at least -6, the E4M3 subnormal
     binade), ``|v| + c`` lies in ``[c, 2c)`` where the FP32 ulp is ``2^(e-3)``, the E4M3
     quantum; the hardware's RNE addition does the rounding and ``- c`` is exact.
-    A NaN gives byte 0x7F with the sign of v (torch's cast does the same).
+    Every NaN gives the canonical byte 0x7F (reference.e4m3_round).
     """
     bits = v.to(tl.int32, bitcast=True)
     a_bits = bits & 0x7FFFFFFF
@@ -136,7 +141,7 @@ def e4m3_rne(v):
     normal = (((r_bits >> 23) - 120) << 3) | ((r_bits >> 20) & 7)
     subnormal = (r * 512.0).to(tl.int32)                  # r = m * 2^-9, m in 0..8
     byte = tl.where(r >= 0.015625, normal, subnormal)
-    byte = tl.where(r != r, E4M3_NAN_BYTE, byte) | ((bits >> 24) & 0x80)
+    byte = tl.where(r != r, E4M3_NAN_BYTE, byte | ((bits >> 24) & 0x80))
     value = tl.where(bits < 0, -r, r)
     return value, byte
 
@@ -295,19 +300,55 @@ def fwht16_rows(x, ROWS: tl.constexpr, COLS: tl.constexpr):
 
 
 @triton.jit
+def hadamard_negative_mask(k):
+    """Bit j set where H[j][k] = -1 (H[j][k] = (-1)^popcount(j & k)); XOR-linear in k."""
+    return (tl.where((k & 1) != 0, 0xAAAA, 0) ^ tl.where((k & 2) != 0, 0xCCCC, 0)
+            ^ tl.where((k & 4) != 0, 0xF0F0, 0) ^ tl.where((k & 8) != 0, 0xFF00, 0))
+
+
+@triton.jit
+def rht_zero_signs(products, y, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """The butterfly output ``y`` with the sign of each exact zero set as the reference's
+    pairwise tree sets it (csrc rht16_to_bf16 does the same).
+
+    The butterfly matches the tree up to the sign of each partial sum, which changes no
+    nonzero result, only the sign of a zero. The tree's sum is -0 only when all 16 of its
+    products are -0 (an exact cancellation gives +0): so a zero output is +0 unless every
+    product of its chunk is zero, and then it is -0 iff product j has sign H[j][k] < 0
+    flipped, for all j.
+    """
+    CHUNKS: tl.constexpr = ROWS // 16
+    p_bits = tl.reshape(products, [CHUNKS, 16, COLS]).to(tl.int32, bitcast=True)
+    any_nonzero = tl.max(p_bits & 0x7FFFFFFF, axis=1)                      # [CHUNKS, COLS]
+    j = tl.arange(0, 16)
+    negative = tl.sum(((p_bits >> 31) & 1) << j[None, :, None], axis=1)   # bit j: product j < 0
+    all_negative = ((negative[:, None, :] ^ hadamard_negative_mask(j)[None, :, None])
+                    & 0xFFFF) == 0xFFFF                                   # [CHUNKS, 16 (k), COLS]
+    zero_bits = tl.where((any_nonzero[:, None, :] == 0) & all_negative, -2147483648, 0)
+    y_bits = tl.reshape(y, [CHUNKS, 16, COLS]).to(tl.int32, bitcast=True)
+    y_bits = tl.where((y_bits & 0x7FFFFFFF) == 0, zero_bits, y_bits)
+    return tl.reshape(y_bits, [ROWS, COLS]).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def rht_rows(x, signs_ptr, ROWS: tl.constexpr, COLS: tl.constexpr):
     """The RHT across each 16-row group of x, before the bf16 rounding (reference.rht along
     the row axis). ``signs_ptr`` holds s_j / 4 as fp32, so x_j * (s_j / 4) is the
     reference's exact product term, and the butterfly's +-1 are exact sign flips of it."""
     quarter_signs = tl.load(signs_ptr + (tl.arange(0, ROWS) % 16))
-    return fwht16_rows(x * quarter_signs[:, None], ROWS, COLS)
+    products = x * quarter_signs[:, None]
+    return rht_zero_signs(products, fwht16_rows(products, ROWS, COLS), ROWS, COLS)
 
 
 @triton.jit
 def to_bf16(y, HW_BF16: tl.constexpr):
-    """bf16 RNE of y, widened back to fp32. ``HW_BF16`` (compiled kernels) uses the GPU's
-    convert instruction, which the interpreter does not run faithfully; the integer path
-    gives the same bits (NaN sign aside, see round_to_bf16)."""
+    """bf16 RNE of the RHT output y, widened back to fp32; every NaN becomes the bf16
+    0xFFFF of reference.rht. ``HW_BF16`` (compiled kernels) uses the GPU's convert
+    instruction, which the interpreter does not run faithfully; the integer path gives the
+    same bits."""
     if HW_BF16:
-        return y.to(tl.bfloat16).to(tl.float32)
-    return round_to_bf16(y)
+        out = y.to(tl.bfloat16).to(tl.float32)
+    else:
+        out = round_to_bf16(y)
+    rht_nan = tl.full([], RHT_NAN_BITS, tl.int32).to(tl.float32, bitcast=True)
+    return tl.where(y != y, rht_nan, out)

@@ -5,10 +5,11 @@ value, then hands plain tensors to the chosen backend (``lowprec.backends``).
 """
 
 import math
+import numbers
 
 import torch
 
-from lowprec import backends, reference
+from lowprec import backends, checks, reference
 from lowprec.formats import FP8Tensor, NVFP4Tensor
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -33,22 +34,33 @@ def _check_uint64(value, name):
 
 
 def check_sign_vector(sign_vector):
-    """Return the 16 signs as a tuple of +-1 ints, or raise naming the bad value."""
+    """The 16 signs as a tuple of +-1 ints (TE's default for None), or ValueError."""
     if sign_vector is None:
         return reference.DEFAULT_SIGN_VECTOR
-    signs = torch.as_tensor(sign_vector).flatten().tolist()
-    if len(signs) != 16 or any(s not in (1, -1) for s in signs):
-        raise ValueError(f"sign_vector must be 16 entries of +1/-1; got {sign_vector!r}")
-    return tuple(int(s) for s in signs)
+    return checks.sign_vector(sign_vector)
 
 
 def _amax_tensor(amax, device):
+    """A caller's global amax as an FP32 0-d tensor; NaN/Inf pass (they mean "non-finite
+    input", NUMERICS 2), a negative value would give negative scales and is refused."""
     if amax is None:
         return None
+    if isinstance(amax, bool) or not isinstance(amax, (numbers.Real, torch.Tensor)):
+        raise TypeError(f"amax must be a real number or a one-element tensor; got "
+                        f"{type(amax).__name__} {amax!r}")
     amax = torch.as_tensor(amax, dtype=torch.float32, device=device)
     if amax.numel() != 1:
         raise ValueError(f"amax must be a scalar; got shape {tuple(amax.shape)}")
+    if bool(amax < 0):
+        raise ValueError(f"amax must be >= 0 (it is a max of |x|); got {amax.item()}")
     return amax.reshape(())
+
+
+def check_float_dtype(dtype, name):
+    """Refuse an output dtype that cannot hold NaN or a fraction (an int dtype would turn
+    a NaN into -2147483648 without a word)."""
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be one of float32, bfloat16, float16; got {dtype!r}")
 
 
 def quantize_nvfp4(x, *, block="1x16", rht=False, sign_vector=None, stochastic=False,
@@ -58,20 +70,23 @@ def quantize_nvfp4(x, *, block="1x16", rht=False, sign_vector=None, stochastic=F
     Args:
         x: float32/bfloat16/float16 tensor ``[..., K]`` with K % 16 == 0.
         block: ``"1x16"`` (one scale per 16 elements) or ``"16x16"`` (2-D tiles; needs
-            the second-to-last dim to be a multiple of 16).
+            the second-to-last dim to be a multiple of 16; not with ``rht``).
         rht: apply the 16-point random Hadamard transform along the last dim first.
-        sign_vector: 16 signs (+-1) for the RHT; default TE's fixed vector.
+        sign_vector: 16 signs (+-1) for the RHT; default TE's fixed vector. Checked even
+            when ``rht`` is False.
         stochastic: stochastic rounding with Philox words from ``(seed, offset)``; the
             call consumes ``ceil(numel / 4)`` counters starting at ``offset``.
         seed, offset: ints in [0, 2**64).
-        amax: a global amax the caller already has (of ``rht(x)`` when ``rht``).
+        amax: a global amax the caller already has (of ``rht(x)`` when ``rht``); >= 0,
+            or NaN/Inf for a tensor known to hold non-finite values.
         backend: ``"auto"``, ``"reference"``, ``"triton"``, ``"cuda"`` or ``"cpu"``.
 
     Returns:
         NVFP4Tensor
 
     Raises:
-        TypeError: non-float input. ValueError: bad K, rows, block, signs, seed/offset.
+        TypeError: non-float input. ValueError: bad K, rows, block (or 16x16 with RHT),
+        signs, seed/offset, negative amax.
     """
     _check_float_input(x, "quantize_nvfp4")
     if block not in BLOCKS:
@@ -82,7 +97,13 @@ def quantize_nvfp4(x, *, block="1x16", rht=False, sign_vector=None, stochastic=F
     if block == "16x16" and (x.dim() < 2 or x.shape[-2] % 16 != 0):
         raise ValueError(f"block='16x16' needs the row dim (second-to-last) to be a multiple "
                          f"of 16; got shape {tuple(x.shape)}")
-    signs = check_sign_vector(sign_vector) if rht else None
+    if block == "16x16" and rht:
+        raise ValueError("block='16x16' with rht=True is not supported: the RHT belongs to "
+                         "the 1x16 wgrad operands (NUMERICS 6-7); pass block='1x16' or "
+                         "rht=False")
+    # A bad vector is refused even with rht=False, where it would otherwise go unseen.
+    signs = check_sign_vector(sign_vector)
+    signs = signs if rht else None
     _check_uint64(seed, "seed")
     _check_uint64(offset, "offset")
     impl = backends.get(backend, "quantize_nvfp4", x.device)
@@ -196,6 +217,7 @@ def dequantize_nvfp4(t, dtype=torch.float32, *, backend="auto"):
     """``e2m1(q) * s_b * S_dec`` of an NVFP4Tensor, as ``dtype``."""
     if not isinstance(t, NVFP4Tensor):
         raise TypeError(f"dequantize_nvfp4 takes an NVFP4Tensor; got {type(t).__name__}")
+    check_float_dtype(dtype, "dtype")
     impl = backends.get(backend, "dequantize_nvfp4", t.device)
     return impl(t.data, t.scale, t.amax, dtype)
 
@@ -214,10 +236,22 @@ def quantize_fp8(x, *, backend="auto"):
     return FP8Tensor(data, scale, x.shape)
 
 
-def _check_gemm_operands(a, b, kind, bias):
+def _check_gemm_operands(a, b, kind, bias, out_dtype):
     if not isinstance(a, kind) or not isinstance(b, kind):
         raise TypeError(f"operands must both be {kind.__name__}; got "
                         f"{type(a).__name__} and {type(b).__name__}")
+    if a.device != b.device:
+        raise ValueError(f"operands must be on one device; got a on {a.device}, b on "
+                         f"{b.device}")
+    check_float_dtype(out_dtype, "out_dtype")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor):
+            raise TypeError(f"bias must be a tensor or None; got {type(bias).__name__}")
+        if bias.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"bias must be float32, bfloat16 or float16; got {bias.dtype}")
+        if bias.device != a.device:
+            raise ValueError(f"bias must be on the operands' device {a.device}; got "
+                             f"{bias.device}")
     if len(b.shape) != 2:
         raise ValueError(f"operand b must be 2-D [N, K]; got shape {tuple(b.shape)}")
     if a.shape[-1] != b.shape[-1]:
@@ -241,7 +275,7 @@ def nvfp4_gemm(a, b, bias=None, out_dtype=torch.bfloat16, *, backend="auto"):
     Raises:
         ValueError: mismatched K, bias shape, or operands with different RHT signs.
     """
-    _check_gemm_operands(a, b, NVFP4Tensor, bias)
+    _check_gemm_operands(a, b, NVFP4Tensor, bias, out_dtype)
     if a.rht_signs != b.rht_signs:
         raise ValueError(f"operands must share one RHT (or none) to multiply; got "
                          f"a.rht_signs={a.rht_signs}, b.rht_signs={b.rht_signs}")
@@ -258,7 +292,7 @@ def nvfp4_gemm(a, b, bias=None, out_dtype=torch.bfloat16, *, backend="auto"):
 
 def fp8_gemm(a, b, bias=None, out_dtype=torch.bfloat16, *, backend="auto"):
     """``a @ b.T`` of two FP8Tensors: FP32 accumulation, row scales applied after (NUMERICS 9)."""
-    _check_gemm_operands(a, b, FP8Tensor, bias)
+    _check_gemm_operands(a, b, FP8Tensor, bias, out_dtype)
     impl = backends.get(backend, "fp8_gemm", a.device)
     lead = a.shape[:-1]
     rows = math.prod(lead)          # not -1: K may be 0 (an empty contraction)

@@ -11,7 +11,12 @@ Load-bearing details (each one changes bits if "simplified"):
 * ``s_b = e4m3_rne(min(block_amax * (S_enc * (1/6)), 448))``: ``S_enc * (1/6)`` first.
 * No lower clamp on ``s_b``: a block whose scale underflows E4M3 stores 0x00, encodes
   with ``enc_b = FLT_MAX`` and dequantizes to exactly 0.
-* The E4M3 cast is preceded by a clamp to 448 (PyTorch's cast does not saturate).
+* The E4M3 cast is preceded by a clamp to 448. torch >= 2.12 saturates on its own (its
+  CPU cast maps 500 and Inf to 448 on 2.13), but torch 2.11, which lowprec supports,
+  returns NaN (0x7F) for |v| >= 480 and for Inf (pytorch/pytorch#178817 changed it).
+* Canonical NaN: every NaN that dequantization or FP8 quantization produces is the
+  positive quiet NaN of its dtype (fp32 0x7FC00000, bf16 0x7FC0, fp16 0x7E00,
+  float8_e4m3fn 0x7F), whatever the sign or payload of the NaN that caused it.
 * E2M1 round-to-nearest-even is a count of threshold comparisons (ties alternate
   down/up along the grid); stochastic rounding compares ``float(r >> 8)`` with
   ``p * 2^24``.
@@ -39,6 +44,12 @@ E2M1_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 DEFAULT_SIGN_VECTOR = (1, 1, 1, -1, 1, -1, -1, -1, -1, -1, -1, 1, -1, 1, -1, -1)
 
 E4M3_NAN_BYTE = 0x7F
+
+# The canonical (positive quiet) NaN of each output dtype, as an integer bit pattern.
+CANONICAL_NAN_BITS = {torch.float32: (torch.int32, 0x7FC00000),
+                      torch.bfloat16: (torch.int16, 0x7FC0),
+                      torch.float16: (torch.int16, 0x7E00),
+                      torch.float8_e4m3fn: (torch.uint8, E4M3_NAN_BYTE)}
 
 PHILOX_ROUND_A = 0xD2511F53
 PHILOX_ROUND_B = 0xCD9E8D57
@@ -122,17 +133,24 @@ def e2m1_round_stochastic(v, random_words, sign_source=None):
 # E4M3 (NUMERICS 1, 2, 9)
 # ----------------------------------------------------------------------------------
 
+def canonical_nan(dtype, device=None):
+    """A 0-d tensor of ``dtype`` holding its canonical NaN (``CANONICAL_NAN_BITS``)."""
+    int_dtype, bits = CANONICAL_NAN_BITS[dtype]
+    return torch.tensor(bits, dtype=int_dtype, device=device).view(dtype)
+
+
+def canonicalize_nan(t):
+    """``t`` with every NaN replaced by the canonical NaN of its dtype."""
+    return torch.where(torch.isnan(t), canonical_nan(t.dtype, t.device), t)
+
+
 def e4m3_round(v):
-    """FP32 -> float8_e4m3fn with RNE, saturating at +-448. NaN stays NaN."""
-    return torch.clamp(v, min=-E4M3_MAX, max=E4M3_MAX).to(torch.float8_e4m3fn)
+    """FP32 -> float8_e4m3fn with RNE, saturating at +-448; NaN becomes 0x7F.
 
-
-def _positive_e4m3_scale(v):
-    """E4M3 scale of a non-negative FP32 value; NaN becomes the canonical 0x7F."""
-    scale = e4m3_round(v)
-    nan_byte = torch.tensor(E4M3_NAN_BYTE, dtype=torch.uint8, device=v.device)
-    nan_byte = nan_byte.view(torch.float8_e4m3fn)
-    return torch.where(torch.isnan(v), nan_byte, scale)
+    The clamp comes first because torch 2.11's cast does not saturate (see the module
+    docstring); a NaN passes the clamp and is pinned to the canonical byte.
+    """
+    return canonicalize_nan(torch.clamp(v, min=-E4M3_MAX, max=E4M3_MAX).to(torch.float8_e4m3fn))
 
 
 # ----------------------------------------------------------------------------------
@@ -162,7 +180,7 @@ def global_decode_scale(amax):
 def block_scales(block_amax, s_enc):
     """s_b = e4m3_rne(min(block_amax * (S_enc * (1/6)), 448)); non-finite -> NaN."""
     block_amax = torch.where(torch.isfinite(block_amax), block_amax, _f32(float("nan")))
-    return _positive_e4m3_scale(block_amax * (s_enc * _f32(1.0 / 6.0)))
+    return e4m3_round(block_amax * (s_enc * _f32(1.0 / 6.0)))
 
 
 def block_encode_scales(scales, s_enc):
@@ -386,8 +404,12 @@ def quantize_weight_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0
 
 def dequantize_nvfp4(data, scale, amax, dtype=torch.float32):
     """x_hat = e2m1_value(q) * f32(s_b) * S_dec, then cast to ``dtype``."""
-    values = block_dequantize_nvfp4(data, scale)
-    return (values * global_decode_scale(amax)).to(dtype)
+    return apply_global_decode_scale(block_dequantize_nvfp4(data, scale), amax, dtype)
+
+
+def apply_global_decode_scale(values, amax, dtype):
+    """``values * S_dec`` (FP32) cast to ``dtype``, every NaN the canonical one."""
+    return canonicalize_nan((values * global_decode_scale(amax)).to(dtype))
 
 
 def block_dequantize_nvfp4(data, scale):
@@ -422,7 +444,7 @@ def quantize_fp8_rowwise(x):
         return x.to(torch.float8_e4m3fn), torch.ones(*x.shape[:-1], 1, device=x.device)
     row_amax = x.abs().amax(dim=-1, keepdim=True)
     scale = row_amax / _f32(E4M3_MAX)
-    scale = torch.where(row_amax == 0, _f32(1.0), scale)
+    scale = canonicalize_nan(torch.where(row_amax == 0, _f32(1.0), scale))
     return e4m3_round(x / scale), scale
 
 

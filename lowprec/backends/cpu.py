@@ -44,8 +44,8 @@ def quantize_nvfp4(x, *, block="1x16", rht_signs=None, stochastic=False, seed=0,
 
 
 def dequantize_nvfp4(data, scale, amax, dtype=torch.float32):
-    values = _C.block_dequantize_nvfp4(data, scale)
-    return (values * reference.global_decode_scale(amax)).to(dtype)
+    return reference.apply_global_decode_scale(_C.block_dequantize_nvfp4(data, scale), amax,
+                                               dtype)
 
 
 def quantize_fp8(x):

@@ -44,15 +44,10 @@ def _bits(t):
     return t.detach().cpu().contiguous().view(view)
 
 
-def _same_bits(got, want, nan_sign_free=None):
-    """torch.equal on raw bits; ``nan_sign_free`` (bool mask over ``got``'s elements, or
-    over packed bytes' nibbles) marks entries whose sign bit the spec leaves open."""
+def _same_bits(got, want):
+    """torch.equal on raw bits (NaN signs and payloads included)."""
     got_bits, want_bits = _bits(got), _bits(want)
     assert got_bits.shape == want_bits.shape, (got.shape, want.shape)
-    if nan_sign_free is not None:
-        got_bits, want_bits = got_bits.clone(), want_bits.clone()
-        got_bits[nan_sign_free] &= 0x77
-        want_bits[nan_sign_free] &= 0x77
     if not torch.equal(got_bits, want_bits):
         diff = (got_bits != want_bits).nonzero()
         first = tuple(diff[0].tolist())
@@ -69,8 +64,8 @@ def same_bits():
 @pytest.fixture
 def same_triple():
     """Compare (data, scale, amax) triples bit for bit."""
-    def check(got, want, nan_sign_free=None):
-        _same_bits(got[0], want[0], nan_sign_free)
+    def check(got, want):
+        _same_bits(got[0], want[0])
         _same_bits(got[1], want[1])
         _same_bits(got[2].reshape(()), want[2].reshape(()))
     return check

@@ -101,3 +101,11 @@ def test_seed_and_offset_map_onto_int64():
     assert backend._to_int64(2**64 - 1) == -1
     assert backend._to_int64(2**63) == -(2**63)
     assert backend._to_int64(5) == 5
+
+
+def test_16x16_with_rht_signs_is_refused_below_ops(device):
+    """The Triton op used to drop the signs of a 16x16 quantization and return plain codes;
+    called directly (bypassing ops.py), it now refuses."""
+    with pytest.raises(ValueError, match="16x16' with rht_signs is not supported"):
+        backend.quantize_nvfp4(torch.randn(16, 32, device=device), block="16x16",
+                               rht_signs=R.DEFAULT_SIGN_VECTOR)

@@ -37,12 +37,9 @@ def test_non_finite_rows(device, same_bits):
     x[4, 7] = -float("inf")
     data, scale = quantize_fp8(x.to(device))
     want_data, want_scale = R.quantize_fp8_rowwise(x)
-    assert torch.equal(torch.isnan(scale.cpu()), torch.isnan(want_scale))
-    same_bits(scale.cpu()[~torch.isnan(want_scale)], want_scale[~torch.isnan(want_scale)])
-    # A NaN made by the division (Inf/Inf) has a platform-defined sign: compare the rest.
-    nan = torch.isnan(want_data.float())
-    assert torch.equal(torch.isnan(data.cpu().float()), nan)
-    same_bits(data.cpu()[~nan], want_data[~nan])
+    # NaN included (Inf/Inf, NaN / scale): every NaN is the canonical 0x7F / 0x7FC00000.
+    same_bits(scale, want_scale)
+    same_bits(data, want_data)
 
 
 def test_gemm_semantics(device):
@@ -57,3 +54,52 @@ def test_gemm_semantics(device):
     bound = (64 * 2**-24 * (a.data.float().abs() @ b.data.float().abs().t()).cpu()
              * a.scale.cpu() * b.scale.cpu().t() + want.abs() * 2**-8)
     assert ((got - want).abs() <= bound).all()
+
+
+def div_rn_probes():
+    """Rows whose quotients x / scale sit within a few FP32 ulps of E4M3 ties.
+
+    Each row holds 448 * s (so scale = s exactly, for s = 3, 5, 7, 1.75 * 2^-3) and values
+    t * s nudged by -3..3 ulps for every E4M3 tie t from the subnormals up, so a division
+    that is off by an ulp (an approximate reciprocal, ``div.full.f32``) lands on the other
+    side of a tie for some of them, where ``tl.div_rn`` cannot.
+    """
+    finite = torch.arange(0x7F, dtype=torch.int32).to(torch.uint8).view(torch.float8_e4m3fn)
+    grid = finite.to(torch.float64)
+    ties = ((grid[:-1] + grid[1:]) / 2)
+    rows = []
+    for s in (3.0, 5.0, 7.0, 1.75 / 8):
+        centre = (ties * s).to(torch.float32)
+        nudged = [(centre.view(torch.int32) + d).view(torch.float32) for d in range(-3, 4)]
+        values = torch.cat(nudged)
+        values = values[values.abs() <= 448 * s]
+        row = torch.full((values.numel() + 1,), 448 * s)
+        row[1:] = values
+        rows.append(row)
+    width = max(r.numel() for r in rows)
+    return torch.stack([torch.cat([r, r.new_zeros(width - r.numel())]) for r in rows])
+
+
+def test_div_rn_probes_discriminate():
+    """The probes can fail: an approximate division, x * fp32(1 / scale), gives other bytes
+    than the correctly rounded x / scale of the reference on many of them."""
+    x = div_rn_probes()
+    _, scale = R.quantize_fp8_rowwise(x)
+    assert scale.flatten().tolist() == [3.0, 5.0, 7.0, 1.75 / 8]
+    exact = R.e4m3_round(x / scale).view(torch.uint8)
+    approx = R.e4m3_round(x * (1.0 / scale)).view(torch.uint8)
+    assert (exact != approx).sum() >= 20
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_div_rn_on_the_gpu(same_bits):
+    """``pytest -m gpu``: the compiled FP8 kernel divides with tl.div_rn. Mutant: plain
+    ``x / scale`` in kernels/fp8.py compiles to an approximate division on the GPU and
+    changes bytes of these probes (the interpreter's numpy division is correctly rounded,
+    so only this GPU run can see it)."""
+    x = div_rn_probes()
+    data, scale = quantize_fp8(x.cuda())
+    want_data, want_scale = R.quantize_fp8_rowwise(x)
+    same_bits(scale, want_scale)
+    same_bits(data, want_data)

@@ -27,17 +27,6 @@ def reference_pair(x, signs, row_sr=False, col_sr=False, seed=0, row_offset=0,
     return row, col
 
 
-def nan_nibbles(x, signs):
-    """Packed-byte mask of columnwise codes whose element is a NaN made inside the RHT:
-    the sign of such a NaN is platform-defined (NUMERICS leaves it open)."""
-    if signs is None:
-        return None
-    values = R.rht(pad_rows(x.cpu().float()).t().contiguous(), signs)
-    nan = torch.isnan(values)
-    made_here = nan & ~torch.isnan(pad_rows(x.cpu().float()).t())
-    return made_here.reshape(*nan.shape[:-1], -1, 2).any(-1)
-
-
 def sample(shape, dtype, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=g) * torch.exp2(torch.randint(-6, 7, shape, generator=g))
@@ -80,13 +69,26 @@ NON_CONTIGUOUS = {
 
 
 @pytest.mark.parametrize("view", sorted(NON_CONTIGUOUS))
-def test_non_contiguous_input(device, same_triple, view):
+def test_non_contiguous_input(device, same_triple, monkeypatch, view):
+    """The kernel itself reads the strided view: the launcher is spied on to see the
+    strides it gets (a backend that copied to contiguous first would hide a kernel that
+    ignores strides; that mutant, ``view.stride(0), view.stride(1)`` replaced by ``k, 1``
+    in quantize_row_col's launch, fails here)."""
+    import lowprec.kernels.quantize_row_col as q1
+    seen = []
+    launch = q1.quantize_row_col
+
+    def spy(x, **kwargs):
+        seen.append(x.stride())
+        return launch(x, **kwargs)
+    monkeypatch.setattr(q1, "quantize_row_col", spy)
     make = NON_CONTIGUOUS[view]
     base = sample((96, 400), torch.bfloat16, seed=1)
     x = make(base.to(device))
     assert not x.is_contiguous()
     row, col = quantize_row_col(x, rht_signs=OTHER_SIGNS, col_stochastic=True,
                                 seed=5, row_offset=0, col_offset=77)
+    assert seen == [x.stride()]
     want_row, want_col = reference_pair(make(base), OTHER_SIGNS, col_sr=True, seed=5,
                                         col_offset=77)
     same_triple(row, want_row)
@@ -118,7 +120,7 @@ def test_special_values(device, same_triple, dtype, stochastic):
     want_row, want_col = reference_pair(x, SIGNS, stochastic, stochastic, 9, 0, 2**62)
     assert torch.isnan(row[2]) and torch.isnan(col[2])       # non-finite input -> NaN amax
     same_triple(row, want_row)
-    same_triple(col, want_col, nan_sign_free=nan_nibbles(x, SIGNS))
+    same_triple(col, want_col)
 
 
 @pytest.mark.parametrize("dtype", ["f32", "bf16"])
@@ -130,7 +132,7 @@ def test_finite_extremes(device, same_triple, dtype):
     want_row, want_col = reference_pair(x, SIGNS)
     assert torch.isfinite(row[2])
     same_triple(row, want_row)
-    same_triple(col, want_col, nan_sign_free=nan_nibbles(x, SIGNS))
+    same_triple(col, want_col)
 
 
 def test_all_zero_tensor(device, same_triple):

@@ -25,7 +25,7 @@ def spec_scale_chain(block_amax, amax):
 
 
 def test_amax_zero_gives_unit_global_scale_and_zero_everything():
-    q = lowprec.quantize_nvfp4(torch.zeros(4, 32))
+    q = lowprec.quantize_nvfp4(torch.zeros(4, 32), backend="reference")
     assert q.amax.item() == 0.0
     assert R.global_encode_scale(q.amax).item() == 1.0
     assert not q.data.any() and not q.scale.view(torch.uint8).any()
@@ -36,7 +36,7 @@ def test_all_zero_block_inside_a_nonzero_tensor():
     x = torch.zeros(2, 48)
     x[0, :16] = torch.linspace(-3, 3, 16)
     x[1, 32:] = 5.0
-    q = lowprec.quantize_nvfp4(x)
+    q = lowprec.quantize_nvfp4(x, backend="reference")
     scales = q.scale.view(torch.uint8)
     assert scales[0, 1] == 0 and scales[0, 2] == 0 and scales[1, 0] == 0
     deq = q.dequantize()
@@ -49,7 +49,7 @@ def test_block_whose_scale_underflows_e4m3_dequantizes_to_exact_zero():
     x[0, 16:] = 1.0e-6                  # block amax * S_enc / 6 < 2^-10: scale byte 0
     s_b, enc_b, _ = spec_scale_chain(1.0e-6, 1.0e4)
     assert s_b == 0 and enc_b == FLT_MAX
-    q = lowprec.quantize_nvfp4(x)
+    q = lowprec.quantize_nvfp4(x, backend="reference")
     assert q.scale.view(torch.uint8)[0, 1].item() == 0
     # enc_b = FLT_MAX saturates the codes, yet the block dequantizes to exactly 0.
     assert (q.codes()[0, 16:] == 7).all()
@@ -94,7 +94,7 @@ def test_extreme_magnitudes(magnitude, dtype):
     x = (torch.randn(4, 64).clamp(-1.1, 1.1) * magnitude).to(dtype)
     if dtype == torch.bfloat16 and magnitude < 1e-38:
         pytest.skip(f"{magnitude} is below bfloat16's range in a randn tensor")
-    q = lowprec.quantize_nvfp4(x)
+    q = lowprec.quantize_nvfp4(x, backend="reference")
     assert torch.isfinite(q.amax)
     amax = x.float().abs().max()
     assert q.amax.item() == amax.item()
@@ -121,7 +121,7 @@ def test_non_finite_input_makes_every_scale_nan():
     for bad in (float("nan"), float("inf"), -float("inf")):
         x = torch.randn(2, 32)
         x[1, 5] = bad
-        q = lowprec.quantize_nvfp4(x)
+        q = lowprec.quantize_nvfp4(x, backend="reference")
         assert torch.isnan(q.amax)
         assert (q.scale.view(torch.uint8) == 0x7F).all()
         assert torch.isnan(q.dequantize()).all()
@@ -129,10 +129,10 @@ def test_non_finite_input_makes_every_scale_nan():
 
 def test_given_amax_is_used_and_a_non_finite_block_is_nan():
     x = torch.randn(2, 32)
-    q = lowprec.quantize_nvfp4(x, amax=100.0)
+    q = lowprec.quantize_nvfp4(x, amax=100.0, backend="reference")
     assert q.amax.item() == 100.0
     x[0, 0] = float("nan")
-    q = lowprec.quantize_nvfp4(x, amax=100.0)
+    q = lowprec.quantize_nvfp4(x, amax=100.0, backend="reference")
     assert q.scale.view(torch.uint8)[0, 0].item() == 0x7F
     assert torch.isnan(q.dequantize()[0, :16]).all()
     assert torch.isfinite(q.dequantize()[0, 16:]).all()

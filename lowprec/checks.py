@@ -1,0 +1,29 @@
+"""Argument checks shared by every entry point (ops.py, the C++ and Triton backends'
+training-layer entry points): one function per kind of argument, each raising an error
+that names the argument and its value. Imports nothing of lowprec, so any layer may use
+it."""
+
+import numbers
+
+import torch
+
+
+def sign_vector(signs, name="sign_vector"):
+    """The 16 RHT signs as a tuple of +-1 ints, or ValueError naming ``name``.
+
+    Accepts a flat list/tuple of 16 numbers or a 1-D non-bool tensor of 16 entries, each
+    +1 or -1. Bools (``True == 1`` in Python), strings and nested lists are refused rather
+    than coerced.
+    """
+    if isinstance(signs, torch.Tensor):
+        ok_kind = signs.dim() == 1 and signs.dtype != torch.bool
+        entries = signs.tolist() if ok_kind else None
+    elif isinstance(signs, (list, tuple)):
+        entries = list(signs)
+        ok_kind = all(isinstance(s, numbers.Real) and not isinstance(s, bool) for s in entries)
+    else:
+        ok_kind, entries = False, None
+    if not ok_kind or len(entries) != 16 or any(s not in (1, -1) for s in entries):
+        raise ValueError(f"{name} must be 16 entries of +1/-1 (ints, a flat list or a 1-D "
+                         f"tensor); got {signs!r}")
+    return tuple(int(s) for s in entries)
