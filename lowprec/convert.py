@@ -1,66 +1,195 @@
-"""convert / unconvert: swap a model's ``nn.Linear``s for ``lowprec.Linear`` and back.
+"""convert / unconvert: swap a model's weight matmuls for lowprec's and back.
 
-Which layers: exactly the modules of type ``nn.Linear`` (or already ``lowprec.Linear``).
-Subclasses of ``nn.Linear`` are left alone, since their forward may do something else
-(``nn.MultiheadAttention``'s ``out_proj`` is such a subclass, and MHA never calls its
-forward). Embeddings, norms, attention BMMs and heads that are not ``nn.Linear`` are
-never touched.
+Which modules (``weight_matmuls``): every module that multiplies by a weight it owns is
+listed in the plan, under its qualified name, with its precisions or the reason it is
+untouched. Converted are
+
+* ``nn.Linear`` (exactly that type) -> ``lowprec.Linear``;
+* ``transformers``' ``Conv1D`` (GPT-2 family, weight ``[K, N]``) -> ``lowprec.conv1d.Conv1D``
+  with the same numerics (the blocks run along the contraction K);
+* groups of experts (3-D expert weights in a layout an adapter of ``lowprec.moe``
+  recognises) -> ``lowprec.moe.GroupedExperts``; each projection (``gate_up_proj``,
+  ``down_proj``) is one plan entry covering all E experts (one precision choice for all
+  experts of a layer), with top_k x N x K multiply-adds per token.
+
+Untouched, listed with the reason: MoE routers (kept BF16 on purpose, see
+``lowprec.moe``), subclasses of ``nn.Linear`` (their forward may do something else;
+``nn.MultiheadAttention``'s ``out_proj`` is one, and MHA never calls its forward), and
+any other module owning a 2-D or larger weight (``nn.MultiheadAttention``'s in_proj,
+convolutions, expert weights in an unknown layout). ``convert`` warns once, listing
+these, except the routers. Embeddings are lookups, not matmuls, and are not listed; a
+linear layer whose weight is an embedding's (a tied LM head) is one entry, and its
+reason names the embedding.
+
+FLOPs shares (``LayerPlan.flops_share``) are each entry's share of the per-token
+multiply-adds of all entries, untouched ones included, so ``plan.summary()`` is the
+share of all the model's weight matmuls.
 
 The default plan (no budget, no plan given):
 
-* Repeated transformer blocks are the ``nn.ModuleList`` or ``nn.Sequential`` whose
-  children (at least one) are all of one class, each a composite module holding some
-  ``nn.Linear`` (so a Sequential of bare Linears is not a block list), and which holds
-  the most parameters among such lists (parameters rather than children, so that a
-  list of MoE experts inside a block does not win over the list of blocks).
-* The last ``max(1, round(0.15 * L))`` of its L blocks stay BF16 (NUMERICS 7), and so do
-  linear layers outside the blocks (an ``nn.Linear`` LM head, input projections): the
-  NVFP4 recipe quantizes the block GEMMs only. Without repeated blocks every layer
-  takes the recipe.
+* Block lists are the ``nn.ModuleList`` or ``nn.Sequential`` whose children (at least
+  one) are all of one class, each a composite module holding a converted kind of layer
+  (so a Sequential of bare Linears is not a block list), and which lie in no other
+  block list: every such list counts (encoder and decoder, vision and text towers),
+  a list of experts inside a block does not.
+* In each list of L blocks, the last ``max(1, round(0.15 * L))`` stay BF16 (NUMERICS 7),
+  and so do layers outside every block list (an ``nn.Linear`` LM head, input
+  projections): the NVFP4 recipe quantizes the block GEMMs only. Without block lists
+  every layer takes the recipe. ``LayerPlan.block_list`` names a layer's list.
 * A layer whose K or N is not a multiple of 16 stays BF16 with that reason, and so does
   a layer for which ``filter_fn(name, module)`` is False (reason ``"filtered"``).
 
-Every planned layer becomes a ``lowprec.Linear`` (a BF16 one quantizes nothing and runs
-``F.linear``), so applying another plan later only changes recipes: parameters, their
-optimizer state and the module objects stay as they are. Convert before wrapping the
-model in DDP, FSDP (``fully_shard``) or ``torch.compile``.
+Every planned layer becomes a lowprec module (a BF16 one quantizes nothing), so applying
+another plan later only changes recipes: parameters, their optimizer state and the module
+objects stay as they are. Convert before wrapping the model in DDP, FSDP
+(``fully_shard``) or ``torch.compile``.
 """
 
+import dataclasses
 import warnings
 
 from torch import nn
 
+from lowprec.conv1d import Conv1D, is_conv1d
 from lowprec.linear import NVFP4_BLOCK, Linear, check_nvfp4_shape
+from lowprec.moe import (
+    ROUTER_REASON,
+    GroupedExperts,
+    experts_adapter,
+    find_top_k,
+    has_expert_weights,
+    is_router,
+)
 from lowprec.plan import LayerPlan, Plan
 from lowprec.recipe import Recipe
 
 BF16_TAIL_FRACTION = 0.15
+CONVERTED_KINDS = ("linear", "conv1d", "experts")
+NOT_PLANNED_EXPERTS = ("not planned by the budget planner: it has no statistics for "
+                       "expert groups yet (kept BF16)")
 
 
-def _is_convertible(module):
+@dataclasses.dataclass
+class WeightMatmul:
+    """One weight a model multiplies by, as ``convert`` sees it.
+
+    ``name``: the plan name; ``module``: the module holding the weight; ``kind``: one of
+    ``lowprec.plan.KINDS``; ``shape``: the linear weight's (N, K) (one expert's);
+    ``reason``: why it must stay BF16 (forced or untouched), else None; ``experts``:
+    ``[E, top_k]`` for experts; ``warn``: an untouched module ``convert`` warns about;
+    ``tied_to``: the embedding whose weight a linear layer shares (a tied LM head).
+    """
+
+    name: str
+    module: nn.Module
+    kind: str
+    shape: tuple
+    reason: str | None = None
+    experts: list | None = None
+    warn: bool = False
+    tied_to: str | None = None
+
+    @property
+    def macs_per_token(self):
+        return self.shape[0] * self.shape[1] * (self.experts[1] if self.experts else 1)
+
+
+def _is_linear(module):
     return type(module) is nn.Linear or isinstance(module, Linear)
 
 
+def _is_converted_kind(module):
+    return _is_linear(module) or is_conv1d(module) or experts_adapter(module) is not None
+
+
+def _shape_reason(n, k):
+    if k % NVFP4_BLOCK or n % NVFP4_BLOCK:
+        return (f"shape (N={n}, K={k}): nvfp4 and fp8 GEMMs need K and N multiples "
+                f"of {NVFP4_BLOCK}")
+    return None
+
+
+def _embedding_names(model):
+    """``{id(weight): embedding name}`` of every embedding's weight."""
+    return {id(m.weight): name for name, m in model.named_modules()
+            if isinstance(m, (nn.Embedding, nn.EmbeddingBag))}
+
+
+def _parent(model, name):
+    return model.get_submodule(name.rsplit(".", 1)[0] if "." in name else "")
+
+
+def _experts_entries(model, name, module, filter_fn):
+    adapter = experts_adapter(module)
+    top_k = find_top_k(_parent(model, name)) if name else None
+    if adapter is None or top_k is None:
+        why = ("expert weights in a layout no lowprec.moe adapter knows" if adapter is None
+               else "experts whose top_k (on the MoE block or its router) is unknown")
+        return [_untouched(name, module, f"untouched: {why}", warn=True)]
+    out = []
+    for tensor in adapter.tensors:
+        weight = getattr(module, tensor)
+        e, n, k = weight.shape
+        full = f"{name}.{tensor}"
+        reason = _shape_reason(n, k)
+        if reason is None and filter_fn is not None and not filter_fn(full, module):
+            reason = "filtered"
+        out.append(WeightMatmul(full, module, "experts", (n, k), reason, [e, top_k]))
+    return out
+
+
+def _untouched(name, module, reason, warn):
+    weights = [p for p in module.parameters(recurse=False) if p.dim() >= 2]
+    n = sum(p.shape[0] for p in weights)
+    k = weights[0][0].numel() if weights else 0
+    return WeightMatmul(name, module, "untouched", (n, k), reason, warn=warn)
+
+
+def weight_matmuls(model, filter_fn=None):
+    """Every weight matmul of ``model`` in model order, as ``WeightMatmul`` entries.
+
+    See the module docstring for what is converted and what is untouched. An untouched
+    module with several 2-D weights (MHA's q/k/v) is one entry whose N sums them.
+    """
+    embeddings = _embedding_names(model)
+    out = []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+            continue
+        if _is_linear(module) or is_conv1d(module):
+            kind = "linear" if _is_linear(module) else "conv1d"
+            n, k = module.linear_shape if isinstance(module, Conv1D) else (
+                (module.nf, module.nx) if kind == "conv1d" else module.weight.shape)
+            reason = _shape_reason(n, k)
+            if reason is None and filter_fn is not None and not filter_fn(name, module):
+                reason = "filtered"
+            entry = WeightMatmul(name, module, kind, (n, k), reason)
+            if id(module.weight) in embeddings:
+                entry.tied_to = embeddings[id(module.weight)]
+            out.append(entry)
+        elif isinstance(module, nn.Linear):
+            out.append(_untouched(name, module, f"untouched: {type(module).__name__} is a "
+                                  f"subclass of nn.Linear (its forward may differ)", True))
+        elif has_expert_weights(module):
+            out.extend(_experts_entries(model, name, module, filter_fn))
+        elif any(p.dim() >= 2 for p in module.parameters(recurse=False)):
+            if is_router(module):
+                out.append(_untouched(name, module, ROUTER_REASON, warn=False))
+            else:
+                out.append(_untouched(name, module, f"untouched: lowprec does not convert "
+                                      f"{type(module).__name__}", warn=True))
+    return out
+
+
 def candidate_layers(model, filter_fn=None):
-    """The linear layers a plan covers, in model order.
+    """The layers the budget planner measures (linear and Conv1D), in model order.
 
     Returns:
         list of ``(name, module, forced_reason)``; ``forced_reason`` is None, or why the
         layer must stay BF16 (a shape NVFP4 and FP8 GEMMs cannot take, or ``"filtered"``).
     """
-    out = []
-    for name, module in model.named_modules():
-        if not _is_convertible(module):
-            continue
-        n, k = module.weight.shape
-        forced = None
-        if k % NVFP4_BLOCK or n % NVFP4_BLOCK:
-            forced = (f"shape (N={n}, K={k}): nvfp4 and fp8 GEMMs need K and N multiples "
-                      f"of {NVFP4_BLOCK}")
-        elif filter_fn is not None and not filter_fn(name, module):
-            forced = "filtered"
-        out.append((name, module, forced))
-    return out
+    return [(e.name, e.module, e.reason) for e in weight_matmuls(model, filter_fn)
+            if e.kind in ("linear", "conv1d")]
 
 
 def _is_block_list(module):
@@ -68,109 +197,206 @@ def _is_block_list(module):
         return False
     if len({type(child) for child in module}) != 1:
         return False
-    return all(not isinstance(child, nn.Linear)
-               and any(isinstance(m, nn.Linear) for m in child.modules())
+    return all(not _is_linear(child) and not is_conv1d(child)
+               and any(_is_converted_kind(m) for m in child.modules())
                for child in module)
 
 
-def find_repeated_blocks(model):
-    """``(name, container)`` of the repeated transformer blocks, or None (see module doc)."""
-    best, best_params = None, -1
-    for name, module in model.named_modules():
-        if not _is_block_list(module):
+def find_block_lists(model):
+    """``[(name, container)]`` of every block list in no other one (module docstring)."""
+    found = []
+    for name, module in model.named_modules():            # outer lists come first
+        inside = any(outer == "" or name.startswith(f"{outer}.") for outer, _ in found)
+        if not inside and _is_block_list(module):
+            found.append((name, module))
+    return found
+
+
+def _tail(n_blocks):
+    return max(1, int(BF16_TAIL_FRACTION * n_blocks + 0.5))
+
+
+def _block_of(layer_name, block_lists):
+    """``(list name, block index, list length)`` of the block holding a layer, or None."""
+    for list_name, container in block_lists:
+        prefix = f"{list_name}." if list_name else ""
+        if not layer_name.startswith(prefix):
             continue
-        params = sum(p.numel() for p in module.parameters())
-        if params > best_params:            # ties keep the first (outermost) container
-            best, best_params = (name, module), params
-    return best
-
-
-def _block_index(layer_name, blocks_name, n_blocks):
-    """Index of the block holding ``layer_name``, or None if it is outside the blocks."""
-    prefix = f"{blocks_name}." if blocks_name else ""
-    if not layer_name.startswith(prefix):
-        return None
-    head = layer_name[len(prefix):].split(".", 1)[0]
-    if head.isdigit() and int(head) < n_blocks:
-        return int(head)
+        head = layer_name[len(prefix):].split(".", 1)[0]
+        if head.isdigit() and int(head) < len(container):
+            return list_name, int(head), len(container)
     return None
+
+
+def _default_choice(entry, where, have_lists):
+    """``(use the recipe?, reason)`` of one entry under the default rule."""
+    if entry.reason is not None:
+        return False, entry.reason
+    if not have_lists:
+        return True, "default recipe (no repeated blocks found)"
+    if where is None:
+        return False, "outside the repeated block lists (e.g. LM head)"
+    list_name, index, n_blocks = where
+    n_tail = _tail(n_blocks)
+    if index >= n_blocks - n_tail:
+        return False, (f"in the last {n_tail} of {n_blocks} blocks of '{list_name}' "
+                       f"(~{BF16_TAIL_FRACTION:.0%} kept BF16)")
+    return True, "default recipe"
+
+
+def _with_tie(reason, entry):
+    if entry.tied_to is None:
+        return reason
+    return f"{reason}; weight tied to embedding '{entry.tied_to}'"
+
+
+def _layer_plan(entry, precisions, reason, where, total):
+    return LayerPlan(entry.name, entry.shape, *precisions, reason=_with_tie(reason, entry),
+                     flops_share=entry.macs_per_token / total, kind=entry.kind,
+                     block_list=where[0] if where else None, experts=entry.experts)
 
 
 def default_plan(model, recipe=None, filter_fn=None):
     """The plan ``convert`` applies when given neither a budget nor a plan."""
     base = Recipe() if recipe is None else recipe
-    candidates = candidate_layers(model, filter_fn)
-    blocks = find_repeated_blocks(model)
-    meta = {"planner": "default", "recipe": base.to_dict()}
-    if blocks is not None:
-        blocks_name, container = blocks
-        n_blocks = len(container)
-        n_tail = max(1, int(BF16_TAIL_FRACTION * n_blocks + 0.5))
-        meta.update(blocks=blocks_name, n_blocks=n_blocks, bf16_tail_blocks=n_tail)
-    total = sum(m.weight.shape[0] * m.weight.shape[1] for _, m, _ in candidates) or 1
+    entries = weight_matmuls(model, filter_fn)
+    block_lists = find_block_lists(model)
+    meta = {"planner": "default", "recipe": base.to_dict(),
+            "block_lists": {name: [len(c), _tail(len(c))] for name, c in block_lists}}
+    total = sum(e.macs_per_token for e in entries) or 1
     layers = []
-    for name, module, forced in candidates:
-        n, k = module.weight.shape
-        use_base, reason = False, forced
-        if forced is None and blocks is None:
-            use_base, reason = True, "default recipe (no repeated blocks found)"
-        elif forced is None:
-            index = _block_index(name, blocks_name, n_blocks)
-            if index is None:
-                reason = f"outside the repeated blocks '{blocks_name}' (e.g. LM head)"
-            elif index >= n_blocks - n_tail:
-                reason = (f"in the last {n_tail} of {n_blocks} blocks "
-                          f"(~{BF16_TAIL_FRACTION:.0%} kept BF16)")
-            else:
-                use_base, reason = True, "default recipe"
+    for entry in entries:
+        where = _block_of(entry.name, block_lists)
+        use_base, reason = _default_choice(entry, where, bool(block_lists))
         precisions = base.precisions() if use_base else ("bf16",) * 3
-        layers.append(LayerPlan(name, (n, k), *precisions, reason=reason,
-                                flops_share=n * k / total))
+        layers.append(_layer_plan(entry, precisions, reason, where, total))
     return Plan(layers, meta)
+
+
+def _complete(plan, model, filter_fn):
+    """A planner's plan (linear and Conv1D layers) plus every other weight matmul, BF16
+    with its reason, and FLOPs shares over all of them (per-token MACs)."""
+    entries = weight_matmuls(model, filter_fn)
+    block_lists = find_block_lists(model)
+    total = sum(e.macs_per_token for e in entries) or 1
+    layers = []
+    for entry in entries:
+        where = _block_of(entry.name, block_lists)
+        if entry.name in plan:
+            planned = plan[entry.name]
+            layer = _layer_plan(entry, planned.precisions(), planned.reason, where, total)
+            layer.cost, layer.stats = planned.cost, planned.stats
+        else:
+            reason = entry.reason or NOT_PLANNED_EXPERTS
+            layer = _layer_plan(entry, ("bf16",) * 3, reason, where, total)
+        layers.append(layer)
+    return Plan(layers, plan.meta)
+
+
+def _resolve(model, layer):
+    """``(module, tensor or None, (N, K))`` that a plan entry names."""
+    try:
+        return model.get_submodule(layer.name), None
+    except AttributeError:
+        pass
+    owner, _, tensor = layer.name.rpartition(".")
+    try:
+        module = model.get_submodule(owner)
+    except AttributeError:
+        module = None
+    adapter = None if module is None else experts_adapter(module)
+    if adapter is None or tensor not in adapter.tensors:
+        raise KeyError(f"plan layer {layer.name!r} is not a submodule (or expert "
+                       f"projection) of the model")
+    return module, tensor
+
+
+def _module_shape(module, tensor):
+    if tensor is not None:
+        return tuple(getattr(module, tensor).shape[1:])
+    if isinstance(module, Conv1D):
+        return module.linear_shape
+    if is_conv1d(module):
+        return (module.nf, module.nx)
+    return tuple(module.weight.shape)
+
+
+def _current_recipe(module, tensor):
+    if isinstance(module, GroupedExperts):
+        return module.recipes[tensor]
+    return module.recipe if isinstance(module, (Linear, Conv1D)) else Recipe()
 
 
 def apply_plan(model, plan, recipe=None):
     """Give every layer of ``plan`` its precisions; returns the (possibly new) root.
 
-    An ``nn.Linear`` becomes a ``lowprec.Linear`` sharing its Parameters; a
-    ``lowprec.Linear`` gets a new recipe in place. The switches (RHT, SR, 2-D, signs)
-    come from ``recipe``, else from the layer's current recipe, else the defaults.
-    Everything is validated before anything changes.
+    An ``nn.Linear`` becomes a ``lowprec.Linear``, a Conv1D a ``lowprec.conv1d.Conv1D``,
+    a group of experts a ``GroupedExperts``, each sharing the original's Parameters; a
+    module converted before gets a new recipe in place. Untouched entries are skipped.
+    The switches (RHT, SR, 2-D, signs) come from ``recipe``, else from the layer's current
+    recipe, else the defaults. Everything is validated before anything changes.
 
     Raises:
-        KeyError: a layer name not in the model. TypeError: not a convertible linear.
+        KeyError: a layer name not in the model. TypeError: not a convertible layer.
         ValueError: a shape that differs from the plan's, or NVFP4 on a bad shape.
     """
-    resolved = []
+    resolved = {}                           # module -> {tensor or None: recipe}
     for layer in plan:
-        try:
-            module = model.get_submodule(layer.name)
-        except AttributeError:
-            raise KeyError(f"plan layer {layer.name!r} is not a submodule of the model") \
-                from None
-        if not _is_convertible(module):
-            raise TypeError(f"plan layer {layer.name!r} is a {type(module).__name__}; "
-                            f"only nn.Linear and lowprec.Linear can be planned")
-        if tuple(module.weight.shape) != layer.shape:
-            raise ValueError(f"plan layer {layer.name!r} has shape {layer.shape} but the "
-                             f"module's weight is {tuple(module.weight.shape)}")
-        base = recipe or (module.recipe if isinstance(module, Linear) else Recipe())
-        new_recipe = layer.recipe(base)
-        check_nvfp4_shape(module.weight.shape, new_recipe, layer.name)
-        resolved.append((layer.name, module, new_recipe))
-
-    for name, module, new_recipe in resolved:
-        if isinstance(module, Linear):
-            module.recipe = new_recipe
-            module.lowprec_name = name
+        if layer.kind == "untouched":
             continue
-        new = Linear.from_linear(module, new_recipe)
-        new.lowprec_name = name
+        module, tensor = _resolve(model, layer)
+        if tensor is None and not (_is_linear(module) or is_conv1d(module)):
+            raise TypeError(f"plan layer {layer.name!r} is a {type(module).__name__}; only "
+                            f"nn.Linear, Conv1D, expert projections and their lowprec "
+                            f"forms can be planned")
+        shape = _module_shape(module, tensor)
+        if shape != layer.shape:
+            raise ValueError(f"plan layer {layer.name!r} has shape {layer.shape} but the "
+                             f"module's weight is {shape} (as a linear weight (N, K))")
+        new_recipe = layer.recipe(recipe or _current_recipe(module, tensor))
+        check_nvfp4_shape(shape, new_recipe, layer.name)
+        resolved.setdefault(module, {})[tensor] = (layer.name, new_recipe)
+
+    new_modules = [(module, _converted(module, recipes)) for module, recipes in
+                   resolved.items()]
+    for module, new in new_modules:
+        if new is module:
+            continue
         if module is model:
             model = new
         else:
             _swap(model, module, new)
     return model
+
+
+def _converted(module, recipes):
+    """The lowprec module for ``module`` with ``recipes`` ({tensor: (name, recipe)})."""
+    if None not in recipes:                                   # expert projections
+        named = {tensor: recipe for tensor, (_, recipe) in recipes.items()}
+        owner = recipes[next(iter(recipes))][0].rpartition(".")[0]
+        if isinstance(module, GroupedExperts):
+            module.set_recipes(named)
+            return module
+        new = experts_adapter(module).convert(module, {})
+        new.lowprec_name = owner
+        new.set_recipes(named)
+        return new
+    name, recipe = recipes[None]
+    if isinstance(module, (Linear, Conv1D)):
+        module.lowprec_name = name
+        module.recipe = recipe
+        return module
+    if is_conv1d(module):
+        new = Conv1D(module, Recipe.uniform("bf16"))
+    else:
+        new = Linear.from_linear(module, Recipe.uniform("bf16"))
+    new.lowprec_name = name
+    new.recipe = recipe
+    return new
+
+
+def _original(module):
+    return module.to_linear() if isinstance(module, Linear) else module.to_original()
 
 
 def _swap(model, old, new):
@@ -181,14 +407,25 @@ def _swap(model, old, new):
                 parent._modules[key] = new
 
 
+def _warn_untouched(plan):
+    """One warning listing the weight-matmul modules convert could not handle."""
+    skipped = [f"{layer.name} ({layer.reason})" for layer in plan
+               if layer.kind == "untouched" and layer.reason != ROUTER_REASON]
+    if skipped:
+        warnings.warn(f"lowprec.convert left {len(skipped)} weight-matmul module(s) as they "
+                      f"are: " + "; ".join(skipped), stacklevel=3)
+
+
 def convert(model, budget=None, *, recipe=None, calibration=None, optimizer=None,
             loss_fn=None, filter_fn=None, plan=None, **plan_kwargs):
-    """Swap ``model``'s ``nn.Linear``s for ``lowprec.Linear`` in place, as planned.
+    """Swap ``model``'s weight matmuls for lowprec's in place, as planned.
 
     Args:
         model: an ``nn.Module``.
-        budget: None for the default plan (module docstring); else hand planning to
-            ``lowprec.planner.make_plan`` under this budget (needs ``calibration``).
+        budget: None for the default plan (module docstring); else hand planning of
+            the linear and Conv1D layers to ``lowprec.planner.make_plan`` under this
+            budget (needs ``calibration``); expert groups then stay BF16 (the planner
+            has no statistics for them) and the plan lists them with that reason.
         recipe: the base recipe (its switches, and the precisions the default plan
             gives); None means ``Recipe()`` (NUMERICS 7).
         calibration, optimizer, loss_fn: passed to the planner with ``budget`` (and
@@ -202,7 +439,8 @@ def convert(model, budget=None, *, recipe=None, calibration=None, optimizer=None
 
     Returns:
         The model (a new module only if ``model`` itself is an ``nn.Linear``), with the
-        applied Plan at ``model.lowprec_plan``.
+        applied Plan at ``model.lowprec_plan``. Warns once (UserWarning) listing the
+        weight-matmul modules left untouched, routers excepted.
     """
     from lowprec.planner import options          # no planner code runs before this check
 
@@ -229,6 +467,7 @@ def convert(model, budget=None, *, recipe=None, calibration=None, optimizer=None
                          optimizer=optimizer, loss_fn=loss_fn,
                          recipe=Recipe() if recipe is None else recipe,
                          candidates=candidate_layers(model, filter_fn), **plan_kwargs)
+        plan = _complete(plan, model, filter_fn)
     elif plan is None:
         plan = default_plan(model, recipe, filter_fn)
     if not isinstance(plan, Plan):
@@ -236,6 +475,7 @@ def convert(model, budget=None, *, recipe=None, calibration=None, optimizer=None
     _warn_unplanned(model, plan, filter_fn)
     model = apply_plan(model, plan, recipe)
     model.lowprec_plan = plan
+    _warn_untouched(plan)
     return model
 
 
@@ -251,15 +491,16 @@ def _warn_unplanned(model, plan, filter_fn):
 
 
 def unconvert(model):
-    """Replace every ``lowprec.Linear`` by an ``nn.Linear`` with the same Parameters.
+    """Give back the original modules, holding the same Parameters: ``nn.Linear`` for a
+    ``lowprec.Linear``, the original class for a Conv1D and for a group of experts.
 
-    Returns the model (a new ``nn.Linear`` if ``model`` itself is a ``lowprec.Linear``).
+    Returns the model (a new module if ``model`` itself is a converted one).
     """
-    if isinstance(model, Linear):
-        return model.to_linear()
+    if isinstance(model, (Linear, Conv1D, GroupedExperts)):
+        return _original(model)
     for module in list(model.modules()):
-        if isinstance(module, Linear):
-            _swap(model, module, module.to_linear())
+        if isinstance(module, (Linear, Conv1D, GroupedExperts)):
+            _swap(model, module, _original(module))
     if "lowprec_plan" in model.__dict__:
         del model.lowprec_plan
     return model

@@ -19,19 +19,32 @@ from lowprec.recipe import GEMMS, PRECISIONS, Recipe
 
 PLAN_FORMAT_VERSION = 1
 
+# What a plan entry is. "untouched": a module that multiplies by a weight it owns but
+# that lowprec does not convert (a router, an unknown layer); it stays as it is, listed
+# with the reason, so that the FLOPs shares cover every weight matmul of the model.
+KINDS = ("linear", "conv1d", "experts", "untouched")
+
 
 @dataclasses.dataclass
 class LayerPlan:
-    """The plan of one linear layer.
+    """The plan of one weight matmul (a linear layer, a Conv1D, one projection of a
+    group of experts, or an untouched module).
 
     Attributes:
-        name: the module's qualified name in the model (``model.get_submodule(name)``).
-        shape: ``(out_features, in_features)``, i.e. the weight's (N, K).
+        name: the module's qualified name in the model (``model.get_submodule(name)``);
+            for experts, the qualified name of the 3-D Parameter
+            (``...experts.gate_up_proj``).
+        shape: ``(out_features, in_features)``, i.e. the linear weight's (N, K) (one
+            expert's for experts).
         fprop, dgrad, wgrad: precisions, each in ``PRECISIONS``.
         reason: why these precisions (a forced BF16 says what forced it).
         flops_share: this layer's fraction of all planned linear FLOPs, or None.
         cost: the planner's cost of this choice, or None.
         stats: planner statistics, e.g. ``{"ld": {"nvfp4": 1e-3, "fp8": 2e-4}, "wd": ...}``.
+        kind: one of ``KINDS``; ``"untouched"`` is BF16 (the module runs as it is).
+        block_list: the repeated block list holding the layer (its qualified name), or
+            None outside every block list.
+        experts: for experts, ``[E, top_k]``: E experts, each token through top_k.
     """
 
     name: str
@@ -43,9 +56,17 @@ class LayerPlan:
     flops_share: float | None = None
     cost: float | None = None
     stats: dict = dataclasses.field(default_factory=dict)
+    kind: str = "linear"
+    block_list: str | None = None
+    experts: list | None = None
 
     def __post_init__(self):
         self.shape = tuple(int(d) for d in self.shape)
+        if self.kind not in KINDS:
+            raise ValueError(f"LayerPlan {self.name}: kind must be one of {KINDS}; got "
+                             f"{self.kind!r}")
+        if self.experts is not None:
+            self.experts = [int(d) for d in self.experts]
         if len(self.shape) != 2:
             raise ValueError(f"LayerPlan {self.name}: shape must be (out_features, "
                              f"in_features); got {self.shape}")
@@ -54,9 +75,24 @@ class LayerPlan:
             if value not in PRECISIONS:
                 raise ValueError(f"LayerPlan {self.name}: {gemm} must be one of "
                                  f"{PRECISIONS}; got {value!r}")
+        if self.kind == "untouched" and self.precisions() != ("bf16",) * 3:
+            raise ValueError(f"LayerPlan {self.name} is untouched ({self.reason}); its "
+                             f"GEMMs cannot be {self.precisions()}")
 
     def precisions(self):
         return tuple(getattr(self, gemm) for gemm in GEMMS)
+
+    def macs_per_token(self):
+        """Multiply-adds per token of one GEMM: N*K, times top_k for experts."""
+        n, k = self.shape
+        return n * k * (self.experts[1] if self.experts else 1)
+
+    def shape_text(self):
+        """``(N, K)``; ``8x(N, K) top2`` for 8 experts, each token through 2."""
+        text = f"({self.shape[0]}, {self.shape[1]})"
+        if self.experts:
+            text = f"{self.experts[0]}x{text} top{self.experts[1]}"
+        return text
 
     def recipe(self, base):
         """``base`` (its switches) with this layer's three precisions."""
@@ -103,18 +139,18 @@ class Plan:
     # -- summary and table ------------------------------------------------------------
 
     def _flops_shares(self):
-        """Each layer's FLOPs share; from N*K when the planner gave none.
+        """Each layer's FLOPs share; from ``macs_per_token`` when the planner gave none.
 
-        N*K is proportional to a linear layer's FLOPs when every layer sees the same
-        tokens (true of a transformer's block linears).
+        MACs per token are proportional to a layer's FLOPs when every layer sees the same
+        tokens (true of a transformer's block linears; experts count top_k of E).
         """
         if all(layer.flops_share is not None for layer in self):
             return {layer.name: layer.flops_share for layer in self}
-        total = sum(n * k for n, k in (layer.shape for layer in self)) or 1
-        return {layer.name: layer.shape[0] * layer.shape[1] / total for layer in self}
+        total = sum(layer.macs_per_token() for layer in self) or 1
+        return {layer.name: layer.macs_per_token() / total for layer in self}
 
     def summary(self):
-        """Fraction of planned linear FLOPs in each precision, over all three GEMMs.
+        """Fraction of the planned matmul FLOPs in each precision, over all three GEMMs.
 
         The fprop, dgrad and wgrad of a layer each do a third of its FLOPs.
         """
@@ -133,7 +169,7 @@ class Plan:
         rows = [header]
         for layer in self:
             rows.append((
-                layer.name, f"({layer.shape[0]}, {layer.shape[1]})",
+                layer.name, layer.shape_text(),
                 "" if layer.flops_share is None else f"{100 * layer.flops_share:.1f}%",
                 layer.fprop, layer.dgrad, layer.wgrad,
                 _stat_cell(layer.stats.get("ld")), _stat_cell(layer.stats.get("wd")),

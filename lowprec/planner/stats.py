@@ -79,6 +79,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lowprec.conv1d import linear_view, linear_weight
 from lowprec.planner import gemm_error
 from lowprec.planner.distributed import agree, all_reduce_sum, resolve_group
 from lowprec.planner.progress import Progress
@@ -271,7 +272,8 @@ class _Hooks:
     def _hook(self, layer):
         def hook(module, inputs, output):
             x = inputs[0]
-            tokens = x.numel() // module.weight.shape[1]
+            weight = linear_weight(module)
+            tokens = x.numel() // weight.shape[1]
             if not layer.compute:             # forced to BF16: only its tokens count
                 layer.calls.append({"tokens": tokens})
                 return None
@@ -279,7 +281,7 @@ class _Hooks:
             if type(module) is not nn.Linear:
                 # A lowprec.Linear (or other subclass) runs its current plan; statistics
                 # are about the high-precision layer, so recompute it in full precision.
-                replaced = F.linear(x, module.weight, module.bias)
+                replaced = F.linear(x, weight, module.bias)
                 output = replaced
             call = len(layer.calls)
             record = {"x": x.detach(), "tokens": tokens}
@@ -369,7 +371,7 @@ def _delta(hooks, layer, call_index, like):
 def _accumulate_clean(layer, row, hooks, cfg, seeds, optimizer):
     """Add one batch's clean-pass statistics of ``layer`` into ``row`` (float64 [F])."""
     row[COLUMN["batches"]] += 1
-    weight = layer.module.weight.detach().float()
+    weight = linear_weight(layer.module).detach().float()
     n, k = weight.shape
     for call in layer.calls:
         row[COLUMN["tokens"]] += call["tokens"]
@@ -410,8 +412,8 @@ def _accumulate_update(layer, row, optimizer, weight, dw_true, dw_err):
     if adam is None:
         return
     lr, b1, b2, eps, m, v, step = adam
-    m = torch.zeros_like(weight) if m is None else m
-    v = torch.zeros_like(weight) if v is None else v
+    m = torch.zeros_like(weight) if m is None else linear_view(layer.module, m)
+    v = torch.zeros_like(weight) if v is None else linear_view(layer.module, v)
     t = step + 1
     denom = ((b2 * v + (1 - b2) * dw_true.square()) / (1 - b2 ** t)).sqrt() + eps
     row[COLUMN["upd2"]] += _sq(lr * ((b1 * m + (1 - b1) * dw_true) / (1 - b1 ** t)) / denom)
@@ -554,7 +556,7 @@ def collect_stats(model, candidates, calibration, *, loss_fn=None, optimizer=Non
     group, rank, world = resolve_group(process_group)
     layers = []
     for index, (name, module, forced) in enumerate(candidates):
-        n, k = module.weight.shape
+        n, k = linear_weight(module).shape
         layers.append(_Layer(index=index, name=name, module=module, compute=forced is None,
                              nvfp4_ok=gemm_error.nvfp4_shape_problem(n, k) is None))
     raw = torch.zeros(len(layers), len(FIELDS), dtype=torch.float64)
@@ -595,7 +597,8 @@ def collect_stats(model, candidates, calibration, *, loss_fn=None, optimizer=Non
                          f"layers on the calibration batches; it must compute the loss "
                          f"with the model (loss_fn={loss_fn!r})")
     uses_optimizer = [_adam_view(optimizer, layer.module.weight) is not None for layer in layers]
-    info = [(layer.name, tuple(layer.module.weight.shape), layer.compute, layer.nvfp4_ok)
+    info = [(layer.name, tuple(linear_weight(layer.module).shape), layer.compute,
+             layer.nvfp4_ok)
             for layer in layers]
     return CollectedStats(layers=finalize(raw, info, uses_optimizer),
                           seconds=time.perf_counter() - start, batches=total_batches,

@@ -1,0 +1,78 @@
+"""``grouped_linear``: E linear layers over E groups of rows (the GEMMs of MoE experts).
+
+``grouped_linear(x, weight, counts, recipe=r)`` takes the rows of ``x [T, K]`` sorted by
+group (the first ``counts[0]`` rows go to group 0, the next ``counts[1]`` to group 1, ...)
+and ``weight [E, N, K]``, and returns ``[T, N]`` whose group-e rows are
+``lowprec.linear(x_e, weight[e], recipe=r)``: every expert runs the full recipe of
+NUMERICS 7 (fprop, dgrad and wgrad each in the recipe's precision; 1x16 activations, 16x16
+weight tiles, RHT and SR on wgrad, SR on dgrad) as its own linear layer.
+
+What is per expert, and why:
+
+* Global amax (NUMERICS 3): each operand of each expert's GEMM has its own, i.e. one
+  per expert weight ``weight[e]`` and one per expert's tokens, exactly as if the expert
+  were a ``lowprec.Linear``. An amax over all E weights would let one large expert
+  crush the scales of the others, and per-token-group amaxes keep each expert's
+  quantization independent of which other tokens were routed elsewhere.
+* wgrad contracts over the expert's own tokens, padded to a multiple of 16 per expert
+  (NUMERICS 10); an expert that got no tokens has a zero weight gradient.
+* Stochastic rounding: each expert's call draws its own Philox key, in expert order
+  (``lowprec.linear``'s rule; empty experts draw one too, so the stream does not depend
+  on the routing).
+
+Autograd runs over ``lowprec.linear``'s custom ops, one forward/backward pair per
+expert; the expert weights are split with ``unbind`` so the backward writes each
+expert's gradient once into one ``[E, N, K]`` tensor.
+
+Memory: what the backward keeps is what E separate ``lowprec.Linear`` layers over the
+same routed rows keep: the quantized ``X^T`` of each expert's rows (NVFP4: 0.5625 bytes
+per element plus the padding to 16 rows per expert; FP8: 1 byte), never ``x`` itself
+unless wgrad is ``"bf16"``. Weights are Parameters and are not copied; each expert's
+NVFP4 weight copy lives only during its own GEMM.
+"""
+
+import torch
+
+from lowprec.linear import DEFAULT_RECIPE, check_nvfp4_shape, linear
+
+
+def _check(x, weight, counts, name):
+    if weight.dim() != 3 or x.dim() != 2 or x.shape[1] != weight.shape[2]:
+        raise ValueError(f"grouped_linear{name} needs x [T, K] and weight [E, N, K]; got x "
+                         f"{tuple(x.shape)} and weight {tuple(weight.shape)}")
+    if counts.dim() != 1 or counts.numel() != weight.shape[0]:
+        raise ValueError(f"grouped_linear{name}: counts must hold one entry per expert "
+                         f"(E={weight.shape[0]}); got shape {tuple(counts.shape)}")
+    if counts.dtype.is_floating_point or counts.dtype == torch.bool:
+        raise TypeError(f"grouped_linear{name}: counts must be an integer tensor; got "
+                        f"{counts.dtype}")
+
+
+def grouped_linear(x, weight, counts, *, recipe=None, name=None):
+    """Run expert e's linear layer (``weight[e]``) on its ``counts[e]`` rows of ``x``.
+
+    Args:
+        x: ``[T, K]``, rows sorted by expert.
+        weight: ``[E, N, K]`` (K and N multiples of 16 when a GEMM is NVFP4).
+        counts: integer tensor ``[E]`` summing to T (experts may have 0 rows).
+        recipe: a ``lowprec.Recipe`` for every expert; None means ``Recipe()``.
+        name: names the layer in error messages.
+
+    Returns:
+        ``[T, N]`` in x's dtype (the autocast dtype under autocast).
+
+    Raises:
+        ValueError: shapes that do not fit, counts that do not sum to T, or NVFP4 on
+        a K or N that is not a multiple of 16. TypeError: non-integer counts.
+    """
+    recipe = DEFAULT_RECIPE if recipe is None else recipe
+    label = f" ({name})" if name else ""
+    _check(x, weight, counts, label)
+    check_nvfp4_shape(weight.shape[1:], recipe, name)
+    sizes = counts.tolist()
+    if sum(sizes) != x.shape[0] or min(sizes, default=0) < 0:
+        raise ValueError(f"grouped_linear{label}: counts {sizes} must be >= 0 and sum to "
+                         f"the {x.shape[0]} rows of x")
+    outputs = [linear(rows, w, recipe=recipe)
+               for rows, w in zip(x.split(sizes), weight.unbind(0))]
+    return torch.cat(outputs)
