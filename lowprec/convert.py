@@ -274,8 +274,8 @@ def default_plan(model, recipe=None, filter_fn=None):
 
 
 def _complete(plan, model, filter_fn):
-    """A planner's plan (linear and Conv1D layers) plus every other weight matmul, BF16
-    with its reason, and FLOPs shares over all of them (per-token MACs)."""
+    """A planner's plan (linear and Conv1D layers) plus the expert groups and untouched
+    modules, BF16 with the reason, and FLOPs shares over all of them (per-token MACs)."""
     entries = weight_matmuls(model, filter_fn)
     block_lists = find_block_lists(model)
     total = sum(e.macs_per_token for e in entries) or 1
@@ -286,9 +286,11 @@ def _complete(plan, model, filter_fn):
             planned = plan[entry.name]
             layer = _layer_plan(entry, planned.precisions(), planned.reason, where, total)
             layer.cost, layer.stats = planned.cost, planned.stats
-        else:
+        elif entry.kind in ("experts", "untouched"):
             reason = entry.reason or NOT_PLANNED_EXPERTS
             layer = _layer_plan(entry, ("bf16",) * 3, reason, where, total)
+        else:                       # a layer the planner left out stays as it is
+            continue
         layers.append(layer)
     return Plan(layers, plan.meta)
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import lowprec.planner
-from lowprec.convert import candidate_layers, convert, find_repeated_blocks, unconvert
+from lowprec.convert import candidate_layers, convert, find_block_lists, unconvert
 from lowprec.linear import Linear
 from lowprec.plan import LayerPlan, Plan
 from lowprec.recipe import Recipe
@@ -58,7 +58,7 @@ def precisions(plan):
 def test_default_plan_keeps_the_last_15_percent_of_blocks_bf16(n_blocks, n_bf16):
     model = convert(TinyGPT(vocab=16, d_model=32, n_blocks=n_blocks, n_heads=2))
     plan = model.lowprec_plan
-    assert plan.meta["bf16_tail_blocks"] == n_bf16
+    assert plan.meta["block_lists"] == {"blocks": [n_blocks, n_bf16]}
     for layer in plan:
         if layer.name == "head":
             assert layer.precisions() == ("bf16",) * 3 and "outside" in layer.reason
@@ -69,18 +69,27 @@ def test_default_plan_keeps_the_last_15_percent_of_blocks_bf16(n_blocks, n_bf16)
         assert ("last" in layer.reason) == in_tail
 
 
-def test_only_plain_linears_are_swapped_and_everything_else_is_kept():
+def test_only_plain_linears_are_swapped_and_the_rest_is_listed_untouched():
     model = TinyGPT(vocab=16, d_model=32, n_blocks=2, n_heads=2)
     model.mha = nn.MultiheadAttention(32, 2)              # its out_proj is a subclass
     before = {name: type(m) for name, m in model.named_modules()}
-    convert(model)
+    with pytest.warns(UserWarning, match="left 2 weight-matmul") as record:
+        convert(model)
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert "mha (" in message and "mha.out_proj (" in message
     for name, module in model.named_modules():
         if before[name] is nn.Linear:
             assert type(module) is Linear and module.lowprec_name == name
         else:
             assert type(module) is before[name], name
-    assert "mha.out_proj" not in model.lowprec_plan
-    assert len(model.lowprec_plan) == 2 * 4 + 1
+    plan = model.lowprec_plan
+    # MHA's in_proj (3 x 32 rows) and its out_proj subclass: listed, untouched, BF16.
+    assert plan["mha"].kind == plan["mha.out_proj"].kind == "untouched"
+    assert plan["mha"].shape == (96, 32) and "MultiheadAttention" in plan["mha"].reason
+    assert "subclass of nn.Linear" in plan["mha.out_proj"].reason
+    assert plan["mha"].precisions() == ("bf16",) * 3
+    assert len(plan) == 2 * 4 + 1 + 2
 
 
 def test_bad_shapes_and_filtered_layers_stay_bf16_with_the_reason():
@@ -98,7 +107,7 @@ def test_bad_shapes_and_filtered_layers_stay_bf16_with_the_reason():
     assert all(name in text for name in "01234") and "K=20" in text
 
 
-def test_repeated_blocks_are_the_largest_list_by_parameters():
+def test_block_lists_are_the_outermost_lists_of_alike_blocks():
     class Expert(nn.Module):
         def __init__(self):
             super().__init__()
@@ -111,8 +120,10 @@ def test_repeated_blocks_are_the_largest_list_by_parameters():
 
     model = nn.Module()
     model.layers = nn.ModuleList(MoEBlock() for _ in range(3))
-    name, container = find_repeated_blocks(model)
-    assert name == "layers" and container is model.layers
+    model.decoder = nn.Sequential(Expert(), Expert())
+    model.stem = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16))   # bare Linears
+    assert find_block_lists(model) == [("layers", model.layers),
+                                       ("decoder", model.decoder)]
 
 
 def test_unconvert_restores_plain_linears_with_the_same_parameters():
