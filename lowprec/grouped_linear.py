@@ -70,7 +70,13 @@ def grouped_linear(x, weight, counts, *, recipe=None, name=None):
     _check(x, weight, counts, label)
     check_nvfp4_shape(weight.shape[1:], recipe, name)
     sizes = counts.tolist()
-    if sum(sizes) != x.shape[0] or min(sizes, default=0) < 0:
+    if torch.compiler.is_compiling():
+        # The sizes are data-dependent symbols here: tell the compiler what holds
+        # rather than branch on them (which would break the graph).
+        for size in sizes:
+            torch._check(size >= 0)
+        torch._check(sum(sizes) == x.shape[0])
+    elif sum(sizes) != x.shape[0] or min(sizes, default=0) < 0:
         raise ValueError(f"grouped_linear{label}: counts {sizes} must be >= 0 and sum to "
                          f"the {x.shape[0]} rows of x")
     outputs = [linear(rows, w, recipe=recipe)

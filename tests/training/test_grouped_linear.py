@@ -1,0 +1,185 @@
+"""lowprec.grouped_linear and lowprec.moe.GroupedExperts against per-expert compositions
+of lowprec.linear (the existing Linear numerics), bit for bit.
+
+Mutations tried (each made a test here fail): experts visited in reverse order (the SR
+keys are then drawn in another order: test_grouped_equals_per_expert_linears); empty
+experts skipped instead of run on zero rows (every later expert draws another key);
+``route`` ordering rows by token instead of (slot, token) (the BF16 comparison with
+transformers' experts loop fails); ``weight[e]`` indexing instead of ``unbind`` does not
+change bits (it only costs memory), so no test pins it.
+"""
+
+import pytest
+import torch
+import torch._dynamo
+
+from lowprec.grouped_linear import grouped_linear
+from lowprec.linear import linear
+from lowprec.moe import ConcatenatedGateUp, GroupedExperts, experts_adapter, route
+from lowprec.recipe import Recipe
+
+RECIPES = [Recipe(), Recipe(wgrad="fp8"), Recipe(fprop="fp8", dgrad="bf16"),
+           Recipe.uniform("bf16")]
+# Uneven routing with an empty expert; one token; every row on one expert.
+COUNTS = [[10, 0, 25, 5], [0, 1, 0, 0], [0, 0, 0, 40]]
+
+
+def run(fn, x, weight, out_grad, seed=11):
+    """Output and input/weight gradients of ``fn(x, weight)``, SR keys fixed by ``seed``."""
+    x = x.detach().clone().requires_grad_()
+    weight = weight.detach().clone().requires_grad_()
+    torch.manual_seed(seed)
+    y = fn(x, weight)
+    y.backward(out_grad)
+    return y.detach(), x.grad, weight.grad
+
+
+def per_expert(counts, recipe):
+    """The reference: one lowprec.linear per expert on its rows, in expert order."""
+    def fn(x, weight):
+        outs, start = [], 0
+        for e, n in enumerate(counts):
+            outs.append(linear(x[start:start + n], weight[e], recipe=recipe))
+            start += n
+        return torch.cat(outs)
+    return fn
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=str)
+@pytest.mark.parametrize("counts", COUNTS, ids=str)
+def test_grouped_equals_per_expert_linears(recipe, counts):
+    gen = torch.Generator().manual_seed(sum(counts) + len(str(recipe)))
+    x = torch.randn(sum(counts), 32, generator=gen)
+    weight = torch.randn(4, 48, 32, generator=gen) * 0.1
+    out_grad = torch.randn(sum(counts), 48, generator=gen)
+    got = run(lambda a, w: grouped_linear(a, w, torch.tensor(counts), recipe=recipe),
+              x, weight, out_grad)
+    want = run(per_expert(counts, recipe), x, weight, out_grad)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+    dw = got[2]
+    for e, n in enumerate(counts):
+        if n == 0:                                   # no tokens: no weight gradient
+            assert torch.equal(dw[e], torch.zeros_like(dw[e]))
+    if recipe.quantized:                             # the recipe really quantizes
+        assert not torch.equal(got[0], torch.cat(
+            [x[sum(counts[:e]):sum(counts[:e + 1])] @ weight[e].t() for e in range(4)]))
+
+
+def test_bad_arguments_name_the_value():
+    x, weight = torch.randn(6, 32), torch.randn(2, 48, 32)
+    with pytest.raises(ValueError, match=r"counts \[2, 3\] must be >= 0 and sum to the 6"):
+        grouped_linear(x, weight, torch.tensor([2, 3]))
+    with pytest.raises(ValueError, match=r"one entry per expert \(E=2\)"):
+        grouped_linear(x, weight, torch.tensor([6]))
+    with pytest.raises(TypeError, match="integer tensor"):
+        grouped_linear(x, weight, torch.tensor([3.0, 3.0]))
+    with pytest.raises(ValueError, match=r"weight \[E, N, K\]"):
+        grouped_linear(x, weight[0], torch.tensor([6]))
+    with pytest.raises(ValueError, match="N=40"):
+        grouped_linear(x, torch.randn(2, 40, 32), torch.tensor([3, 3]), name="moe.up")
+
+
+def test_compiled_grouped_linear_has_no_graph_break_and_equals_eager(monkeypatch):
+    """fullgraph compilation needs dynamo to capture the data-dependent counts."""
+    monkeypatch.setattr(torch._dynamo.config, "capture_scalar_outputs", True)
+    torch._dynamo.reset()
+    compiled = torch.compile(grouped_linear, fullgraph=True)
+    gen = torch.Generator().manual_seed(5)
+    x, weight = torch.randn(40, 32, generator=gen), torch.randn(4, 48, 32, generator=gen)
+    out_grad = torch.randn(40, 48, generator=gen)
+    for counts in COUNTS:
+        rows, counts = sum(counts), torch.tensor(counts)
+        args = (x[:rows], weight, out_grad[:rows])
+        got = run(lambda a, w: compiled(a, w, counts), *args)
+        want = run(lambda a, w: grouped_linear(a, w, counts), *args)
+        for g, w in zip(got, want):
+            assert torch.equal(g, w)
+    torch._dynamo.reset()
+
+
+# -- GroupedExperts ---------------------------------------------------------------------
+
+class Experts(torch.nn.Module):
+    """The transformers 5.x experts layout, written here (no transformers needed):
+    ``gate_up_proj [E, 2I, H]``, ``down_proj [E, H, I]``, ``act_fn``."""
+
+    def __init__(self, e=4, h=32, i=32):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.gate_up_proj = torch.nn.Parameter(torch.randn(e, 2 * i, h, generator=gen) / 8)
+        self.down_proj = torch.nn.Parameter(torch.randn(e, h, i, generator=gen) / 8)
+        self.act_fn = torch.nn.SiLU()
+
+
+def routing(tokens, e=4, k=2, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    index = torch.stack([torch.randperm(e, generator=gen)[:k] for _ in range(tokens)])
+    weights = torch.rand(tokens, k, generator=gen)
+    return index, weights / weights.sum(-1, keepdim=True)
+
+
+def test_route_sorts_rows_by_expert_then_slot_then_token():
+    index = torch.tensor([[2, 0], [0, 1], [2, 1]])     # tokens 0..2, k = 2
+    token, slot, counts = route(index, 4)
+    assert counts.tolist() == [2, 2, 2, 0]
+    # expert 0: (slot 0, token 1), (slot 1, token 0); expert 1: (1, 1), (1, 2); ...
+    assert list(zip(token.tolist(), slot.tolist())) == [(1, 0), (0, 1), (1, 1), (2, 1),
+                                                        (0, 0), (2, 0)]
+
+
+def test_grouped_experts_equal_a_per_expert_composition_of_linears():
+    experts = Experts()
+    assert experts_adapter(experts) is ConcatenatedGateUp
+    recipes = {"gate_up_proj": Recipe(), "down_proj": Recipe(wgrad="fp8")}
+    grouped = GroupedExperts(experts, recipes)
+    hidden = torch.randn(9, 32, generator=torch.Generator().manual_seed(1))
+    index, weights = routing(9)
+    out_grad = torch.randn(9, 32, generator=torch.Generator().manual_seed(2))
+
+    def reference(h):
+        """Expert by expert (rows (slot, token) ordered), gate_up for all, then down."""
+        rows = [[(s, t) for s in range(2) for t in range(9) if index[t, s] == e]
+                for e in range(4)]
+        up = [linear(h[[t for _, t in r]], experts.gate_up_proj[e], recipe=recipes[
+            "gate_up_proj"]) for e, r in enumerate(rows)]
+        out = torch.zeros_like(h)
+        mids = []
+        for e, r in enumerate(rows):
+            gate, lin = up[e].chunk(2, dim=-1)
+            mids.append(torch.nn.functional.silu(gate) * lin)
+        for e, r in enumerate(rows):
+            y = linear(mids[e], experts.down_proj[e], recipe=recipes["down_proj"])
+            y = y * torch.stack([weights[t, s] for s, t in r]).reshape(-1, 1)
+            out = out.index_add(0, torch.tensor([t for _, t in r], dtype=torch.long), y)
+        return out
+
+    results = []
+    for fn in (grouped, reference):
+        h = hidden.clone().requires_grad_()
+        experts.gate_up_proj.grad = experts.down_proj.grad = None
+        torch.manual_seed(3)
+        y = fn(h, index, weights) if fn is grouped else fn(h)
+        y.backward(out_grad)
+        results.append((y.detach(), h.grad, experts.gate_up_proj.grad.clone(),
+                        experts.down_proj.grad.clone()))
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
+    assert grouped.to_original() is experts
+    assert list(grouped.state_dict()) == list(experts.state_dict())
+
+
+def test_unknown_expert_layouts_are_not_matched():
+    odd = Experts()
+    odd.is_transposed = True                      # transformers' flag for [E, H, 2I]
+    assert experts_adapter(odd) is None
+    biased = Experts()
+    biased.gate_up_proj_bias = torch.nn.Parameter(torch.zeros(4, 64))
+    assert experts_adapter(biased) is None
+    with pytest.raises(ValueError, match=r"layer down_proj has weight shape \(N=32, K=24\)"):
+        GroupedExperts(Experts(i=24))                   # default recipe: NVFP4
+    grouped = GroupedExperts(Experts(i=24), {p: Recipe.uniform("bf16")
+                                             for p in ConcatenatedGateUp.tensors})
+    grouped.lowprec_name = "model.experts"
+    with pytest.raises(ValueError, match="model.experts.down_proj"):
+        grouped.set_recipes({"down_proj": Recipe()})
