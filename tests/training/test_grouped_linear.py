@@ -4,9 +4,10 @@ of lowprec.linear (the existing Linear numerics), bit for bit.
 Mutations tried (each made a test here fail): experts visited in reverse order (the SR
 keys are then drawn in another order: test_grouped_equals_per_expert_linears); empty
 experts skipped instead of run on zero rows (every later expert draws another key);
-``route`` ordering rows by token instead of (slot, token) (the BF16 comparison with
-transformers' experts loop fails); ``weight[e]`` indexing instead of ``unbind`` does not
-change bits (it only costs memory), so no test pins it.
+``route`` ordering rows by token instead of (slot, token) (the route test and the
+GroupedExperts composition fail: wgrad's RHT and SR see the rows in another order).
+``weight[e]`` indexing instead of ``unbind`` does not change bits (it only costs
+memory), so no test pins it.
 """
 
 import pytest
