@@ -138,7 +138,13 @@ def test_checkpoints_load_both_ways_and_unconvert_round_trips(name):
         assert torch.equal(model(**inputs).logits, before)
 
 
-@pytest.mark.parametrize("name", MODELS)
+# One of each kind in the default run (Conv1D, encoder-decoder, experts with a shared
+# expert); ~1 s per step on 2 loaded cores, so the others run with -m slow.
+FAST_TRAINING = ("gpt2", "t5", "qwen2_moe")
+
+
+@pytest.mark.parametrize("name", [n if n in FAST_TRAINING else
+                                  pytest.param(n, marks=pytest.mark.slow) for n in MODELS])
 def test_twenty_training_steps_are_finite_and_falling(name):
     model = convert_quietly(hf_models.build(name, transformers)).train()
     data = hf_models.batch(name, 2)
