@@ -65,8 +65,6 @@ from lowprec.recipe import Recipe
 
 BF16_TAIL_FRACTION = 0.15
 CONVERTED_KINDS = ("linear", "conv1d", "experts")
-NOT_PLANNED_EXPERTS = ("not planned by the budget planner: it has no statistics for "
-                       "expert groups yet (kept BF16)")
 
 
 @dataclasses.dataclass
@@ -182,14 +180,16 @@ def weight_matmuls(model, filter_fn=None):
 
 
 def candidate_layers(model, filter_fn=None):
-    """The layers the budget planner measures (linear and Conv1D), in model order.
+    """The layers a plan can quantize (linear, Conv1D, expert projections), model order.
 
     Returns:
         list of ``(name, module, forced_reason)``; ``forced_reason`` is None, or why the
         layer must stay BF16 (a shape NVFP4 and FP8 GEMMs cannot take, or ``"filtered"``).
+        For an expert projection ``name`` is ``<experts module>.<tensor>`` and
+        ``module`` the experts module.
     """
     return [(e.name, e.module, e.reason) for e in weight_matmuls(model, filter_fn)
-            if e.kind in ("linear", "conv1d")]
+            if e.kind in CONVERTED_KINDS]
 
 
 def _is_block_list(module):
@@ -274,8 +274,8 @@ def default_plan(model, recipe=None, filter_fn=None):
 
 
 def _complete(plan, model, filter_fn):
-    """A planner's plan (linear and Conv1D layers) plus the expert groups and untouched
-    modules, BF16 with the reason, and FLOPs shares over all of them (per-token MACs)."""
+    """A planner's plan plus the untouched modules (BF16 with the reason), each entry
+    with its kind and block list, and FLOPs shares over all of them (per-token MACs)."""
     entries = weight_matmuls(model, filter_fn)
     block_lists = find_block_lists(model)
     total = sum(e.macs_per_token for e in entries) or 1
@@ -286,9 +286,8 @@ def _complete(plan, model, filter_fn):
             planned = plan[entry.name]
             layer = _layer_plan(entry, planned.precisions(), planned.reason, where, total)
             layer.cost, layer.stats = planned.cost, planned.stats
-        elif entry.kind in ("experts", "untouched"):
-            reason = entry.reason or NOT_PLANNED_EXPERTS
-            layer = _layer_plan(entry, ("bf16",) * 3, reason, where, total)
+        elif entry.kind == "untouched":
+            layer = _layer_plan(entry, ("bf16",) * 3, entry.reason, where, total)
         else:                       # a layer the planner left out stays as it is
             continue
         layers.append(layer)
@@ -424,10 +423,9 @@ def convert(model, budget=None, *, recipe=None, calibration=None, optimizer=None
 
     Args:
         model: an ``nn.Module``.
-        budget: None for the default plan (module docstring); else hand planning of
-            the linear and Conv1D layers to ``lowprec.planner.make_plan`` under this
-            budget (needs ``calibration``); expert groups then stay BF16 (the planner
-            has no statistics for them) and the plan lists them with that reason.
+        budget: None for the default plan (module docstring); else hand planning to
+            ``lowprec.planner.make_plan`` under this budget (needs ``calibration``);
+            each expert projection is one planning unit (all its experts alike).
         recipe: the base recipe (its switches, and the precisions the default plan
             gives); None means ``Recipe()`` (NUMERICS 7).
         calibration, optimizer, loss_fn: passed to the planner with ``budget`` (and

@@ -129,6 +129,22 @@ def route(top_k_index, num_experts):
     return order % n_tokens, order // n_tokens, counts
 
 
+def experts_forward(module, hidden_states, top_k_index, top_k_weights, project):
+    """The experts layer's computation with the projections left to ``project``.
+
+    ``project(tensor, x, counts)`` multiplies the expert-sorted rows ``x`` by the experts
+    of ``module.<tensor>`` (``"gate_up_proj"``, then ``"down_proj"``). ``GroupedExperts``
+    passes ``grouped_linear``; the planner's statistics pass a high-precision product
+    that records its operands.
+    """
+    token, slot, counts = route(top_k_index, module.gate_up_proj.shape[0])
+    gate, up = project("gate_up_proj", hidden_states[token], counts).chunk(2, dim=-1)
+    h = project("down_proj", module.act_fn(gate) * up, counts)
+    h = h * top_k_weights[token, slot, None]
+    out = torch.zeros_like(hidden_states)
+    return out.index_add_(0, token, h.to(out.dtype))
+
+
 class GroupedExperts(nn.Module):
     """Drop-in experts module: ``forward(hidden [T, H], top_k_index, top_k_weights)``.
 
@@ -183,17 +199,12 @@ class GroupedExperts(nn.Module):
         return original
 
     def forward(self, hidden_states, top_k_index, top_k_weights):
-        token, slot, counts = route(top_k_index, self.num_experts)
-        h = grouped_linear(hidden_states[token], self.gate_up_proj, counts,
-                           recipe=self._recipes["gate_up_proj"],
-                           name=self._tensor_name("gate_up_proj"))
-        gate, up = h.chunk(2, dim=-1)
-        h = grouped_linear(self.act_fn(gate) * up, self.down_proj, counts,
-                           recipe=self._recipes["down_proj"],
-                           name=self._tensor_name("down_proj"))
-        h = h * top_k_weights[token, slot, None]
-        out = torch.zeros_like(hidden_states)
-        return out.index_add_(0, token, h.to(out.dtype))
+        return experts_forward(self, hidden_states, top_k_index, top_k_weights,
+                               self._project)
+
+    def _project(self, tensor, x, counts):
+        return grouped_linear(x, getattr(self, tensor), counts, recipe=self._recipes[tensor],
+                              name=self._tensor_name(tensor))
 
     def extra_repr(self):
         recipes = ", ".join(f"{k}={v}" for k, v in self._recipes.items())

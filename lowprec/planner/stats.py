@@ -64,6 +64,12 @@ dgrad error
     ``DX_p = ||Q_p(G) Q_p(W^T)^T - G W||_F / ||G W||_F`` (NVFP4: G 1x16 with SR, W^T the
     transposed 2-D copy): how wrong the gradient handed to the layers below is.
 
+Experts (``lowprec.moe``): each projection of a group of experts is one layer whose
+GEMMs are the per-expert products ``X_e W_e^T`` over each expert's routed rows; every
+statistic above sums over the experts (``<G, E>`` over all rows, ``||D||`` over the
+whole ``[E, N, K]`` weight), so the group gets one LD, WD and DX, and its token count is
+the routed rows (T x top_k). A Conv1D is measured as the linear layer ``W^T``.
+
 Cost: per calibration batch one clean and one noise-injected forward/backward. Both use
 ``torch.autograd.grad`` on the layer outputs, so parameter ``.grad`` fields, the
 optimizer and the caller's RNG state are untouched. All statistics are sums over batches
@@ -80,6 +86,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lowprec.conv1d import linear_view, linear_weight
+from lowprec.moe import experts_adapter, experts_forward
 from lowprec.planner import gemm_error
 from lowprec.planner.distributed import agree, all_reduce_sum, resolve_group
 from lowprec.planner.progress import Progress
@@ -236,6 +243,8 @@ class _Layer:
     module: nn.Module
     compute: bool                     # False: forced to BF16, count tokens only
     nvfp4_ok: bool
+    shape: tuple                      # (N, K) of the linear weight (of one expert)
+    tensor: str = None                # experts: the projection's Parameter name
     calls: list = field(default_factory=list)     # per forward call: dict
     sigmas: list = field(default_factory=list)    # clean-pass sigma of each call
 
@@ -252,8 +261,15 @@ class _Hooks:
         self.handles = []
 
     def __enter__(self):
+        experts = {}
         for layer in self.layers:
-            self.handles.append(layer.module.register_forward_hook(self._hook(layer)))
+            if layer.tensor is None:
+                self.handles.append(layer.module.register_forward_hook(self._hook(layer)))
+            else:
+                experts.setdefault(id(layer.module), (layer.module, {}))[1][layer.tensor] = layer
+        for module, by_tensor in experts.values():
+            self.handles.append(module.register_forward_hook(
+                self._experts_hook(by_tensor), with_kwargs=True))
         return self
 
     def __exit__(self, *exc):
@@ -269,40 +285,61 @@ class _Hooks:
             if mode == "clean":
                 layer.sigmas = []
 
+    def _record(self, layer, x, output, tokens, counts=None):
+        """Record one call of ``layer``; returns the output to go on with (the noise
+        pass adds the probe). ``counts``: rows per expert, for experts."""
+        if not layer.compute:                 # forced to BF16: only its tokens count
+            layer.calls.append({"tokens": tokens})
+            return output
+        call = len(layer.calls)
+        record = {"x": x.detach(), "tokens": tokens, "counts": counts}
+        if self.mode == "clean":
+            sigma = self.noise_scale * _rms(output)
+            layer.sigmas.append(sigma)
+            record["tap"] = output
+        else:
+            if call >= len(layer.sigmas):
+                raise RuntimeError(f"layer {layer.name} ran more often in the noise pass "
+                                   f"than in the clean pass; the model's forward must "
+                                   f"be deterministic for the planner's statistics")
+            delta = _noise(output.shape, layer.sigmas[call],
+                           _mix(self.seed, self.batch, layer.index, call),
+                           output.device, output.dtype)
+            output = output + delta
+            record["tap"] = output
+            record["delta"] = delta
+        layer.calls.append(record)
+        return output
+
     def _hook(self, layer):
         def hook(module, inputs, output):
             x = inputs[0]
             weight = linear_weight(module)
-            tokens = x.numel() // weight.shape[1]
-            if not layer.compute:             # forced to BF16: only its tokens count
-                layer.calls.append({"tokens": tokens})
-                return None
-            replaced = None
-            if type(module) is not nn.Linear:
+            if layer.compute and type(module) is not nn.Linear:
                 # A lowprec.Linear (or other subclass) runs its current plan; statistics
                 # are about the high-precision layer, so recompute it in full precision.
-                replaced = F.linear(x, weight, module.bias)
-                output = replaced
-            call = len(layer.calls)
-            record = {"x": x.detach(), "tokens": tokens}
-            if self.mode == "clean":
-                sigma = self.noise_scale * _rms(output)
-                layer.sigmas.append(sigma)
-                record["tap"] = output
-            else:
-                if call >= len(layer.sigmas):
-                    raise RuntimeError(f"layer {layer.name} ran more often in the noise pass "
-                                       f"than in the clean pass; the model's forward must "
-                                       f"be deterministic for the planner's statistics")
-                delta = _noise(output.shape, layer.sigmas[call],
-                               _mix(self.seed, self.batch, layer.index, call),
-                               output.device, output.dtype)
-                output = output + delta
-                replaced = output
-                record["tap"] = output
-                record["delta"] = delta
-            layer.calls.append(record)
-            return replaced
+                output = F.linear(x, weight, module.bias)
+            return self._record(layer, x, output, x.numel() // weight.shape[1])
+        return hook
+
+    def _experts_hook(self, by_tensor):
+        """Recompute an experts layer in high precision, recording each projection.
+
+        A projection is one call over all T x top_k routed rows (sorted by expert), so
+        its output has the same shape in the clean and the noise pass even if the probe
+        changes the routing downstream.
+        """
+        def hook(module, args, kwargs, output):
+            names = ("hidden_states", "top_k_index", "top_k_weights")
+            inputs = list(args) + [kwargs[n] for n in names[len(args):] if n in kwargs]
+
+            def project(tensor, x, counts):
+                sizes = counts.tolist()
+                weight = getattr(module, tensor)
+                y = torch.cat([F.linear(rows, w)
+                               for rows, w in zip(x.split(sizes), weight.unbind(0))])
+                return self._record(by_tensor[tensor], x, y, x.shape[0], sizes)
+            return experts_forward(module, *inputs[:3], project)
         return hook
 
 
@@ -371,8 +408,8 @@ def _delta(hooks, layer, call_index, like):
 def _accumulate_clean(layer, row, hooks, cfg, seeds, optimizer):
     """Add one batch's clean-pass statistics of ``layer`` into ``row`` (float64 [F])."""
     row[COLUMN["batches"]] += 1
-    weight = linear_weight(layer.module).detach().float()
-    n, k = weight.shape
+    weight = _stats_weight(layer).detach().float()
+    n, k = weight.shape[-2:]
     for call in layer.calls:
         row[COLUMN["tokens"]] += call["tokens"]
     if not layer.compute:
@@ -384,18 +421,19 @@ def _accumulate_clean(layer, row, hooks, cfg, seeds, optimizer):
     for c, call in enumerate(layer.calls):
         x = call["x"].reshape(-1, k).float()
         g = call["g"].reshape(-1, n).float()
-        y = x @ weight.t()
-        dx = g @ weight
-        dw = g.t() @ x
-        dw_true += dw
-        row[COLUMN["y2"]] += _sq(y)
-        row[COLUMN["dx2"]] += _sq(dx)
-        for p in precisions:
-            e = gemm_error.fprop(x, weight, p, cfg) - y
-            ge[p] += _dot(g, e)
-            row[COLUMN[f"e2_{p}"]] += _sq(e)
-            row[COLUMN[f"dx_err2_{p}"]] += _sq(gemm_error.dgrad(g, weight, p, cfg, seeds) - dx)
-            dw_err[p] += gemm_error.wgrad(g, x, p, cfg, seeds) - dw
+        for index, xs, gs, w in _pieces(weight, call["counts"], x, g):
+            y = xs @ w.t()
+            dx = gs @ w
+            dw = gs.t() @ xs
+            dw_true[index] += dw
+            row[COLUMN["y2"]] += _sq(y)
+            row[COLUMN["dx2"]] += _sq(dx)
+            for p in precisions:
+                e = gemm_error.fprop(xs, w, p, cfg) - y
+                ge[p] += _dot(gs, e)
+                row[COLUMN[f"e2_{p}"]] += _sq(e)
+                row[COLUMN[f"dx_err2_{p}"]] += _sq(gemm_error.dgrad(gs, w, p, cfg, seeds) - dx)
+                dw_err[p][index] += gemm_error.wgrad(gs, xs, p, cfg, seeds) - dw
         # The clean half of the Hutchinson difference <delta, G' - G>.
         row[COLUMN["hutch_num"]] -= _dot(_delta(hooks, layer, c, call["g"]), call["g"])
     for p in precisions:
@@ -406,9 +444,42 @@ def _accumulate_clean(layer, row, hooks, cfg, seeds, optimizer):
     _accumulate_update(layer, row, optimizer, weight, dw_true, dw_err)
 
 
+def _pieces(weight, counts, x, g):
+    """``(index into weight, x rows, g rows, weight)`` of each GEMM of one call: the whole
+    call for a linear layer; each expert with rows for experts (``counts`` per expert)."""
+    if counts is None:
+        yield ..., x, g, weight
+        return
+    for e, (xs, gs) in enumerate(zip(x.split(counts), g.split(counts))):
+        if xs.shape[0]:
+            yield e, xs, gs, weight[e]
+
+
+def _param(layer):
+    """The Parameter whose statistics ``layer`` gathers."""
+    return getattr(layer.module, layer.tensor) if layer.tensor else layer.module.weight
+
+
+def _stats_weight(layer):
+    """The linear weight: ``[N, K]`` (a Linear or a Conv1D) or ``[E, N, K]`` (experts)."""
+    return _param(layer) if layer.tensor else linear_weight(layer.module)
+
+
+def _expert_tensor(name, module):
+    """The projection a candidate names when ``module`` holds experts, else None."""
+    adapter = experts_adapter(module)
+    if adapter is None:
+        return None
+    tensor = name.rpartition(".")[2]
+    if tensor not in adapter.tensors:
+        raise ValueError(f"candidate {name!r} holds experts; its name must end in one of "
+                         f"{adapter.tensors}")
+    return tensor
+
+
 def _accumulate_update(layer, row, optimizer, weight, dw_true, dw_err):
     """The AdamW update and its shift by each wgrad error (see the module docstring)."""
-    adam = _adam_view(optimizer, layer.module.weight)
+    adam = _adam_view(optimizer, _param(layer))
     if adam is None:
         return
     lr, b1, b2, eps, m, v, step = adam
@@ -525,8 +596,10 @@ def collect_stats(model, candidates, calibration, *, loss_fn=None, optimizer=Non
 
     Args:
         model: the ``nn.Module`` (plain ``nn.Linear`` or ``lowprec.Linear`` layers).
-        candidates: list of ``(name, linear_module, forced_reason_or_None)``; forced
-            layers are only counted (tokens), not measured.
+        candidates: list of ``(name, module, forced_reason_or_None)``: an ``nn.Linear``
+            or Conv1D (either's lowprec form), or a module holding experts with ``name``
+            ending in the projection (``...experts.gate_up_proj``); forced layers are
+            only counted (tokens), not measured.
         calibration: a finite iterable of batches (or a zero-argument callable returning
             one); an endless stream needs ``num_batches``.
         loss_fn: ``loss_fn(model, batch) -> scalar tensor`` (it must run ``model`` and
@@ -556,9 +629,11 @@ def collect_stats(model, candidates, calibration, *, loss_fn=None, optimizer=Non
     group, rank, world = resolve_group(process_group)
     layers = []
     for index, (name, module, forced) in enumerate(candidates):
-        n, k = linear_weight(module).shape
+        tensor = _expert_tensor(name, module)
+        n, k = (getattr(module, tensor) if tensor else linear_weight(module)).shape[-2:]
         layers.append(_Layer(index=index, name=name, module=module, compute=forced is None,
-                             nvfp4_ok=gemm_error.nvfp4_shape_problem(n, k) is None))
+                             nvfp4_ok=gemm_error.nvfp4_shape_problem(n, k) is None,
+                             shape=(n, k), tensor=tensor))
     raw = torch.zeros(len(layers), len(FIELDS), dtype=torch.float64)
     seeds = gemm_error.SeedStream(_mix(seed, rank))
     batches, total = _iterate(calibration, num_batches)
@@ -596,10 +671,8 @@ def collect_stats(model, candidates, calibration, *, loss_fn=None, optimizer=Non
         raise ValueError(f"loss_fn(model, batch) ran none of the {len(layers)} candidate "
                          f"layers on the calibration batches; it must compute the loss "
                          f"with the model (loss_fn={loss_fn!r})")
-    uses_optimizer = [_adam_view(optimizer, layer.module.weight) is not None for layer in layers]
-    info = [(layer.name, tuple(linear_weight(layer.module).shape), layer.compute,
-             layer.nvfp4_ok)
-            for layer in layers]
+    uses_optimizer = [_adam_view(optimizer, _param(layer)) is not None for layer in layers]
+    info = [(layer.name, layer.shape, layer.compute, layer.nvfp4_ok) for layer in layers]
     return CollectedStats(layers=finalize(raw, info, uses_optimizer),
                           seconds=time.perf_counter() - start, batches=total_batches,
                           world_size=world, raw=raw)
