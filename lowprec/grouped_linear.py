@@ -24,6 +24,14 @@ Autograd runs over ``lowprec.linear``'s custom ops, one forward/backward pair pe
 expert; the expert weights are split with ``unbind`` so the backward writes each
 expert's gradient once into one ``[E, N, K]`` tensor.
 
+torch.compile: the expert row counts are data, so ``counts.tolist()`` needs
+``torch._dynamo.config.capture_scalar_outputs = True``; with it, ``fullgraph=True``
+traces ``grouped_linear`` and ``lowprec.moe.GroupedExperts`` without graph breaks, and
+the traced graphs give eager's bits (tests run them with ``aot_eager``, and
+``grouped_linear`` alone with inductor). inductor fails to compile GroupedExperts'
+backward in torch 2.13: the saved NVFP4 copy of an expert's X^T has a size that depends
+on the expert's row count, an unbacked symbol that the backward graph is not given.
+
 Memory: what the backward keeps is what E separate ``lowprec.Linear`` layers over the
 same routed rows keep: the quantized ``X^T`` of each expert's rows (NVFP4: 0.5625 bytes
 per element plus the padding to 16 rows per expert; FP8: 1 byte), never ``x`` itself

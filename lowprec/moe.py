@@ -125,7 +125,8 @@ def route(top_k_index, num_experts):
     n_tokens = top_k_index.shape[0]
     flat = top_k_index.t().reshape(-1)                  # row s * T + t
     order = torch.argsort(flat, stable=True)
-    counts = torch.bincount(flat, minlength=num_experts)
+    # A fixed-size count (bincount's size depends on the data, which breaks compile).
+    counts = flat.new_zeros(num_experts).scatter_add_(0, flat, torch.ones_like(flat))
     return order % n_tokens, order // n_tokens, counts
 
 

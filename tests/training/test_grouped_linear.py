@@ -184,3 +184,32 @@ def test_unknown_expert_layouts_are_not_matched():
     grouped.lowprec_name = "model.experts"
     with pytest.raises(ValueError, match="model.experts.down_proj"):
         grouped.set_recipes({"down_proj": Recipe()})
+
+
+def test_grouped_experts_compile_fullgraph_and_equal_eager(monkeypatch):
+    """dynamo and AOT autograd take the whole layer (routing, data-dependent counts, the
+    custom ops) without a graph break; ``aot_eager`` runs the traced graphs as they are,
+    so the bits match eager. (inductor fails on this backward in torch 2.13: a saved
+    tensor's size depends on an expert's row count, an unbacked symbol the backward
+    graph does not receive; see the grouped_linear module docstring.)"""
+    monkeypatch.setattr(torch._dynamo.config, "capture_scalar_outputs", True)
+    torch._dynamo.reset()
+    experts = Experts()
+    grouped = GroupedExperts(experts)
+    compiled = torch.compile(grouped, fullgraph=True, backend="aot_eager")
+    for tokens in (9, 23):                          # the second shape recompiles
+        hidden = torch.randn(tokens, 32, generator=torch.Generator().manual_seed(tokens))
+        index, weights = routing(tokens, seed=tokens)
+        out_grad = torch.randn(tokens, 32, generator=torch.Generator().manual_seed(1))
+        results = []
+        for fn in (grouped, compiled):
+            h = hidden.clone().requires_grad_()
+            experts.gate_up_proj.grad = experts.down_proj.grad = None
+            torch.manual_seed(5)
+            y = fn(h, index, weights)
+            y.backward(out_grad)
+            results.append((y.detach(), h.grad, experts.gate_up_proj.grad.clone(),
+                            experts.down_proj.grad.clone()))
+        for got, want in zip(*results):
+            assert torch.equal(got, want)
+    torch._dynamo.reset()
