@@ -2,6 +2,10 @@
 
 Decision units. Layers in one tie group (a fused QKV or gate/up projection given as
 ``ties=[["q", "k", "v"], ...]``) form one unit; every other layer is a unit of its own.
+A candidate is a linear layer, a Conv1D, or one projection of a group of experts
+(``...experts.gate_up_proj``: all E experts, one choice for the group). A tied
+embedding/LM head pair is one unit by construction: the embedding is a lookup, not a
+candidate, so the LM head that shares its weight is the pair's only GEMM.
 A unit's GEMMs are split into GEMM groups (default ``(("fprop", "dgrad"), ("wgrad",))``:
 fprop and dgrad both read W's quantized copy, so they share its precision). One ILP
 choice per (unit, GEMM group); ties therefore hold by construction.
