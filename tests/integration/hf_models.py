@@ -80,3 +80,18 @@ def batch(name, seed, size=2, seq_len=16):
     if name in ENCODER_DECODER:
         out["decoder_input_ids"] = torch.roll(ids, 1, dims=1)
     return out
+
+
+def train_steps(model, data, steps, lr=1e-2, seed=3):
+    """AdamW steps on one repeated batch (HF style: ``model(**data).loss``), the SR keys
+    fixed by ``seed``; returns the losses."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    torch.manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        loss = model(**data).loss
+        losses.append(loss.item())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return losses

@@ -11,6 +11,8 @@ import torch
 
 import lowprec
 
+from . import hf_models
+
 transformers = pytest.importorskip("transformers")
 
 N_LAYERS = 4
@@ -62,15 +64,7 @@ def test_converted_llama_trains_with_finite_falling_loss():
 
     weight = model.model.layers[0].mlp.down_proj.weight
     before = weight.detach().clone()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    torch.manual_seed(2)          # fixes the stochastic-rounding keys
-    losses = []
-    for _ in range(8):
-        loss = model(**data).loss
-        losses.append(loss.item())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    losses = hf_models.train_steps(model, data, steps=8, seed=2)
     assert all(math.isfinite(x) for x in losses), losses
     # One repeated batch: the loss must fall well below its start (ln 256 ~ 5.55).
     assert losses[-1] < losses[0] - 0.5, losses

@@ -147,16 +147,7 @@ FAST_TRAINING = ("gpt2", "t5", "qwen2_moe")
                                   pytest.param(n, marks=pytest.mark.slow) for n in MODELS])
 def test_twenty_training_steps_are_finite_and_falling(name):
     model = convert_quietly(hf_models.build(name, transformers)).train()
-    data = hf_models.batch(name, 2)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    torch.manual_seed(3)                                    # fixes the SR keys
-    losses = []
-    for _ in range(20):
-        loss = model(**data).loss
-        losses.append(loss.item())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    losses = hf_models.train_steps(model, hf_models.batch(name, 2), steps=20)
     assert all(math.isfinite(x) for x in losses), losses
     # One repeated batch: the loss falls well below its start (ln 128 ~ 4.85).
     assert losses[-1] < losses[0] - 1.0, losses
