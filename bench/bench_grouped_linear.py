@@ -9,8 +9,9 @@ tokens, each sent to ``top_k`` of ``E`` experts by a fixed random routing, weigh
 * ``loop-nn.Linear``   a loop of E ``nn.Linear`` (no quantization: the baseline cost of
                        the GEMMs themselves in the model's dtype).
 
-Reported: the median over ``--steps`` steps after ``--warmup``, on the device given
-(CPU by default; the CPU path emulates NVFP4 with exact dequantization).
+Reported: the median over ``--steps`` steps after ``--warmup`` (the three run in turns),
+on the device given (CPU by default; the CPU path emulates NVFP4 with exact
+dequantization, so its times say nothing about a GPU).
 
 Usage: python bench/bench_grouped_linear.py [--experts 8 --tokens 256 --top-k 2
        --k 256 --n 512 --recipe nvfp4 --steps 10 --warmup 2]
@@ -43,18 +44,21 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def time_steps(step, steps, warmup, device):
-    times = []
+def time_steps(steps_by_label, steps, warmup, device):
+    """Median seconds per step of each callable, run in turns (one step of each per
+    round) so that a change in machine load hits them alike."""
+    times = {label: [] for label in steps_by_label}
     for i in range(warmup + steps):
-        if device != "cpu":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if device != "cpu":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for label, step in steps_by_label.items():
+            if device != "cpu":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            step()
+            if device != "cpu":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(t) for label, t in times.items()}
 
 
 def main(argv=None):
@@ -92,9 +96,10 @@ def main(argv=None):
     print(f"E={args.experts} tokens={args.tokens} top_k={args.top_k} K={args.k} "
           f"N={args.n} recipe={recipe} device={args.device} rows per expert={sizes}")
     torch.manual_seed(0)
-    for label, step in (("grouped", grouped), ("loop-lowprec", loop(lowprec_layers)),
-                        ("loop-nn.Linear", loop(plain_layers))):
-        seconds = time_steps(step, args.steps, args.warmup, args.device)
+    medians = time_steps({"grouped": grouped, "loop-lowprec": loop(lowprec_layers),
+                          "loop-nn.Linear": loop(plain_layers)},
+                         args.steps, args.warmup, args.device)
+    for label, seconds in medians.items():
         print(f"{label:15s} {1e3 * seconds:9.2f} ms/step (median of {args.steps})")
 
 
