@@ -10,6 +10,9 @@ GroupedExperts composition fail: wgrad's RHT and SR see the rows in another orde
 memory), so no test pins it.
 """
 
+import importlib.util
+import pathlib
+
 import pytest
 import torch
 import torch._dynamo
@@ -213,3 +216,16 @@ def test_grouped_experts_compile_fullgraph_and_equal_eager(monkeypatch):
         for got, want in zip(*results):
             assert torch.equal(got, want)
     torch._dynamo.reset()
+
+
+def test_bench_grouped_linear_runs(capsys):
+    """The benchmark script's whole loop on tiny sizes (nothing measured here)."""
+    path = pathlib.Path(__file__).parents[2] / "bench" / "bench_grouped_linear.py"
+    spec = importlib.util.spec_from_file_location("bench_grouped_linear", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--experts", "3", "--tokens", "8", "--k", "16", "--n", "16", "--steps", "1",
+                "--warmup", "0"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[1:]] == ["grouped", "loop-lowprec",
+                                                       "loop-nn.Linear"]
