@@ -13,7 +13,8 @@ untouched. Converted are
   experts of a layer), with top_k x N x K multiply-adds per token.
 
 Untouched, listed with the reason: MoE routers (kept BF16 on purpose, see
-``lowprec.moe``), subclasses of ``nn.Linear`` (their forward may do something else;
+``lowprec.moe``; a router that is an ``nn.Linear`` is converted but forced BF16 with the
+same reason), subclasses of ``nn.Linear`` (their forward may do something else;
 ``nn.MultiheadAttention``'s ``out_proj`` is one, and MHA never calls its forward), and
 any other module owning a 2-D or larger weight (``nn.MultiheadAttention``'s in_proj,
 convolutions, expert weights in an unknown layout). ``convert`` warns once, listing
@@ -48,6 +49,7 @@ objects stay as they are. Convert before wrapping the model in DDP, FSDP
 import dataclasses
 import warnings
 
+import torch
 from torch import nn
 
 from lowprec.conv1d import Conv1D, is_conv1d
@@ -143,6 +145,18 @@ def _untouched(name, module, reason, warn):
     return WeightMatmul(name, module, "untouched", (n, k), reason, warn=warn)
 
 
+def _is_linear_router(model, name, n_out):
+    """A linear router (older MoE layouts): its parent holds ``experts``, and it scores
+    each of them (N = the number of experts)."""
+    if not name:
+        return False
+    experts = getattr(_parent(model, name), "experts", None)
+    if isinstance(experts, nn.ModuleList):
+        return n_out == len(experts)
+    weight = getattr(experts, "gate_up_proj", None)
+    return isinstance(weight, torch.Tensor) and weight.dim() == 3 and n_out == weight.shape[0]
+
+
 def weight_matmuls(model, filter_fn=None):
     """Every weight matmul of ``model`` in model order, as ``WeightMatmul`` entries.
 
@@ -156,9 +170,8 @@ def weight_matmuls(model, filter_fn=None):
             continue
         if _is_linear(module) or is_conv1d(module):
             kind = "linear" if _is_linear(module) else "conv1d"
-            n, k = module.linear_shape if isinstance(module, Conv1D) else (
-                (module.nf, module.nx) if kind == "conv1d" else module.weight.shape)
-            reason = _shape_reason(n, k)
+            n, k = _module_shape(module, None)
+            reason = ROUTER_REASON if _is_linear_router(model, name, n) else _shape_reason(n, k)
             if reason is None and filter_fn is not None and not filter_fn(name, module):
                 reason = "filtered"
             entry = WeightMatmul(name, module, kind, (n, k), reason)
@@ -313,6 +326,7 @@ def _resolve(model, layer):
 
 
 def _module_shape(module, tensor):
+    """``(N, K)`` of the linear weight a module (or one expert of ``tensor``) multiplies by."""
     if tensor is not None:
         return tuple(getattr(module, tensor).shape[1:])
     if isinstance(module, Conv1D):
@@ -341,7 +355,7 @@ def apply_plan(model, plan, recipe=None):
         KeyError: a layer name not in the model. TypeError: not a convertible layer.
         ValueError: a shape that differs from the plan's, or NVFP4 on a bad shape.
     """
-    resolved = {}                           # module -> {tensor or None: recipe}
+    resolved = {}                     # module -> {tensor or None: (name, recipe)}
     for layer in plan:
         if layer.kind == "untouched":
             continue
@@ -378,7 +392,9 @@ def _converted(module, recipes):
         if isinstance(module, GroupedExperts):
             module.set_recipes(named)
             return module
-        new = experts_adapter(module).convert(module, {})
+        adapter = experts_adapter(module)
+        # BF16 first (takes any shape); projections the plan leaves out stay so.
+        new = adapter.convert(module, {t: Recipe.uniform("bf16") for t in adapter.tensors})
         new.lowprec_name = owner
         new.set_recipes(named)
         return new

@@ -265,3 +265,30 @@ def test_layer_plan_validates_and_makes_recipes():
     assert layer.shape == (16, 32)
     assert layer.recipe(Recipe(weight_2d=False)) == Recipe(fprop="fp8", dgrad="bf16",
                                                            weight_2d=False)
+
+
+def test_experts_with_a_shape_nvfp4_cannot_take_stay_bf16_and_convert():
+    """K = I = 24 for down_proj: forced BF16 with the reason, and the layer still
+    converts (the GroupedExperts is built BF16 before the plan's recipes are set). The
+    linear router (N = E = 16) is forced BF16 as a router."""
+    from lowprec.moe import ROUTER_REASON, GroupedExperts
+
+    class Experts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate_up_proj = nn.Parameter(torch.randn(16, 48, 32) / 8)
+            self.down_proj = nn.Parameter(torch.randn(16, 32, 24) / 8)
+            self.act_fn = nn.SiLU()
+
+    block = nn.Module()
+    block.top_k = 2
+    block.gate = nn.Linear(32, 16, bias=False)
+    block.experts = Experts()
+    model = convert(block)
+    plan = model.lowprec_plan
+    assert isinstance(model.experts, GroupedExperts)
+    assert model.experts.recipes["gate_up_proj"] == Recipe()
+    assert "K=24" in plan["experts.down_proj"].reason
+    assert plan["experts.down_proj"].precisions() == ("bf16",) * 3
+    assert plan["experts.gate_up_proj"].experts == [16, 2]
+    assert plan["gate"].reason == ROUTER_REASON and plan["gate"].fprop == "bf16"
