@@ -75,6 +75,7 @@ def test_default_plan_lists_every_weight_matmul_with_flop_counter_shares(name):
     model = convert_quietly(model)
     plan = model.lowprec_plan
     assert set(plan.layers) == names
+    assert lowprec.Plan.from_json(plan.to_json()) == plan         # kinds, lists, experts
     # Shares: an experts module's two projections together against its counted FLOPs.
     counted = {}
     for layer in plan:
@@ -115,6 +116,10 @@ def test_every_block_list_keeps_its_own_bf16_tail(name):
         index = int(layer.name[len(layer.block_list) + 1:].split(".")[0])
         expected = "bf16" if index >= n_blocks - n_tail else "nvfp4"
         assert layer.precisions() == (expected,) * 3, layer.name
+    # The plan, through JSON, applies to a fresh model the same way.
+    again = convert_quietly(hf_models.build(name, transformers),
+                            plan=lowprec.Plan.from_json(plan.to_json()))
+    assert [type(m) for m in again.modules()] == [type(m) for m in model.modules()]
 
 
 @pytest.mark.parametrize("name", MODELS)
