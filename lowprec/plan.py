@@ -242,7 +242,9 @@ class Plan:
 # The JSON types of LayerPlan's fields (a field not listed here is not type-checked).
 _FIELD_TYPES = {"name": (str,), "reason": (str,), "fprop": (str,), "dgrad": (str,),
                 "wgrad": (str,), "flops_share": (int, float, type(None)),
-                "cost": (int, float, type(None)), "stats": (dict,), "shape": (list,)}
+                "cost": (int, float, type(None)), "stats": (dict,), "shape": (list,),
+                "kind": (str,), "block_list": (str, type(None)),
+                "experts": (list, type(None))}
 
 
 def _layer_from_json(entry, where):
@@ -272,9 +274,12 @@ def _layer_from_json(entry, where):
 
 # For a reader of ``Plan.table()``: one entry per column, then the terms of the reasons.
 TABLE_LEGEND = (
-    ("layer", "module name of the linear layer"),
-    ("shape", "(N, K) of its weight: (out_features, in_features)"),
-    ("FLOPs", "its share of all linear-layer FLOPs (fprop + dgrad + wgrad)"),
+    ("layer", "module name of the layer (experts: the projection's parameter, "
+              "e.g. ...experts.gate_up_proj)"),
+    ("shape", "(N, K) of its weight: (out_features, in_features); 'Ex(N, K) topk': "
+              "E experts of that shape, each token through k of them"),
+    ("FLOPs", "its share of the FLOPs of all the model's weight matmuls (fprop + dgrad "
+              "+ wgrad; untouched modules included, experts counted top-k of E)"),
     ("fprop", "precision of the forward GEMM Y = X W^T"),
     ("dgrad", "precision of the input-gradient GEMM dX = dY W"),
     ("wgrad", "precision of the weight-gradient GEMM dW = dY^T X"),
