@@ -25,7 +25,7 @@ from lowprec.planner import options
 from lowprec.demo import corpus as corpus_mod
 from lowprec.demo.model import GPT, GPTConfig
 from lowprec.demo.report import find_spikes
-from lowprec.demo.progress import Progress
+from lowprec.progress import Progress
 
 
 @dataclasses.dataclass(frozen=True)

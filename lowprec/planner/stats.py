@@ -78,6 +78,7 @@ numbers as one process that saw every rank's batches.
 """
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -89,7 +90,7 @@ from lowprec.conv1d import linear_view, linear_weight
 from lowprec.moe import experts_adapter, experts_forward
 from lowprec.planner import gemm_error
 from lowprec.planner.distributed import agree, all_reduce_sum, resolve_group
-from lowprec.planner.progress import Progress
+from lowprec.progress import Progress
 
 QUANTIZED = gemm_error.QUANTIZED
 FIELDS = (
@@ -641,9 +642,10 @@ def collect_stats(model, candidates, calibration, *, loss_fn=None, optimizer=Non
     start = time.perf_counter()
     used = 0
     iterator = None
+    show = sys.stderr.isatty() if progress is None else bool(progress)
     with torch.random.fork_rng(devices=devices), \
             _Hooks(layers, noise_scale, _mix(seed, rank)) as hooks, \
-            Progress(total, "lowprec planner: statistics", progress) as bar:
+            Progress("lowprec planner: statistics", total, enabled=show) as bar:
         while True:
             # Every rank takes part in each round, also after its own batches ran out,
             # so that an error on one rank reaches all of them (distributed.agree).
@@ -657,7 +659,7 @@ def collect_stats(model, candidates, calibration, *, loss_fn=None, optimizer=Non
                     _one_batch(model, batch, used, layers, raw, hooks, devices, cfg, seeds,
                                optimizer, loss_fn or default_loss, loss_fn is not None)
                     used += 1
-                    bar.update()
+                    bar.update(used)
             except Exception as err:              # noqa: BLE001  (handed to agree)
                 failure = err
             if not agree(active, failure, group):

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from lowprec.demo import report
-from lowprec.demo.progress import Progress
+from lowprec.progress import Progress
 
 # Training losses of steps 1-30 of `lowprec demo` (cpu preset, seed 0; measured on this
 # project's CPU machine). The NVFP4 run spiked at step 17 (8.22, after ~3.7) and step 23
