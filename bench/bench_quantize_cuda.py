@@ -24,8 +24,6 @@ nothing (a figure that was not measured is never written down).
 import argparse
 import json
 import os
-import platform
-import statistics
 import sys
 
 import torch
@@ -33,26 +31,16 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without installing
 
-from lowprec import _C  # noqa: E402
+from bench import common  # noqa: E402
+from lowprec import _C, device  # noqa: E402
 from lowprec import reference as R  # noqa: E402
 
 SIGNS = R.DEFAULT_SIGN_VECTOR
 
 
-def timed(fn, iters, warmup=5):
-    """Median milliseconds of `fn` over `iters` runs, each between two CUDA events."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+def timed(fn, iters):
+    """Median milliseconds of ``fn()`` over ``iters`` CUDA-event-timed runs."""
+    return common.median_ms(lambda _: fn(), [None], warmup=5, reps=iters)
 
 
 def nvfp4_bytes(rows, cols):
@@ -114,14 +102,6 @@ def backends():
     return found
 
 
-def device_facts():
-    props = torch.cuda.get_device_properties(0)
-    return {"gpu": props.name, "sms": props.multi_processor_count,
-            "memory_gib": round(props.total_memory / 2 ** 30, 1),
-            "capability": f"{props.major}.{props.minor}", "torch": torch.__version__,
-            "cuda": torch.version.cuda, "python": platform.python_version()}
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", default="8192x8192,16384x4096,4096x16384")
@@ -132,7 +112,7 @@ def main():
         print("no CUDA GPU visible: nothing measured, nothing written")
         return 0
     impls = backends()
-    facts = device_facts()
+    facts = device.facts()
     print(json.dumps(facts))
     rows = []
     for shape in args.shapes.split(","):
@@ -155,7 +135,7 @@ def main():
                               for n in impls)
             print(f"{name:11s} {m}x{k}  copy {entry['copy_tbps']:.2f} TB/s  {cells}")
     out = args.out or os.path.join(HERE, "results", "quantize_cuda_"
-                                   f"{facts['gpu'].replace(' ', '_')}.json")
+                                   f"{facts['gpu']['name'].replace(' ', '_')}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump({"device": facts, "iters": args.iters, "results": rows}, f, indent=1)

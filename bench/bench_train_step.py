@@ -1,5 +1,10 @@
 """Training-step benchmark on a GPT of ~350M parameters (GPU only).
 
+The model is the demo's GPT (``lowprec.demo.model``) at 24 blocks, d_model 1024 and a
+50304-token vocabulary. Its LM head is tied to the embedding and applied with
+``F.linear``: it is not an ``nn.Linear``, so it stays BF16 in every mode and is not among
+the linear layers whose saved inputs are counted below.
+
 Modes, each a full step (forward, backward, AdamW) under bf16 autocast with FP32 master
 weights, compiled with torch.compile unless --no-compile:
 
@@ -29,67 +34,30 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
-import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-import lowprec
-from lowprec.convert import candidate_layers, convert
-from lowprec.plan import LayerPlan, Plan
-from lowprec.recipe import Recipe
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import lowprec  # noqa: E402
+from bench import common  # noqa: E402
+from lowprec import device as device_info  # noqa: E402
+from lowprec.convert import candidate_layers, convert  # noqa: E402
+from lowprec.demo.model import GPT, GPTConfig  # noqa: E402
+from lowprec.plan import LayerPlan, Plan  # noqa: E402
+from lowprec.recipe import Recipe  # noqa: E402
+from lowprec.table import format_table  # noqa: E402
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-GPT_350M = dict(vocab=50304, d_model=1024, n_blocks=24, n_heads=16)
-GPT_TINY = dict(vocab=256, d_model=48, n_blocks=2, n_heads=4)
-
-
-# -- the model ------------------------------------------------------------------------
-
-class Block(nn.Module):
-    def __init__(self, d_model, n_heads):
-        super().__init__()
-        self.n_heads = n_heads
-        self.ln1 = nn.LayerNorm(d_model)
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
-        self.proj = nn.Linear(d_model, d_model, bias=False)
-        self.ln2 = nn.LayerNorm(d_model)
-        self.fc1 = nn.Linear(d_model, 4 * d_model, bias=False)
-        self.fc2 = nn.Linear(4 * d_model, d_model, bias=False)
-
-    def forward(self, x):
-        b, t, c = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(c, dim=-1)
-        q, k, v = (z.view(b, t, self.n_heads, c // self.n_heads).transpose(1, 2)
-                   for z in (q, k, v))
-        attn = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.proj(attn.transpose(1, 2).reshape(b, t, c))
-        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
-
-
-class GPT(nn.Module):
-    def __init__(self, vocab, d_model, n_blocks, n_heads, seq_len):
-        super().__init__()
-        self.tok = nn.Embedding(vocab, d_model)
-        self.pos = nn.Embedding(seq_len, d_model)
-        self.blocks = nn.ModuleList(Block(d_model, n_heads) for _ in range(n_blocks))
-        self.ln = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, vocab, bias=False)
-
-    def forward(self, tokens):
-        x = self.tok(tokens) + self.pos(torch.arange(tokens.shape[1], device=tokens.device))
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.ln(x))
+GPT_350M = dict(vocab=50304, d_model=1024, n_layer=24, n_head=16)
+GPT_TINY = dict(vocab=256, d_model=48, n_layer=2, n_head=4)
 
 
 def loss_fn(model, tokens):
-    logits = model(tokens[:, :-1])
-    return F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+    return model(tokens[:, :-1], tokens[:, 1:])
 
 
 # -- modes ----------------------------------------------------------------------------
@@ -108,7 +76,7 @@ def blocks_only_plan(model, precision):
 
 def build(mode, config, seq_len, device):
     torch.manual_seed(0)
-    model = GPT(seq_len=seq_len, **config).to(device)
+    model = GPT(GPTConfig(seq_len=seq_len, **config)).to(device)
     if mode == "fp8":
         convert(model, plan=blocks_only_plan(model, "fp8"), recipe=Recipe.uniform("fp8"))
     elif mode == "nvfp4":
@@ -172,27 +140,19 @@ def linear_input_bytes(model, tokens):
 def time_steps(model, tokens, steps, warmup, compile_model):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=tokens.is_cuda)
     step_loss = torch.compile(loss_fn) if compile_model else loss_fn
-    cuda = tokens.is_cuda
-    times = []
-    for i in range(warmup + steps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-        else:
-            t0 = time.perf_counter()
+    def step():
         with torch.autocast(tokens.device.type, dtype=torch.bfloat16):
             loss = step_loss(model, tokens)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if cuda:
-            end.record()
-            end.synchronize()
-            elapsed = start.elapsed_time(end) / 1e3
-        else:
-            elapsed = time.perf_counter() - t0
+        return loss
+
+    times = []
+    for i in range(warmup + steps):
+        ms, loss = common.timed_ms(step, cuda=tokens.is_cuda)
         if i >= warmup:
-            times.append(elapsed)
+            times.append(ms / 1e3)
     return statistics.median(times), loss.item()
 
 
@@ -213,26 +173,20 @@ def run_mode(mode, args, config, device):
 
 
 def device_facts(device):
-    facts = {"torch": torch.__version__, "python": platform.python_version(),
-             "lowprec_backends": lowprec.available(return_reason=True,
-                                                   device_type=device.type)}
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        facts.update(name=props.name, capability=f"{props.major}.{props.minor}",
-                     memory_bytes=props.total_memory, cuda=torch.version.cuda)
-    return facts
+    return dict(device_info.facts(), lowprec_backends=lowprec.available(
+        return_reason=True, device_type=device.type))
 
 
 def report(results):
     base = results["bf16"]
-    print(f"{'mode':<24}{'step ms':>10}{'tok/s':>12}{'vs bf16':>9}{'peak GiB':>10}"
-          f"{'lin-in MiB':>12}{'vs bf16':>9}")
-    for mode, r in results.items():
-        peak = "" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**30:.2f}"
-        print(f"{mode:<24}{1e3 * r['step_s']:>10.1f}{r['tokens_per_s']:>12.0f}"
-              f"{r['tokens_per_s'] / base['tokens_per_s']:>8.2f}x{peak:>10}"
-              f"{r['linear_input_bytes'] / 2**20:>12.1f}"
-              f"{r['linear_input_bytes'] / base['linear_input_bytes']:>8.2f}x")
+    print(format_table(
+        ("mode", "step ms", "tok/s", "vs bf16", "peak GiB", "lin-in MiB", "vs bf16"),
+        [(mode, f"{1e3 * r['step_s']:.1f}", f"{r['tokens_per_s']:.0f}",
+          f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x",
+          "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**30:.2f}",
+          f"{r['linear_input_bytes'] / 2**20:.1f}",
+          f"{r['linear_input_bytes'] / base['linear_input_bytes']:.2f}x")
+         for mode, r in results.items()], align="lrrrrrr"))
     checks = {}
     if "fp8" in results:
         checks["fp8 >= 1.15x bf16 tokens/s"] = (

@@ -1,12 +1,12 @@
 """Shared benchmark machinery (DESIGN.md, "Bandwidth"; METHOD.md, "Time properly").
 
-* ``median_ms``: warm up, then time each run between two CUDA events and take the
+* ``timed_ms``: one run between two CUDA events (wall clock on CPU).
+* ``median_ms``: warm up, then time each run with ``timed_ms`` and take the
   median; several input sets are rotated so that inputs smaller than L2 are not served
   from it.
 * ``copy_reference``: a same-run ``torch`` device-to-device copy moving the same number of
   bytes (half read, half written), the ceiling every bandwidth figure is divided by.
 * ``mm_reference``: a same-run bf16 ``torch.mm`` of the same shape, the GEMM ceiling.
-* ``device_facts``: the GPU's name, clocks, power limit... from nvidia-ml-py.
 * ``write_results``: JSON under ``bench/results/`` with the facts, the command and the commit.
 
 Compulsory bytes are counted once: each input read once, each output written once.
@@ -27,6 +27,9 @@ import sys
 import time
 
 import torch
+
+from lowprec import device
+from lowprec.table import format_table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -83,25 +86,31 @@ def backend_module(name):
     return (module, None) if reason is None else (None, reason)
 
 
+def timed_ms(fn, cuda):
+    """``(milliseconds, fn())`` of one run: between two CUDA events when ``cuda`` (the
+    GPU time of the work ``fn`` queues, waited for), else the wall clock."""
+    if not cuda:
+        start = time.perf_counter()
+        out = fn()
+        return (time.perf_counter() - start) * 1e3, out
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    start.record()
+    out = fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end), out
+
+
 def median_ms(fn, inputs, warmup=10, reps=50):
     """Median milliseconds of ``fn(inputs[i % len(inputs)])`` over ``reps`` timed runs."""
     if SMOKE:
-        start = time.perf_counter()
-        fn(inputs[0])
-        return (time.perf_counter() - start) * 1e3
+        return timed_ms(lambda: fn(inputs[0]), cuda=False)[0]
     for i in range(warmup):
         fn(inputs[i % len(inputs)])
     torch.cuda.synchronize()
-    times = []
-    for i in range(reps):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn(inputs[i % len(inputs)])
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return statistics.median(timed_ms(lambda: fn(inputs[i % len(inputs)]), cuda=True)[0]
+                             for i in range(reps))
 
 
 def input_sets(make, total_bytes_each, l2_bytes=None):
@@ -131,29 +140,6 @@ def mm_reference(m, n, k, reps=30):
     return ms, 2 * m * n * k / ms / 1e9
 
 
-def device_facts():
-    """Facts about GPU 0 and the software stack (lowprec.device.facts when present)."""
-    try:
-        from lowprec.device import facts
-        return facts()
-    except Exception as err:  # fall back to a minimal record rather than fail a benchmark
-        props = torch.cuda.get_device_properties(0)
-        out = {"gpu": props.name, "capability": list(torch.cuda.get_device_capability(0)),
-               "sm_count": props.multi_processor_count, "l2_bytes": props.L2_cache_size,
-               "torch": torch.__version__, "notes": [f"lowprec.device.facts failed: {err}"]}
-        try:
-            import pynvml
-            pynvml.nvmlInit()
-            h = pynvml.nvmlDeviceGetHandleByIndex(0)
-            out["sm_clock_mhz"] = pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)
-            out["mem_clock_mhz"] = pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM)
-            out["power_limit_w"] = pynvml.nvmlDeviceGetPowerManagementLimit(h) / 1000
-            out["driver"] = pynvml.nvmlSystemGetDriverVersion()
-        except Exception as nvml_err:
-            out["notes"].append(f"NVML: {nvml_err}")
-        return out
-
-
 def _commit():
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True,
@@ -168,7 +154,7 @@ def write_results(script, rows, extra=None):
     if SMOKE:
         return "nothing (smoke run on CPU: not a measurement)"
     os.makedirs(RESULTS, exist_ok=True)
-    facts = device_facts()
+    facts = device.facts()
     gpu_facts = facts.get("gpu")
     name = gpu_facts.get("name") if isinstance(gpu_facts, dict) else gpu_facts
     gpu = str(name or facts.get("name") or "gpu").replace(" ", "_")
@@ -184,12 +170,10 @@ def write_results(script, rows, extra=None):
 
 
 def print_table(rows, columns):
-    """A table of ``rows`` (dicts) with the given (key, header, format) columns."""
+    """Print ``rows`` (dicts) as a right-aligned table of (key, header, format) columns."""
     def cell(row, key, fmt):
         value = row.get(key)
         return "-" if value is None else format(value, fmt)
-    table = [[header for _, header, _ in columns]]
-    table += [[cell(row, key, fmt) for key, _, fmt in columns] for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-    for line in table:
-        print("  ".join(text.rjust(width) for text, width in zip(line, widths)))
+    print(format_table([header for _, header, _ in columns],
+                       [[cell(row, key, fmt) for key, _, fmt in columns] for row in rows],
+                       align="r"))

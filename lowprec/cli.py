@@ -290,7 +290,7 @@ def bench_rows(source, data):
 
 
 def format_bench_table(rows):
-    from lowprec.demo.report import format_table
+    from lowprec.table import format_table
 
     return format_table(
         ("kernel", "shape", "time ms", "throughput", "% of same-run baseline", "script"),

@@ -8,6 +8,7 @@ with a few large outlier channels, as in LLM activations) and on a GEMM with it.
 import torch
 
 import lowprec
+from lowprec import table
 
 
 def make_inputs(m=512, k=1024, n=512, seed=0):
@@ -49,8 +50,7 @@ def error_rows(x, w, backend="auto"):
 
 
 def format_table(rows):
-    header = f"{'format':<26} {'bits/elem':>9} {'rel. err X':>11} {'rel. err X W^T':>15}"
-    lines = [header, "-" * len(header)]
-    for name, tensor_err, gemm_err, bits in rows:
-        lines.append(f"{name:<26} {bits:>9.2f} {tensor_err:>11.2e} {gemm_err:>15.2e}")
-    return "\n".join(lines)
+    return table.format_table(
+        ("format", "bits/elem", "rel. err X", "rel. err X W^T"),
+        [(name, f"{bits:.2f}", f"{tensor_err:.2e}", f"{gemm_err:.2e}")
+         for name, tensor_err, gemm_err, bits in rows], align="lrrr")

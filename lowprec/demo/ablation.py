@@ -19,6 +19,7 @@ import torch
 import lowprec
 from lowprec.demo import corpus as corpus_mod
 from lowprec.demo import report, train
+from lowprec.table import format_table
 
 # name -> (what, convert function, recipe)
 CONFIGS = {
@@ -122,7 +123,7 @@ def verdicts(rows, reference="nvfp4"):
 def format_summary(record):
     rows = summary_rows(record)
     seeds = ", ".join(str(s) for s in record["seeds"])
-    table = report.format_table(
+    table = format_table(
         ("config", "what", "NVFP4 FLOPs", f"final val loss (seeds {seeds})",
          "mean +- std", "gap vs bf16 (paired, mean +- std)"),
         [(row["config"], row["what"], f"{100 * row['nvfp4_share']:.1f}%",

@@ -20,12 +20,14 @@ from lowprec.demo.corpus import VOCAB_SIZE
 @dataclasses.dataclass(frozen=True)
 class GPTConfig:
     """Model shape. NVFP4 needs every linear's in and out features % 16 == 0, so
-    ``d_model`` must be a multiple of 16 (the MLP is 4x wide, attention 3x for QKV)."""
+    ``d_model`` must be a multiple of 16 (the MLP is 4x wide, attention 3x for QKV).
+    ``vocab`` is the demo corpus's bytes unless a benchmark wants a real LM's size."""
 
     d_model: int = 64
     n_layer: int = 4
     n_head: int = 4
     seq_len: int = 64
+    vocab: int = VOCAB_SIZE
 
     def __post_init__(self):
         if self.d_model % 16:
@@ -34,9 +36,9 @@ class GPTConfig:
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} is not divisible by "
                              f"n_head={self.n_head}")
-        if self.n_layer < 1 or self.seq_len < 1:
-            raise ValueError(f"n_layer and seq_len must be >= 1; got n_layer="
-                             f"{self.n_layer}, seq_len={self.seq_len}")
+        if self.n_layer < 1 or self.seq_len < 1 or self.vocab < 1:
+            raise ValueError(f"n_layer, seq_len and vocab must be >= 1; got n_layer="
+                             f"{self.n_layer}, seq_len={self.seq_len}, vocab={self.vocab}")
 
 
 class Attention(nn.Module):
@@ -84,7 +86,7 @@ class GPT(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(VOCAB_SIZE, cfg.d_model)
+        self.tok_emb = nn.Embedding(cfg.vocab, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.seq_len, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model)
@@ -102,7 +104,7 @@ class GPT(nn.Module):
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * self.cfg.n_layer))
 
     def forward(self, idx, targets=None):
-        """Logits ``[B, T, 256]``, or the mean cross-entropy when ``targets`` is given."""
+        """Logits ``[B, T, vocab]``, or the mean cross-entropy when ``targets`` is given."""
         t = idx.shape[1]
         if t > self.cfg.seq_len:
             raise ValueError(f"sequence of {t} tokens exceeds seq_len={self.cfg.seq_len}")

@@ -7,6 +7,8 @@ are still written and the plot step says how to get it.
 import json
 import math
 
+from lowprec.table import format_table
+
 MATPLOTLIB_HINT = "pip install matplotlib   (or: pip install 'lowprec[demo]')"
 
 
@@ -55,16 +57,6 @@ def spike_summary(runs):
         lines.append(f"{label}: {len(spikes)} training-loss spike(s) (loss > "
                      f"{SPIKE_FACTOR}x the median of the {SPIKE_WINDOW} steps before): "
                      f"{shown}{more}")
-    return "\n".join(lines)
-
-
-def format_table(header, rows):
-    """Left-aligned text columns; the first row is the header, then a rule."""
-    rows = [tuple(header)] + [tuple(str(c) for c in row) for row in rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
-             for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 

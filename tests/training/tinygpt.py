@@ -4,6 +4,11 @@ The language is an order-2 Markov chain over ``vocab`` tokens: each pair of prev
 tokens allows 4 next tokens with probabilities 0.4/0.3/0.2/0.1, so a model that has
 learnt it reaches the chain's entropy (1.2799 nats per token) while a unigram model
 stays near ln(vocab). Learning it needs attention to the two previous positions.
+
+TinyGPT is not the demo's GPT (lowprec.demo.model) on purpose: its untied LM head is an
+``nn.Linear`` (so convert's "LM head stays BF16" rule has something to act on), its
+linears carry biases (the bias path of the training layer), it can checkpoint every
+block, and the training tests' expectations name its layers (``blocks.0.qkv``, ``head``).
 """
 
 import math
