@@ -43,12 +43,13 @@ def main():
             lambda: torch.randn(m, k, device=common.DEVICE, dtype=torch.bfloat16), nbytes)
         copy_ms, copy_tbps = common.copy_reference(nbytes, reps=args.reps)
         ms = common.median_ms(lambda x: fn(x, R.DEFAULT_SIGN_VECTOR), sets, reps=args.reps)
-        rows.append({"backend": backend, "M": m, "K": k, "ms": ms, "bytes": nbytes,
-                     "tbps": nbytes / ms / 1e9, "copy_tbps": copy_tbps,
-                     "of_copy": copy_ms / ms})
-    common.print_table(rows, [("backend", "backend", "s"), ("M", "M", "d"), ("K", "K", "d"),
-                              ("ms", "ms", ".3f"), ("tbps", "TB/s", ".2f"),
-                              ("of_copy", "of copy", ".1%")])
+        rows.append(common.row("amax_row_col", ms, impl=backend, shape=f"{m}x{k}",
+                               throughput=nbytes / ms / 1e9, unit="TB/s", baseline="copy",
+                               of_baseline=copy_ms / ms, M=m, K=k, bytes=nbytes,
+                               copy_tbps=copy_tbps))
+    common.print_table(rows, [("impl", "backend", "s"), ("M", "M", "d"), ("K", "K", "d"),
+                              ("time_ms", "ms", ".3f"), ("throughput", "TB/s", ".2f"),
+                              ("of_baseline", "of copy", ".1%")])
     print("wrote", common.write_results("bench_amax", rows))
 
 

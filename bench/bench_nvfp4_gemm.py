@@ -81,7 +81,7 @@ def planner_records(rows, best, fp8):
     for row in rows:
         if row["impl"] == "torch.mm bf16":
             out.append({"precision": "bf16", "m": row["M"], "n": row["N"], "k": row["K"],
-                        "tflops": row["tflops"]})
+                        "tflops": row["throughput"]})
     for (m, n, k), (_, ms) in best.items():
         out.append({"precision": "nvfp4", "m": m, "n": n, "k": k,
                     "tflops": 2 * m * n * k / ms / 1e9})
@@ -104,13 +104,17 @@ def main():
     for shape in args.shapes.split(","):
         m, n, k = (int(v) for v in shape.split("x"))
         sets = common.input_sets(lambda: operands(m, n, k), (m + n) * k * 9 // 16)
-        mm_ms, mm_tflops = common.mm_reference(m, n, k, reps=args.reps)
-        rows.append({"M": m, "N": n, "K": k, "impl": "torch.mm bf16", "ms": mm_ms,
-                     "tflops": mm_tflops, "of_mm": 1.0})
+        mm_ms, _ = common.mm_reference(m, n, k, reps=args.reps)
+
+        def gemm_row(impl, ms, **extra):
+            return common.row("gemm", ms, impl=impl, shape=f"M{m} N{n} K{k}",
+                              throughput=2 * m * n * k / ms / 1e9, unit="TFLOP/s",
+                              baseline="bf16 torch.mm", of_baseline=mm_ms / ms,
+                              M=m, N=n, K=k, **extra)
+
+        rows.append(gemm_row("torch.mm bf16", mm_ms))
         fp8[(m, n, k)] = fp8_ms(m, n, k, args.reps)
-        rows.append({"M": m, "N": n, "K": k, "impl": "fp8 (lowprec)", "ms": fp8[(m, n, k)],
-                     "tflops": 2 * m * n * k / fp8[(m, n, k)] / 1e9,
-                     "of_mm": mm_ms / fp8[(m, n, k)]})
+        rows.append(gemm_row("fp8 (lowprec)", fp8[(m, n, k)]))
         for backend in args.backends.split(","):
             fns, reason = entries(backend)
             if fns is None:
@@ -124,16 +128,15 @@ def main():
                 kwargs = {"config": cfg} if cfg else {}
                 ms = common.median_ms(lambda ops: fn(*ops, out_dtype=torch.bfloat16, **kwargs),
                                       sets, reps=args.reps)
-                row = {"M": m, "N": n, "K": k, "impl": name, "ms": ms,
-                       "tflops": 2 * m * n * k / ms / 1e9, "of_mm": mm_ms / ms,
-                       "scratch_mb": (scratch_bytes(name, m, n, k) or 0) / 2**20}
-                rows.append(row)
+                rows.append(gemm_row(
+                    name, ms, scratch_mb=(scratch_bytes(name, m, n, k) or 0) / 2**20))
                 if backend == "triton" and cfg is None and (
                         (m, n, k) not in best or ms < best[(m, n, k)][1]):
                     best[(m, n, k)] = (name, ms)
     common.print_table(rows, [("M", "M", "d"), ("N", "N", "d"), ("K", "K", "d"),
-                              ("impl", "impl", "s"), ("ms", "ms", ".3f"),
-                              ("tflops", "TFLOP/s", ".0f"), ("of_mm", "of torch.mm", ".1%"),
+                              ("impl", "impl", "s"), ("time_ms", "ms", ".3f"),
+                              ("throughput", "TFLOP/s", ".0f"),
+                              ("of_baseline", "of torch.mm", ".1%"),
                               ("scratch_mb", "scratch MiB", ".0f")])
     print("wrote", common.write_results(
         "bench_nvfp4_gemm", rows,

@@ -50,12 +50,13 @@ def main():
         amax = {id(w): w.abs().max().float() for w in sets}
         copy_ms, copy_tbps = common.copy_reference(nbytes, reps=args.reps)
         ms = common.median_ms(lambda w: fn(w, amax=amax[id(w)]), sets, reps=args.reps)
-        rows.append({"backend": backend, "N": n, "K": k, "ms": ms, "bytes": nbytes,
-                     "tbps": nbytes / ms / 1e9, "copy_tbps": copy_tbps,
-                     "of_copy": copy_ms / ms})
-    common.print_table(rows, [("backend", "backend", "s"), ("N", "N", "d"), ("K", "K", "d"),
-                              ("ms", "ms", ".3f"), ("tbps", "TB/s", ".2f"),
-                              ("of_copy", "of copy", ".1%")])
+        rows.append(common.row("quantize_weight_2d", ms, impl=backend, shape=f"{n}x{k}",
+                               throughput=nbytes / ms / 1e9, unit="TB/s", baseline="copy",
+                               of_baseline=copy_ms / ms, N=n, K=k, bytes=nbytes,
+                               copy_tbps=copy_tbps))
+    common.print_table(rows, [("impl", "backend", "s"), ("N", "N", "d"), ("K", "K", "d"),
+                              ("time_ms", "ms", ".3f"), ("throughput", "TB/s", ".2f"),
+                              ("of_baseline", "of copy", ".1%")])
     print("wrote", common.write_results("bench_quantize_2d", rows))
 
 

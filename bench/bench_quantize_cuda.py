@@ -17,12 +17,11 @@ Targets (issue 4, H100/H200): >= 90% of copy for rowcol_rne and weight_2d, >= 85
 rowcol_sr; the CUDA kernels should beat Triton's.
 
 Usage: python bench/bench_quantize_cuda.py [--shapes 8192x8192,16384x4096] [--iters 50]
-Writes bench/results/quantize_cuda_<gpu>.json. Without a GPU it says so and writes
-nothing (a figure that was not measured is never written down).
+Writes bench/results/bench_quantize_cuda_<gpu>_<time>.json (or --out). Without a GPU it
+says so and writes nothing (a figure that was not measured is never written down).
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -112,8 +111,7 @@ def main():
         print("no CUDA GPU visible: nothing measured, nothing written")
         return 0
     impls = backends()
-    facts = device.facts()
-    print(json.dumps(facts))
+    print(device.format_facts(device.facts()))
     rows = []
     for shape in args.shapes.split(","):
         m, k = (int(v) for v in shape.split("x"))
@@ -123,23 +121,18 @@ def main():
             src = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda")
             dst = torch.empty_like(src)
             copy_ms = timed(lambda: dst.copy_(src), args.iters)
-            entry = {"op": name, "shape": [m, k], "bytes": nbytes,
-                     "copy_tbps": nbytes / copy_ms / 1e9}
             for impl_name, impl in impls.items():
                 ms = timed(op_for(impl, x, spec, amaxes), args.iters)
-                entry[f"{impl_name}_ms"] = ms
-                entry[f"{impl_name}_tbps"] = nbytes / ms / 1e9
-                entry[f"{impl_name}_of_copy"] = copy_ms / ms
-            rows.append(entry)
-            cells = "  ".join(f"{n}: {entry[f'{n}_tbps']:.2f} TB/s ({entry[f'{n}_of_copy']:.0%})"
-                              for n in impls)
-            print(f"{name:11s} {m}x{k}  copy {entry['copy_tbps']:.2f} TB/s  {cells}")
-    out = args.out or os.path.join(HERE, "results", "quantize_cuda_"
-                                   f"{facts['gpu']['name'].replace(' ', '_')}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({"device": facts, "iters": args.iters, "results": rows}, f, indent=1)
-    print(f"wrote {out}")
+                rows.append(common.row(name, ms, impl=impl_name, shape=f"{m}x{k}",
+                                       throughput=nbytes / ms / 1e9, unit="TB/s",
+                                       baseline="copy", of_baseline=copy_ms / ms,
+                                       bytes=nbytes, copy_tbps=nbytes / copy_ms / 1e9))
+    common.print_table(rows, [("name", "op", "s"), ("impl", "backend", "s"),
+                              ("shape", "shape", "s"), ("time_ms", "ms", ".3f"),
+                              ("throughput", "TB/s", ".2f"), ("of_baseline", "of copy", ".1%"),
+                              ("copy_tbps", "copy TB/s", ".2f")])
+    print("wrote", common.write_results("bench_quantize_cuda", rows,
+                                        extra={"iters": args.iters}, path=args.out))
     return 0
 
 

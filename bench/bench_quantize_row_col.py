@@ -64,11 +64,10 @@ def measure(fn, m, k, reps):
     rows = []
     for mode, run in modes.items():
         ms = common.median_ms(run, sets, reps=reps)
-        row = {"M": m, "K": k, "mode": mode, "ms": ms, "bytes": nbytes,
-               "tbps": nbytes / ms / 1e9, "copy_tbps": copy_tbps, "of_copy": copy_ms / ms}
-        if mode == "amax+rne":
-            row["of_bound"] = row["of_copy"] / FUSED_BOUND
-        rows.append(row)
+        rows.append(dict(
+            name=f"quantize_row_col {mode}", M=m, K=k, mode=mode, time_ms=ms, bytes=nbytes,
+            throughput=nbytes / ms / 1e9, copy_tbps=copy_tbps, of_baseline=copy_ms / ms,
+            of_bound=copy_ms / ms / FUSED_BOUND if mode == "amax+rne" else None))
     return rows
 
 
@@ -78,10 +77,11 @@ def main():
     rows = []
     for backend, fn, (m, k) in common.backend_shapes(args, fused_entry):
         for row in measure(fn, m, k, args.reps):
-            rows.append(dict(row, backend=backend))
-    common.print_table(rows, [("backend", "backend", "s"), ("M", "M", "d"), ("K", "K", "d"),
-                              ("mode", "mode", "s"), ("ms", "ms", ".3f"),
-                              ("tbps", "TB/s", ".2f"), ("of_copy", "of copy", ".1%"),
+            rows.append(common.row(impl=backend, shape=f"{m}x{k}", unit="TB/s",
+                                   baseline="copy", **row))
+    common.print_table(rows, [("impl", "backend", "s"), ("M", "M", "d"), ("K", "K", "d"),
+                              ("mode", "mode", "s"), ("time_ms", "ms", ".3f"),
+                              ("throughput", "TB/s", ".2f"), ("of_baseline", "of copy", ".1%"),
                               ("of_bound", "of 61% bound", ".1%")])
     print("wrote", common.write_results("bench_quantize_row_col", rows))
 

@@ -31,8 +31,6 @@ Usage: python bench/bench_train_step.py [--batch 8 --seq 1024 --steps 20 --warmu
 """
 
 import argparse
-import datetime
-import json
 import os
 import statistics
 import sys
@@ -44,14 +42,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import lowprec  # noqa: E402
 from bench import common  # noqa: E402
-from lowprec import device as device_info  # noqa: E402
 from lowprec.convert import candidate_layers, convert  # noqa: E402
 from lowprec.demo.model import GPT, GPTConfig  # noqa: E402
 from lowprec.plan import LayerPlan, Plan  # noqa: E402
 from lowprec.recipe import Recipe  # noqa: E402
 from lowprec.table import format_table  # noqa: E402
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 GPT_350M = dict(vocab=50304, d_model=1024, n_layer=24, n_head=16)
 GPT_TINY = dict(vocab=256, d_model=48, n_layer=2, n_head=4)
 
@@ -172,9 +168,8 @@ def run_mode(mode, args, config, device):
             "params": sum(p.numel() for p in model.parameters())}
 
 
-def device_facts(device):
-    return dict(device_info.facts(), lowprec_backends=lowprec.available(
-        return_reason=True, device_type=device.type))
+def backends_available(device):
+    return lowprec.available(return_reason=True, device_type=device.type)
 
 
 def report(results):
@@ -233,13 +228,15 @@ def main(argv=None):
     checks = report(results)
 
     if device.type == "cuda":
-        os.makedirs(RESULTS_DIR, exist_ok=True)
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        path = os.path.join(RESULTS_DIR, f"train_step_{stamp}.json")
-        with open(path, "w") as f:
-            json.dump({"args": vars(args), "model": config, "device": device_facts(device),
-                       "results": results, "targets": checks}, f, indent=2)
-        print(f"wrote {path}")
+        base_s = results["bf16"]["step_s"]
+        rows = [common.row(mode, 1e3 * r["step_s"], shape=f"batch {args.batch} x seq {args.seq}",
+                           throughput=r["tokens_per_s"], unit="tok/s", baseline="bf16",
+                           of_baseline=base_s / r["step_s"], **r)
+                for mode, r in results.items()]
+        print("wrote", common.write_results(
+            "bench_train_step", rows, extra={"args": vars(args), "model": config,
+                                             "lowprec_backends": backends_available(device),
+                                             "targets": checks}))
     return 0
 
 

@@ -7,7 +7,9 @@
 * ``copy_reference``: a same-run ``torch`` device-to-device copy moving the same number of
   bytes (half read, half written), the ceiling every bandwidth figure is divided by.
 * ``mm_reference``: a same-run bf16 ``torch.mm`` of the same shape, the GEMM ceiling.
-* ``write_results``: JSON under ``bench/results/`` with the facts, the command and the commit.
+* ``row`` and ``write_results``: the one record every script writes, JSON under
+  ``bench/results/`` with the facts, the command and the commit; its fields are
+  documented in lowprec/bench_schema.py, and ``lowprec bench`` reads them by name.
 
 Compulsory bytes are counted once: each input read once, each output written once.
 Clocks are never locked or changed. Without a GPU the scripts say so and exit 0: a
@@ -28,7 +30,7 @@ import time
 
 import torch
 
-from lowprec import device
+from lowprec import bench_schema, device
 from lowprec.table import format_table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -148,22 +150,34 @@ def _commit():
         return None
 
 
-def write_results(script, rows, extra=None):
-    """Write ``rows`` (a list of dicts) with the device facts to bench/results/; return path."""
-    import triton
+def row(name, time_ms, *, impl=None, shape, throughput=None, unit=None, baseline=None,
+        of_baseline=None, **extra):
+    """One benchmark row (lowprec/bench_schema.py says what each field means)."""
+    return bench_schema.check_row(dict(
+        name=name, impl=impl, shape=shape, time_ms=time_ms, throughput=throughput,
+        unit=unit, baseline=baseline, of_baseline=of_baseline, **extra))
+
+
+def write_results(script, rows, extra=None, path=None):
+    """Write a benchmark record (lowprec/bench_schema.py) of ``rows`` from ``row()`` with
+    the device facts, to ``path`` or bench/results/; return the path written."""
     if SMOKE:
         return "nothing (smoke run on CPU: not a measurement)"
-    os.makedirs(RESULTS, exist_ok=True)
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
     facts = device.facts()
-    gpu_facts = facts.get("gpu")
-    name = gpu_facts.get("name") if isinstance(gpu_facts, dict) else gpu_facts
-    gpu = str(name or facts.get("name") or "gpu").replace(" ", "_")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = os.path.join(RESULTS, f"{script}_{gpu}_{stamp}.json")
-    record = {"script": script, "command": " ".join(sys.argv), "commit": _commit(),
-              "time_utc": stamp, "python": platform.python_version(),
-              "torch": torch.__version__, "triton": triton.__version__, "device": facts,
-              "rows": rows, **(extra or {})}
+    if path is None:
+        gpu = str((facts["gpu"] or {}).get("name") or "gpu").replace(" ", "_")
+        path = os.path.join(RESULTS, f"{script}_{gpu}_{stamp}.json")
+    record = {"schema": bench_schema.SCHEMA, "script": script, "command": " ".join(sys.argv),
+              "commit": _commit(), "time_utc": stamp, "python": platform.python_version(),
+              "torch": torch.__version__, "triton": triton_version, "device": facts,
+              "rows": [bench_schema.check_row(r) for r in rows], **(extra or {})}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(record, f, indent=1, default=str)
     return path

@@ -13,7 +13,6 @@ import argparse
 import importlib.util
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -199,19 +198,10 @@ def _ablation(args):
 
 # -- bench -----------------------------------------------------------------------------
 #
-# Each bench/bench_*.py script measures one thing and writes its own JSON under
-# bench/results/ (bench/common.py's write_results, or its own writer). `lowprec bench`
-# runs them all, reads back the JSON files they wrote during this run and prints one
-# table. Rows come from a file's "rows" or "results" (a list, or a dict keyed by name);
-# numbers are found by name: "[impl_]ms" / "us" / "step_s" (time), "tbps" / "tflops" /
-# "tokens_per_s" (throughput), "of_copy" / "of_bf16" / "of_mm" (ratio to the same-run
-# baseline); "mode", "impl" and "backend" qualify the kernel; "shape" or M/N/K give
-# the shape.
-
-METRIC = re.compile(r"(?:(?P<impl>.+)_)?(?P<metric>ms|us|step_s|tbps|tflops|tokens_per_s|"
-                    r"of_copy|of_bf16|of_mm)")
-THROUGHPUT_UNITS = {"tbps": "TB/s", "tflops": "TFLOP/s", "tokens_per_s": "tok/s"}
-RATIO_NAMES = {"of_copy": "copy", "of_bf16": "bf16", "of_mm": "bf16 mm"}
+# Each bench/bench_*.py script measures one thing and writes one record under
+# bench/results/ (bench/common.py's write_results; the fields are documented in
+# lowprec/bench_schema.py). `lowprec bench` runs them all, reads back the records they
+# wrote during this run and prints one table.
 
 
 NO_BENCH_SCRIPTS = ("looked in {looked}. The scripts are part of the source repository, "
@@ -227,66 +217,18 @@ def find_bench_dir(explicit=None):
     return path if path.is_dir() else None
 
 
-def _shape_text(shape):
-    if isinstance(shape, (list, tuple)):
-        return "x".join(str(d) for d in shape)
-    return "" if shape is None else str(shape)
-
-
-QUALIFIERS = ("mode", "impl", "backend")
-
-
-def _shape_of(entry):
-    if entry.get("shape") is not None:
-        return _shape_text(entry["shape"])
-    return " ".join(f"{d}{entry[d]}" for d in ("M", "N", "K") if d in entry)
-
-
 def bench_rows(source, data):
-    """Table rows of one benchmark result file (see the comment above)."""
-    if not isinstance(data, dict):
-        return []
-    source = data.get("script") or source
-    results = data.get("rows", data.get("results"))
-    if isinstance(results, dict):
-        entries = list(results.items())
-    elif isinstance(results, list):
-        entries = [(None, entry) for entry in results]
-    else:
-        return []
-    rows = []
-    for key, entry in entries:
-        if not isinstance(entry, dict):
-            continue
-        kernel = (entry.get("kernel") or entry.get("op") or entry.get("name") or key
-                  or source.removeprefix("bench_"))
-        qualifiers = [str(entry[q]) for q in QUALIFIERS if isinstance(entry.get(q), str)]
-        if qualifiers:
-            kernel = f"{kernel} {' '.join(qualifiers)}"
-        by_impl = {}
-        for name, value in entry.items():
-            match = METRIC.fullmatch(name)
-            if match and isinstance(value, (int, float)) and not isinstance(value, bool):
-                by_impl.setdefault(match["impl"], {})[match["metric"]] = value
-        for impl, metrics in by_impl.items():
-            if "ms" in metrics:
-                ms = metrics["ms"]
-            elif "us" in metrics:
-                ms = metrics["us"] / 1e3
-            elif "step_s" in metrics:
-                ms = metrics["step_s"] * 1e3
-            else:
-                continue            # e.g. copy_tbps: the baseline, not a measured kernel
-            unit = next((u for k, u in THROUGHPUT_UNITS.items() if k in metrics), "")
-            ratio_key = next((k for k in RATIO_NAMES if k in metrics), None)
-            rows.append({
-                "source": source, "kernel": kernel if impl is None else f"{kernel} [{impl}]",
-                "shape": _shape_of(entry), "time_ms": ms,
-                "throughput": next((metrics[k] for k in THROUGHPUT_UNITS if k in metrics),
-                                   None), "unit": unit,
-                "ratio": None if ratio_key is None else metrics[ratio_key],
-                "ratio_to": None if ratio_key is None else RATIO_NAMES[ratio_key]})
-    return rows
+    """Table rows of one benchmark record; ValueError (naming ``source``) if it is not one."""
+    from lowprec import bench_schema
+
+    rows = bench_schema.check_record(data, source)
+    script = data.get("script") or source
+    return [{"source": script,
+             "kernel": row["name"] if row["impl"] is None else f"{row['name']} [{row['impl']}]",
+             "shape": row["shape"], "time_ms": row["time_ms"],
+             "throughput": row["throughput"], "unit": row["unit"] or "",
+             "ratio": row["of_baseline"], "ratio_to": row["baseline"]}
+            for row in rows]
 
 
 def format_bench_table(rows):
@@ -349,7 +291,10 @@ def _bench(args):
         if path.stat().st_mtime >= started:
             data = json.loads(path.read_text())
             files.append({"file": str(path), "data": data})
-            rows.extend(bench_rows(path.stem, data))
+            try:
+                rows.extend(bench_rows(path.name, data))
+            except ValueError as err:
+                print(f"  not tabulated: {err}")
     print()
     print(format_bench_table(rows) if rows else "no results were written by the scripts")
     _cache_device_costs([f["file"] for f in files])

@@ -1,9 +1,13 @@
 """`lowprec bench`: the no-GPU path, the table it builds from the scripts' JSON, and a
 run with a faked GPU over a stand-in bench/ directory."""
 
+import importlib.util
 import json
 import os
+import pathlib
 import textwrap
+
+import pytest
 
 from lowprec import cli, device
 
@@ -15,43 +19,52 @@ def test_without_gpu_says_so_and_exits_cleanly(capsys, monkeypatch):
     assert "no GPU (no CUDA device is visible)" in capsys.readouterr().out
 
 
-def test_rows_from_per_backend_bandwidth_results():
-    data = {"results": [{"op": "rowcol_rne", "shape": [8192, 8192], "bytes": 1,
-                         "copy_tbps": 3.0, "cuda_ms": 0.1, "cuda_tbps": 2.7,
-                         "cuda_of_copy": 0.9, "triton_ms": 0.2, "triton_tbps": 1.35,
-                         "triton_of_copy": 0.45}]}
-    rows = cli.bench_rows("quantize_cuda", data)
-    assert [(r["kernel"], r["shape"], r["time_ms"], r["throughput"], r["unit"], r["ratio"],
-             r["ratio_to"]) for r in rows] == [
-        ("rowcol_rne [cuda]", "8192x8192", 0.1, 2.7, "TB/s", 0.9, "copy"),
-        ("rowcol_rne [triton]", "8192x8192", 0.2, 1.35, "TB/s", 0.45, "copy")]
-    table = cli.format_bench_table(rows)
+def _bench_common(monkeypatch):
+    """bench/common.py, loaded from the checkout (bench/ is not an installed package),
+    with smoke mode off so that write_results writes."""
+    path = pathlib.Path(__file__).resolve().parents[2] / "bench" / "common.py"
+    spec = importlib.util.spec_from_file_location("bench_common_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "SMOKE", False)
+    return module
+
+
+def test_the_record_bench_common_writes_is_the_one_the_cli_reads(tmp_path, monkeypatch):
+    """write_results -> JSON -> bench_rows, field by field (mutation tried: swapping
+    of_baseline and throughput in bench_rows failed it)."""
+    common = _bench_common(monkeypatch)
+    rows = [common.row("rowcol_rne", 0.1, impl="cuda", shape="8192x8192", throughput=2.7,
+                       unit="TB/s", baseline="copy", of_baseline=0.9, bytes=1),
+            common.row("bf16", 250.0, shape="batch 8 x seq 1024")]
+    path = common.write_results("bench_x", rows, extra={"iters": 3},
+                                path=str(tmp_path / "x.json"))
+    data = json.loads(pathlib.Path(path).read_text())
+    assert data["schema"] == "lowprec-bench/1" and data["iters"] == 3
+    assert data["device"]["gpu"] is None                     # device.facts() on this CPU
+    got = cli.bench_rows("x.json", data)
+    assert [(r["source"], r["kernel"], r["shape"], r["time_ms"], r["throughput"], r["unit"],
+             r["ratio"], r["ratio_to"]) for r in got] == [
+        ("bench_x", "rowcol_rne [cuda]", "8192x8192", 0.1, 2.7, "TB/s", 0.9, "copy"),
+        ("bench_x", "bf16", "batch 8 x seq 1024", 250.0, None, "", None, None)]
+    table = cli.format_bench_table(got)
     assert "90% of copy" in table and "2.7 TB/s" in table
 
 
-def test_rows_from_named_results_and_gemm_ratios():
-    data = {"results": {"bf16": {"step_s": 0.25, "tokens_per_s": 32768.0},
-                        "gemm": {"kernel": "nvfp4_gemm", "shape": "4096x4096x4096",
-                                 "us": 500.0, "tflops": 275.0, "of_mm": 0.4},
-                        "skipped": "torchao missing"}}
-    rows = {r["kernel"]: r for r in cli.bench_rows("mixed", data)}
-    assert rows["bf16"]["time_ms"] == 250.0 and rows["bf16"]["unit"] == "tok/s"
-    assert rows["nvfp4_gemm"]["time_ms"] == 0.5 and rows["nvfp4_gemm"]["ratio_to"] == "bf16 mm"
-    assert cli.bench_rows("empty", {"device": {}}) == []
+def test_rows_outside_the_schema_are_refused_by_name(monkeypatch):
+    common = _bench_common(monkeypatch)
+    with pytest.raises(ValueError, match="time_ms must be a number; got '1'"):
+        common.row("amax", "1", shape="64x64")
+    with pytest.raises(ValueError, match="lacks impl, shape, time_ms"):
+        common.write_results("bench_x", [{"name": "amax"}], path="/nonexistent/x.json")
+    with pytest.raises(ValueError, match="old.json: not a lowprec-bench/1 benchmark record"):
+        cli.bench_rows("old.json", {"results": [{"op": "amax", "cuda_ms": 0.1}]})
 
 
-def test_rows_from_bench_common_records():
-    """bench/common.py's write_results: {"script": ..., "rows": [...]} with M/N/K."""
-    data = {"script": "bench_nvfp4_gemm", "rows": [
-        {"M": 8192, "N": 4096, "K": 4096, "impl": "torch.mm bf16", "ms": 2.0,
-         "tflops": 137.4, "of_mm": 1.0},
-        {"M": 8192, "N": 4096, "K": 4096, "impl": "fused", "ms": 4.0, "tflops": 68.7,
-         "of_mm": 0.5, "scratch_mb": 0.0}]}
-    rows = cli.bench_rows("bench_nvfp4_gemm_H100_20260101T000000Z", data)
-    assert [(r["source"], r["kernel"], r["shape"], r["unit"], r["ratio"]) for r in rows] == [
-        ("bench_nvfp4_gemm", "nvfp4_gemm torch.mm bf16", "M8192 N4096 K4096", "TFLOP/s", 1.0),
-        ("bench_nvfp4_gemm", "nvfp4_gemm fused", "M8192 N4096 K4096", "TFLOP/s", 0.5)]
-    assert "50% of bf16 mm" in cli.format_bench_table(rows)
+def _record(rows):
+    return {"schema": "lowprec-bench/1", "script": "bench_ok", "rows": [
+        dict(dict.fromkeys(("impl", "throughput", "unit", "baseline", "of_baseline")), **r)
+        for r in rows]}
 
 
 def test_with_a_gpu_runs_every_script_and_tabulates_this_runs_results(tmp_path, capsys,
@@ -59,14 +72,15 @@ def test_with_a_gpu_runs_every_script_and_tabulates_this_runs_results(tmp_path, 
     bench = tmp_path / "bench"
     (bench / "results").mkdir(parents=True)
     (bench / "results" / "old.json").write_text(json.dumps(
-        {"results": [{"op": "stale", "ms": 1.0}]}))
+        _record([{"name": "stale", "shape": "1", "time_ms": 1.0}])))
     os.utime(bench / "results" / "old.json", (0, 0))          # from an earlier run
-    (bench / "bench_ok.py").write_text(textwrap.dedent("""
+    record = _record([{"name": "amax", "impl": "cuda", "shape": "64x64", "time_ms": 0.01,
+                       "throughput": 1.5, "unit": "TB/s", "baseline": "copy",
+                       "of_baseline": 0.75}])
+    (bench / "bench_ok.py").write_text(f"RECORD = {record!r}\n" + textwrap.dedent("""
         import json, pathlib
         out = pathlib.Path(__file__).parent / "results" / "ok.json"
-        out.write_text(json.dumps({"results": [{"op": "amax", "shape": [64, 64],
-                                                "cuda_ms": 0.01, "cuda_tbps": 1.5,
-                                                "cuda_of_copy": 0.75}]}))
+        out.write_text(json.dumps(RECORD))
         print("measured")
     """))
     (bench / "bench_broken.py").write_text("raise SystemExit('boom')\n")
