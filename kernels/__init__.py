@@ -21,7 +21,7 @@ _EXPORTS = ("quantize_row_col", "quantize_weight_2d")
 
 def __getattr__(name):
     if name in _EXPORTS:
-        from lowprec.kernels import backend
+        from . import backend
         return getattr(backend, name)
     raise AttributeError(f"module 'lowprec.kernels' has no attribute {name!r}")
 

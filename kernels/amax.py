@@ -21,14 +21,23 @@ import torch
 import triton
 import triton.language as tl
 
-from lowprec.kernels import nvfp4_math as nm
-from lowprec.kernels.config import input_view, launch_options, tile_config
+from . import nvfp4_math as nm
+from .config import input_view, launch_options, tile_config
 
 
 @triton.jit
-def _amax_kernel(x_ptr, M, K, stride_m, stride_k, signs_ptr, out_bits_ptr,
-                 X_KIND: tl.constexpr, COL_RHT: tl.constexpr,
-                 CHUNKS: tl.constexpr, BLOCK_K: tl.constexpr):
+def _amax_kernel(
+        # Pointers: the input x [M, K], the 16 RHT signs (fp32, read when COL_RHT) and the
+        # two results as int32 bits [2] (atomic max of non-negative floats' bits).
+        x_ptr, signs_ptr, out_bits_ptr,
+        # Sizes.
+        M, K,
+        # Strides of x, in elements.
+        stride_m, stride_k,
+        # Meta-parameters: x's dtype (nvfp4_math.load_f32); the columnwise amax of RHT(x^T)
+        # too or not; the tile (16 * CHUNKS rows by BLOCK_K columns).
+        X_KIND: tl.constexpr, COL_RHT: tl.constexpr,
+        CHUNKS: tl.constexpr, BLOCK_K: tl.constexpr):
     ROWS: tl.constexpr = 16 * CHUNKS
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -60,8 +69,10 @@ def amax_row_col(x, rht_signs=None):
         view, kind = input_view(x)
         chunks, block_k, warps = tile_config(m, k)
         grid = (triton.cdiv(m, 16 * chunks), triton.cdiv(k, block_k))
-        _amax_kernel[grid](view, m, k, view.stride(0), view.stride(1),
-                           rht_signs if rht_signs is not None else out_bits, out_bits,
+        _amax_kernel[grid](x_ptr=view,
+                           signs_ptr=rht_signs if rht_signs is not None else out_bits,
+                           out_bits_ptr=out_bits, M=m, K=k,
+                           stride_m=view.stride(0), stride_k=view.stride(1),
                            X_KIND=kind, COL_RHT=rht_signs is not None,
                            CHUNKS=chunks, BLOCK_K=block_k, num_warps=warps, **launch_options())
     return out_bits.view(torch.float32)

@@ -32,12 +32,12 @@ ALIGNED_INTS = {"M", "N", "K", "R", "stride_m", "stride_n", "stride_r", "col_blo
 
 def _specs():
     """name -> (kernel, signature, constexprs, num_warps, num_stages, elements per thread)."""
-    from lowprec.kernels.amax import _amax_kernel
-    from lowprec.kernels.dequantize import _dequantize_kernel
-    from lowprec.kernels.fp8 import _quantize_fp8_kernel
-    from lowprec.kernels.nvfp4_gemm import _epilogue_kernel, _gemm_kernel
-    from lowprec.kernels.quantize_row_col import _quantize_row_col_kernel
-    from lowprec.kernels.quantize_2d import _quantize_2d_kernel
+    from .amax import _amax_kernel
+    from .dequantize import _dequantize_kernel
+    from .fp8 import _quantize_fp8_kernel
+    from .nvfp4_gemm import _epilogue_kernel, _gemm_kernel
+    from .quantize_row_col import _quantize_row_col_kernel
+    from .quantize_2d import _quantize_2d_kernel
 
     q1 = dict(x_ptr="*i16", M="i32", K="i32", stride_m="i32", signs_ptr="*fp32",
               row_amax_ptr="*fp32", col_amax_ptr="*fp32", row_amax_out_ptr="*fp32",

@@ -50,10 +50,10 @@ def implementation(op, capability):
     if op in QUANTIZE_NAMES:
         return QUANTIZE_NAMES[op]
     if op == "nvfp4_gemm":
-        from lowprec.kernels import nvfp4_gemm
+        from . import nvfp4_gemm
         return nvfp4_gemm.CANDIDATE_NAMES[nvfp4_gemm.DEFAULT_CANDIDATE]
     if op == "fp8_gemm":
-        from lowprec.kernels import fp8
+        from . import fp8
         return fp8.gemm_implementation(capability)
     return None
 
@@ -75,7 +75,7 @@ def availability(device_type):
             return ("Triton runs on CPU tensors only in its interpreter: set "
                     "TRITON_INTERPRET=1 before lowprec.kernels is imported")
         from triton.runtime.interpreter import InterpretedFunction
-        from lowprec.kernels.quantize_row_col import _quantize_row_col_kernel
+        from .quantize_row_col import _quantize_row_col_kernel
         if not isinstance(_quantize_row_col_kernel, InterpretedFunction):
             return ("TRITON_INTERPRET=1 was set after the Triton kernels were compiled for "
                     "the GPU; set it before lowprec.kernels is imported")
@@ -108,8 +108,8 @@ def _empty_triple(device):
 def _quantize_nvfp4_op(x: Tensor, block: str, rht_signs: Optional[List[int]],
                        stochastic: bool, seed: int, offset: int,
                        amax: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
-    from lowprec.kernels.quantize_row_col import quantize_row_col
-    from lowprec.kernels.quantize_2d import quantize_2d
+    from .quantize_row_col import quantize_row_col
+    from .quantize_2d import quantize_2d
     k = x.shape[-1]
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)             # a view when it can be: the kernels take any strides
@@ -144,7 +144,7 @@ def _quantize_row_col_op(x: Tensor, rht_signs: Optional[List[int]], rowwise: boo
                          seed: int, row_offset: int, col_offset: int,
                          row_amax: Optional[Tensor], col_amax: Optional[Tensor]
                          ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    from lowprec.kernels.quantize_row_col import quantize_row_col
+    from .quantize_row_col import quantize_row_col
     row, col = quantize_row_col(x, row=rowwise, col=columnwise, col_signs=rht_signs,
                              row_stochastic=row_stochastic, col_stochastic=col_stochastic,
                              seed=seed, row_offset=row_offset, col_offset=col_offset,
@@ -171,7 +171,7 @@ def _(x, rht_signs, rowwise, columnwise, row_stochastic, col_stochastic, seed, r
 def _quantize_weight_2d_op(w: Tensor, columnwise: bool, stochastic: bool, seed: int,
                            offset: int, amax: Optional[Tensor]
                            ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    from lowprec.kernels.quantize_2d import quantize_2d
+    from .quantize_2d import quantize_2d
     row, col = quantize_2d(w, columnwise=columnwise, stochastic=stochastic,
                            seed=seed, offset=offset, amax=amax)
     return (*row, *(col or _empty_triple(w.device)))
@@ -188,7 +188,7 @@ def _(w, columnwise, stochastic, seed, offset, amax):
 
 @torch.library.custom_op("lowprec::triton_dequantize_nvfp4", mutates_args=())
 def _dequantize_nvfp4_op(data: Tensor, scale: Tensor, amax: Tensor, dtype: torch.dtype) -> Tensor:
-    from lowprec.kernels.dequantize import dequantize
+    from .dequantize import dequantize
     lead, half = data.shape[:-1], data.shape[-1]
     out = dequantize(data.contiguous().reshape(-1, half),
                      scale.contiguous().reshape(-1, scale.shape[-1]), amax, dtype)
@@ -202,7 +202,7 @@ def _(data, scale, amax, dtype):
 
 @torch.library.custom_op("lowprec::triton_quantize_fp8", mutates_args=())
 def _quantize_fp8_op(x: Tensor) -> Tuple[Tensor, Tensor]:
-    from lowprec.kernels.fp8 import quantize_fp8 as impl
+    from .fp8 import quantize_fp8 as impl
     return impl(x)
 
 
@@ -215,7 +215,7 @@ def _(x):
 def _nvfp4_gemm_op(a_data: Tensor, a_scale: Tensor, a_amax: Tensor, b_data: Tensor,
                    b_scale: Tensor, b_amax: Tensor, bias: Optional[Tensor],
                    out_dtype: torch.dtype) -> Tensor:
-    from lowprec.kernels.nvfp4_gemm import nvfp4_gemm as impl
+    from .nvfp4_gemm import nvfp4_gemm as impl
     return impl(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=bias, out_dtype=out_dtype)
 
 
@@ -227,7 +227,7 @@ def _(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias, out_dtype):
 @torch.library.custom_op("lowprec::triton_fp8_gemm", mutates_args=())
 def _fp8_gemm_op(a_data: Tensor, a_scale: Tensor, b_data: Tensor, b_scale: Tensor,
                  bias: Optional[Tensor], out_dtype: torch.dtype) -> Tensor:
-    from lowprec.kernels.fp8 import fp8_gemm as impl
+    from .fp8 import fp8_gemm as impl
     return impl(a_data.contiguous(), a_scale.contiguous(), b_data.contiguous(),
                 b_scale.contiguous(), bias=bias, out_dtype=out_dtype)
 

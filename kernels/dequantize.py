@@ -14,8 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from lowprec.kernels import nvfp4_math as nm
-from lowprec.kernels.config import interpreting, launch_options, output_view
+from . import nvfp4_math as nm
+from .config import interpreting, launch_options, output_view
 
 
 @triton.jit
@@ -35,9 +35,16 @@ def unpack_codes(packed, ROWS: tl.constexpr, HALF: tl.constexpr):
 
 
 @triton.jit
-def _dequantize_kernel(data_ptr, scale_ptr, amax_ptr, out_ptr, R, K,
-                       APPLY_GLOBAL: tl.constexpr, OUT_KIND: tl.constexpr,
-                       BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+def _dequantize_kernel(
+        # Pointers: codes [R, K/2] and scales [R, K/16] (uint8), the amax (fp32 [1], read
+        # when APPLY_GLOBAL) and the output [R, K] (contiguous).
+        data_ptr, scale_ptr, amax_ptr, out_ptr,
+        # Sizes (every operand is contiguous: no strides).
+        R, K,
+        # Meta-parameters: apply the global scale or not; the output dtype
+        # (nvfp4_math.store_kind); the tile (BLOCK_R rows by BLOCK_K columns).
+        APPLY_GLOBAL: tl.constexpr, OUT_KIND: tl.constexpr,
+        BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     half = tl.program_id(1) * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
@@ -77,7 +84,8 @@ def dequantize(data, scale, amax=None, dtype=torch.float32):
     grid = (triton.cdiv(r, block_r), triton.cdiv(k, block_k))
     amax_arg = (amax.detach().to(device=data.device, dtype=torch.float32).reshape(1)
                 if amax is not None else view)
-    _dequantize_kernel[grid](data, scale.view(torch.uint8), amax_arg, view, r, k,
+    _dequantize_kernel[grid](data_ptr=data, scale_ptr=scale.view(torch.uint8),
+                             amax_ptr=amax_arg, out_ptr=view, R=r, K=k,
                              APPLY_GLOBAL=amax is not None, OUT_KIND=kind,
                              BLOCK_R=block_r, BLOCK_K=block_k, num_warps=4,
                              **launch_options())

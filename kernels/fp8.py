@@ -16,13 +16,22 @@ import triton
 import triton.language as tl
 
 from lowprec import reference
-from lowprec.kernels import nvfp4_math as nm
-from lowprec.kernels.config import input_view, interpreting, launch_options
+from . import nvfp4_math as nm
+from .config import input_view, interpreting, launch_options
 
 
 @triton.jit
-def _quantize_fp8_kernel(x_ptr, data_ptr, scale_ptr, R, K, stride_r, stride_k,
-                         X_KIND: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+def _quantize_fp8_kernel(
+        # Pointers: the input x [R, K], the E4M3 codes [R, K] (uint8) and the per-row
+        # scales [R] (fp32).
+        x_ptr, data_ptr, scale_ptr,
+        # Sizes.
+        R, K,
+        # Strides of x, in elements.
+        stride_r, stride_k,
+        # Meta-parameters: x's dtype (nvfp4_math.load_f32); BLOCK_R rows per program,
+        # walked along K in steps of BLOCK_K (twice: the amax, then the encoding).
+        X_KIND: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < R
 
@@ -62,8 +71,8 @@ def quantize_fp8(x):
         else:
             block_r, block_k = 4, 512
         _quantize_fp8_kernel[(triton.cdiv(r, block_r),)](
-            view, data, scale, r, k, view.stride(0), view.stride(1),
-            X_KIND=kind, BLOCK_R=block_r, BLOCK_K=block_k, num_warps=4, **launch_options())
+            x_ptr=view, data_ptr=data, scale_ptr=scale, R=r, K=k,
+            stride_r=view.stride(0), stride_k=view.stride(1), X_KIND=kind, BLOCK_R=block_r, BLOCK_K=block_k, num_warps=4, **launch_options())
     elif k == 0:
         scale.fill_(1.0)
     lead = x.shape[:-1]

@@ -32,9 +32,9 @@ import torch
 import triton
 import triton.language as tl
 
-from lowprec.kernels import nvfp4_math as nm
-from lowprec.kernels.config import input_view, interpreting, launch_options, output_view
-from lowprec.kernels.dequantize import dequantize, unpack_codes
+from . import nvfp4_math as nm
+from .config import input_view, interpreting, launch_options, output_view
+from .dequantize import dequantize, unpack_codes
 
 # (M, N, K) -> "fused" | "dequant_mm" | "dequant_triton", filled from bench/results by a
 # session with a GPU. Shapes not listed use DEFAULT_CANDIDATE.
@@ -95,12 +95,20 @@ def _load_operand(data_ptr, scale_ptr, rows, ok, k0, K,
 
 
 @triton.jit
-def _gemm_kernel(a_data_ptr, a_scale_ptr, b_data_ptr, b_scale_ptr,
-                 a_amax_ptr, b_amax_ptr, bias_ptr, out_ptr, M, N, K,
-                 PREDEQUANTIZED: tl.constexpr, HAS_BIAS: tl.constexpr,
-                 BIAS_KIND: tl.constexpr, OUT_KIND: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 GROUP_M: tl.constexpr):
+def _gemm_kernel(
+        # Pointers: the operands A [M, K] and B [N, K] (codes and scales, or fp16 tiles
+        # when PREDEQUANTIZED), their amaxes (fp32 [1]), the bias [N] (read when HAS_BIAS)
+        # and the output [M, N] (contiguous).
+        a_data_ptr, a_scale_ptr, b_data_ptr, b_scale_ptr,
+        a_amax_ptr, b_amax_ptr, bias_ptr, out_ptr,
+        # Sizes (every operand is contiguous: no strides).
+        M, N, K,
+        # Meta-parameters: the operand form; bias or not and its dtype; the output dtype;
+        # the tile and the grouping of programs along M for L2 reuse.
+        PREDEQUANTIZED: tl.constexpr, HAS_BIAS: tl.constexpr,
+        BIAS_KIND: tl.constexpr, OUT_KIND: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        GROUP_M: tl.constexpr):
     # Grouped launch order: GROUP_M row-blocks share each B column-block while it is in L2.
     pid = tl.program_id(0)
     blocks_m = tl.cdiv(M, BLOCK_M)
@@ -152,7 +160,9 @@ def _launch_gemm(a, a_scale, a_amax, b, b_scale, b_amax, bias, out_dtype, predeq
     bm, bn, bk, group_m, warps, stages = config or gemm_config(m, n, k)
     grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
     _gemm_kernel[grid](
-        a, a_scale, b, b_scale, _scalar(a_amax), _scalar(b_amax), bias_arg, out_arg, m, n, k,
+        a_data_ptr=a, a_scale_ptr=a_scale, b_data_ptr=b, b_scale_ptr=b_scale,
+        a_amax_ptr=_scalar(a_amax), b_amax_ptr=_scalar(b_amax), bias_ptr=bias_arg,
+        out_ptr=out_arg, M=m, N=n, K=k,
         PREDEQUANTIZED=predequantized, HAS_BIAS=bias is not None, BIAS_KIND=bias_kind,
         OUT_KIND=out_kind, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group_m,
         num_warps=warps, num_stages=stages, **launch_options())
@@ -182,9 +192,15 @@ def gemm_dequant_triton(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=N
 # ----------------------------------------------------------------------------------
 
 @triton.jit
-def _epilogue_kernel(acc_ptr, a_amax_ptr, b_amax_ptr, bias_ptr, out_ptr, M, N,
-                     HAS_BIAS: tl.constexpr, BIAS_KIND: tl.constexpr, OUT_KIND: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _epilogue_kernel(
+        # Pointers: the fp32 accumulator [M, N], the amaxes (fp32 [1]), the bias [N] (read
+        # when HAS_BIAS) and the output [M, N] (all contiguous).
+        acc_ptr, a_amax_ptr, b_amax_ptr, bias_ptr, out_ptr,
+        # Sizes.
+        M, N,
+        # Meta-parameters: bias or not and its dtype; the output dtype; the tile.
+        HAS_BIAS: tl.constexpr, BIAS_KIND: tl.constexpr, OUT_KIND: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = (rows < M)[:, None] & (cols < N)[None, :]
@@ -211,8 +227,9 @@ def gemm_dequant_mm(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=None,
     block_m, block_n = (min(64, triton.next_power_of_2(m)), min(256, triton.next_power_of_2(n))) \
         if interpreting() else (16, 256)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
-    _epilogue_kernel[grid](acc, _scalar(a_amax), _scalar(b_amax), bias_arg, out_arg, m, n,
-                           HAS_BIAS=bias is not None, BIAS_KIND=bias_kind, OUT_KIND=out_kind,
+    _epilogue_kernel[grid](acc_ptr=acc, a_amax_ptr=_scalar(a_amax),
+                           b_amax_ptr=_scalar(b_amax), bias_ptr=bias_arg, out_ptr=out_arg,
+                           M=m, N=n, HAS_BIAS=bias is not None, BIAS_KIND=bias_kind, OUT_KIND=out_kind,
                            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4,
                            **launch_options())
     return out

@@ -20,16 +20,27 @@ import torch
 import triton
 import triton.language as tl
 
-from lowprec.kernels import nvfp4_math as nm
-from lowprec.kernels.amax import amax_row_col
-from lowprec.kernels.config import as_uint64, input_view, launch_options, tile_config
+from . import nvfp4_math as nm
+from .amax import amax_row_col
+from .config import as_uint64, input_view, launch_options, tile_config
 
 
 @triton.jit(do_not_specialize=["seed", "offset"])
 def _quantize_2d_kernel(
-        w_ptr, N, K, stride_n, stride_k, amax_ptr, amax_out_ptr, col_amax_out_ptr,
-        row_data_ptr, row_scale_ptr, col_words_ptr, col_scale_ptr,
+        # Pointers: the weight w [N, K]; its amax (fp32 [1]) and where each copy's goes;
+        w_ptr, amax_ptr, amax_out_ptr, col_amax_out_ptr,
+        # the rowwise copy: codes [N, K/2] and scales [N, K/16] (uint8);
+        row_data_ptr, row_scale_ptr,
+        # the transposed copy (read when COL): int64 words of 16 codes and scales.
+        col_words_ptr, col_scale_ptr,
+        # Sizes: w is [N, K].
+        N, K,
+        # Strides of w, in elements.
+        stride_n, stride_k,
+        # Stochastic rounding: the Philox key and the counter offset.
         seed: tl.uint64, offset: tl.uint64,
+        # Meta-parameters: w's dtype (nvfp4_math.load_f32); the transposed copy or not; SR
+        # or RNE; the tile (16 * CHUNKS rows by BLOCK_K columns).
         W_KIND: tl.constexpr, COL: tl.constexpr, STOCHASTIC: tl.constexpr,
         CHUNKS: tl.constexpr, BLOCK_K: tl.constexpr):
     ROWS: tl.constexpr = 16 * CHUNKS
@@ -113,12 +124,13 @@ def quantize_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0, amax=
         chunks, block_k, warps = tile_config(n, k)
         grid = (triton.cdiv(n, 16 * chunks), triton.cdiv(k, block_k))
         _quantize_2d_kernel[grid](
-            view, n, k, view.stride(0), view.stride(1), amax, amax_out,
-            col_amax_out if columnwise else amax_out,
-            row_data, row_scale,
-            col_data.view(torch.int64) if columnwise else row_data,
-            col_scale if columnwise else row_scale,
-            as_uint64(seed), as_uint64(offset),
+            w_ptr=view, amax_ptr=amax, amax_out_ptr=amax_out,
+            col_amax_out_ptr=col_amax_out if columnwise else amax_out,
+            row_data_ptr=row_data, row_scale_ptr=row_scale,
+            col_words_ptr=col_data.view(torch.int64) if columnwise else row_data,
+            col_scale_ptr=col_scale if columnwise else row_scale,
+            N=n, K=k, stride_n=view.stride(0), stride_k=view.stride(1),
+            seed=as_uint64(seed), offset=as_uint64(offset),
             W_KIND=kind, COL=columnwise, STOCHASTIC=bool(stochastic),
             CHUNKS=chunks, BLOCK_K=block_k, num_warps=warps, **launch_options())
     e4m3 = torch.float8_e4m3fn

@@ -28,18 +28,31 @@ import torch
 import triton
 import triton.language as tl
 
-from lowprec.kernels import nvfp4_math as nm
-from lowprec.kernels.amax import amax_row_col
-from lowprec.kernels.config import (as_uint64, input_view, interpreting, launch_options,
+from . import nvfp4_math as nm
+from .amax import amax_row_col
+from .config import (as_uint64, input_view, interpreting, launch_options,
                                     pad16, quarter_signs, tile_config)
 
 
 @triton.jit(do_not_specialize=["seed", "row_offset", "col_offset"])
 def _quantize_row_col_kernel(
-        x_ptr, M, K, stride_m, stride_k, signs_ptr,
+        # Pointers: the input x [M, K] and the 16 RHT signs (fp32, read when COL_RHT);
+        x_ptr, signs_ptr,
+        # the amax each copy is encoded with (fp32 [1]) and where each copy's amax goes;
         row_amax_ptr, col_amax_ptr, row_amax_out_ptr, col_amax_out_ptr,
-        row_data_ptr, row_scale_ptr, col_words_ptr, col_scale_ptr, col_blocks,
+        # the rowwise copy: codes [M, K/2] and scales [M, K/16] (uint8);
+        row_data_ptr, row_scale_ptr,
+        # the columnwise copy of x^T: codes as int64 words of 16 codes [K, col_blocks]
+        # and scales [K, col_blocks].
+        col_words_ptr, col_scale_ptr,
+        # Sizes: x is [M, K]; col_blocks = M_pad / 16.
+        M, K, col_blocks,
+        # Strides of x, in elements.
+        stride_m, stride_k,
+        # Stochastic rounding: the Philox key and each copy's counter offset.
         seed: tl.uint64, row_offset: tl.uint64, col_offset: tl.uint64,
+        # Meta-parameters: x's dtype (nvfp4_math.load_f32); which copies; RHT and SR per
+        # copy; the tile (16 * CHUNKS rows by BLOCK_K columns); hardware bf16 rounding.
         X_KIND: tl.constexpr, ROW: tl.constexpr, COL: tl.constexpr, COL_RHT: tl.constexpr,
         ROW_SR: tl.constexpr, COL_SR: tl.constexpr,
         CHUNKS: tl.constexpr, BLOCK_K: tl.constexpr, HW_BF16: tl.constexpr):
@@ -157,16 +170,21 @@ def quantize_row_col(x, *, row=True, col=False, col_signs=None, row_stochastic=F
         view, kind = input_view(x)
         chunks, block_k, warps = tile_config(m, k)
         grid = (triton.cdiv(m, 16 * chunks), triton.cdiv(k, block_k))
-        anything = view                      # placeholder pointer for unused operands
+        unused = view          # the pointer given for operands the meta-parameters switch off
         _quantize_row_col_kernel[grid](
-            view, m, k, view.stride(0), view.stride(1),
-            signs if signs is not None else anything,
-            row_amax_in if row else anything, col_amax_in if col else anything,
-            row_out[2] if row else anything, col_out[2] if col else anything,
-            row_out[0] if row else anything, row_out[1] if row else anything,
-            col_out[0].view(torch.int64) if col else anything,
-            col_out[1] if col else anything, m_pad // 16,
-            as_uint64(seed), as_uint64(row_offset), as_uint64(col_offset),
+            x_ptr=view, signs_ptr=signs if signs is not None else unused,
+            row_amax_ptr=row_amax_in if row else unused,
+            col_amax_ptr=col_amax_in if col else unused,
+            row_amax_out_ptr=row_out[2] if row else unused,
+            col_amax_out_ptr=col_out[2] if col else unused,
+            row_data_ptr=row_out[0] if row else unused,
+            row_scale_ptr=row_out[1] if row else unused,
+            col_words_ptr=col_out[0].view(torch.int64) if col else unused,
+            col_scale_ptr=col_out[1] if col else unused,
+            M=m, K=k, col_blocks=m_pad // 16,
+            stride_m=view.stride(0), stride_k=view.stride(1),
+            seed=as_uint64(seed), row_offset=as_uint64(row_offset),
+            col_offset=as_uint64(col_offset),
             X_KIND=kind, ROW=row, COL=col, COL_RHT=signs is not None,
             ROW_SR=bool(row and row_stochastic), COL_SR=bool(col and col_stochastic),
             CHUNKS=chunks, BLOCK_K=block_k, HW_BF16=not interpreting(), num_warps=warps,
