@@ -1,7 +1,7 @@
 """The amax kernel: max|x| and max|RHT(x^T)| of a bf16 [M, K] tensor in one read.
 
 Bytes counted once: 2 B/element read (the two fp32 results are negligible). "of copy"
-divides by a same-run device copy moving the same bytes. Target (issue 3, H100/H200):
+divides by a same-run device copy moving the same bytes. Target (H100/H200):
 >= 85% of copy.
 
     python bench/bench_amax.py [--backends triton] [--shapes 8192x8192,...] [--reps 50]

@@ -6,7 +6,7 @@ Candidates (kernels/nvfp4_gemm.py):
   dequant_triton  (c) dequantize to fp16, Triton GEMM with alpha and bias in its epilogue
 Other backends take part through the registry (``--backends triton,cuda``).
 
-Reported per shape: ms, TFLOP/s, the ratio to bf16 ``torch.mm`` (target, issue 3: best
+Reported per shape: ms, TFLOP/s, the ratio to bf16 ``torch.mm`` (target: best
 candidate >= 85% at 8192^3 and at the Llama-3 8B/70B linear shapes with M = 8192), and
 the scratch memory each candidate allocates. ``--configs`` also times a few tile
 configurations of the Triton kernel. The last lines print a DISPATCH table to paste into

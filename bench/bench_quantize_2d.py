@@ -2,7 +2,7 @@
 
 Bytes counted once, amax given: 2 B/element read, 0.5625 B/element written per copy
 (3.125 B/element). "of copy" divides by a same-run device copy moving those bytes.
-Target (issue 3, H100/H200): >= 85% of copy.
+Target (H100/H200): >= 85% of copy.
 
     python bench/bench_quantize_2d.py [--backends triton] [--shapes 4096x4096,...] [--reps 50]
 

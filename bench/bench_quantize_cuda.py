@@ -13,7 +13,7 @@ TB/s = bytes / median time over CUDA-event-timed runs; "of copy" is the ratio to
 same-run `torch` device-to-device copy moving the same number of bytes (half read, half
 written). Clocks are never locked or changed.
 
-Targets (issue 4, H100/H200): >= 90% of copy for rowcol_rne and weight_2d, >= 85% for
+Targets (H100/H200): >= 90% of copy for rowcol_rne and weight_2d, >= 85% for
 rowcol_sr; the CUDA kernels should beat Triton's.
 
 Usage: python bench/bench_quantize_cuda.py [--shapes 8192x8192,16384x4096] [--iters 50]

@@ -10,7 +10,7 @@ B/element for row + column. "of copy" divides by a same-run device copy moving t
 bytes. For amax+rne the kernels move 5.125 B/element (x is read twice), so the best it
 can reach is 3.125 / 5.125 = 61% of copy ("of bound" is the ratio to that).
 
-Targets (issue 3, H100/H200): rne >= 85% of copy, sr >= 80%.
+Targets (H100/H200): rne >= 85% of copy, sr >= 80%.
 
     python bench/bench_quantize_row_col.py [--backends triton] [--shapes 8192x8192,...] [--reps 50]
 

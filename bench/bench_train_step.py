@@ -21,7 +21,7 @@ bytes that the linear layers keep for the backward from their inputs (measured i
 eager forward: every tensor saved for backward inside a linear layer's forward, except
 the parameters and weight-shaped casts of them), with its ratio to BF16.
 
-Targets (issue 5, H100/H200): FP8 >= 1.15x BF16 tokens/s and >= torchao float8; NVFP4
+Targets (H100/H200): FP8 >= 1.15x BF16 tokens/s and >= torchao float8; NVFP4
 step time <= 1.4x BF16; NVFP4 linear-input activation bytes <= 0.6x BF16.
 
 Without a GPU this prints "no GPU" and exits 0 (``--allow-cpu`` runs a tiny model on

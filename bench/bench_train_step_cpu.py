@@ -10,7 +10,7 @@ thread it is the step's compute, and other jobs on a shared machine do not infla
 over ``--steps`` steps after ``--warmup``, the median wall time beside it, per model, and
 the ratio converted / plain of the CPU times.
 
-Target (issue 10): converted step <= 3x the plain one.
+Target: converted step <= 3x the plain one.
 
     python bench/bench_train_step_cpu.py [--layers 6 --d-model 128 --batch 8 --seq 128]
 """

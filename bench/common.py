@@ -1,4 +1,4 @@
-"""Shared benchmark machinery (DESIGN.md, "Bandwidth"; METHOD.md, "Time properly").
+"""Shared benchmark machinery: timing, same-run baselines and the one record format.
 
 * ``timed_ms``: one run between two CUDA events (wall clock on CPU).
 * ``median_ms``: warm up, then time each run with ``timed_ms`` and take the

@@ -36,8 +36,8 @@ from . import nvfp4_math as nm
 from .config import input_view, interpreting, launch_options, output_view
 from .dequantize import dequantize, unpack_codes
 
-# (M, N, K) -> "fused" | "dequant_mm" | "dequant_triton", filled from bench/results by a
-# session with a GPU. Shapes not listed use DEFAULT_CANDIDATE.
+# (M, N, K) -> "fused" | "dequant_mm" | "dequant_triton": the fastest candidate per shape,
+# as bench/bench_nvfp4_gemm.py prints it on a GPU. Shapes not listed use DEFAULT_CANDIDATE.
 DISPATCH = {}
 DEFAULT_CANDIDATE = "dequant_mm"
 

@@ -31,7 +31,7 @@ __all__ = [
     "quantize_weight_2d",
 ]
 
-# Training layer (issue 5).
+# Training layer.
 from lowprec.recipe import Recipe  # noqa: E402
 from lowprec.linear import Linear, linear  # noqa: E402
 from lowprec.plan import LayerPlan, Plan  # noqa: E402

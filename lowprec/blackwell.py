@@ -1,8 +1,8 @@
 """Native NVFP4 GEMM on Blackwell (sm_100): cuBLASLt's block-scaled FP4 path via torch.
 
-UNTESTED ON HARDWARE: no Blackwell GPU was available while this was written. The
-argument preparation (``scaled_mm_arguments``) is a pure function, tested on CPU against
-torch's own reference layout helper; the call itself runs only on sm_100.
+The argument preparation (``scaled_mm_arguments``) is a pure function, tested on CPU
+against torch's own reference layout helper; the call itself runs only on sm_100 (the
+README's hardware table says where it has run).
 
 The torch API (checked against torch 2.11-2.13 sources):
 

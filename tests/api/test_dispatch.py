@@ -1,6 +1,6 @@
 """The dispatch table: what backend='auto' runs, for this machine and for Hopper/Blackwell.
 
-The expected tables are written out by hand from issue 10's rules (quantization in the
+The expected tables are written out by hand from the dispatch rules (quantization in the
 CUDA kernels, dequantization in Triton, Hopper's NVFP4 GEMM as dequantize + torch.mm,
 Blackwell's as the native scaled_mm, FP8 GEMMs on torch._scaled_mm); none may be the
 reference on a GPU. Mutation tried: the FP8 GEMM taking the reference on every

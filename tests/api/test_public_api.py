@@ -1,4 +1,4 @@
-"""The public API of DESIGN.md: containers, backends, leading dims, empty tensors, errors."""
+"""The public API: containers, backends, leading dims, empty tensors, errors."""
 
 import pytest
 import torch

@@ -2,8 +2,8 @@
 
 The argument preparation is checked against an independent statement of cuBLAS's scale
 layout and against a CPU emulation of what the block-scaled FP4 GEMM computes from those
-arguments; the torch call is checked by intercepting it. The GEMM itself is untested on
-hardware."""
+arguments; the torch call is checked by intercepting it. The GEMM itself runs only on
+sm_100, not here."""
 
 import pytest
 import torch

@@ -56,13 +56,13 @@ def net():
 
 
 def test_xy_batches_without_loss_fn_name_loss_fn_and_show_one():
-    """Issue 12's first case: the default loss calls ``model(x, y)`` on a model taking x."""
+    """The default loss calls ``model(x, y)`` on a model taking x."""
     with pytest.raises(TypeError, match=r"loss_fn \(omitted.*positional argument.*" + XY_HINT):
         make_plan(net(), budget=0.5, calibration=xy_batches(), progress=False)
 
 
 def test_cross_entropy_as_loss_fn_names_loss_fn_and_shows_one():
-    """Issue 12's second case: ``loss_fn=F.cross_entropy`` gets (model, batch)."""
+    """``loss_fn=F.cross_entropy`` gets (model, batch)."""
     with pytest.raises(TypeError, match=r"^loss_fn failed: .*Net.*loss_fn\(model, batch\).*"
                                         + XY_HINT):
         make_plan(net(), budget=0.5, calibration=xy_batches(), loss_fn=F.cross_entropy,
