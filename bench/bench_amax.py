@@ -41,15 +41,12 @@ def main():
         nbytes = 2 * m * k
         sets = common.input_sets(
             lambda: torch.randn(m, k, device=common.DEVICE, dtype=torch.bfloat16), nbytes)
-        copy_ms, copy_tbps = common.copy_reference(nbytes, reps=args.reps)
+        copy_ms, _ = common.copy_reference(nbytes, reps=args.reps)
         ms = common.median_ms(lambda x: fn(x, R.DEFAULT_SIGN_VECTOR), sets, reps=args.reps)
-        rows.append(common.row("amax_row_col", ms, impl=backend, shape=f"{m}x{k}",
-                               throughput=nbytes / ms / 1e9, unit="TB/s", baseline="copy",
-                               of_baseline=copy_ms / ms, M=m, K=k, bytes=nbytes,
-                               copy_tbps=copy_tbps))
+        rows.append(common.bandwidth_row("amax_row_col", backend, f"{m}x{k}", ms, nbytes,
+                                         copy_ms, M=m, K=k))
     common.print_table(rows, [("impl", "backend", "s"), ("M", "M", "d"), ("K", "K", "d"),
-                              ("time_ms", "ms", ".3f"), ("throughput", "TB/s", ".2f"),
-                              ("of_baseline", "of copy", ".1%")])
+                              *common.BANDWIDTH_COLUMNS])
     print("wrote", common.write_results("bench_amax", rows))
 
 

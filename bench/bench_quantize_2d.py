@@ -48,15 +48,12 @@ def main():
             lambda: torch.randn(n, k, device=common.DEVICE, dtype=torch.bfloat16) * 0.02,
             2 * n * k)
         amax = {id(w): w.abs().max().float() for w in sets}
-        copy_ms, copy_tbps = common.copy_reference(nbytes, reps=args.reps)
+        copy_ms, _ = common.copy_reference(nbytes, reps=args.reps)
         ms = common.median_ms(lambda w: fn(w, amax=amax[id(w)]), sets, reps=args.reps)
-        rows.append(common.row("quantize_weight_2d", ms, impl=backend, shape=f"{n}x{k}",
-                               throughput=nbytes / ms / 1e9, unit="TB/s", baseline="copy",
-                               of_baseline=copy_ms / ms, N=n, K=k, bytes=nbytes,
-                               copy_tbps=copy_tbps))
+        rows.append(common.bandwidth_row("quantize_weight_2d", backend, f"{n}x{k}", ms,
+                                         nbytes, copy_ms, N=n, K=k))
     common.print_table(rows, [("impl", "backend", "s"), ("N", "N", "d"), ("K", "K", "d"),
-                              ("time_ms", "ms", ".3f"), ("throughput", "TB/s", ".2f"),
-                              ("of_baseline", "of copy", ".1%")])
+                              *common.BANDWIDTH_COLUMNS])
     print("wrote", common.write_results("bench_quantize_2d", rows))
 
 

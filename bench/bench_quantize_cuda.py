@@ -123,13 +123,10 @@ def main():
             copy_ms = timed(lambda: dst.copy_(src), args.iters)
             for impl_name, impl in impls.items():
                 ms = timed(op_for(impl, x, spec, amaxes), args.iters)
-                rows.append(common.row(name, ms, impl=impl_name, shape=f"{m}x{k}",
-                                       throughput=nbytes / ms / 1e9, unit="TB/s",
-                                       baseline="copy", of_baseline=copy_ms / ms,
-                                       bytes=nbytes, copy_tbps=nbytes / copy_ms / 1e9))
+                rows.append(common.bandwidth_row(name, impl_name, f"{m}x{k}", ms, nbytes,
+                                                 copy_ms))
     common.print_table(rows, [("name", "op", "s"), ("impl", "backend", "s"),
-                              ("shape", "shape", "s"), ("time_ms", "ms", ".3f"),
-                              ("throughput", "TB/s", ".2f"), ("of_baseline", "of copy", ".1%"),
+                              ("shape", "shape", "s"), *common.BANDWIDTH_COLUMNS,
                               ("copy_tbps", "copy TB/s", ".2f")])
     print("wrote", common.write_results("bench_quantize_cuda", rows,
                                         extra={"iters": args.iters}, path=args.out))

@@ -43,7 +43,7 @@ def fused_entry(backend):
     return fn, None if fn else f"backend {backend} has no quantize_row_col"
 
 
-def measure(fn, m, k, reps):
+def measure(fn, backend, m, k, reps):
     from lowprec import reference as R
     signs = R.DEFAULT_SIGN_VECTOR
     m_pad = -(-m // 16) * 16
@@ -52,7 +52,7 @@ def measure(fn, m, k, reps):
                              2 * m * k)
     amaxes = [fn(x, rht_signs=signs) for x in sets]           # measured once, then given
     given = {id(x): (row[2], col[2]) for x, (row, col) in zip(sets, amaxes)}
-    copy_ms, copy_tbps = common.copy_reference(nbytes, reps=reps)
+    copy_ms, _ = common.copy_reference(nbytes, reps=reps)
     modes = {
         "rne": lambda x: fn(x, rht_signs=signs, row_amax=given[id(x)][0],
                             col_amax=given[id(x)][1]),
@@ -64,10 +64,9 @@ def measure(fn, m, k, reps):
     rows = []
     for mode, run in modes.items():
         ms = common.median_ms(run, sets, reps=reps)
-        rows.append(dict(
-            name=f"quantize_row_col {mode}", M=m, K=k, mode=mode, time_ms=ms, bytes=nbytes,
-            throughput=nbytes / ms / 1e9, copy_tbps=copy_tbps, of_baseline=copy_ms / ms,
-            of_bound=copy_ms / ms / FUSED_BOUND if mode == "amax+rne" else None))
+        rows.append(common.bandwidth_row(
+            f"quantize_row_col {mode}", backend, f"{m}x{k}", ms, nbytes, copy_ms, M=m, K=k,
+            mode=mode, of_bound=copy_ms / ms / FUSED_BOUND if mode == "amax+rne" else None))
     return rows
 
 
@@ -76,12 +75,9 @@ def main():
                                       __doc__.splitlines()[0])
     rows = []
     for backend, fn, (m, k) in common.backend_shapes(args, fused_entry):
-        for row in measure(fn, m, k, args.reps):
-            rows.append(common.row(impl=backend, shape=f"{m}x{k}", unit="TB/s",
-                                   baseline="copy", **row))
+        rows.extend(measure(fn, backend, m, k, args.reps))
     common.print_table(rows, [("impl", "backend", "s"), ("M", "M", "d"), ("K", "K", "d"),
-                              ("mode", "mode", "s"), ("time_ms", "ms", ".3f"),
-                              ("throughput", "TB/s", ".2f"), ("of_baseline", "of copy", ".1%"),
+                              ("mode", "mode", "s"), *common.BANDWIDTH_COLUMNS,
                               ("of_bound", "of 61% bound", ".1%")])
     print("wrote", common.write_results("bench_quantize_row_col", rows))
 

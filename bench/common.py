@@ -158,6 +158,19 @@ def row(name, time_ms, *, impl=None, shape, throughput=None, unit=None, baseline
         unit=unit, baseline=baseline, of_baseline=of_baseline, **extra))
 
 
+def bandwidth_row(name, impl, shape, ms, nbytes, copy_ms, **extra):
+    """The row of a memory-bound op: TB/s over its compulsory ``nbytes`` and the ratio to
+    a same-run copy of as many bytes that took ``copy_ms``."""
+    return row(name, ms, impl=impl, shape=shape, throughput=nbytes / ms / 1e9, unit="TB/s",
+               baseline="copy", of_baseline=copy_ms / ms, bytes=nbytes,
+               copy_tbps=nbytes / copy_ms / 1e9, **extra)
+
+
+# print_table columns of bandwidth_row's figures.
+BANDWIDTH_COLUMNS = [("time_ms", "ms", ".3f"), ("throughput", "TB/s", ".2f"),
+                     ("of_baseline", "of copy", ".1%")]
+
+
 def write_results(script, rows, extra=None, path=None):
     """Write a benchmark record (lowprec/bench_schema.py) of ``rows`` from ``row()`` with
     the device facts, to ``path`` or bench/results/; return the path written."""
