@@ -22,6 +22,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from lowprec.checks import as_int64
+
 
 try:
     import triton  # noqa: F401
@@ -30,7 +32,6 @@ except ImportError as err:  # the registry reports this through availability()
     _TRITON_MISSING = f"triton is not installed ({err}); pip install triton"
 
 U8, E4M3, F32 = torch.uint8, torch.float8_e4m3fn, torch.float32
-UINT64 = 1 << 64
 
 
 # bf16 loads and stores: Ampere and newer.
@@ -81,12 +82,6 @@ def availability(device_type):
                     "the GPU; set it before lowprec.kernels is imported")
         return None
     return f"Triton kernels do not run on {device_type} tensors"
-
-
-def _to_int64(value):
-    """[0, 2^64) -> the int64 with the same bits (op schemas hold signed 64-bit ints)."""
-    value = int(value) % UINT64
-    return value - UINT64 if value >= 1 << 63 else value
 
 
 def _scalar_or_none(amax, device):
@@ -245,7 +240,7 @@ def quantize_nvfp4(x, *, block="1x16", rht_signs=None, stochastic=False, seed=0,
                    amax=None):
     signs = None if rht_signs is None else [int(s) for s in rht_signs]
     return torch.ops.lowprec.triton_quantize_nvfp4(
-        x.detach(), block, signs, bool(stochastic), _to_int64(seed), _to_int64(offset),
+        x.detach(), block, signs, bool(stochastic), as_int64(seed), as_int64(offset),
         _scalar_or_none(amax, x.device))
 
 
@@ -279,8 +274,8 @@ def quantize_row_col(x, *, rht_signs=None, rowwise=True, columnwise=True,
     signs = None if rht_signs is None else [int(s) for s in rht_signs]
     out = torch.ops.lowprec.triton_quantize_row_col(
         x.detach().reshape(-1, x.shape[-1]), signs, bool(rowwise), bool(columnwise),
-        bool(row_stochastic), bool(col_stochastic), _to_int64(seed), _to_int64(row_offset),
-        _to_int64(col_offset), _scalar_or_none(row_amax, x.device),
+        bool(row_stochastic), bool(col_stochastic), as_int64(seed), as_int64(row_offset),
+        as_int64(col_offset), _scalar_or_none(row_amax, x.device),
         _scalar_or_none(col_amax, x.device))
     return (tuple(out[:3]) if rowwise else None), (tuple(out[3:]) if columnwise else None)
 
@@ -289,6 +284,6 @@ def quantize_weight_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0
     """Same contract as ``lowprec.reference.quantize_weight_2d`` (inputs validated by
     ``lowprec.ops.quantize_weight_2d``): W and W^T, 16x16 tiles, from one read."""
     out = torch.ops.lowprec.triton_quantize_weight_2d(
-        w.detach(), bool(columnwise), bool(stochastic), _to_int64(seed), _to_int64(offset),
+        w.detach(), bool(columnwise), bool(stochastic), as_int64(seed), as_int64(offset),
         _scalar_or_none(amax, w.device))
     return tuple(out[:3]), (tuple(out[3:]) if columnwise else None)

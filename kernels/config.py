@@ -14,7 +14,6 @@ import torch
 import triton
 
 KIND_OF_DTYPE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
-UINT64_MASK = (1 << 64) - 1
 
 
 def interpreting():
@@ -65,8 +64,3 @@ def _quarter_signs(signs, device):
 def quarter_signs(signs, device):
     """The RHT sign vector as the fp32 device tensor s_j / 4 the kernels read (cached)."""
     return _quarter_signs(tuple(int(s) for s in signs), torch.device(device))
-
-
-def as_uint64(value):
-    """A Python int in [0, 2^64) (wrapping), as the kernels' seed / counter arguments."""
-    return int(value) & UINT64_MASK

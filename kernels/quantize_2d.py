@@ -20,9 +20,11 @@ import torch
 import triton
 import triton.language as tl
 
+from lowprec.checks import as_uint64
+
 from . import nvfp4_math as nm
 from .amax import amax_row_col
-from .config import as_uint64, input_view, launch_options, tile_config
+from .config import input_view, launch_options, tile_config
 
 
 @triton.jit(do_not_specialize=["seed", "offset"])

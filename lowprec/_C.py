@@ -18,10 +18,11 @@ import os
 
 import torch
 
+from lowprec.checks import as_int64
+
 EXTENSION = "lowprec._lowprec_C"
 # The CUDA kernels are built for sm_90a, sm_100a and compute_90 PTX (csrc/nvcc_flags.txt).
 MIN_CAPABILITY = (9, 0)
-UINT64_SPAN = 1 << 64
 
 
 def _load():
@@ -123,12 +124,6 @@ def sign_mask(rht_signs):
     if rht_signs is None:
         return -1
     return sum(1 << j for j, s in enumerate(rht_signs) if s == -1)
-
-
-def as_int64(value):
-    """A uint64 (seed, offset) as the int64 with the same bits."""
-    value = int(value) % UINT64_SPAN
-    return value - UINT64_SPAN if value >= UINT64_SPAN // 2 else value
 
 
 def _amax_or_none(amax, device):

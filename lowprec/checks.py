@@ -27,3 +27,19 @@ def sign_vector(signs, name="sign_vector"):
         raise ValueError(f"{name} must be 16 entries of +1/-1 (ints, a flat list or a 1-D "
                          f"tensor); got {signs!r}")
     return tuple(int(s) for s in entries)
+
+
+# Seeds and Philox counter offsets are uint64; torch op schemas carry signed int64. The
+# two functions below map between them bit for bit (wrapping, as the counters do).
+UINT64_SPAN = 1 << 64
+
+
+def as_int64(value):
+    """A uint64 (seed, offset; any int, taken mod 2**64) as the int64 with the same bits."""
+    value = int(value) % UINT64_SPAN
+    return value - UINT64_SPAN if value >= UINT64_SPAN // 2 else value
+
+
+def as_uint64(value):
+    """An int64 (or any int) as the uint64 in [0, 2**64) with the same low 64 bits."""
+    return int(value) % UINT64_SPAN

@@ -98,9 +98,13 @@ def test_custom_op_registration(device, name):
 
 
 def test_seed_and_offset_map_onto_int64():
-    assert backend._to_int64(2**64 - 1) == -1
-    assert backend._to_int64(2**63) == -(2**63)
-    assert backend._to_int64(5) == 5
+    """The backends' uint64 <-> int64 mapping (lowprec.checks), values written by hand."""
+    from lowprec.checks import as_int64, as_uint64
+    assert as_int64(2**64 - 1) == -1
+    assert as_int64(2**63) == -(2**63)
+    assert as_int64(5) == 5
+    assert as_uint64(-1) == 2**64 - 1 and as_uint64(-(2**63)) == 2**63
+    assert as_uint64(2**64 + 3) == 3
 
 
 def test_16x16_with_rht_signs_is_refused_below_ops(device):
