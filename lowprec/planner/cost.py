@@ -28,7 +28,6 @@ import json
 import os
 import statistics
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 GEMMS = ("fprop", "dgrad", "wgrad")
@@ -39,7 +38,9 @@ COSTS_FILE = "device_costs.json"
 
 def _packaged_costs():
     """``{kind: (time dict, source)}`` from the package data file."""
-    data = json.loads(resources.files("lowprec.planner").joinpath(COSTS_FILE).read_text())
+    # Beside this file in a wheel and in a checkout alike (setup.py ships it as package
+    # data); read by path so the module also loads outside an installed package.
+    data = json.loads(Path(__file__).with_name(COSTS_FILE).read_text())
     return {kind: (entry["time"], entry["source"]) for kind, entry in data.items()
             if not kind.startswith("_")}
 

@@ -72,7 +72,7 @@ PULP4_SCRIPT = textwrap.dedent("""
     src = pathlib.Path(sys.argv[1])
     for name in ("lowprec", "lowprec.planner"):
         mod = types.ModuleType(name); mod.__path__ = []; sys.modules[name] = mod
-    for name in ("pulp_compat", "cost", "ilp"):
+    for name in ("pulp_compat", "options", "cost", "ilp"):
         spec = importlib.util.spec_from_file_location(f"lowprec.planner.{name}",
                                                       src / f"{name}.py")
         mod = importlib.util.module_from_spec(spec)
