@@ -169,36 +169,57 @@ void philox_words(uint64_t seed, uint64_t counter0, int64_t n, uint32_t* lanes, 
   }
 }
 
+// Scratch of encode_row for a row of `cols` values.
+struct RowScratch {
+  explicit RowScratch(int64_t cols, bool stochastic)
+      : words(stochastic ? static_cast<size_t>(2 * cols) : 0u),
+        codes(static_cast<size_t>(cols)),
+        enc(static_cast<size_t>(cols / 16)) {}
+  std::vector<uint32_t> words;  // Philox words (SR only), then the lanes of philox_words
+  std::vector<uint8_t> codes;   // one 4-bit code per value
+  std::vector<float> enc;       // each block's encode scale
+};
+
 // Encodes one row of prepared values xr (flat row index `row` of a [*, cols] tensor)
 // into its packed codes and block scales. tile_bits: the abs bits of each block's amax
-// (16x16 tiles), or null to take each 1x16 block's own. words: scratch for 2 * cols Philox
-// words (SR only). The element math is quantize16's (nvfp4_math.h), with the codes of a
-// block computed in a loop of their own so that it vectorizes.
+// (16x16 tiles), or null to take each 1x16 block's own. The element math is
+// quantize16's (nvfp4_math.h); the scales, the codes and the packing each run as a loop
+// of their own over the row, so that the code and packing loops vectorize.
 void encode_row(const float* xr, int64_t row, int64_t cols, const uint32_t* tile_bits,
                 TensorScales t, bool stochastic, uint64_t seed, uint64_t offset,
-                uint32_t* words, uint8_t* data, uint8_t* scale) {
-  if (stochastic) {
-    // Element e of the row uses counter offset + (row * cols + e) / 4, word e % 4
-    // (NUMERICS 4.1), so the row's words are those of cols / 4 consecutive counters.
-    philox_words(seed, offset + as_u64(row * cols / 4), cols / 4, words + cols, words);
-  }
-  for (int64_t b = 0; b < cols / 16; ++b) {
+                RowScratch& scratch, uint8_t* data, uint8_t* scale) {
+  const int64_t blocks = cols / 16;
+  float* enc = scratch.enc.data();
+  for (int64_t b = 0; b < blocks; ++b) {
     float v[16];
     memcpy(v, xr + b * 16, sizeof v);
     uint32_t bits = tile_bits != nullptr ? tile_bits[b] : block_abs_bits(v);
     uint32_t scale_bits = block_scale_bits(amax_from_abs_bits(bits), t.s_enc);
-    float enc = block_encode_scale(scale_bits, t.s_dec);
-    uint8_t code[16];
-    if (stochastic) {
-      const uint32_t* w = words + b * 16;
-      for (int j = 0; j < 16; ++j) code[j] = static_cast<uint8_t>(e2m1_code_sr(v[j], enc, w[j]));
-    } else {
-      for (int j = 0; j < 16; ++j) code[j] = static_cast<uint8_t>(e2m1_code_rne(v[j], enc));
-    }
-    // Even element in the low nibble (NUMERICS 1).
-    for (int i = 0; i < 8; ++i) data[b * 8 + i] = static_cast<uint8_t>(code[2 * i] | (code[2 * i + 1] << 4));
+    enc[b] = block_encode_scale(scale_bits, t.s_dec);
     scale[b] = static_cast<uint8_t>(scale_bits);
   }
+  uint8_t* code = scratch.codes.data();
+  if (stochastic) {
+    // Element e of the row uses counter offset + (row * cols + e) / 4, word e % 4
+    // (NUMERICS 4.1), so the row's words are those of cols / 4 consecutive counters.
+    uint32_t* words = scratch.words.data();
+    philox_words(seed, offset + as_u64(row * cols / 4), cols / 4, words + cols, words);
+    for (int64_t b = 0; b < blocks; ++b) {
+      for (int j = 0; j < 16; ++j) {
+        int64_t e = b * 16 + j;
+        code[e] = static_cast<uint8_t>(e2m1_code_sr(xr[e], enc[b], words[e]));
+      }
+    }
+  } else {
+    for (int64_t b = 0; b < blocks; ++b) {
+      for (int j = 0; j < 16; ++j) {
+        int64_t e = b * 16 + j;
+        code[e] = static_cast<uint8_t>(e2m1_code_rne(xr[e], enc[b]));
+      }
+    }
+  }
+  // Even element in the low nibble (NUMERICS 1).
+  for (int64_t i = 0; i < cols / 2; ++i) data[i] = static_cast<uint8_t>(code[2 * i] | (code[2 * i + 1] << 4));
 }
 
 // Quantizes the prepared FP32 values xf of rows [row0, row0 + n_rows) (xf points at
@@ -211,7 +232,7 @@ void encode_rows(const float* xf, int64_t row0, int64_t n_rows, int64_t cols,
   int64_t blocks = cols / 16;
   // One group: a row (1x16 blocks) or the 16 rows of a row of tiles (16x16).
   at::parallel_for(0, n_rows / block_rows, block_rows == 1 ? kRowGrain : 1, [&](int64_t g0, int64_t g1) {
-    std::vector<uint32_t> words(stochastic ? static_cast<size_t>(2 * cols) : 0u);
+    RowScratch scratch(cols, stochastic);
     std::vector<uint32_t> tile_bits(block_rows == 16 ? static_cast<size_t>(blocks) : 0u);
     for (int64_t g = g0; g < g1; ++g) {
       int64_t r_first = g * block_rows;
@@ -228,7 +249,7 @@ void encode_rows(const float* xf, int64_t row0, int64_t n_rows, int64_t cols,
       for (int64_t r = r_first; r < r_first + block_rows; ++r) {
         int64_t row = row0 + r;
         encode_row(xf + r * cols, row, cols, block_rows == 16 ? tile_bits.data() : nullptr, t,
-                   stochastic, seed, offset, words.data(), data + row * (cols / 2),
+                   stochastic, seed, offset, scratch, data + row * (cols / 2),
                    scale + row * blocks);
       }
     }
