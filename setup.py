@@ -32,8 +32,11 @@ CPU_SOURCES = ["csrc/bindings.cpp", "csrc/quantize_cpu.cpp"]
 CUDA_SOURCES = ["csrc/quantize.cu", "csrc/cuda_ops.cpp"]
 
 # No fast-math anywhere, and no FMA contraction: the scale chain and the RHT are specified
-# one correctly rounded FP32 operation at a time (NUMERICS 2, 6).
-CXX_FLAGS = ["-O3", "-g0", "-std=c++20", "-ffp-contract=off", "-fno-fast-math"]
+# one correctly rounded FP32 operation at a time (NUMERICS 2, 6). -fno-trapping-math
+# changes no value (lowprec never reads FP exception flags); it lets the compiler compute
+# both sides of a select, which is what turns the per-element SR loop into vector code.
+CXX_FLAGS = ["-O3", "-g0", "-std=c++20", "-ffp-contract=off", "-fno-fast-math",
+             "-fno-trapping-math"]
 
 
 def _nvcc_flags():

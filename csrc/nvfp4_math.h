@@ -258,6 +258,25 @@ LP_HD void mulhilo32(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
 #endif
 }
 
+// One Philox round on the counter words (c0..c3), in place, under the round key (k0, k1).
+LP_HD void philox_round(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3, uint32_t k0,
+                        uint32_t k1) {
+  uint32_t hi_b, lo_b, hi_a, lo_a;
+  mulhilo32(0xCD9E8D57u, c2, hi_b, lo_b);
+  mulhilo32(0xD2511F53u, c0, hi_a, lo_a);
+  uint32_t n0 = hi_b ^ c1 ^ k0, n2 = hi_a ^ c3 ^ k1;
+  c0 = n0;
+  c1 = lo_b;
+  c2 = n2;
+  c3 = lo_a;
+}
+
+// The key of the next round.
+LP_HD void philox_bump_key(uint32_t& k0, uint32_t& k1) {
+  k0 += 0x9E3779B9u;
+  k1 += 0xBB67AE85u;
+}
+
 // The four words for key (lo32(seed), hi32(seed)) and counter (lo32(c), hi32(c), 0, 0).
 LP_HD Words4 philox4x32_10(uint64_t seed, uint64_t counter) {
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
@@ -265,16 +284,8 @@ LP_HD Words4 philox4x32_10(uint64_t seed, uint64_t counter) {
   uint32_t c2 = 0u, c3 = 0u;
   LP_UNROLL
   for (int round = 0; round < 10; ++round) {
-    uint32_t hi_b, lo_b, hi_a, lo_a;
-    mulhilo32(0xCD9E8D57u, c2, hi_b, lo_b);
-    mulhilo32(0xD2511F53u, c0, hi_a, lo_a);
-    uint32_t n0 = hi_b ^ c1 ^ k0, n2 = hi_a ^ c3 ^ k1;
-    c0 = n0;
-    c1 = lo_b;
-    c2 = n2;
-    c3 = lo_a;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
+    philox_round(c0, c1, c2, c3, k0, k1);
+    philox_bump_key(k0, k1);
   }
   return Words4{c0, c1, c2, c3};
 }
@@ -361,17 +372,23 @@ LP_HD uint32_t block_abs_bits(const float (&x)[16]) {
   return m;
 }
 
+// The 4-bit code of x scaled by enc, rounded to nearest even. The sign of the code is
+// the sign bit of x, also where the scaled value is NaN.
+LP_HD uint32_t e2m1_code_rne(float x, float enc) {
+  return e2m1_rne_magnitude(abs_of(mul_rn(x, enc))) | (sign_bit(x) << 3);
+}
+
+// The same, stochastically rounded with the random word r.
+LP_HD uint32_t e2m1_code_sr(float x, float enc, uint32_t r) {
+  return e2m1_sr_magnitude(abs_of(mul_rn(x, enc)), r) | (sign_bit(x) << 3);
+}
+
 // Codes of a block, element j in nibble j of the result (so the little-endian bytes
-// are the packed layout of NUMERICS 1: even element in the low nibble). The sign of
-// every code is the sign bit of x, also where v is NaN.
+// are the packed layout of NUMERICS 1: even element in the low nibble).
 LP_HD uint64_t encode16_rne(const float (&x)[16], float enc) {
   uint64_t packed = 0u;
   LP_UNROLL
-  for (int j = 0; j < 16; ++j) {
-    float v = mul_rn(x[j], enc);
-    uint32_t code = e2m1_rne_magnitude(abs_of(v)) | (sign_bit(x[j]) << 3);
-    packed |= static_cast<uint64_t>(code) << (4 * j);
-  }
+  for (int j = 0; j < 16; ++j) packed |= static_cast<uint64_t>(e2m1_code_rne(x[j], enc)) << (4 * j);
   return packed;
 }
 
@@ -385,9 +402,7 @@ LP_HD uint64_t encode16_sr(const float (&x)[16], float enc, uint64_t seed, uint6
     LP_UNROLL
     for (int q = 0; q < 4; ++q) {
       int j = 4 * c + q;
-      float v = mul_rn(x[j], enc);
-      uint32_t code = e2m1_sr_magnitude(abs_of(v), word_of(w, q)) | (sign_bit(x[j]) << 3);
-      packed |= static_cast<uint64_t>(code) << (4 * j);
+      packed |= static_cast<uint64_t>(e2m1_code_sr(x[j], enc, word_of(w, q))) << (4 * j);
     }
   }
   return packed;

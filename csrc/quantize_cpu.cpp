@@ -72,19 +72,28 @@ void prepare_rows(const T* x, int64_t rows, int64_t cols, int64_t rht_mask, floa
 
 // out[k, m] = x[m, k] for m < rows, 0 for rows <= m < padded_rows, with the RHT along m.
 // x: [rows, cols] with rows `row_stride` apart; out: [cols, padded_rows]. The zero
-// padding of NUMERICS 10.
+// padding of NUMERICS 10. Works in 16x16 tiles: each input row segment is read
+// contiguously and transposed in the tile, instead of a strided gather per column.
 template <typename T>
 void prepare_columns(const T* x, int64_t rows, int64_t cols, int64_t row_stride,
                      int64_t padded_rows, int64_t rht_mask, float* out) {
-  at::parallel_for(0, cols, kRowGrain, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k) {
+  at::parallel_for(0, (cols + 15) / 16, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      int64_t k0 = t * 16, nk = std::min<int64_t>(16, cols - k0);
       for (int64_t m = 0; m < padded_rows; m += 16) {
-        float v[16];
+        float tile[16][16];  // tile[kk][j] = x[m + j, k0 + kk]
         for (int j = 0; j < 16; ++j) {
-          v[j] = m + j < rows ? read_f32(x, (m + j) * row_stride + k) : 0.0f;
+          if (m + j < rows) {
+            const T* row = x + (m + j) * row_stride + k0;
+            for (int64_t kk = 0; kk < nk; ++kk) tile[kk][j] = read_f32(row, kk);
+          } else {
+            for (int64_t kk = 0; kk < nk; ++kk) tile[kk][j] = 0.0f;
+          }
         }
-        if (rht_mask >= 0) rht16_to_bf16(v, static_cast<uint32_t>(rht_mask));
-        memcpy(out + k * padded_rows + m, v, sizeof v);
+        for (int64_t kk = 0; kk < nk; ++kk) {
+          if (rht_mask >= 0) rht16_to_bf16(tile[kk], static_cast<uint32_t>(rht_mask));
+          memcpy(out + (k0 + kk) * padded_rows + m, tile[kk], sizeof tile[kk]);
+        }
       }
     }
   });
@@ -101,6 +110,27 @@ uint32_t max_abs_bits(const float* x, int64_t n) {
       [](uint32_t a, uint32_t b) { return max_u32(a, b); });
 }
 
+// The signed E2M1 values of both codes of a packed byte (low nibble first), so that
+// dequantizing reads one table entry per byte instead of decoding each nibble.
+struct CodePairTable {
+  float values[256][2];
+};
+
+const CodePairTable& code_pair_table() {
+  static const CodePairTable table = [] {
+    CodePairTable t;
+    for (uint32_t byte = 0; byte < 256; ++byte) {
+      for (uint32_t half = 0; half < 2; ++half) {
+        uint32_t code = (byte >> (4 * half)) & 0xFu;
+        float value = e2m1_magnitude_value(code & 7u);
+        t.values[byte][half] = (code & 8u) ? -value : value;
+      }
+    }
+    return t;
+  }();
+  return table;
+}
+
 float given_amax(const at::Tensor& amax) {
   TORCH_CHECK_VALUE(amax.numel() == 1, "amax must hold one value; got shape ", amax.sizes());
   return canonical_amax(amax.to(at::kFloat).contiguous().const_data_ptr<float>()[0]);
@@ -112,6 +142,86 @@ at::Tensor scalar_f32(float v, const at::TensorOptions& like) {
   return t;
 }
 
+// Philox words of the n consecutive counters counter0, counter0 + 1, ...: word q of
+// counter i at out[4 * i + q]. The counters go through each round side by side (lane
+// arrays in `lanes`, 4 * n words of scratch), a loop the compiler vectorizes.
+void philox_words(uint64_t seed, uint64_t counter0, int64_t n, uint32_t* lanes, uint32_t* out) {
+  uint32_t* __restrict c0 = lanes;
+  uint32_t* __restrict c1 = lanes + n;
+  uint32_t* __restrict c2 = lanes + 2 * n;
+  uint32_t* __restrict c3 = lanes + 3 * n;
+  for (int64_t i = 0; i < n; ++i) {
+    uint64_t counter = counter0 + as_u64(i);
+    c0[i] = static_cast<uint32_t>(counter);
+    c1[i] = static_cast<uint32_t>(counter >> 32);
+    c2[i] = c3[i] = 0u;
+  }
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    for (int64_t i = 0; i < n; ++i) philox_round(c0[i], c1[i], c2[i], c3[i], k0, k1);
+    philox_bump_key(k0, k1);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    out[4 * i + 0] = c0[i];
+    out[4 * i + 1] = c1[i];
+    out[4 * i + 2] = c2[i];
+    out[4 * i + 3] = c3[i];
+  }
+}
+
+// Scratch of encode_row for a row of `cols` values.
+struct RowScratch {
+  explicit RowScratch(int64_t cols, bool stochastic)
+      : words(stochastic ? static_cast<size_t>(2 * cols) : 0u),
+        codes(static_cast<size_t>(cols)),
+        enc(static_cast<size_t>(cols / 16)) {}
+  std::vector<uint32_t> words;  // Philox words (SR only), then the lanes of philox_words
+  std::vector<uint8_t> codes;   // one 4-bit code per value
+  std::vector<float> enc;       // each block's encode scale
+};
+
+// Encodes one row of prepared values xr (flat row index `row` of a [*, cols] tensor)
+// into its packed codes and block scales. tile_bits: the abs bits of each block's amax
+// (16x16 tiles), or null to take each 1x16 block's own. The element math is
+// quantize16's (nvfp4_math.h); the scales, the codes and the packing each run as a loop
+// of their own over the row, so that the code and packing loops vectorize.
+void encode_row(const float* xr, int64_t row, int64_t cols, const uint32_t* tile_bits,
+                TensorScales t, bool stochastic, uint64_t seed, uint64_t offset,
+                RowScratch& scratch, uint8_t* data, uint8_t* scale) {
+  const int64_t blocks = cols / 16;
+  float* enc = scratch.enc.data();
+  for (int64_t b = 0; b < blocks; ++b) {
+    float v[16];
+    memcpy(v, xr + b * 16, sizeof v);
+    uint32_t bits = tile_bits != nullptr ? tile_bits[b] : block_abs_bits(v);
+    uint32_t scale_bits = block_scale_bits(amax_from_abs_bits(bits), t.s_enc);
+    enc[b] = block_encode_scale(scale_bits, t.s_dec);
+    scale[b] = static_cast<uint8_t>(scale_bits);
+  }
+  uint8_t* code = scratch.codes.data();
+  if (stochastic) {
+    // Element e of the row uses counter offset + (row * cols + e) / 4, word e % 4
+    // (NUMERICS 4.1), so the row's words are those of cols / 4 consecutive counters.
+    uint32_t* words = scratch.words.data();
+    philox_words(seed, offset + as_u64(row * cols / 4), cols / 4, words + cols, words);
+    for (int64_t b = 0; b < blocks; ++b) {
+      for (int j = 0; j < 16; ++j) {
+        int64_t e = b * 16 + j;
+        code[e] = static_cast<uint8_t>(e2m1_code_sr(xr[e], enc[b], words[e]));
+      }
+    }
+  } else {
+    for (int64_t b = 0; b < blocks; ++b) {
+      for (int j = 0; j < 16; ++j) {
+        int64_t e = b * 16 + j;
+        code[e] = static_cast<uint8_t>(e2m1_code_rne(xr[e], enc[b]));
+      }
+    }
+  }
+  // Even element in the low nibble (NUMERICS 1).
+  for (int64_t i = 0; i < cols / 2; ++i) data[i] = static_cast<uint8_t>(code[2 * i] | (code[2 * i + 1] << 4));
+}
+
 // Quantizes the prepared FP32 values xf of rows [row0, row0 + n_rows) (xf points at
 // row row0) in 1x16 or 16x16 blocks into data [rows, cols/2] and scale [rows, cols/16]
 // (raw bytes, whole-tensor pointers). A 16x16 tile never straddles two calls: row0 and
@@ -120,43 +230,30 @@ void encode_rows(const float* xf, int64_t row0, int64_t n_rows, int64_t cols,
                  int64_t block_rows, TensorScales t, bool stochastic, uint64_t seed,
                  uint64_t offset, uint8_t* data, uint8_t* scale) {
   int64_t blocks = cols / 16;
-  auto load = [&](int64_t r, int64_t b, float (&v)[16]) { memcpy(v, xf + r * cols + b * 16, sizeof v); };
-  auto encode = [&](int64_t r, int64_t b, const float (&v)[16], float block_amax) {
-    int64_t row = row0 + r;
-    // Element (row, b*16) has flat index row*cols + b*16, a multiple of 16.
-    uint64_t counter0 = offset + as_u64((row * cols + b * 16) / 4);
-    EncodedBlock e = quantize16(v, block_amax, t, stochastic, seed, counter0);
-    memcpy(data + row * (cols / 2) + b * 8, &e.codes, 8);  // little-endian: nibble j = element j
-    scale[row * blocks + b] = static_cast<uint8_t>(e.scale);
-  };
-  if (block_rows == 1) {
-    at::parallel_for(0, n_rows, kRowGrain, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        for (int64_t b = 0; b < blocks; ++b) {
-          float v[16];
-          load(r, b, v);
-          encode(r, b, v, amax_from_abs_bits(block_abs_bits(v)));
-        }
-      }
-    });
-  } else {  // 16x16 tiles: one amax over 16 rows, the tile scale repeated per row
-    at::parallel_for(0, n_rows / 16, 1, [&](int64_t g0, int64_t g1) {
-      for (int64_t g = g0; g < g1; ++g) {
-        for (int64_t b = 0; b < blocks; ++b) {
-          float v[16];
-          uint32_t tile_bits = 0u;
-          for (int64_t r = g * 16; r < g * 16 + 16; ++r) {
-            load(r, b, v);
-            tile_bits = max_u32(tile_bits, block_abs_bits(v));
-          }
-          for (int64_t r = g * 16; r < g * 16 + 16; ++r) {
-            load(r, b, v);
-            encode(r, b, v, amax_from_abs_bits(tile_bits));
+  // One group: a row (1x16 blocks) or the 16 rows of a row of tiles (16x16).
+  at::parallel_for(0, n_rows / block_rows, block_rows == 1 ? kRowGrain : 1, [&](int64_t g0, int64_t g1) {
+    RowScratch scratch(cols, stochastic);
+    std::vector<uint32_t> tile_bits(block_rows == 16 ? static_cast<size_t>(blocks) : 0u);
+    for (int64_t g = g0; g < g1; ++g) {
+      int64_t r_first = g * block_rows;
+      if (block_rows == 16) {  // one amax over 16 rows, the tile scale repeated per row
+        std::fill(tile_bits.begin(), tile_bits.end(), 0u);
+        for (int64_t r = r_first; r < r_first + 16; ++r) {
+          for (int64_t b = 0; b < blocks; ++b) {
+            float v[16];
+            memcpy(v, xf + r * cols + b * 16, sizeof v);
+            tile_bits[b] = max_u32(tile_bits[b], block_abs_bits(v));
           }
         }
       }
-    });
-  }
+      for (int64_t r = r_first; r < r_first + block_rows; ++r) {
+        int64_t row = row0 + r;
+        encode_row(xf + r * cols, row, cols, block_rows == 16 ? tile_bits.data() : nullptr, t,
+                   stochastic, seed, offset, scratch, data + row * (cols / 2),
+                   scale + row * blocks);
+      }
+    }
+  });
 }
 
 // Fills out with the prepared FP32 values (input as FP32, RHT, transpose, padding: the
@@ -308,15 +405,15 @@ at::Tensor block_dequantize_nvfp4(const at::Tensor& data_in, const at::Tensor& s
   const uint8_t* d = data.const_data_ptr<uint8_t>();
   const uint8_t* s = static_cast<const uint8_t*>(scale.const_data_ptr());
   float* o = out.mutable_data_ptr<float>();
+  const CodePairTable& pairs = code_pair_table();
   at::parallel_for(0, blocks, 1024, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       float block_scale = e4m3_value(s[b]);
-      for (int j = 0; j < 16; ++j) {
-        uint32_t code = (d[b * 8 + j / 2] >> (4 * (j & 1))) & 0xFu;
-        float value = e2m1_magnitude_value(code & 7u);
-        if (code & 8u) value = -value;
-        o[b * 16 + j] = mul_rn(value, block_scale);  // exact: at most 6 significant bits
-      }
+      float v[16];
+      for (int i = 0; i < 8; ++i) memcpy(v + 2 * i, pairs.values[d[b * 8 + i]], 2 * sizeof(float));
+      // exact: at most 6 significant bits; the operand order of the scalar code, so a NaN
+      // scale gives the same NaN
+      for (int j = 0; j < 16; ++j) o[b * 16 + j] = mul_rn(v[j], block_scale);
     }
   });
   return out;

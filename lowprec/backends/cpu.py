@@ -57,7 +57,7 @@ def nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=None,
     a = _C.block_dequantize_nvfp4(a_data, a_scale)
     b = _C.block_dequantize_nvfp4(b_data, b_scale)
     alpha = reference.global_decode_scale(a_amax) * reference.global_decode_scale(b_amax)
-    out = (a @ b.transpose(-1, -2)) * alpha
+    out = (a @ b.transpose(-1, -2)).mul_(alpha)  # in place: the product is ours alone
     if bias is not None:
-        out = out + bias.to(torch.float32)
+        out.add_(bias.to(torch.float32))
     return out.to(out_dtype)
