@@ -23,7 +23,8 @@ from lowprec.table import format_table
 
 # name -> (what, convert function, recipe)
 CONFIGS = {
-    "bf16": ("high precision, every layer", train.convert_bf16, None),
+    "bf16": ("high precision, every layer (FP32 on a CPU, BF16 autocast on a GPU)",
+             train.convert_bf16, None),
     "nvfp4": ("full recipe, default BF16 blocks", train.convert_default, lowprec.Recipe()),
     "no_rht": ("recipe without RHT", train.convert_default,
                lowprec.Recipe(rht=False)),
@@ -73,8 +74,14 @@ def _train_all(runs, names, seeds, base_cfg, corpus, model_cfg, device, progress
             run["seed"] = seed
             run["plan"] = report.plan_json(run["plan"])
             runs[name].append(run)
-            log(f"{name:<10} seed {seed}: final val loss {run['final_val_loss']:.4f} "
+            log(f"{label(name, device.type):<10} seed {seed}: "
+                f"final val loss {run['final_val_loss']:.4f} "
                 f"({run['seconds']:.0f} s)")
+
+
+def label(name, device_type):
+    """What a reader sees for a config: the high-precision run is "fp32" on a CPU."""
+    return train.high_precision_label(device_type) if name == "bf16" else name
 
 
 def _mean_std(values):
@@ -122,11 +129,14 @@ def verdicts(rows, reference="nvfp4"):
 
 def format_summary(record):
     rows = summary_rows(record)
+    # The config key stays "bf16" (it names the recipe); the label says what ran.
+    high = label("bf16", record["device_type"])
     seeds = ", ".join(str(s) for s in record["seeds"])
     table = format_table(
         ("config", "what", "NVFP4 FLOPs", f"final val loss (seeds {seeds})",
-         "mean +- std", "gap vs bf16 (paired, mean +- std)"),
-        [(row["config"], row["what"], f"{100 * row['nvfp4_share']:.1f}%",
+         "mean +- std", f"gap vs {high} (paired, mean +- std)"),
+        [(label(row["config"], record["device_type"]), row["what"],
+          f"{100 * row['nvfp4_share']:.1f}%",
           " / ".join(f"{x:.4f}" for x in row["losses"]),
           f"{row['mean']:.4f} +- {row['std']:.4f}",
           "-" if row["config"] == "bf16" else
@@ -152,7 +162,8 @@ def plot(record, path, title):
         runs = record["runs"][name]
         steps = [step for step, _ in runs[0]["val"]]
         mean = [statistics.fmean(run["val"][j][1] for run in runs) for j in range(len(steps))]
-        ax_curve.plot(steps, mean, marker="o", ms=3, color=f"C{i}", label=name)
+        ax_curve.plot(steps, mean, marker="o", ms=3, color=f"C{i}",
+                      label=label(name, record["device_type"]))
     tail = [statistics.fmean(run["val"][j][1] for run in runs)
             for runs in record["runs"].values() for j in range(len(runs[0]["val"]))
             if runs[0]["val"][j][0] >= 0.25 * record["train_config"]["steps"]]
@@ -171,7 +182,8 @@ def plot(record, path, title):
              for name in names]
     ax_final.scatter(range(len(names)), means, marker="_", s=400, color="k", zorder=3,
                      label="mean over seeds")
-    ax_final.set_xticks(range(len(names)), names, rotation=20)
+    ax_final.set_xticks(range(len(names)), [label(n, record["device_type"]) for n in names],
+                        rotation=20)
     ax_final.set(title="final validation loss per seed (grey: same seed)",
                  ylabel="cross-entropy (nats/byte)")
     ax_final.legend(fontsize=8)

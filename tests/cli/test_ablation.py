@@ -37,6 +37,10 @@ def test_quick_ablation_record_and_summary(tmp_path, capsys):
         assert all(math.isclose(g, e) for g, e in zip(rows[name]["gaps"], expected))
     out = capsys.readouterr().out
     assert "worse than the full recipe in" in out and "no_2d" in out
+    # On a CPU the high-precision run is FP32 and the table says so, not "bf16".
+    table_rows = [line.split()[0] for line in out.splitlines() if line.strip()]
+    assert "fp32" in table_rows and "bf16" not in table_rows
+    assert "gap vs fp32" in out
     if importlib.util.find_spec("matplotlib"):
         assert (tmp_path / "ablation.png").read_bytes()[:4] == b"\x89PNG"
     else:
