@@ -76,6 +76,10 @@ def test_bad_arguments_name_the_value():
         grouped_linear(x, weight, torch.tensor([2, 3]))
     with pytest.raises(ValueError, match=r"one entry per expert \(E=2\)"):
         grouped_linear(x, weight, torch.tensor([6]))
+    with pytest.raises(ValueError, match=r"one entry per expert \(E=2\); got 1 entries"):
+        grouped_linear(x, weight, [6])                  # counts as a list of sizes
+    with pytest.raises(ValueError, match=r"counts \[4, 3\] must be >= 0"):
+        grouped_linear(x, weight, [4, 3])
     with pytest.raises(TypeError, match="integer tensor"):
         grouped_linear(x, weight, torch.tensor([3.0, 3.0]))
     with pytest.raises(ValueError, match=r"weight \[E, N, K\]"):
