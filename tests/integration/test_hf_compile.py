@@ -6,9 +6,9 @@ lowprec's custom ops either way; the SR keys are drawn in program order in the c
 graph too (``lowprec.linear``'s draw counter), so every layer gets eager's key even where
 layers read the same input (q, k, v); and ``aot_eager`` runs the traced graphs without
 fusing, so the remaining ops sum in eager's order. Where the model itself is not
-deterministic, it is made so: dropout is off (``eval()``: compiled code draws its masks
-from another generator), and the loss is computed here (transformers' own loss path logs
-a warning that dynamo cannot trace, a graph break outside lowprec).
+deterministic, it is made so: dropout is off (``eval()``: compiled code draws its
+masks with another generator), and the loss is computed here (transformers' own loss
+path logs a warning that dynamo cannot trace, a graph break outside lowprec).
 
 inductor (slow test) compiles a whole training step, but its bits are not eager's: it
 fuses LayerNorm, softmax, GELU and the bias sums and rounds them otherwise (on GPT-2 the
