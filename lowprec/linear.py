@@ -45,8 +45,7 @@ a ``torch.compile`` graph; inside ``torch.library.custom_op``s it is opaque to d
 so fullgraph compilation works. The seed is drawn by a custom op of its own, tagged
 ``nondeterministic_seeded``, rather than by ``torch.randint`` in the graph: inductor
 replaces in-graph ``randint`` with its own generator, which would make compiled runs
-draw other keys than eager ones; the custom op draws the same keys in both, and in the
-same order (each draw bumps one counter in place, which chains the draws in the graph).
+draw other keys than eager ones; the custom op draws the same keys in both.
 
 A recipe that is ``"bf16"`` for all three GEMMs quantizes nothing and is exactly
 ``F.linear`` (same kernels, so the same bits as ``nn.Linear``).
