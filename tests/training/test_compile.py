@@ -64,33 +64,6 @@ def test_compiled_equals_eager_bit_for_bit():
                 assert ((grads_c[name] - grad).abs() <= bound).all(), name
 
 
-class Parallel(nn.Module):
-    """Three Linears reading the same input (as q, k and v do): only the order of the
-    program, not data, orders their SR key draws."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.q, self.k, self.v = (Linear(32, 32) for _ in range(3))
-
-    def forward(self, x):
-        return self.q(x) * self.k(x) + self.v(x)
-
-
-def test_parallel_layers_get_eager_sr_keys_when_compiled():
-    """aot_eager runs the traced graphs unfused, so any difference is a key handed to
-    another layer. Mutant: draw_seed without the order counter gives q, k and v other
-    gradients than eager (the partitioner moves the three independent draws)."""
-    model = Parallel()
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    x = torch.randn(2, 16, 32, generator=torch.Generator().manual_seed(1))
-    y, dx, grads = train_step(model, x)
-    y_c, dx_c, grads_c = train_step(compiled, x)
-    assert torch.equal(y, y_c) and torch.equal(dx, dx_c)
-    for name, grad in grads.items():
-        assert torch.equal(grads_c[name], grad), name
-
-
 def _output_grads(model, x):
     """dY of each Linear in the eager model (its bias gradient is their column sum)."""
     outputs = []
