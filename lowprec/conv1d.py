@@ -18,8 +18,7 @@ import sys
 import torch
 from torch import nn
 
-from lowprec.linear import DEFAULT_RECIPE, check_nvfp4_shape, linear
-from lowprec.recipe import Recipe
+from lowprec.linear import RecipeMixin, linear
 
 
 def hf_conv1d_class():
@@ -55,7 +54,7 @@ def linear_weight(module):
     return linear_view(module, module.weight)
 
 
-class Conv1D(nn.Module):
+class Conv1D(RecipeMixin, nn.Module):
     """A converted ``transformers`` Conv1D: ``y = x @ weight + bias`` as ``recipe`` says.
 
     ``lowprec_name`` names the layer in error messages. ``to_original()`` gives back a
@@ -80,18 +79,8 @@ class Conv1D(nn.Module):
         """``(N, K)``: the shape of the linear weight this layer multiplies by."""
         return (self.nf, self.nx)
 
-    @property
-    def recipe(self):
-        return self._recipe
-
-    @recipe.setter
-    def recipe(self, recipe):
-        recipe = DEFAULT_RECIPE if recipe is None else recipe
-        if not isinstance(recipe, Recipe):
-            raise TypeError(f"recipe must be a lowprec.Recipe; got {type(recipe).__name__}")
-        check_nvfp4_shape(self.linear_shape, recipe,
-                          self.lowprec_name or f"Conv1D(nf={self.nf}, nx={self.nx})")
-        self._recipe = recipe
+    def _unnamed_label(self):
+        return f"Conv1D(nf={self.nf}, nx={self.nx})"
 
     def to_original(self):
         """A module of the original class holding the same Parameter objects."""

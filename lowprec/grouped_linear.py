@@ -27,10 +27,11 @@ expert's gradient once into one ``[E, N, K]`` tensor.
 torch.compile: the expert row counts are data, so ``counts.tolist()`` needs
 ``torch._dynamo.config.capture_scalar_outputs = True``; with it, ``fullgraph=True``
 traces ``grouped_linear`` and ``lowprec.moe.GroupedExperts`` without graph breaks, and
-the traced graphs give eager's bits (tests run them with ``aot_eager``, and
-``grouped_linear`` alone with inductor). inductor fails to compile GroupedExperts'
-backward in torch 2.13: the saved NVFP4 copy of an expert's X^T has a size that depends
-on the expert's row count, an unbacked symbol that the backward graph is not given.
+inductor's code gives eager's bits. Every ``tolist()`` under compile makes new unbacked
+symbols, so layers over the same routing must share one list of sizes (``counts`` may be
+that list): given two tensors' worth of symbols, inductor cannot prove that the second
+layer's rows split at the first layer's offsets, and fails to lower the backward's
+slices ("Could not guard on data-dependent expression" in torch 2.13).
 
 Memory: what the backward keeps is what E separate ``lowprec.Linear`` layers over the
 same routed rows keep: the quantized ``X^T`` of each expert's rows (NVFP4: 0.5625 bytes
@@ -48,6 +49,11 @@ def _check(x, weight, counts, name):
     if weight.dim() != 3 or x.dim() != 2 or x.shape[1] != weight.shape[2]:
         raise ValueError(f"grouped_linear{name} needs x [T, K] and weight [E, N, K]; got x "
                          f"{tuple(x.shape)} and weight {tuple(weight.shape)}")
+    if not isinstance(counts, torch.Tensor):
+        if len(counts) != weight.shape[0]:
+            raise ValueError(f"grouped_linear{name}: counts must hold one entry per expert "
+                             f"(E={weight.shape[0]}); got {len(counts)} entries")
+        return
     if counts.dim() != 1 or counts.numel() != weight.shape[0]:
         raise ValueError(f"grouped_linear{name}: counts must hold one entry per expert "
                          f"(E={weight.shape[0]}); got shape {tuple(counts.shape)}")
@@ -62,7 +68,9 @@ def grouped_linear(x, weight, counts, *, recipe=None, name=None):
     Args:
         x: ``[T, K]``, rows sorted by expert.
         weight: ``[E, N, K]`` (K and N multiples of 16 when a GEMM is NVFP4).
-        counts: integer tensor ``[E]`` summing to T (experts may have 0 rows).
+        counts: integer tensor ``[E]`` summing to T (experts may have 0 rows), or the
+            list of its E ints (``counts.tolist()``; pass the same list to every
+            grouped_linear over the same routing, see the module docstring).
         recipe: a ``lowprec.Recipe`` for every expert; None means ``Recipe()``.
         name: names the layer in error messages.
 
@@ -77,7 +85,7 @@ def grouped_linear(x, weight, counts, *, recipe=None, name=None):
     label = f" ({name})" if name else ""
     _check(x, weight, counts, label)
     check_nvfp4_shape(weight.shape[1:], recipe, name)
-    sizes = counts.tolist()
+    sizes = counts.tolist() if isinstance(counts, torch.Tensor) else list(counts)
     if torch.compiler.is_compiling():
         # The sizes are data-dependent symbols here: tell the compiler what holds
         # rather than branch on them (which would break the graph).

@@ -377,7 +377,30 @@ def linear(x, weight, bias=None, *, recipe=None):
     return _linear(x, weight, bias, DEFAULT_RECIPE if recipe is None else recipe, None)
 
 
-class Linear(nn.Linear):
+class RecipeMixin:
+    """The validated ``recipe`` attribute of a module that multiplies by one linear weight.
+
+    ``None`` means ``DEFAULT_RECIPE``; a recipe whose NVFP4 GEMMs the weight cannot take
+    (NUMERICS 10) is refused when set, naming the layer by ``lowprec_name`` or, before
+    ``convert`` names it, by ``_unnamed_label()``. Subclasses give ``linear_shape``:
+    ``(N, K)`` of the weight as ``linear`` multiplies by it.
+    """
+
+    @property
+    def recipe(self):
+        return self._recipe
+
+    @recipe.setter
+    def recipe(self, recipe):
+        recipe = DEFAULT_RECIPE if recipe is None else recipe
+        if not isinstance(recipe, Recipe):
+            raise TypeError(f"recipe must be a lowprec.Recipe; got {type(recipe).__name__}")
+        check_nvfp4_shape(self.linear_shape, recipe,
+                          self.lowprec_name or self._unnamed_label())
+        self._recipe = recipe
+
+
+class Linear(RecipeMixin, nn.Linear):
     """``nn.Linear`` whose GEMMs run as ``recipe`` says.
 
     Same parameters and exactly the same state_dict keys as ``nn.Linear`` (the recipe is
@@ -392,16 +415,12 @@ class Linear(nn.Linear):
         self.recipe = recipe
 
     @property
-    def recipe(self):
-        return self._recipe
+    def linear_shape(self):
+        """``(N, K)``: the weight's shape."""
+        return tuple(self.weight.shape)
 
-    @recipe.setter
-    def recipe(self, recipe):
-        recipe = DEFAULT_RECIPE if recipe is None else recipe
-        if not isinstance(recipe, Recipe):
-            raise TypeError(f"recipe must be a lowprec.Recipe; got {type(recipe).__name__}")
-        check_nvfp4_shape(self.weight.shape, recipe, self.lowprec_name)
-        self._recipe = recipe
+    def _unnamed_label(self):
+        return f"Linear(in_features={self.in_features}, out_features={self.out_features})"
 
     @classmethod
     def from_linear(cls, linear, recipe=None):

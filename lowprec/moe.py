@@ -133,14 +133,17 @@ def route(top_k_index, num_experts):
 def experts_forward(module, hidden_states, top_k_index, top_k_weights, project):
     """The experts layer's computation with the projections left to ``project``.
 
-    ``project(tensor, x, counts)`` multiplies the expert-sorted rows ``x`` by the experts
-    of ``module.<tensor>`` (``"gate_up_proj"``, then ``"down_proj"``). ``GroupedExperts``
-    passes ``grouped_linear``; the planner's statistics pass a high-precision product
-    that records its operands.
+    ``project(tensor, x, sizes)`` multiplies the expert-sorted rows ``x`` (``sizes``: a
+    list of the E experts' row counts) by the experts of ``module.<tensor>``
+    (``"gate_up_proj"``, then ``"down_proj"``). ``GroupedExperts`` passes
+    ``grouped_linear``; the planner's statistics pass a high-precision product that
+    records its operands. Both projections get the same list: under torch.compile each
+    ``tolist()`` makes new symbols, and inductor needs the two splits to share theirs.
     """
     token, slot, counts = route(top_k_index, module.gate_up_proj.shape[0])
-    gate, up = project("gate_up_proj", hidden_states[token], counts).chunk(2, dim=-1)
-    h = project("down_proj", module.act_fn(gate) * up, counts)
+    sizes = counts.tolist()
+    gate, up = project("gate_up_proj", hidden_states[token], sizes).chunk(2, dim=-1)
+    h = project("down_proj", module.act_fn(gate) * up, sizes)
     h = h * top_k_weights[token, slot, None]
     out = torch.zeros_like(hidden_states)
     return out.index_add_(0, token, h.to(out.dtype))
@@ -203,8 +206,8 @@ class GroupedExperts(nn.Module):
         return experts_forward(self, hidden_states, top_k_index, top_k_weights,
                                self._project)
 
-    def _project(self, tensor, x, counts):
-        return grouped_linear(x, getattr(self, tensor), counts, recipe=self._recipes[tensor],
+    def _project(self, tensor, x, sizes):
+        return grouped_linear(x, getattr(self, tensor), sizes, recipe=self._recipes[tensor],
                               name=self._tensor_name(tensor))
 
     def extra_repr(self):

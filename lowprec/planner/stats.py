@@ -334,8 +334,7 @@ class _Hooks:
             names = ("hidden_states", "top_k_index", "top_k_weights")
             inputs = list(args) + [kwargs[n] for n in names[len(args):] if n in kwargs]
 
-            def project(tensor, x, counts):
-                sizes = counts.tolist()
+            def project(tensor, x, sizes):
                 weight = getattr(module, tensor)
                 y = torch.cat([F.linear(rows, w)
                                for rows, w in zip(x.split(sizes), weight.unbind(0))])

@@ -76,6 +76,10 @@ def test_bad_arguments_name_the_value():
         grouped_linear(x, weight, torch.tensor([2, 3]))
     with pytest.raises(ValueError, match=r"one entry per expert \(E=2\)"):
         grouped_linear(x, weight, torch.tensor([6]))
+    with pytest.raises(ValueError, match=r"one entry per expert \(E=2\); got 1 entries"):
+        grouped_linear(x, weight, [6])                  # counts as a list of sizes
+    with pytest.raises(ValueError, match=r"counts \[4, 3\] must be >= 0"):
+        grouped_linear(x, weight, [4, 3])
     with pytest.raises(TypeError, match="integer tensor"):
         grouped_linear(x, weight, torch.tensor([3.0, 3.0]))
     with pytest.raises(ValueError, match=r"weight \[E, N, K\]"):
@@ -190,16 +194,18 @@ def test_unknown_expert_layouts_are_not_matched():
 
 
 def test_grouped_experts_compile_fullgraph_and_equal_eager(monkeypatch):
-    """dynamo and AOT autograd take the whole layer (routing, data-dependent counts, the
-    custom ops) without a graph break; ``aot_eager`` runs the traced graphs as they are,
-    so the bits match eager. (inductor fails on this backward in torch 2.13: a saved
-    tensor's size depends on an expert's row count, an unbacked symbol the backward
-    graph does not receive; see the grouped_linear module docstring.)"""
+    """dynamo, AOT autograd and inductor take the whole layer (routing, data-dependent
+    counts, the custom ops) without a graph break, and inductor's code gives eager's
+    bits: the quantized GEMMs run in the custom ops either way, the rest is routing and
+    element-wise SiLU products that inductor computes as eager does (no reductions).
+    Mutant: ``experts_forward`` handing the counts tensor to both projections (each
+    grouped_linear calls ``tolist()``, making its own symbols) fails to compile the
+    backward ("Could not guard on data-dependent expression")."""
     monkeypatch.setattr(torch._dynamo.config, "capture_scalar_outputs", True)
     torch._dynamo.reset()
     experts = Experts()
     grouped = GroupedExperts(experts)
-    compiled = torch.compile(grouped, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(grouped, fullgraph=True)
     for tokens in (9, 23):                          # the second shape recompiles
         hidden = torch.randn(tokens, 32, generator=torch.Generator().manual_seed(tokens))
         index, weights = routing(tokens, seed=tokens)
