@@ -38,3 +38,16 @@ def empty_user_cache(tmp_path_factory):
         del os.environ["LOWPREC_CACHE_DIR"]
     else:
         os.environ["LOWPREC_CACHE_DIR"] = before
+
+
+@pytest.fixture
+def capture_scalar_outputs():
+    """Let dynamo capture data-dependent scalars (e.g. MoE expert row counts).
+
+    Set through torch's own ``config.patch``, never pytest's monkeypatch: from pytest 9.2
+    on, monkeypatch reads the old value from the module ``__dict__``, finds none in
+    torch's config module and *deletes* the option on undo, which hides it from every
+    later compile in the session."""
+    import torch._dynamo
+    with torch._dynamo.config.patch(capture_scalar_outputs=True):
+        yield

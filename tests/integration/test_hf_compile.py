@@ -39,9 +39,8 @@ PARAMS = [*DEFAULT, *(pytest.param(name, marks=pytest.mark.slow) for name in SLO
 
 
 @pytest.fixture(autouse=True)
-def dynamo_for_experts(monkeypatch):
+def dynamo_for_experts(capture_scalar_outputs):
     """Expert row counts are data: dynamo must capture ``counts.tolist()``."""
-    monkeypatch.setattr(torch._dynamo.config, "capture_scalar_outputs", True)
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()

@@ -88,9 +88,8 @@ def test_bad_arguments_name_the_value():
         grouped_linear(x, torch.randn(2, 40, 32), torch.tensor([3, 3]), name="moe.up")
 
 
-def test_compiled_grouped_linear_has_no_graph_break_and_equals_eager(monkeypatch):
+def test_compiled_grouped_linear_has_no_graph_break_and_equals_eager(capture_scalar_outputs):
     """fullgraph compilation needs dynamo to capture the data-dependent counts."""
-    monkeypatch.setattr(torch._dynamo.config, "capture_scalar_outputs", True)
     torch._dynamo.reset()
     compiled = torch.compile(grouped_linear, fullgraph=True)
     gen = torch.Generator().manual_seed(5)
@@ -193,7 +192,7 @@ def test_unknown_expert_layouts_are_not_matched():
         grouped.set_recipes({"down_proj": Recipe()})
 
 
-def test_grouped_experts_compile_fullgraph_and_equal_eager(monkeypatch):
+def test_grouped_experts_compile_fullgraph_and_equal_eager(capture_scalar_outputs):
     """dynamo, AOT autograd and inductor take the whole layer (routing, data-dependent
     counts, the custom ops) without a graph break, and inductor's code gives eager's
     bits: the quantized GEMMs run in the custom ops either way, the rest is routing and
@@ -201,7 +200,6 @@ def test_grouped_experts_compile_fullgraph_and_equal_eager(monkeypatch):
     Mutant: ``experts_forward`` handing the counts tensor to both projections (each
     grouped_linear calls ``tolist()``, making its own symbols) fails to compile the
     backward ("Could not guard on data-dependent expression")."""
-    monkeypatch.setattr(torch._dynamo.config, "capture_scalar_outputs", True)
     torch._dynamo.reset()
     experts = Experts()
     grouped = GroupedExperts(experts)
