@@ -134,7 +134,8 @@ def quantize_row_col(x, *, rowwise=True, columnwise=True, rht=False, sign_vector
     Args:
         x: float32/bfloat16/float16 tensor ``[..., K]`` with K % 16 == 0.
         rowwise, columnwise: which copies to produce (at least one).
-        rht, sign_vector: the RHT of the columnwise copy and its 16 signs (default TE's).
+        rht, sign_vector: the RHT of the columnwise copy and its 16 signs (default TE's);
+            the vector is checked even when ``rht`` is False.
         row_stochastic, col_stochastic: stochastic rounding per copy.
         seed, row_offset, col_offset: Philox key and first counters, ints in [0, 2**64).
             ``col_offset`` defaults to the end of the rowwise range, ``row_offset +
@@ -155,7 +156,9 @@ def quantize_row_col(x, *, rowwise=True, columnwise=True, rht=False, sign_vector
     if not (rowwise or columnwise):
         raise ValueError("quantize_row_col needs rowwise=True or columnwise=True; got both "
                          "False")
-    signs = check_sign_vector(sign_vector) if rht else None
+    # As in quantize_nvfp4: a bad vector is refused even with rht=False.
+    signs = check_sign_vector(sign_vector)
+    signs = signs if rht else None
     k = x.shape[-1]
     m = math.prod(x.shape[:-1])
     if col_offset is None:

@@ -47,6 +47,8 @@ BAD_SIGNS = {
 def test_bad_sign_vector_is_refused_with_or_without_rht(name, rht):
     with pytest.raises(ValueError, match="sign_vector must be 16 entries"):
         lowprec.quantize_nvfp4(X, rht=rht, sign_vector=BAD_SIGNS[name], backend="reference")
+    with pytest.raises(ValueError, match="sign_vector must be 16 entries"):
+        lowprec.quantize_row_col(X, rht=rht, sign_vector=BAD_SIGNS[name], backend="reference")
 
 
 @pytest.mark.parametrize("signs", [[1, -1] * 8, tuple([-1] * 16), torch.tensor([1, -1] * 8),
