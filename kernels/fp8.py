@@ -72,7 +72,8 @@ def quantize_fp8(x):
             block_r, block_k = 4, 512
         _quantize_fp8_kernel[(triton.cdiv(r, block_r),)](
             x_ptr=view, data_ptr=data, scale_ptr=scale, R=r, K=k,
-            stride_r=view.stride(0), stride_k=view.stride(1), X_KIND=kind, BLOCK_R=block_r, BLOCK_K=block_k, num_warps=4, **launch_options())
+            stride_r=view.stride(0), stride_k=view.stride(1),
+            X_KIND=kind, BLOCK_R=block_r, BLOCK_K=block_k, num_warps=4, **launch_options())
     elif k == 0:
         scale.fill_(1.0)
     lead = x.shape[:-1]

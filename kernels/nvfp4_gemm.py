@@ -229,7 +229,8 @@ def gemm_dequant_mm(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=None,
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     _epilogue_kernel[grid](acc_ptr=acc, a_amax_ptr=_scalar(a_amax),
                            b_amax_ptr=_scalar(b_amax), bias_ptr=bias_arg, out_ptr=out_arg,
-                           M=m, N=n, HAS_BIAS=bias is not None, BIAS_KIND=bias_kind, OUT_KIND=out_kind,
+                           M=m, N=n, HAS_BIAS=bias is not None, BIAS_KIND=bias_kind,
+                           OUT_KIND=out_kind,
                            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4,
                            **launch_options())
     return out

@@ -292,7 +292,8 @@ def _linear_bwd(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tensor | None
 
 
 @_linear_bwd.register_fake
-def _linear_bwd_fake(grad, weight, x, x_data, x_scale, x_amax, seed, dgrad, wgrad, rht, stochastic, weight_2d, signs, need_dx, need_dw):
+def _linear_bwd_fake(grad, weight, x, x_data, x_scale, x_amax, seed, dgrad, wgrad, rht,
+                     stochastic, weight_2d, signs, need_dx, need_dw):
     m, k = grad.shape[0], weight.shape[1]
     dx = grad.new_empty(m, k) if need_dx else grad.new_empty(0)
     dw = weight.new_empty(weight.shape) if need_dw else weight.new_empty(0)

@@ -119,6 +119,7 @@ def get(name, op, device):
     if reason is not None:
         raise RuntimeError(f"backend={name!r} cannot run on {device_type}: {reason}")
     if implementation(name, module, op, capability) is None:
-        where = "" if capability is None else f" on compute capability {capability[0]}.{capability[1]}"
+        where = ("" if capability is None else
+                 f" on compute capability {capability[0]}.{capability[1]}")
         raise NotImplementedError(f"backend={name!r} does not implement {op}{where}")
     return getattr(module, op)

@@ -1,9 +1,9 @@
 """The CUDA C++ kernels of csrc/ (quantize.cu) as a backend.
 
 Quantization runs in the CUDA kernels. ``nvfp4_gemm`` is the native block-scaled FP4
-GEMM of Blackwell (``lowprec.blackwell``, through torch's ``scaled_mm``). Everything else (dequantization, FP8, the NVFP4 GEMM on Hopper) is not
-implemented here: ``backend="auto"`` takes it from the Triton backend, never from the
-reference.
+GEMM of Blackwell (``lowprec.blackwell``, through torch's ``scaled_mm``). Everything
+else (dequantization, FP8, the NVFP4 GEMM on Hopper) is not implemented here:
+``backend="auto"`` takes it from the Triton backend, never from the reference.
 """
 
 import torch
