@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-call GPU proof: install, test and benchmark lowprec on a bare GPU machine, in at most
-# 8 minutes, and leave JSON per benchmark plus one summary.md in one folder.
+# 9.5 minutes, and leave JSON per benchmark plus one summary.md in one folder.
 #
 #   bash bench/gpu_check.sh [--out DIR]     on the GPU (default DIR:
 #                                           bench/results/<device>-<UTC date>/)
@@ -32,7 +32,7 @@ done
 
 PY=${PYTHON:-python3}
 START=$(date +%s)
-BUDGET=470            # seconds for all phases; the summary takes the rest of 8 minutes
+BUDGET=520            # seconds for all phases; the summary takes the rest of 9.5 minutes
 if [ "$SMOKE" = 1 ]; then
   export TRITON_INTERPRET=1 LOWPREC_BENCH_SMOKE=1
   OUT=$(mktemp -d)
@@ -98,20 +98,25 @@ else
   phase install 140 env MAX_JOBS="$(nproc)" LOWPREC_REQUIRE_EXT=1 \
     "$PY" -m pip install -q --no-build-isolation --no-deps -e .
   phase dispatch 15 "$PY" -m lowprec.cli info --dispatch --json
-  phase tests_gpu 70 "$PY" -m pytest -x -q -p no:cacheprovider -m gpu tests
-  phase tests_api_kernels_training 45 "$PY" -m pytest -x -q -p no:cacheprovider \
-    tests/api tests/kernels tests/training
+  # No -x: one call must show every failure, not the first.
+  phase tests_gpu 90 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests
+  # The Triton kernels compiled for the device against the reference, every edge case;
+  # spread over the cores when pytest-xdist is there (the compiles dominate).
+  parallel=()
+  "$PY" -c "import xdist" 2> /dev/null && parallel=(-n 8)
+  phase tests_api_kernels_training 100 "$PY" -m pytest -q -p no:cacheprovider \
+    "${parallel[@]}" tests/api tests/kernels tests/training
   # Benchmarks, sized to the remaining budget: Llama-3 8B shapes (M = 8192 tokens) and
   # 8192^2, few repetitions (medians of device-event timings), an eager training step.
-  bench bench_quantize_row_col 25 bench_quantize_row_col.py --backends triton,cuda \
+  bench bench_quantize_row_col 40 bench_quantize_row_col.py --backends triton,cuda \
     --shapes 8192x4096,8192x14336 --reps 20
-  bench bench_quantize_cuda 25 bench_quantize_cuda.py --shapes 8192x8192,8192x4096 --iters 20
-  bench bench_amax 15 bench_amax.py --shapes 8192x4096 --reps 20
-  bench bench_quantize_2d 15 bench_quantize_2d.py --backends triton,cuda \
+  bench bench_quantize_cuda 30 bench_quantize_cuda.py --shapes 8192x8192,8192x4096 --iters 20
+  bench bench_amax 20 bench_amax.py --shapes 8192x4096 --reps 20
+  bench bench_quantize_2d 25 bench_quantize_2d.py --backends triton,cuda \
     --shapes 4096x4096,14336x4096 --reps 20
-  bench bench_nvfp4_gemm 30 bench_nvfp4_gemm.py --reps 10 \
+  bench bench_nvfp4_gemm 50 bench_nvfp4_gemm.py --reps 10 \
     --shapes 8192x8192x8192,8192x6144x4096,8192x4096x4096,8192x28672x4096,8192x4096x14336
-  bench bench_train_step 70 bench_train_step.py --no-compile --steps 5 --warmup 2
+  bench bench_train_step 90 bench_train_step.py --no-compile --steps 5 --warmup 2
 fi
 cp "$OUT/dispatch.log" "$OUT/dispatch.json" 2>/dev/null
 
