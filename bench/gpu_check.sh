@@ -4,6 +4,9 @@
 #
 #   bash bench/gpu_check.sh [--out DIR]     on the GPU (default DIR:
 #                                           bench/results/<device>-<UTC date>/)
+#   bash bench/gpu_check.sh --only tests_gpu,bench_train_step [--out DIR]
+#                                           a rerun of some phases (the wheels, the
+#                                           install and the dispatch always run)
 #   bash bench/gpu_check.sh --smoke         the same flow on CPU: Triton interpreter, tiny
 #                                           shapes, results in a temporary folder that is
 #                                           deleted (nothing recorded); CI runs this
@@ -21,12 +24,15 @@ ROOT=$PWD
 
 SMOKE=0
 OUT=""
+ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1; shift ;;
+    --only) [ $# -ge 2 ] || { echo "gpu_check.sh: --only needs phase names" >&2; exit 2; }
+            ONLY=",$2,"; shift 2 ;;
     --out) [ $# -ge 2 ] || { echo "gpu_check.sh: --out needs a folder" >&2; exit 2; }
            OUT=$2; shift 2 ;;
-    *) echo "gpu_check.sh: unknown argument '$1' (use --smoke, --out DIR)" >&2; exit 2 ;;
+    *) echo "gpu_check.sh: unknown argument '$1' (use --smoke, --out DIR, --only P1,P2)" >&2; exit 2 ;;
   esac
 done
 
@@ -52,6 +58,9 @@ PHASES="$OUT/phases.tsv"
 phase() {
   local name=$1 box=$2
   shift 2
+  case "$name" in wheels|install|dispatch) ;; *)
+    [ -z "$ONLY" ] || [[ "$ONLY" == *",$name,"* ]] || return 0 ;;
+  esac
   local t0=$(date +%s)
   # The whole run ends within BUDGET seconds: a box never reaches past it.
   local left=$(( BUDGET - (t0 - START) ))
@@ -103,8 +112,8 @@ else
   # The Triton kernels compiled for the device against the reference, every edge case;
   # spread over the cores when pytest-xdist is there (the compiles dominate).
   parallel=()
-  "$PY" -c "import xdist" 2> /dev/null && parallel=(-n 8)
-  phase tests_api_kernels_training 100 "$PY" -m pytest -q -p no:cacheprovider \
+  "$PY" -c "import xdist" 2> /dev/null && parallel=(-n 12 -v)  # -v: names in the log
+  phase tests_api_kernels_training 180 "$PY" -m pytest -q -p no:cacheprovider \
     "${parallel[@]}" tests/api tests/kernels tests/training
   # Benchmarks, sized to the remaining budget: Llama-3 8B shapes (M = 8192 tokens) and
   # 8192^2, few repetitions (medians of device-event timings), an eager training step.
