@@ -12,8 +12,9 @@
 #                                           deleted (nothing recorded); CI runs this
 #
 # The GPU machine has Python 3.12, torch + CUDA 13, Triton, nvcc 13 and nvidia-ml-py, but
-# no pulp/highspy/hypothesis: put their wheels (for Python 3.12, manylinux x86_64) in
-# .whl/ of the checkout before the run, and they are installed here first.
+# no pulp/highspy (nor what PuLP 4 imports): `bash bench/device_wheels.sh` puts their
+# wheels (Python 3.12, manylinux x86_64) in .whl/ of the checkout before the run (carry
+# .whl), and they are installed here first.
 #
 # Phases run in order, each under its own time box (timeout); a phase that fails or runs
 # out of time is recorded as such and the next one starts. Every figure comes from a
@@ -108,12 +109,12 @@ else
     "$PY" -m pip install -q --no-build-isolation --no-deps -e .
   phase dispatch 15 "$PY" -m lowprec.cli info --dispatch --json
   # No -x: one call must show every failure, not the first.
-  phase tests_gpu 90 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests
+  phase tests_gpu 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests
   # The Triton kernels compiled for the device against the reference, every edge case;
   # spread over the cores when pytest-xdist is there (the compiles dominate).
   parallel=()
   "$PY" -c "import xdist" 2> /dev/null && parallel=(-n 12 -v)  # -v: names in the log
-  phase tests_api_kernels_training 180 "$PY" -m pytest -q -p no:cacheprovider \
+  phase tests_api_kernels_training 150 "$PY" -m pytest -q -p no:cacheprovider \
     "${parallel[@]}" tests/api tests/kernels tests/training
   # Benchmarks, sized to the remaining budget: Llama-3 8B shapes (M = 8192 tokens) and
   # 8192^2, few repetitions (medians of device-event timings), an eager training step.

@@ -61,8 +61,19 @@ def load_f32(ptrs, mask, KIND: tl.constexpr):
     normal = (sign | ((exp + 112) << 23) | (man << 13)).to(tl.float32, bitcast=True)
     special = (sign | INF_BITS | (man << 13)).to(tl.float32, bitcast=True)   # Inf / NaN
     tiny = man.to(tl.float32) * 5.960464477539063e-08                         # man * 2^-24
-    tiny = tl.where(sign != 0, -tiny, tiny)
+    tiny = (tiny.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)  # -0 kept
     return tl.where(exp == 0, tiny, tl.where(exp == 31, special, normal))
+
+
+@triton.jit
+def with_sign_of(magnitude, bits):
+    """``magnitude`` (sign bit clear) with the sign bit of the int32 ``bits``.
+
+    Never ``-x``: compiled Triton lowers unary minus to ``0 - x``, which turns -0.0 into
+    +0.0 (and so does its interpreter up to 3.6), where the formats keep the zero's sign.
+    """
+    sign = bits & -2147483648                                          # 0x80000000
+    return (magnitude.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -142,7 +153,7 @@ def e4m3_rne(v):
     subnormal = (r * 512.0).to(tl.int32)                  # r = m * 2^-9, m in 0..8
     byte = tl.where(r >= 0.015625, normal, subnormal)
     byte = tl.where(r != r, E4M3_NAN_BYTE, byte | ((bits >> 24) & 0x80))
-    value = tl.where(bits < 0, -r, r)
+    value = with_sign_of(r, bits)
     return value, byte
 
 
@@ -153,8 +164,8 @@ def e4m3_byte_to_f32(byte):
     man = byte & 7
     normal = (((exp + 120) << 23) | (man << 20)).to(tl.float32, bitcast=True)
     value = tl.where(exp == 0, man.to(tl.float32) * 0.001953125, normal)   # man * 2^-9
-    value = tl.where((byte & 0x7F) == 0x7F, nan_f32(), value)
-    return tl.where((byte & 0x80) != 0, -value, value)
+    value = with_sign_of(value, byte << 24)                   # bit 7 of the byte -> bit 31
+    return tl.where((byte & 0x7F) == 0x7F, nan_f32(), value)
 
 
 @triton.jit

@@ -14,6 +14,7 @@ travel as int64) and register the fake (meta) kernels ``torch.compile`` traces w
 """
 
 import importlib
+import math
 import os
 
 import torch
@@ -148,8 +149,10 @@ def quantize_row_col(x, *, rht_signs=None, rowwise=True, columnwise=True,
     ``lowprec.ops.quantize_row_col``): both copies from one read on CUDA, two loops on CPU.
     Returns ``(row, col)``, each a ``(data, scale, amax)`` triple, or None if not asked for.
     """
+    # [..., K] -> [M, K]: the rowwise copy has the contract's shape [M, K] on every backend.
+    x2d = x.detach().reshape(math.prod(x.shape[:-1]), x.shape[-1])
     out = torch.ops.lowprec_C.quantize_row_col(
-        x.detach(), sign_mask(rht_signs), bool(rowwise), bool(columnwise),
+        x2d, sign_mask(rht_signs), bool(rowwise), bool(columnwise),
         bool(row_stochastic), bool(col_stochastic), as_int64(seed), as_int64(row_offset),
         as_int64(col_offset), _amax_or_none(row_amax, x.device),
         _amax_or_none(col_amax, x.device))

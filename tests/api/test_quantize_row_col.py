@@ -50,6 +50,18 @@ def test_both_copies_equal_two_plain_quantizations(backend, m, rht):
                                         seed=7, offset=1000))
 
 
+@pytest.mark.parametrize("backend", BACKENDS + ["triton"])
+def test_leading_dims_are_flattened(backend):
+    """``x [B, T, K]`` is ``x [B*T, K]``: every backend returns the rowwise codes and
+    scales as ``[M, ...]`` (the CPU/CUDA build once kept ``[B, T, ...]``, Triton ``[M, ...]``;
+    the GPU check caught it comparing the two)."""
+    x = torch.randn(3, 7, 32, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    row, col = lowprec.quantize_row_col(x, backend=backend)
+    assert row.data.shape == (21, 16) and row.scale.shape == (21, 2)
+    assert_same(row, R.quantize_nvfp4(x.reshape(21, 32)))
+    assert_same(col, columnwise_by_hand(x.reshape(21, 32)))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_default_col_offset_follows_the_row_range(backend):
     m, k = 21, 32

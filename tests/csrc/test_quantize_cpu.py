@@ -3,6 +3,8 @@ quantize variant: 1x16 RNE and SR, RHT, 16x16 (with its transposed copy), the fu
 rowwise + columnwise op, FP8 per row; then the GEMMs, the golden vectors, and the
 plumbing (fake kernels, dispatch, errors)."""
 
+import math
+
 import pytest
 import torch
 from csrc_helpers import UINT64, assert_bits_equal, float_tensors, make_values
@@ -65,8 +67,9 @@ def test_rowwise_and_columnwise_equal_reference(x, signs, row_sr, col_sr, seed, 
         x, rht_signs=signs, row_stochastic=row_sr, col_stochastic=col_sr, seed=seed,
         row_offset=row_offset, col_offset=col_offset, row_amax=amax_tensor(row_amax),
         col_amax=amax_tensor(col_amax), rowwise=rowwise, columnwise=columnwise)
-    if rowwise:
-        assert_bits_equal(row, R.quantize_nvfp4(x, stochastic=row_sr, seed=seed, offset=row_offset,
+    if rowwise:                                         # rowwise is [M, K]: leading dims flattened
+        x2d = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
+        assert_bits_equal(row, R.quantize_nvfp4(x2d, stochastic=row_sr, seed=seed, offset=row_offset,
                                          amax=amax_tensor(row_amax)), "rowwise")
     else:
         assert row is None

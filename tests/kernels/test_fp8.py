@@ -56,6 +56,40 @@ def test_gemm_semantics(device):
     assert ((got - want).abs() <= bound).all()
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_scaled_mm_path_adds_the_bias_in_fp32(monkeypatch, bias):
+    """The tensor-core path (kernels.fp8._scaled_mm, run here through torch's CPU
+    ``_scaled_mm``) never hands the bias to torch, whose row-wise GEMM adds it to an
+    already rounded output; the bias is added to the FP32 product, then one rounding."""
+    from lowprec.kernels import fp8 as fp8_kernels
+    calls = []
+    real = torch._scaled_mm
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_scaled_mm", spy)
+    g = torch.Generator().manual_seed(5)
+
+    def integers(rows):
+        # Integers in [-7, 7], each row's amax 7: scale 7/448 = 2^-6, codes x * 64, all
+        # exact in E4M3; products below 2^18, sums of 64 below 2^24: the FP32 GEMM is exact
+        # in any order, so the result is fixed bit for bit.
+        x = torch.randint(-7, 8, (rows, 64), generator=g).float()
+        x[:, 0] = 7.0
+        return lowprec.quantize_fp8(x, backend="reference")
+
+    a, b = integers(40), integers(24)
+    c = torch.randn(24, generator=g).to(torch.bfloat16) * 8 if bias else None
+    got = fp8_kernels._scaled_mm(a.data, a.scale, b.data, b.scale, c, torch.bfloat16)
+    assert calls and all(call.get("bias") is None for call in calls)
+    if bias:
+        assert calls[0]["out_dtype"] == torch.float32
+    want = R.fp8_gemm(a.data, a.scale, b.data, b.scale, bias=c, out_dtype=torch.bfloat16)
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+
+
 def div_rn_probes():
     """Rows whose quotients x / scale sit within a few FP32 ulps of E4M3 ties.
 

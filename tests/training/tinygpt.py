@@ -55,7 +55,7 @@ class TinyGPT(nn.Module):
         self.head = nn.Linear(d_model, vocab, bias=False)
 
     def forward(self, tokens):
-        x = self.tok(tokens) + self.pos(torch.arange(tokens.shape[1]))
+        x = self.tok(tokens) + self.pos(torch.arange(tokens.shape[1], device=tokens.device))
         for block in self.blocks:
             if self.checkpoint:
                 x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
