@@ -4,8 +4,12 @@ On the demo's small byte-level GPT (``lowprec.demo``: a corpus shipped with Pyth
 each budget (the least fraction of linear-layer FLOPs in NVFP4), train from the same
 initial weights on the same batches with the precisions chosen by
 
-- ``snip``: the planner's ILP on LD / dX / WD (``lowprec.planner``), planned once at init;
-- ``snip+replan``: the same, re-planned every ``--replan-every`` steps (``Replanner``);
+- ``snip``: the planner's ILP on LD / dX / WD (``lowprec.planner``), all weights 1,
+  planned once at init;
+- ``snip-fitted``: the same ILP with the term weights fitted to measured sensitivity
+  (``analyze_sensitivity.py`` -> ``fitted-weights-<preset>.json``), when that file exists;
+- ``snip+replan``: the fitted (else plain) plan, re-planned every ``--replan-every``
+  steps (``Replanner``, same weights);
 - ``min-rel-error``: the same ILP minimising the relative quantization error of each
   GEMM's output (the classic heuristic, same statistics, same budget constraint);
 - ``positional``: NVFP4 from the first block on, in model order, until the budget is met
@@ -13,11 +17,13 @@ initial weights on the same batches with the precisions chosen by
 - ``random-k``: the ILP with random costs (a random plan meeting the same budget);
 
 and as references ``bf16`` (no quantization) and ``all-nvfp4`` (every candidate layer).
-Reports the final validation loss of each, the planner's overhead (statistics time per
-round in training steps) and the ILP's time on 500 layers.
+Every plan runs on the same ``--seeds`` seeds (initialisation, batches and rounding keys
+per seed), so differences are paired: the report gives each plan's mean final validation
+loss and its paired difference to the ILP plan with a 95% t interval, plus the planner's
+overhead (statistics time per round in training steps).
 
-    python experiments/planner/compare_plans.py --preset cpu          # ~1 h on 2 CPU cores
-    python experiments/planner/compare_plans.py --preset smoke        # a minute: it runs
+    python experiments/planner/compare_plans.py --preset cpu --seeds 5   # ~25 min, 1 core
+    python experiments/planner/compare_plans.py --preset smoke --seeds 2 # a minute: it runs
 
 Writes ``results-<preset>.json``, ``results-<preset>.md`` and ``results-<preset>.png``
 into ``--out`` (default: this directory).
@@ -25,7 +31,6 @@ into ``--out`` (default: this directory).
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import math
 import random
@@ -42,6 +47,7 @@ from lowprec.demo.model import GPTConfig
 from lowprec.demo.train import (PRESETS as DEMO_PRESETS, TrainConfig, build_model,
                                 calibration_batches, evaluate, lr_at, planner_loss)
 from lowprec.planner import Replanner, collect_stats, plan_from_stats
+from lowprec.planner.controller import DEFAULT_MAX_OVERHEAD
 from lowprec.planner.cost import gemm_flops
 
 HERE = Path(__file__).resolve().parent
@@ -125,29 +131,43 @@ def all_nvfp4_plan(candidates):
 # Training
 # ----------------------------------------------------------------------------------
 
-def train(model, corpus, cfg, device, replanner_factory=None, label=""):
-    """AdamW (as the demo), cosine LR; optionally re-plan during training."""
-    batches = corpus.train_batches(cfg.batch_size, model.cfg.seq_len, seed=cfg.seed)
-    val_batches = corpus.val_batches(cfg.batch_size, model.cfg.seq_len, cfg.eval_batches)
+def make_optimizer(model, cfg):
+    """AdamW as the demo's: no decay on vectors (norm gains, biases)."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     other = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": other, "weight_decay": 0.0}],
-                                  lr=cfg.lr, betas=(0.9, 0.95))
-    replanner = replanner_factory(model, optimizer) if replanner_factory else None
-    torch.manual_seed(cfg.seed + 1)       # the same stochastic-rounding keys for every run
-    losses, start, stats_seconds = [], time.perf_counter(), 0.0
-    for step in range(cfg.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        loss = model(*next(batches))
-        losses.append(loss.item())
-        if not math.isfinite(losses[-1]):
-            break
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": other, "weight_decay": 0.0}],
+                             lr=cfg.lr, betas=(0.9, 0.95))
+
+
+def train_step(model, optimizer, batch, step, cfg):
+    """One step at the cosine schedule's learning rate; returns the loss (a float)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    loss = model(*batch)
+    value = loss.item()
+    if math.isfinite(value):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    return value
+
+
+def train(model, corpus, cfg, device, replanner_factory=None, label="",
+          return_optimizer=False):
+    """AdamW (as the demo), cosine LR; optionally re-plan during training. Returns the
+    result record (and the optimizer, for statistics on the trained model)."""
+    batches = corpus.train_batches(cfg.batch_size, model.cfg.seq_len, seed=cfg.seed)
+    val_batches = corpus.val_batches(cfg.batch_size, model.cfg.seq_len, cfg.eval_batches)
+    optimizer = make_optimizer(model, cfg)
+    replanner = replanner_factory(model, optimizer) if replanner_factory else None
+    torch.manual_seed(cfg.seed + 1)       # the same stochastic-rounding keys for every run
+    losses, start, stats_seconds = [], time.perf_counter(), 0.0
+    for step in range(cfg.steps):
+        losses.append(train_step(model, optimizer, next(batches), step, cfg))
+        if not math.isfinite(losses[-1]):
+            break
         if replanner is not None:
             t0 = time.perf_counter()
             if replanner.step() is not None:
@@ -155,12 +175,13 @@ def train(model, corpus, cfg, device, replanner_factory=None, label=""):
         if step % max(1, cfg.steps // 10) == 0:
             print(f"  {label} step {step} loss {losses[-1]:.4f}", file=sys.stderr)
     seconds = time.perf_counter() - start
-    return {"final_val_loss": evaluate(model, val_batches, device),
-            "final_train_loss": statistics.mean(losses[-max(1, len(losses) // 10):]),
-            "train_seconds": seconds, "replan_seconds": stats_seconds,
-            "step_seconds": (seconds - stats_seconds) / max(1, len(losses)),
-            "diverged": not math.isfinite(losses[-1]),
-            "replans": len(replanner.history) if replanner else 0}
+    result = {"final_val_loss": evaluate(model, val_batches, device),
+              "final_train_loss": statistics.mean(losses[-max(1, len(losses) // 10):]),
+              "train_seconds": seconds, "replan_seconds": stats_seconds,
+              "step_seconds": (seconds - stats_seconds) / max(1, len(losses)),
+              "diverged": not math.isfinite(losses[-1]),
+              "replans": len(replanner.history) if replanner else 0}
+    return (result, optimizer) if return_optimizer else result
 
 
 def run_plan(plan, model_cfg, train_cfg, corpus, device, label, replanner_factory=None):
@@ -180,53 +201,75 @@ def run_plan(plan, model_cfg, train_cfg, corpus, device, label, replanner_factor
 # Report
 # ----------------------------------------------------------------------------------
 
-def summarize(results, budgets, n_random):
-    rows = []
-    methods = ["snip", "snip+replan", "min-rel-error", "positional"]
-    for method in methods:
-        cells = [results[f"{method}@{b}"]["final_val_loss"] if f"{method}@{b}" in results
-                 else None for b in budgets]
-        rows.append((method, cells))
-    random_cells = []
-    for b in budgets:
-        values = [results[f"random-{k}@{b}"]["final_val_loss"] for k in range(n_random)]
-        random_cells.append(values)
-    return rows, random_cells
+# Two-sided 95% Student t quantiles by degrees of freedom (paired differences over seeds).
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131}
+
+
+def plan_names(record):
+    names = ["snip", "snip-fitted", "snip+replan", "min-rel-error", "positional"]
+    names += [f"random-{k}" for k in range(record["random_plans"])]
+    return [n for n in names if any(f"{n}@{b}/{s}" in record["results"]
+                                    for b in record["budgets"] for s in record["seeds"])]
+
+
+def losses(record, name, budget=None):
+    key = name if budget is None else f"{name}@{budget}"
+    return [record["results"][f"{key}/{s}"]["final_val_loss"] for s in record["seeds"]]
+
+
+def paired(a, b):
+    """Mean of a - b over seeds and its 95% t interval."""
+    d = [x - y for x, y in zip(a, b)]
+    mean = statistics.mean(d)
+    if len(d) < 2:
+        return mean, float("nan")
+    return mean, T975.get(len(d) - 1, 1.96) * statistics.stdev(d) / math.sqrt(len(d))
+
+
+def random_mean(record, budget):
+    """Per seed, the mean loss of the random plans (the 'mean of random plans')."""
+    per_plan = [losses(record, f"random-{k}", budget) for k in range(record["random_plans"])]
+    return [statistics.mean(v) for v in zip(*per_plan)]
 
 
 def markdown(record):
-    budgets = record["budgets"]
-    results = record["results"]
-    rows, random_cells = summarize(results, budgets, record["random_plans"])
-    lines = ["| plan | " + " | ".join(f"budget {b}" for b in budgets) + " |",
-             "|---|" + "---|" * len(budgets)]
-    for method, cells in rows:
-        lines.append(f"| {method} | " + " | ".join("" if c is None else f"{c:.4f}"
-                                                   for c in cells) + " |")
-    lines.append("| random (mean ± sd; min..max) | " + " | ".join(
-        f"{statistics.mean(v):.4f} ± {statistics.pstdev(v):.4f}; {min(v):.4f}..{max(v):.4f}"
-        for v in random_cells) + " |")
-    lines.append("| bf16 (reference) | " + " | ".join(
-        f"{results['bf16']['final_val_loss']:.4f}" for _ in budgets) + " |")
-    lines.append("| all-nvfp4 (reference) | " + " | ".join(
-        f"{results['all-nvfp4']['final_val_loss']:.4f}" for _ in budgets) + " |")
-    fractions = ["| NVFP4 FLOPs share (snip / positional) | " + " | ".join(
-        f"{results[f'snip@{b}']['nvfp4_fraction']:.3f} / "
-        f"{results[f'positional@{b}']['nvfp4_fraction']:.3f}" for b in budgets) + " |"]
+    budgets, ilp = record["budgets"], record["ilp"]
+    n = len(record["seeds"])
+    lines = [f"Final validation loss, mean over {n} paired seeds {record['seeds']} (lower is "
+             f"better); Δ = plan − `{ilp}`, paired over seeds, with its 95% t interval "
+             f"(Δ > 0: `{ilp}` better). Preset `{record['preset']}`, "
+             f"{record['train_config']['steps']} steps.", "",
+             "| plan | " + " | ".join(f"budget {b}: loss | Δ vs {ilp}" for b in budgets)
+             + " |", "|---|" + "---|---|" * len(budgets)]
+    rows = [(name, lambda b, name=name: losses(record, name, b)) for name in plan_names(record)]
+    rows.append(("random, mean of plans", lambda b: random_mean(record, b)))
+    for name, get in rows:
+        cells = []
+        for b in budgets:
+            values = get(b)
+            d, half = paired(values, losses(record, ilp, b))
+            cells.append(f"{statistics.mean(values):.4f} | "
+                         + ("—" if name == ilp else f"{d:+.4f} ± {half:.4f}"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for ref in ("bf16", "all-nvfp4"):
+        values = losses(record, ref)
+        cells = []
+        for b in budgets:
+            d, half = paired(values, losses(record, ilp, b))
+            cells.append(f"{statistics.mean(values):.4f} | {d:+.4f} ± {half:.4f}")
+        lines.append(f"| {ref} (reference) | " + " | ".join(cells) + " |")
     overhead = record["overhead"]
-    text = ["Final validation loss (lower is better), "
-            f"preset `{record['preset']}`, {record['train_config']['steps']} steps.", ""]
-    text += lines + fractions + [""]
+    text = lines + [""]
     text.append(f"Planner statistics: {overhead['stats_seconds']:.1f} s per round on "
                 f"{overhead['calibration_batches']} calibration batches = "
-                f"{overhead['stats_in_steps']:.1f} training steps of the snip plan "
-                f"({overhead['step_seconds']:.2f} s/step); re-planning every "
-                f"{record['replan_every']} steps costs {100 * overhead['replan_share']:.1f}% "
-                f"of training time.")
-    ilp_rows = record["ilp_timing"]
-    text.append("ILP on 500 layers (1000 choices): " + "; ".join(
-        f"{r['budget_kind']} {r['budget']}: median {r['median_s']:.3f} s, max "
-        f"{r['max_s']:.3f} s" for r in ilp_rows) + f" (PuLP {record['pulp']}, HiGHS).")
+                f"{overhead['stats_in_steps']:.0f} training steps of the snip plan "
+                f"({1e3 * overhead['step_seconds']:.1f} ms/step, one core); re-planning "
+                f"every {record['replan_every']} steps cost "
+                f"{100 * overhead['replan_share']:.0f}% of training time here; "
+                f"`Replanner(every=\"auto\")` would re-plan every "
+                f"{overhead['auto_interval_steps']} steps to stay within "
+                f"{100 * DEFAULT_MAX_OVERHEAD:.0f}%.")
     return "\n".join(text) + "\n"
 
 
@@ -237,22 +280,27 @@ def plot(record, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    budgets = record["budgets"]
-    results = record["results"]
-    rows, random_cells = summarize(results, budgets, record["random_plans"])
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for method, cells in rows:
-        if any(c is not None for c in cells):
-            ax.plot(budgets, cells, marker="o", label=method)
-    for b, values in zip(budgets, random_cells):
-        ax.scatter([b] * len(values), values, color="grey", s=12, alpha=0.7,
-                   label="random plans" if b == budgets[0] else None)
-    ax.axhline(results["bf16"]["final_val_loss"], color="k", ls="--", label="bf16")
-    ax.axhline(results["all-nvfp4"]["final_val_loss"], color="r", ls=":", label="all-nvfp4")
-    ax.set_xlabel("budget (least NVFP4 share of linear FLOPs)")
-    ax.set_ylabel("final validation loss")
-    ax.set_title(f"plans at equal NVFP4 budget ({record['preset']})")
-    ax.legend(fontsize=8)
+    budgets, ilp = record["budgets"], record["ilp"]
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    names = [n for n in plan_names(record) if not n.startswith("random-")]
+    width = 0.8 / (len(names) + 1)
+    for i, name in enumerate(names + ["random, mean of plans"]):
+        means, halves = [], []
+        for b in budgets:
+            values = (random_mean(record, b) if name.startswith("random")
+                      else losses(record, name, b))
+            d, half = paired(values, losses(record, ilp, b))
+            means.append(d)
+            halves.append(half)
+        x = [j + (i - len(names) / 2) * width for j in range(len(budgets))]
+        ax.errorbar(x, means, yerr=halves, fmt="o", capsize=3, label=name)
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set_xticks(range(len(budgets)))
+    ax.set_xticklabels([f"budget {b}" for b in budgets])
+    ax.set_ylabel(f"final val loss − {ilp} (paired, 95% CI)")
+    ax.set_title(f"plans vs {ilp}, {len(record['seeds'])} seeds ({record['preset']}); "
+                 "above 0: worse")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return True
@@ -267,79 +315,99 @@ def main(argv=None):
     parser.add_argument("--budgets", type=float, nargs="+")
     parser.add_argument("--random-plans", type=int)
     parser.add_argument("--replan-every", type=int, help="0 turns snip+replan off")
+    parser.add_argument("--seeds", type=int, default=5, help="paired seeds per plan")
+    parser.add_argument("--fitted-weights", default=None,
+                        help="JSON from analyze_sensitivity.py (default: "
+                             "fitted-weights-<preset>.json here, if present)")
     parser.add_argument("--out", default=str(HERE))
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    model_cfg, train_cfg, budgets, n_random, replan_every = PRESETS[args.preset]
-    changes = {"seed": args.seed}
+    model_cfg, base_cfg, budgets, n_random, replan_every = PRESETS[args.preset]
     if args.steps:
-        changes.update(steps=args.steps, eval_every=min(train_cfg.eval_every, args.steps))
-    train_cfg = dataclasses.replace(train_cfg, **changes)
+        base_cfg = dataclasses.replace(base_cfg, steps=args.steps,
+                                       eval_every=min(base_cfg.eval_every, args.steps))
     budgets = tuple(args.budgets or budgets)
     n_random = args.random_plans if args.random_plans is not None else n_random
     replan_every = args.replan_every if args.replan_every is not None else replan_every
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    weights_path = Path(args.fitted_weights or HERE / f"fitted-weights-{args.preset}.json")
+    fitted = (json.loads(weights_path.read_text())["weights"] if weights_path.exists()
+              else None)
+    device = torch.device("cpu")
+    torch.set_num_threads(1)
     corpus = corpus_mod.load()
     loss_fn = planner_loss(device)
     start = time.perf_counter()
+    results, stats_seconds = {}, []
 
-    # One set of statistics on the initial model serves every ILP-based plan.
-    model0 = build_model(model_cfg, train_cfg.seed, device)
-    candidates = lowprec.candidate_layers(model0)
-    calibration = calibration_batches(corpus, model_cfg, train_cfg, device)
-    collected = collect_stats(model0, candidates, calibration, loss_fn=loss_fn)
-    print(f"statistics: {collected.seconds:.1f} s on {collected.batches} batches",
-          file=sys.stderr)
+    for seed in range(args.seeds):
+        train_cfg = dataclasses.replace(base_cfg, seed=seed)
+        # One set of statistics on the initial model serves every ILP-based plan.
+        model0 = build_model(model_cfg, seed, device)
+        candidates = lowprec.candidate_layers(model0)
+        calibration = calibration_batches(corpus, model_cfg, train_cfg, device)
+        collected = collect_stats(model0, candidates, calibration, loss_fn=loss_fn,
+                                  progress=False)
+        stats_seconds.append(collected.seconds)
 
-    results = {"bf16": run_plan(None, model_cfg, train_cfg, corpus, device, "bf16"),
-               "all-nvfp4": run_plan(all_nvfp4_plan(candidates), model_cfg, train_cfg,
-                                     corpus, device, "all-nvfp4")}
-    replan_stream = corpus.train_batches(train_cfg.batch_size, model_cfg.seq_len,
-                                         seed=train_cfg.seed + 2000)
+        def run(name, plan, factory=None):
+            results[f"{name}/{seed}"] = run_plan(plan, model_cfg, train_cfg, corpus, device,
+                                                 f"{name}/{seed}", factory)
 
-    def fresh_calibration():
-        return [next(replan_stream) for _ in range(train_cfg.calibration_batches)]
+        run("bf16", None)
+        run("all-nvfp4", all_nvfp4_plan(candidates))
+        replan_stream = corpus.train_batches(train_cfg.batch_size, model_cfg.seq_len,
+                                             seed=seed + 2000)
 
-    for budget in budgets:
-        plans = {
-            "snip": plan_from_stats(candidates, collected, budget=budget),
-            "min-rel-error": plan_from_stats(candidates, collected, budget=budget,
-                                             objective="relative_error"),
-            "positional": positional_plan(candidates, collected, budget),
-        }
-        for k in range(n_random):
-            plans[f"random-{k}"] = plan_from_stats(candidates, collected, budget=budget,
-                                                   objective=random_objective(k))
-        for name, plan in plans.items():
-            results[f"{name}@{budget}"] = run_plan(plan, model_cfg, train_cfg, corpus,
-                                                   device, f"{name}@{budget}")
-        if replan_every:
-            def factory(model, optimizer, budget=budget):
-                return Replanner(model, every=replan_every, budget=budget,
-                                 calibration=fresh_calibration, optimizer=optimizer,
-                                 loss_fn=loss_fn, progress=False)
-            results[f"snip+replan@{budget}"] = run_plan(
-                plans["snip"], model_cfg, train_cfg, corpus, device,
-                f"snip+replan@{budget}", replanner_factory=factory)
+        def fresh_calibration():
+            return [next(replan_stream) for _ in range(train_cfg.calibration_batches)]
 
-    snip_step = statistics.mean(results[f"snip@{b}"]["step_seconds"] for b in budgets)
-    replan_runs = [results[f"snip+replan@{b}"] for b in budgets if replan_every]
+        for budget in budgets:
+            plans = {
+                "snip": plan_from_stats(candidates, collected, budget=budget),
+                "min-rel-error": plan_from_stats(candidates, collected, budget=budget,
+                                                 objective="relative_error"),
+                "positional": positional_plan(candidates, collected, budget),
+            }
+            if fitted is not None:
+                plans["snip-fitted"] = plan_from_stats(candidates, collected, budget=budget,
+                                                       weights=fitted)
+            for k in range(n_random):
+                plans[f"random-{k}"] = plan_from_stats(candidates, collected, budget=budget,
+                                                       objective=random_objective(k))
+            for name, plan in plans.items():
+                run(f"{name}@{budget}", plan)
+            if replan_every:
+                def factory(model, optimizer, budget=budget):
+                    return Replanner(model, every=replan_every, budget=budget,
+                                     calibration=fresh_calibration, optimizer=optimizer,
+                                     loss_fn=loss_fn, weights=fitted, progress=False)
+                run(f"snip+replan@{budget}", plans["snip-fitted" if fitted else "snip"],
+                    factory)
+
+    seeds = list(range(args.seeds))
+    snip_step = statistics.mean(results[f"snip@{b}/{s}"]["step_seconds"]
+                                for b in budgets for s in seeds)
+    replan_runs = [results[f"snip+replan@{b}/{s}"] for b in budgets for s in seeds
+                   if replan_every]
     record = {
         "preset": args.preset, "model_config": dataclasses.asdict(model_cfg),
-        "train_config": dataclasses.asdict(train_cfg), "budgets": list(budgets),
-        "random_plans": n_random, "replan_every": replan_every,
+        "train_config": dataclasses.asdict(base_cfg), "budgets": list(budgets),
+        "seeds": seeds, "random_plans": n_random, "replan_every": replan_every,
+        "ilp": "snip-fitted" if fitted is not None else "snip",
+        "fitted_weights": fitted, "fitted_weights_file": str(weights_path.name),
         "corpus": corpus.describe(), "device": str(device),
         "torch": torch.__version__, "pulp": __import__("pulp").__version__,
         "overhead": {
-            "stats_seconds": collected.seconds,
-            "calibration_batches": collected.batches,
+            "stats_seconds": statistics.mean(stats_seconds),
+            "calibration_batches": base_cfg.calibration_batches,
             "step_seconds": snip_step,
-            "stats_in_steps": collected.seconds / snip_step,
+            "stats_in_steps": statistics.mean(stats_seconds) / snip_step,
+            # What Replanner(every="auto") would choose at this cost and step time.
+            "auto_interval_steps": math.ceil(statistics.mean(stats_seconds)
+                                             / (DEFAULT_MAX_OVERHEAD * snip_step)),
             "replan_share": (statistics.mean(r["replan_seconds"] / r["train_seconds"]
                                              for r in replan_runs) if replan_runs else 0.0),
         },
-        "ilp_timing": _sibling("ilp_timing").main(["--seeds", "3"]),
         "results": results, "seconds": time.perf_counter() - start,
     }
     out = Path(args.out)
@@ -350,14 +418,6 @@ def main(argv=None):
     plot(record, stem.with_suffix(".png"))
     print(markdown(record))
     return record
-
-
-def _sibling(name):
-    """A script beside this one, imported by path (experiments/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 if __name__ == "__main__":

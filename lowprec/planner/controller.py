@@ -1,11 +1,11 @@
 """Re-planning during training: new statistics every N steps, a new plan, applied in place.
 
-    replanner = Replanner(model, every=500, budget=0.75, calibration=lambda: next_batches(4),
+    replanner = Replanner(model, budget=0.75, calibration=lambda: next_batches(4),
                           optimizer=opt, loss_fn=loss_fn)
     for step in range(steps):
         ...
         opt.step()
-        replanner.step()            # re-plans on every 500th call
+        replanner.step()            # re-plans when due: within 2% of training time
 
 Applying a plan only changes each ``lowprec.Linear``'s recipe (``lowprec.convert(model,
 plan=...)`` on a converted model): parameters (the master weights), their ``.grad``
@@ -17,8 +17,19 @@ Distributed: call ``step`` on every rank at the same steps. Statistics are all-r
 rank 0 solves and broadcasts the plan as JSON; every rank applies the identical plan.
 """
 
+import math
+import time
+
 from lowprec.planner import options
 from lowprec.planner.builder import make_plan
+from lowprec.planner.distributed import broadcast_text, resolve_group
+
+# every="auto": re-planning may take at most this share of training time.
+DEFAULT_MAX_OVERHEAD = 0.02
+# Steps timed before the first interval is set.
+TIMING_STEPS = 20
+# The first interval when the plan's cost is not known yet (no statistics in its meta).
+UNKNOWN_COST_EVERY = 1000
 
 
 def _apply_with_convert(model, plan):
@@ -33,7 +44,15 @@ class Replanner:
         model: a model already converted by ``lowprec.convert`` (or plain; the first
             re-plan then converts it, which must happen before the optimizer is built if
             the model itself is a bare ``nn.Linear``).
-        every: steps between re-plans (``step()`` calls).
+        every: steps between re-plans (``step()`` calls), or ``"auto"`` (the default):
+            the interval that keeps re-planning within ``max_overhead`` of training
+            time, ``ceil(plan_seconds / (max_overhead * step_seconds))``, where
+            ``step_seconds`` is the measured time between ``step()`` calls (re-plans
+            excluded; first set after 20 steps) and ``plan_seconds`` the measured time
+            of the last re-plan (before the first one: the statistics and ILP time in
+            the current plan's meta, or 1000 steps when the plan has none). Re-set after
+            every re-plan; distributed, rank 0's interval is used on every rank.
+        max_overhead: the share of training time ``every="auto"`` allows (0.02).
         budget: as in ``make_plan``.
         calibration: a zero-argument callable returning fresh batches for each round
             (preferred: each round sees new data), or a re-iterable such as a list.
@@ -45,10 +64,15 @@ class Replanner:
         plan_kwargs: anything else ``make_plan`` takes (``ties``, ``budget_kind``, ...).
     """
 
-    def __init__(self, model, *, every, budget, calibration, optimizer=None, loss_fn=None,
-                 switch_penalty=0.05, apply=None, on_plan=None, **plan_kwargs):
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-            raise ValueError(f"every must be a positive int; got {every!r}")
+    def __init__(self, model, *, budget, calibration, every="auto",
+                 max_overhead=DEFAULT_MAX_OVERHEAD, optimizer=None, loss_fn=None,
+                 switch_penalty=0.05, apply=None, on_plan=None, clock=time.perf_counter,
+                 **plan_kwargs):
+        if every != "auto" and (not isinstance(every, int) or isinstance(every, bool)
+                                or every < 1):
+            raise ValueError(f"every must be a positive int or 'auto'; got {every!r}")
+        if not (isinstance(max_overhead, (int, float)) and 0 < max_overhead < 1):
+            raise ValueError(f"max_overhead must be a number in (0, 1); got {max_overhead!r}")
         if calibration is None:
             raise ValueError("Replanner needs calibration batches (a callable or iterable)")
         budget = options.check_plan_options(budget=budget, **plan_kwargs)
@@ -65,17 +89,62 @@ class Replanner:
         self.plan_kwargs = plan_kwargs
         self.steps = 0
         self.history = []          # (step, plan meta) of each re-plan
+        self.auto = every == "auto"
+        self.max_overhead = float(max_overhead)
+        self.clock = clock
+        self.next_replan = None if self.auto else every    # step of the next re-plan
+        self.train_seconds = 0.0   # between step() calls, re-plans excluded
+        self.replan_seconds = 0.0
+        self._last_call = None
+        self._last_cost = None     # seconds of the last re-plan
+
+    @property
+    def overhead(self):
+        """Re-planning time as a share of training plus re-planning time so far."""
+        total = self.train_seconds + self.replan_seconds
+        return self.replan_seconds / total if total > 0 else 0.0
 
     @property
     def plan(self):
         return getattr(self.model, "lowprec_plan", None)
 
     def step(self):
-        """Count one training step; re-plan on every ``every``-th. Returns the new plan or None."""
+        """Count one training step; re-plan when the interval says. Returns the new plan
+        or None."""
+        now = self.clock()
+        if self._last_call is not None:
+            self.train_seconds += now - self._last_call
         self.steps += 1
-        if self.steps % self.every:
-            return None
-        return self.replan()
+        if self.auto and self.next_replan is None and self.steps >= TIMING_STEPS:
+            self._schedule()
+        plan = None
+        if self.next_replan is not None and self.steps >= self.next_replan:
+            start = self.clock()
+            plan = self.replan()
+            self._last_cost = self.clock() - start
+            self.replan_seconds += self._last_cost
+            self.next_replan = None if self.auto else self.steps + self.every
+            if self.auto:
+                self._schedule()
+        self._last_call = self.clock()
+        return plan
+
+    def _schedule(self):
+        """Set the next re-plan step (``every="auto"``; see the class docstring)."""
+        cost = self._last_cost
+        if cost is None:
+            meta = getattr(self.plan, "meta", None) or {}
+            if "stats_seconds" in meta:
+                cost = meta["stats_seconds"] + meta.get("ilp_seconds", 0.0)
+        step_seconds = self.train_seconds / max(1, self.steps - 1)
+        if cost is None or step_seconds <= 0:
+            interval = UNKNOWN_COST_EVERY
+        else:
+            interval = max(1, math.ceil(cost / (self.max_overhead * step_seconds)))
+        group, _, _ = resolve_group(self.plan_kwargs.get("process_group", "auto"))
+        interval = int(broadcast_text(str(interval), group))
+        self.every = interval
+        self.next_replan = self.steps + interval
 
     def replan(self):
         """Gather statistics, solve, apply now. Returns the applied Plan."""
@@ -105,12 +174,18 @@ class Replanner:
         return None
 
     def state_dict(self):
-        """Steps counted and the current plan as JSON (resume re-plans on schedule)."""
+        """Steps counted, the next re-plan step and the current plan as JSON (resume
+        re-plans on schedule)."""
         plan = self.plan
-        return {"steps": self.steps, "plan": None if plan is None else plan.to_json()}
+        return {"steps": self.steps, "next_replan": self.next_replan,
+                "plan": None if plan is None else plan.to_json()}
 
     def load_state_dict(self, state):
         self.steps = int(state["steps"])
+        if state.get("next_replan") is not None:
+            self.next_replan = int(state["next_replan"])
+        elif not self.auto:        # a state saved without it: the next multiple of every
+            self.next_replan = (self.steps // self.every + 1) * self.every
         if state.get("plan") is not None:
             from lowprec.plan import Plan
             plan = Plan.from_json(state["plan"])

@@ -64,3 +64,61 @@ def test_arguments_are_checked(tiny_mlp, mlp_batches):
         Replanner(tiny_mlp, every=0, budget=0.5, calibration=mlp_batches)
     with pytest.raises(ValueError, match="calibration"):
         Replanner(tiny_mlp, every=1, budget=0.5, calibration=None)
+
+
+class FakeClock:
+    """A clock the test moves: each training step takes ``step`` seconds, a re-plan
+    ``replan`` seconds."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def run_auto(steps, plan_meta=None, step=1.0, replan=5.0):
+    clock = FakeClock()
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16))
+    if plan_meta is not None:
+        model.lowprec_plan = type("Plan", (), {"meta": plan_meta})()
+    replanner = Replanner(model, budget=0.5, calibration=[None], clock=clock)
+    at = []
+
+    def fake_replan():
+        clock.now += replan
+        at.append(replanner.steps)
+        return "plan"
+
+    replanner.replan = fake_replan
+    for _ in range(steps):
+        clock.now += step          # the training step
+        replanner.step()
+    return replanner, at
+
+
+def test_auto_interval_keeps_replanning_within_two_percent():
+    # Cost unknown at first: the first re-plan after 1000 steps (+20 timed), then every
+    # ceil(5 s / (0.02 * 1 s)) = 250 steps.
+    replanner, at = run_auto(3000)
+    assert at[:3] == [1020, 1270, 1520]
+    assert replanner.every == 250 and replanner.overhead <= 0.02
+
+
+def test_auto_interval_from_the_plans_own_statistics_time():
+    # The plan made by convert/make_plan says its statistics took 4 s and its ILP 1 s:
+    # the interval is set after the 20 timed steps, 250 steps, before any re-plan.
+    replanner, at = run_auto(1000, plan_meta={"stats_seconds": 4.0, "ilp_seconds": 1.0})
+    assert at == [270, 520, 770]
+    assert 0.0 < replanner.overhead <= 0.02
+
+
+def test_fixed_interval_resumes_on_its_multiples(tiny_mlp, mlp_batches):
+    replanner = Replanner(tiny_mlp, every=4, budget=0.5, calibration=mlp_batches)
+    replanner.load_state_dict({"steps": 6, "plan": None})      # saved without next_replan
+    assert replanner.next_replan == 8
+
+
+def test_max_overhead_is_checked(tiny_mlp, mlp_batches):
+    with pytest.raises(ValueError, match="max_overhead"):
+        Replanner(tiny_mlp, budget=0.5, calibration=mlp_batches, max_overhead=2)

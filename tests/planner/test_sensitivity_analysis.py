@@ -1,0 +1,64 @@
+"""The estimators of experiments/planner/analyze_sensitivity.py (the planner's validation).
+
+Expected values are worked by hand here, not taken from the code under test. Mutations
+tried: ranks without tie averaging (test_spearman_with_ties fails), out_of_fold fitting
+on every unit (test_out_of_fold_never_sees_the_held_out_block fails), nnls allowing a
+negative weight (test_nnls_keeps_weights_non_negative fails).
+"""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+PATH = Path(__file__).resolve().parents[2] / "experiments" / "planner" / "analyze_sensitivity.py"
+
+
+@pytest.fixture(scope="module")
+def analysis():
+    spec = importlib.util.spec_from_file_location("analyze_sensitivity_under_test", PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_spearman_of_monotone_and_reversed(analysis):
+    a = [0.1, 0.5, 0.2, 3.0]
+    assert analysis.spearman(a, [1, 9, 4, 100]) == pytest.approx(1.0)
+    assert analysis.spearman(a, [-1, -9, -4, -100]) == pytest.approx(-1.0)
+
+
+def test_spearman_with_ties(analysis):
+    # ranks of a: 1, 2.5, 2.5, 4; of b: 1, 2, 3, 4. Pearson of those by hand:
+    # deviations (-1.5, 0, 0, 1.5) and (-1.5, -0.5, 0.5, 1.5): 4.5 / sqrt(4.5 * 5).
+    got = analysis.spearman([1, 2, 2, 3], [10, 20, 30, 40])
+    assert got == pytest.approx(4.5 / np.sqrt(4.5 * 5.0))
+
+
+def test_nnls_recovers_non_negative_weights_and_ignores_the_intercept(analysis):
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 3))
+    y = x @ np.array([0.5, 0.0, 2.0]) + 7.0           # an intercept the fit must absorb
+    assert np.allclose(analysis.nnls(x, y), [0.5, 0.0, 2.0])
+
+
+def test_nnls_keeps_weights_non_negative(analysis):
+    rng = np.random.default_rng(1)
+    x = rng.random((40, 3))
+    y = x @ np.array([1.0, -3.0, 0.5])                 # the best unconstrained fit is negative
+    w = analysis.nnls(x, y)
+    assert (w >= 0).all() and w[1] == 0.0
+
+
+def test_out_of_fold_never_sees_the_held_out_block(analysis):
+    # Block 0's units follow y = 5 * x0, the other blocks y = 1 * x0: a fit that saw block
+    # 0 would predict it with a slope above 1.
+    units = [(f"blocks.{b}.mlp.fc", g) for b in range(3) for g in ("fprop+dgrad", "wgrad")]
+    x = np.array([[1.0 + i, 0.0, 0.0] for i in range(len(units))])
+    y = np.array([(5.0 if layer.startswith("blocks.0.") else 1.0) * row[0]
+                  for (layer, _), row in zip(units, x)])
+    pred = analysis.out_of_fold(x, y, units)
+    held_out = [i for i, (layer, _) in enumerate(units) if layer.startswith("blocks.0.")]
+    # fitted on blocks 1 and 2 only: slope exactly 1, intercept 0
+    assert np.allclose(pred[held_out], x[held_out, 0])
