@@ -24,8 +24,8 @@ import time
 import torch
 from torch import nn
 
-from lowprec.grouped_linear import grouped_linear
-from lowprec.linear import Linear
+from lowprec.grouped import grouped_linear
+from lowprec.linear_layer import Linear
 from lowprec.moe import route
 from lowprec.recipe import Recipe
 

@@ -42,7 +42,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import lowprec  # noqa: E402
 from bench import common  # noqa: E402
-from lowprec.convert import candidate_layers, convert  # noqa: E402
+from lowprec.conversion import convert  # noqa: E402
+from lowprec.discovery import candidate_layers  # noqa: E402
 from lowprec.demo.model import GPT, GPTConfig  # noqa: E402
 from lowprec.plan import LayerPlan, Plan  # noqa: E402
 from lowprec.recipe import Recipe  # noqa: E402

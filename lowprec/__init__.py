@@ -33,15 +33,16 @@ __all__ = [
 
 # Training layer.
 from lowprec.recipe import Recipe  # noqa: E402
-from lowprec.linear import Linear, linear  # noqa: E402
+from lowprec.linear_layer import Linear, linear  # noqa: E402
 from lowprec.plan import LayerPlan, Plan  # noqa: E402
-from lowprec.convert import candidate_layers, convert, unconvert  # noqa: E402
+from lowprec.conversion import convert, unconvert  # noqa: E402
+from lowprec.discovery import candidate_layers  # noqa: E402
 
 __all__ += ["LayerPlan", "Linear", "Plan", "Recipe", "candidate_layers", "convert",
             "linear", "unconvert"]
 
 # Conv1D (GPT-2 family) and mixture-of-experts layers.
-from lowprec.grouped_linear import grouped_linear  # noqa: E402
+from lowprec.grouped import grouped_linear  # noqa: E402
 from lowprec.moe import GroupedExperts, register_experts_adapter  # noqa: E402
 
 __all__ += ["GroupedExperts", "grouped_linear", "register_experts_adapter"]

@@ -18,7 +18,7 @@ import sys
 import torch
 from torch import nn
 
-from lowprec.linear import RecipeMixin, linear
+from lowprec.linear_layer import RecipeMixin, linear
 
 
 def hf_conv1d_class():

@@ -30,8 +30,8 @@ error; they are also a negligible share of the FLOPs (E x H per token).
 import torch
 from torch import nn
 
-from lowprec.grouped_linear import grouped_linear
-from lowprec.linear import DEFAULT_RECIPE, check_nvfp4_shape
+from lowprec.grouped import grouped_linear
+from lowprec.linear_layer import DEFAULT_RECIPE, check_nvfp4_shape
 from lowprec.recipe import Recipe
 
 ROUTER_REASON = ("router: stays BF16 (a quantization error can flip its discrete top-k "

@@ -3,7 +3,7 @@
 The models are built on the meta device from transformers configs (no weights, nothing
 downloaded): GPT-2 small, T5-small, BART-base, Mixtral 8x7B, Qwen2-MoE A2.7B,
 Qwen3-MoE 30B-A3B, Llama 7B. Shares are per-token multiply-adds over every module that
-multiplies by a weight it owns (``lowprec.convert.weight_matmuls``; experts count top_k
+multiplies by a weight it owns (``lowprec.discovery.weight_matmuls``; experts count top_k
 of E), so they are FLOP shares when every layer sees the same tokens.
 
 Two steps, so that another lowprec tree (e.g. before this change) can be judged by the
@@ -12,7 +12,7 @@ same count:
     PYTHONPATH=<other tree> python experiments/matmul_shares/run.py dump other.json
     python experiments/matmul_shares/run.py compare other.json
 
-``dump`` needs only ``lowprec.convert.default_plan``; ``compare`` prints, per model, the
+``dump`` needs only ``lowprec.discovery.default_plan``; ``compare`` prints, per model, the
 NVFP4 share that the dumped plan claims over its own layers, its real share over all
 weight matmuls, and this tree's default plan's share.
 """
@@ -59,7 +59,7 @@ def nvfp4_macs(plan_layers, macs):
 
 
 def main(argv):
-    from lowprec.convert import default_plan
+    from lowprec.discovery import default_plan
     warnings.simplefilter("ignore")
     if len(argv) != 2 or argv[0] not in ("dump", "compare"):
         print("usage: run.py dump FILE | run.py compare FILE", file=sys.stderr)
@@ -70,7 +70,7 @@ def main(argv):
         with open(argv[1], "w") as f:
             json.dump(plans, f)
         return 0
-    from lowprec.convert import weight_matmuls
+    from lowprec.discovery import weight_matmuls
     with open(argv[1]) as f:
         other = json.load(f)
     print(f"{'model':18s} {'other claims':>12s} {'other real':>10s} {'this tree':>9s}")

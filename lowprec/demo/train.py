@@ -20,7 +20,7 @@ import time
 import torch
 
 import lowprec
-from lowprec.convert import default_plan
+from lowprec.discovery import default_plan
 from lowprec.planner import options
 from lowprec.demo import corpus as corpus_mod
 from lowprec.demo.model import GPT, GPTConfig

@@ -24,7 +24,9 @@ decodes the same bytes, so all ranks hold the identical plan (or raise the same 
 import json
 import math
 
-from lowprec.planner import gemm_error, ilp, options, pulp_compat
+from lowprec.discovery import candidate_layers
+from lowprec.plan import LayerPlan, Plan
+from lowprec.planner import ilp, options, pulp_compat
 from lowprec.planner.cost import GEMMS, device_cost, gemm_flops
 from lowprec.planner.distributed import broadcast_text, rebuild_error, resolve_group
 from lowprec.planner.stats import DEFAULT_NOISE_SCALE, DEFAULT_SEED, collect_stats
@@ -38,23 +40,7 @@ ERRORS = {"BudgetError": ilp.BudgetError, "NoSolverError": pulp_compat.NoSolverE
 
 
 def _candidates(model, candidates):
-    if candidates is not None:
-        return list(candidates)
-    try:
-        from lowprec.convert import candidate_layers
-    except ImportError:
-        candidate_layers = None
-    if candidate_layers is not None:
-        return candidate_layers(model)
-    # Before lowprec.convert exists: every exact nn.Linear, NUMERICS 10 shapes forced.
-    import torch.nn as nn
-    out = []
-    for name, module in model.named_modules():
-        if type(module) is nn.Linear:
-            n, k = module.weight.shape
-            problem = gemm_error.nvfp4_shape_problem(n, k)
-            out.append((name, module, f"forced bf16: {problem}" if problem else None))
-    return out
+    return list(candidates) if candidates is not None else candidate_layers(model)
 
 
 def _check_groups(gemm_groups):
@@ -217,7 +203,6 @@ def _sensitivity_ranks(choices):
 
 def _plan_from(solution, candidates, units, groups, layer_stats, forced, choices,
                objective, dev, meta):
-    from lowprec.plan import LayerPlan, Plan
     by_key = {c.key: c for c in choices}
     unit_of = {m: (unit, members) for unit, members in units for m in members}
     total = sum(c.flops for c in choices)
@@ -286,7 +271,7 @@ def make_plan(model, *, budget, calibration, optimizer=None, loss_fn=None, recip
             ``loss_fn=lambda m, b: F.cross_entropy(m(b[0]), b[1])``.
         recipe: the base ``lowprec.Recipe`` (its switches shape the quantizers).
         candidates: ``[(name, module, forced_reason)]``; default
-            ``lowprec.convert.candidate_layers(model)``.
+            ``lowprec.discovery.candidate_layers(model)``.
         previous: the previous Plan, for ``switch_penalty``.
         ties: lists of layer names that must share precisions (fused QKV, gate/up).
         gemm_groups: how the three GEMMs share a precision (see module docstring).
@@ -341,7 +326,6 @@ def make_plan(model, *, budget, calibration, optimizer=None, loss_fn=None, recip
     envelope = json.loads(broadcast_text(text, group))
     if not envelope["ok"]:
         raise rebuild_error(envelope["type"], envelope["message"], ERRORS)
-    from lowprec.plan import Plan
     return Plan.from_json(envelope["plan"])
 
 

@@ -7,10 +7,10 @@
         opt.step()
         replanner.step()            # re-plans when due: within 2% of training time
 
-Applying a plan only changes each ``lowprec.Linear``'s recipe (``lowprec.convert(model,
-plan=...)`` on a converted model): parameters (the master weights), their ``.grad``
-and the optimizer's state are the same objects with the same values afterwards, and the
-statistics pass restores the caller's RNG state, so training continues exactly as if
+Applying a plan only changes each ``lowprec.Linear``'s recipe (``discovery.apply_plan``,
+as ``lowprec.convert(model, plan=...)`` does on a converted model): parameters (the
+master weights), their ``.grad`` and the optimizer's state are the same objects with the
+same values afterwards, and the statistics pass restores the caller's RNG state, so training continues exactly as if
 the plan had been this one all along.
 
 Distributed: call ``step`` on every rank at the same steps. Statistics are all-reduced,
@@ -20,6 +20,8 @@ rank 0 solves and broadcasts the plan as JSON; every rank applies the identical 
 import math
 import time
 
+from lowprec.discovery import apply_plan
+from lowprec.plan import Plan
 from lowprec.planner import options
 from lowprec.planner.builder import make_plan
 from lowprec.planner.distributed import broadcast_text, resolve_group
@@ -30,11 +32,6 @@ DEFAULT_MAX_OVERHEAD = 0.02
 TIMING_STEPS = 20
 # The first interval when the plan's cost is not known yet (no statistics in its meta).
 UNKNOWN_COST_EVERY = 1000
-
-
-def _apply_with_convert(model, plan):
-    from lowprec.convert import convert
-    return convert(model, plan=plan)
 
 
 class Replanner:
@@ -59,7 +56,7 @@ class Replanner:
         optimizer, loss_fn: as in ``make_plan``.
         switch_penalty: objective units per GEMM group that changes vs the current plan
             (damps flip-flopping between near-equal choices).
-        apply: ``apply(model, plan) -> model``; default ``lowprec.convert(model, plan=)``.
+        apply: ``apply(model, plan) -> model``; default ``lowprec.discovery.apply_plan``.
         on_plan: optional callback ``on_plan(step, plan)`` after each re-plan.
         plan_kwargs: anything else ``make_plan`` takes (``ties``, ``budget_kind``, ...).
     """
@@ -83,7 +80,7 @@ class Replanner:
         self.optimizer = optimizer
         self.loss_fn = loss_fn
         self.switch_penalty = switch_penalty
-        self.apply = apply or _apply_with_convert
+        self.apply = apply or apply_plan
         self.on_plan = on_plan
         self.recipe = plan_kwargs.pop("recipe", None)
         self.plan_kwargs = plan_kwargs
@@ -187,7 +184,6 @@ class Replanner:
         elif not self.auto:        # a state saved without it: the next multiple of every
             self.next_replan = (self.steps // self.every + 1) * self.every
         if state.get("plan") is not None:
-            from lowprec.plan import Plan
             plan = Plan.from_json(state["plan"])
             self.apply(self.model, plan)
             self.model.lowprec_plan = plan

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from lowprec.planner import pulp_compat
+from lowprec.planner.cost import DEFAULT_COSTS
 from lowprec.planner.options import (BUDGET_KINDS, BudgetError,  # noqa: F401  (re-exported)
                                      PlannerError, check_budget)
 from lowprec.planner.pulp_compat import NoSolverError  # noqa: F401  (re-exported)
@@ -111,7 +112,6 @@ def _check_choices(choices):
 
 def _time_cost(time_cost):
     if time_cost is None:
-        from lowprec.planner.cost import DEFAULT_COSTS
         time_cost = DEFAULT_COSTS["blackwell"][0]
     missing = [p for p in PRECISIONS if p not in time_cost]
     if missing:

@@ -10,6 +10,9 @@ offending value. This module imports nothing of the planner, so anything may imp
 import math
 import numbers
 
+from lowprec import backends
+from lowprec.recipe import Recipe
+
 BUDGET_KINDS = ("nvfp4_fraction", "time")
 
 
@@ -93,8 +96,6 @@ def check_ties(ties):
 
 
 def check_recipe(recipe):
-    from lowprec.recipe import Recipe
-
     if recipe is not None and not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a lowprec.Recipe; got {type(recipe).__name__}")
     return recipe
@@ -122,8 +123,6 @@ def check_gap(gap):
 def check_backend(backend, device_type=None):
     """``backend``: ``"auto"`` or a known backend name; with ``device_type``, one that
     runs there (else the error says why not)."""
-    from lowprec import backends
-
     known = sorted(backends.BACKEND_MODULES) + ["auto"]
     if not isinstance(backend, str) or backend not in known:
         raise OptionError(f"unknown backend {backend!r}; choose one of {known}")

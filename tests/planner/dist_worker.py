@@ -84,16 +84,12 @@ def run(rank, world, port, outdir):
         plan = make_plan(model, budget=0.5, calibration=batches, loss_fn=loss_fn,
                          progress=False)
         out["plan"] = plan.to_json()
-        if hasattr(lowprec, "convert"):
-            model = lowprec.convert(model)
-            apply = None
-        else:                                      # before lowprec.convert exists
-            apply = lambda m, p: m
+        model = lowprec.convert(model)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         loss_fn(model, batches[0]).backward()
         opt.step()
         replanner = Replanner(model, every=1, budget=0.75, calibration=batches,
-                              optimizer=opt, loss_fn=loss_fn, apply=apply, progress=False)
+                              optimizer=opt, loss_fn=loss_fn, progress=False)
         out["replan"] = replanner.step().to_json()
         try:
             make_plan(model, budget=0.999, calibration=batches, loss_fn=loss_fn,

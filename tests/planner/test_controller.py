@@ -6,8 +6,6 @@ import torch
 from lowprec.planner import Replanner
 
 lowprec = pytest.importorskip("lowprec")
-if not hasattr(lowprec, "convert"):
-    pytest.skip("lowprec.convert is not there yet", allow_module_level=True)
 
 
 def snapshot(model, opt):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowprec.convert import candidate_layers
+from lowprec.discovery import candidate_layers
 from lowprec.planner.stats import FIELDS, collect_stats
 
 H, I = 32, 32

@@ -4,7 +4,7 @@
 ``lowprec.linear`` is the reference here (its forward output and its backward's dX and
 dW in FP32); ``gemm_error`` must reproduce each of its three GEMMs with the recipe's
 switches. The SR key: each forward that needs SR draws one 64-bit Philox key from
-torch's CPU generator (``lowprec.linear`` module docstring; dgrad at counter 0, wgrad
+torch's CPU generator (``lowprec.linear_layer`` module docstring; dgrad at counter 0, wgrad
 after dgrad's words), so a ``SeedStream`` with that key, used for dgrad then wgrad,
 gives ``gemm_error`` the very same words.
 

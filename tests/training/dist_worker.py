@@ -8,7 +8,7 @@ import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from lowprec.convert import convert
+from lowprec.conversion import convert
 from lowprec.recipe import Recipe
 
 from .tinygpt import TinyGPT, loss_fn, markov_batches

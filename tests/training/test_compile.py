@@ -5,8 +5,8 @@ import torch
 import torch._dynamo
 from torch import nn
 
-from lowprec.convert import convert
-from lowprec.linear import Linear
+from lowprec.conversion import convert
+from lowprec.linear_layer import Linear
 from lowprec.recipe import Recipe
 
 from .tinygpt import TinyGPT, loss_fn, markov_batches

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lowprec.conv1d import Conv1D
-from lowprec.linear import linear
+from lowprec.linear_layer import linear
 from lowprec.recipe import Recipe
 
 transformers = pytest.importorskip("transformers")

@@ -19,7 +19,7 @@ wired wrong (a wrong operand or a missing scale moves the loss far more, or dive
 import pytest
 import torch
 
-from lowprec.convert import convert
+from lowprec.conversion import convert
 from lowprec.recipe import Recipe
 
 from .tinygpt import TinyGPT, markov_batches, train

@@ -17,8 +17,8 @@ import pytest
 import torch
 import torch._dynamo
 
-from lowprec.grouped_linear import grouped_linear
-from lowprec.linear import linear
+from lowprec.grouped import grouped_linear
+from lowprec.linear_layer import linear
 from lowprec.moe import ConcatenatedGateUp, GroupedExperts, experts_adapter, route
 from lowprec.recipe import Recipe
 

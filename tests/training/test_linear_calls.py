@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from lowprec import backends
-from lowprec.linear import linear
+from lowprec.linear_layer import linear
 from lowprec.recipe import Recipe
 
 QUANTIZE_OPS = ("quantize_nvfp4", "quantize_row_col", "quantize_weight_2d", "quantize_fp8")

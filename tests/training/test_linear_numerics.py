@@ -2,7 +2,7 @@
 
 The expected values below are built from ``lowprec.reference`` only, written out per
 GEMM, so they check the recipe's wiring (which operand, which block shape, RHT, SR,
-seed, offset, padding) independently of ``lowprec/linear.py``. With the reference
+seed, offset, padding) independently of ``lowprec/linear_layer.py``. With the reference
 backend forced the two sides run the same FP32 sums, so they must agree bit for bit.
 """
 
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowprec import backends, reference
-from lowprec.linear import MASK64, SEED_HIGH, SEED_LOW, Linear, linear
+from lowprec.linear_layer import MASK64, SEED_HIGH, SEED_LOW, Linear, linear
 from lowprec.recipe import PRECISIONS, Recipe
 
 TORCH_SEED = 20240607

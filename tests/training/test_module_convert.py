@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 import lowprec.planner
-from lowprec.convert import candidate_layers, convert, find_block_lists, unconvert
-from lowprec.linear import Linear
+from lowprec.conversion import convert, unconvert
+from lowprec.discovery import candidate_layers, find_block_lists
+from lowprec.linear_layer import Linear
 from lowprec.plan import LayerPlan, Plan
 from lowprec.recipe import Recipe
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import lowprec.ops
-from lowprec.convert import convert
+from lowprec.conversion import convert
 
 from .tinygpt import TinyGPT, markov_batches, optimizer_steps
 

@@ -1,4 +1,8 @@
-"""convert / unconvert: swap a model's weight matmuls for lowprec's and back.
+"""Which layers of a model are weight matmuls, the default plan, and applying a plan.
+
+``lowprec.convert`` (``conversion``) and the planner both build on this module; it
+imports nothing of the planner, so every import in the package sits at module top and
+the import graph has no cycle.
 
 Which modules (``weight_matmuls``): every module that multiplies by a weight it owns is
 listed in the plan, under its qualified name, with its precisions or the reason it is
@@ -42,18 +46,16 @@ The default plan (no budget, no plan given):
 
 Every planned layer becomes a lowprec module (a BF16 one quantizes nothing), so applying
 another plan later only changes recipes: parameters, their optimizer state and the module
-objects stay as they are. Convert before wrapping the model in DDP, FSDP
-(``fully_shard``) or ``torch.compile``.
+objects stay as they are.
 """
 
 import dataclasses
-import warnings
 
 import torch
 from torch import nn
 
 from lowprec.conv1d import Conv1D, is_conv1d
-from lowprec.linear import NVFP4_BLOCK, Linear, check_nvfp4_shape
+from lowprec.linear_layer import NVFP4_BLOCK, Linear, check_nvfp4_shape
 from lowprec.moe import (
     ROUTER_REASON,
     GroupedExperts,
@@ -286,7 +288,7 @@ def default_plan(model, recipe=None, filter_fn=None):
     return Plan(layers, meta)
 
 
-def _complete(plan, model, filter_fn):
+def complete_plan(plan, model, filter_fn=None):
     """A planner's plan plus the untouched modules (BF16 with the reason), each entry
     with its kind and block list, and FLOPs shares over all of them (per-token MACs)."""
     entries = weight_matmuls(model, filter_fn)
@@ -380,7 +382,7 @@ def apply_plan(model, plan, recipe=None):
         if module is model:
             model = new
         else:
-            _swap(model, module, new)
+            swap_module(model, module, new)
     return model
 
 
@@ -412,11 +414,7 @@ def _converted(module, recipes):
     return new
 
 
-def _original(module):
-    return module.to_linear() if isinstance(module, Linear) else module.to_original()
-
-
-def _swap(model, old, new):
+def swap_module(model, old, new):
     """Put ``new`` wherever ``old`` is registered (a module may be registered twice)."""
     for parent in model.modules():
         for key, child in parent._modules.items():
@@ -424,99 +422,3 @@ def _swap(model, old, new):
                 parent._modules[key] = new
 
 
-def _warn_untouched(plan):
-    """One warning listing the weight-matmul modules convert could not handle."""
-    skipped = [f"{layer.name} ({layer.reason})" for layer in plan
-               if layer.kind == "untouched" and layer.reason != ROUTER_REASON]
-    if skipped:
-        warnings.warn(f"lowprec.convert left {len(skipped)} weight-matmul module(s) as they "
-                      f"are: " + "; ".join(skipped), stacklevel=3)
-
-
-def convert(model, budget=None, *, recipe=None, calibration=None, optimizer=None,
-            loss_fn=None, filter_fn=None, plan=None, **plan_kwargs):
-    """Swap ``model``'s weight matmuls for lowprec's in place, as planned.
-
-    Args:
-        model: an ``nn.Module``.
-        budget: None for the default plan (module docstring); else hand planning to
-            ``lowprec.planner.make_plan`` under this budget (needs ``calibration``);
-            each expert projection is one planning unit (all its experts alike).
-        recipe: the base recipe (its switches, and the precisions the default plan
-            gives); None means ``Recipe()`` (NUMERICS 7).
-        calibration, optimizer, loss_fn: passed to the planner with ``budget`` (and
-            refused without one); ``loss_fn(model, batch) -> scalar tensor``, default
-            the model's own output (``lowprec.planner.default_loss``).
-        filter_fn: ``filter_fn(name, module) -> bool``; False keeps a layer BF16.
-        plan: a ``Plan`` to apply as it is (also to an already converted model, to
-            re-plan without touching parameters or optimizer state).
-        **plan_kwargs: further options of ``make_plan`` (e.g. ``budget_kind="time"``,
-            tie groups, ``progress``); only with ``budget``.
-
-    Returns:
-        The model (a new module only if ``model`` itself is an ``nn.Linear``), with the
-        applied Plan at ``model.lowprec_plan``. Warns once (UserWarning) listing the
-        weight-matmul modules left untouched, routers excepted.
-    """
-    from lowprec.planner import options          # no planner code runs before this check
-
-    if budget is not None and plan is not None:
-        raise ValueError("convert takes a budget (to plan) or a plan (to apply), not both")
-    if plan_kwargs and budget is None:
-        raise TypeError(f"planner options {sorted(plan_kwargs)} need a budget")
-    planner_inputs = [name for name, value in (("calibration", calibration),
-                      ("optimizer", optimizer), ("loss_fn", loss_fn)) if value is not None]
-    if planner_inputs and budget is None:
-        # Refused rather than ignored: the caller meant to plan and would get another plan.
-        instead = "the given plan" if plan is not None else "the default plan"
-        raise TypeError(f"convert got {', '.join(planner_inputs)} but no budget: they are "
-                        f"only used to plan under a budget (budget=...); pass one, or leave "
-                        f"them out for {instead}")
-    options.check_recipe(recipe)
-    if budget is not None:
-        budget = options.check_plan_options(budget=budget, **plan_kwargs)
-        if calibration is None:
-            raise ValueError("convert(budget=...) plans from measurements: pass "
-                             "calibration=<an iterable of batches>")
-        from lowprec.planner import make_plan
-        plan = make_plan(model, budget=budget, calibration=calibration,
-                         optimizer=optimizer, loss_fn=loss_fn,
-                         recipe=Recipe() if recipe is None else recipe,
-                         candidates=candidate_layers(model, filter_fn), **plan_kwargs)
-        plan = _complete(plan, model, filter_fn)
-    elif plan is None:
-        plan = default_plan(model, recipe, filter_fn)
-    if not isinstance(plan, Plan):
-        raise TypeError(f"plan must be a lowprec.Plan; got {type(plan).__name__}")
-    _warn_unplanned(model, plan, filter_fn)
-    model = apply_plan(model, plan, recipe)
-    model.lowprec_plan = plan
-    _warn_untouched(plan)
-    return model
-
-
-def _warn_unplanned(model, plan, filter_fn):
-    """Warn naming the model's linear layers ``plan`` leaves out (they stay as they are)."""
-    missing = [name for name, _, _ in candidate_layers(model, filter_fn) if name not in plan]
-    if missing:
-        shown = ", ".join(missing[:10]) + (f", ... ({len(missing)} in all)"
-                                           if len(missing) > 10 else "")
-        warnings.warn(f"the plan has no entry for {len(missing)} linear layer(s) of the model: "
-                      f"{shown}; they keep their current precision (an nn.Linear stays an "
-                      f"unconverted nn.Linear)", UserWarning, stacklevel=3)
-
-
-def unconvert(model):
-    """Give back the original modules, holding the same Parameters: ``nn.Linear`` for a
-    ``lowprec.Linear``, the original class for a Conv1D and for a group of experts.
-
-    Returns the model (a new module if ``model`` itself is a converted one).
-    """
-    if isinstance(model, (Linear, Conv1D, GroupedExperts)):
-        return _original(model)
-    for module in list(model.modules()):
-        if isinstance(module, (Linear, Conv1D, GroupedExperts)):
-            _swap(model, module, _original(module))
-    if "lowprec_plan" in model.__dict__:
-        del model.lowprec_plan
-    return model

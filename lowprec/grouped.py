@@ -17,7 +17,7 @@ What is per expert, and why:
 * wgrad contracts over the expert's own tokens, padded to a multiple of 16 per expert
   (NUMERICS 10); an expert that got no tokens has a zero weight gradient.
 * Stochastic rounding: each expert's call draws its own Philox key, in expert order
-  (``lowprec.linear``'s rule; empty experts draw one too, so the stream does not depend
+  (``lowprec.linear_layer``'s rule; empty experts draw one too, so the stream does not depend
   on the routing).
 
 Autograd runs over ``lowprec.linear``'s custom ops, one forward/backward pair per
@@ -42,7 +42,7 @@ NVFP4 weight copy lives only during its own GEMM.
 
 import torch
 
-from lowprec.linear import DEFAULT_RECIPE, check_nvfp4_shape, linear
+from lowprec.linear_layer import DEFAULT_RECIPE, check_nvfp4_shape, linear
 
 
 def _check(x, weight, counts, name):
