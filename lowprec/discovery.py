@@ -55,7 +55,7 @@ import torch
 from torch import nn
 
 from lowprec.conv1d import Conv1D, is_conv1d
-from lowprec.linear_layer import NVFP4_BLOCK, Linear, check_nvfp4_shape
+from lowprec.linear_layer import Linear, check_nvfp4_shape
 from lowprec.moe import (
     ROUTER_REASON,
     GroupedExperts,
@@ -65,7 +65,7 @@ from lowprec.moe import (
     is_router,
 )
 from lowprec.plan import LayerPlan, Plan
-from lowprec.recipe import Recipe
+from lowprec.recipe import Recipe, shape_problem
 
 BF16_TAIL_FRACTION = 0.15
 CONVERTED_KINDS = ("linear", "conv1d", "experts")
@@ -104,13 +104,6 @@ def _is_converted_kind(module):
     return _is_linear(module) or is_conv1d(module) or experts_adapter(module) is not None
 
 
-def _shape_reason(n, k):
-    if k % NVFP4_BLOCK or n % NVFP4_BLOCK:
-        return (f"shape (N={n}, K={k}): nvfp4 and fp8 GEMMs need K and N multiples "
-                f"of {NVFP4_BLOCK}")
-    return None
-
-
 def _embedding_names(model):
     """``{id(weight): embedding name}`` of every embedding's weight."""
     return {id(m.weight): name for name, m in model.named_modules()
@@ -133,7 +126,7 @@ def _experts_entries(model, name, module, filter_fn):
         weight = getattr(module, tensor)
         e, n, k = weight.shape
         full = f"{name}.{tensor}"
-        reason = _shape_reason(n, k)
+        reason = shape_problem(n, k)
         if reason is None and filter_fn is not None and not filter_fn(full, module):
             reason = "filtered"
         out.append(WeightMatmul(full, module, "experts", (n, k), reason, [e, top_k]))
@@ -173,7 +166,7 @@ def weight_matmuls(model, filter_fn=None):
         if _is_linear(module) or is_conv1d(module):
             kind = "linear" if _is_linear(module) else "conv1d"
             n, k = _module_shape(module, None)
-            reason = ROUTER_REASON if _is_linear_router(model, name, n) else _shape_reason(n, k)
+            reason = ROUTER_REASON if _is_linear_router(model, name, n) else shape_problem(n, k)
             if reason is None and filter_fn is not None and not filter_fn(name, module):
                 reason = "filtered"
             entry = WeightMatmul(name, module, kind, (n, k), reason)

@@ -57,7 +57,7 @@ from torch import nn
 
 from lowprec import ops, reference
 from lowprec.formats import FP8Tensor, NVFP4Tensor
-from lowprec.recipe import Recipe
+from lowprec.recipe import NVFP4_BLOCK, Recipe, shape_problem
 
 DEFAULT_RECIPE = Recipe()
 
@@ -65,18 +65,17 @@ DEFAULT_RECIPE = Recipe()
 # which the ops read as the unsigned value.
 SEED_LOW, SEED_HIGH = -(1 << 63), (1 << 63) - 1
 MASK64 = (1 << 64) - 1
-NVFP4_BLOCK = 16
 
 
 def check_nvfp4_shape(weight_shape, recipe, name=None):
     """Raise ValueError if ``recipe`` runs a GEMM in NVFP4 on a weight it cannot take.
 
-    NUMERICS 10: K and N of an NVFP4 layer must be multiples of 16.
+    NUMERICS 10: K and N of an NVFP4 layer must be multiples of 16 (``shape_problem``).
     """
     if not recipe.uses("nvfp4"):
         return
     n, k = weight_shape
-    if k % NVFP4_BLOCK or n % NVFP4_BLOCK:
+    if shape_problem(n, k) is not None:
         layer = name or f"Linear(in_features={k}, out_features={n})"
         raise ValueError(f"nvfp4 needs K % 16 == 0 and N % 16 == 0; layer {layer} has "
                          f"weight shape (N={n}, K={k}); use a recipe without nvfp4 "

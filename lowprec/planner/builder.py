@@ -27,9 +27,10 @@ import math
 from lowprec.discovery import candidate_layers
 from lowprec.plan import LayerPlan, Plan
 from lowprec.planner import ilp, options, pulp_compat
-from lowprec.planner.cost import GEMMS, device_cost, gemm_flops
+from lowprec.planner.cost import device_cost, gemm_flops
 from lowprec.planner.distributed import broadcast_text, rebuild_error, resolve_group
 from lowprec.planner.stats import DEFAULT_NOISE_SCALE, DEFAULT_SEED, collect_stats
+from lowprec.recipe import GEMMS
 
 DEFAULT_GEMM_GROUPS = (("fprop", "dgrad"), ("wgrad",))
 OBJECTIVES = ("snip", "relative_error")

@@ -30,8 +30,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-GEMMS = ("fprop", "dgrad", "wgrad")
-PRECISIONS = ("nvfp4", "fp8", "bf16")
+from lowprec.recipe import PRECISIONS
 
 COSTS_FILE = "device_costs.json"
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from lowprec import ops, reference
+from lowprec.recipe import shape_problem as nvfp4_shape_problem  # noqa: F401  (stats reads it)
 
 QUANTIZED = ("nvfp4", "fp8")
 
@@ -113,13 +114,3 @@ def wgrad(g, x, precision, cfg, seeds):
     qg = _nvfp4(gt, cfg, seeds, rht=cfg.rht, stochastic=cfg.stochastic_rounding)
     qx = _nvfp4(xt, cfg, None, rht=cfg.rht)
     return ops.nvfp4_gemm(qg, qx, out_dtype=torch.float32)
-
-
-def nvfp4_shape_problem(out_features, in_features):
-    """Why NVFP4 cannot run a layer of this shape (NUMERICS 10), or None."""
-    problems = []
-    if in_features % 16:
-        problems.append(f"K % 16 != 0 (K={in_features})")
-    if out_features % 16:
-        problems.append(f"N % 16 != 0 (N={out_features})")
-    return ", ".join(problems) or None

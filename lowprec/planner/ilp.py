@@ -37,8 +37,7 @@ from lowprec.planner.cost import DEFAULT_COSTS
 from lowprec.planner.options import (BUDGET_KINDS, BudgetError,  # noqa: F401  (re-exported)
                                      PlannerError, check_budget)
 from lowprec.planner.pulp_compat import NoSolverError  # noqa: F401  (re-exported)
-
-PRECISIONS = ("nvfp4", "fp8", "bf16")
+from lowprec.recipe import PRECISIONS
 MAX_TIGHTENINGS = 3
 TOLERANCE_STEP = 2e-7
 

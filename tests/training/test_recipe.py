@@ -3,8 +3,11 @@
 import json
 
 import pytest
+import torch
 
-from lowprec.recipe import Recipe
+import lowprec
+from lowprec.discovery import default_plan
+from lowprec.recipe import Recipe, shape_problem
 from lowprec.reference import DEFAULT_SIGN_VECTOR
 
 
@@ -66,3 +69,21 @@ def test_from_dict_rejects_unknown_keys_and_fills_defaults():
 def test_str_is_readable():
     assert str(Recipe()) == "nvfp4/nvfp4/nvfp4 (rht sr 2d)"
     assert str(Recipe.uniform("fp8")) == "fp8/fp8/fp8"
+
+
+@pytest.mark.parametrize("n, k, bad", [(32, 48, None), (16, 16, None), (32, 20, "K=20"),
+                                       (40, 32, "N=40"), (8, 8, "N=8, K=8")])
+def test_shape_problem_is_the_one_rule_for_quantized_shapes(n, k, bad):
+    """NUMERICS 10: K and N multiples of 16, else a reason naming the shape. The default
+    plan's reason and Linear's refusal both follow it (mutation tried: ``k % 32`` in
+    ``shape_problem`` fails the (32, 48) and (16, 16) cases)."""
+    problem = shape_problem(n, k)
+    assert problem is None if bad is None else bad in problem
+    model = torch.nn.Sequential(torch.nn.Linear(k, n))
+    plan = default_plan(model)
+    assert (plan["0"].reason == problem) if bad else (plan["0"].precisions() == ("nvfp4",) * 3)
+    if bad:
+        with pytest.raises(ValueError, match=bad):
+            lowprec.Linear(k, n)
+    else:
+        lowprec.Linear(k, n)
