@@ -87,29 +87,33 @@ def check_nvfp4_shape(weight_shape, recipe, name=None):
 # step's GEMMs read. Inputs are 2-D.
 # ----------------------------------------------------------------------------------
 
-def _sign_vector(rht, signs):
+def rht_sign_vector(rht, signs):
     """The sign vector the wgrad operands carry (None without RHT)."""
     return ops.check_sign_vector(signs or None) if rht else None
 
 
-def _quantize_rows_and_cols(t, row_precision, col_precision, rht, signs, stochastic=False,
-                            seed=0):
+def quantize_rows_and_cols(t, row_precision, col_precision, rht, signs, stochastic=False,
+                           seed=0, row_offset=0, col_offset=None):
     """(operand along t's rows, operand along t's columns), each for its own precision.
 
     The NVFP4 copies come from one ``quantize_row_col`` call: the rowwise copy (fprop's X,
     dgrad's dY) and the columnwise copy of t^T, zero-padded along the token dim to a
     multiple of 16, RHT'd with ``signs`` when ``rht`` (wgrad's X^T, dY^T). SR, when asked,
-    uses counters [0, ceil(M*C/4)) for the rowwise copy and the next ``ceil(C*M_pad/4)`` for
-    the columnwise one. FP8 quantizes each operand along its contraction dim (NUMERICS
-    9); a precision of None means the copy is not needed.
+    starts the rowwise copy's counters at ``row_offset`` and the columnwise copy's at
+    ``col_offset``; training uses [0, ceil(M*C/4)) for the rowwise copy and the next
+    ``ceil(C*M_pad/4)`` for the columnwise one (``col_offset`` None). FP8 quantizes each
+    operand along its contraction dim (NUMERICS 9); a precision of None means the copy
+    is not needed.
     """
     row_nv, col_nv = row_precision == "nvfp4", col_precision == "nvfp4"
+    if col_offset is None:
+        col_offset = reference.counters_used(t.numel())
     rows = cols = None
     if row_nv or col_nv:
         rows, cols = ops.quantize_row_col(
             t, rowwise=row_nv, columnwise=col_nv, rht=rht, sign_vector=signs or None,
-            row_stochastic=stochastic, col_stochastic=stochastic, seed=seed, row_offset=0,
-            col_offset=reference.counters_used(t.numel()))
+            row_stochastic=stochastic, col_stochastic=stochastic, seed=seed,
+            row_offset=row_offset, col_offset=col_offset)
     if row_precision == "fp8":
         rows = ops.quantize_fp8(t)
     if col_precision == "fp8":
@@ -117,7 +121,7 @@ def _quantize_rows_and_cols(t, row_precision, col_precision, rht, signs, stochas
     return rows, cols
 
 
-def _quantize_weight(weight, fprop, dgrad, weight_2d):
+def quantize_weight(weight, fprop, dgrad, weight_2d):
     """(fprop's W, dgrad's W^T) for NVFP4 GEMMs, from one call; None where not needed.
 
     With ``weight_2d`` the W^T copy holds exactly the transposed codes and 16x16 tile
@@ -135,10 +139,11 @@ def _quantize_weight(weight, fprop, dgrad, weight_2d):
 
 
 # ----------------------------------------------------------------------------------
-# The three GEMMs, each for any precision, on operands already quantized.
+# The three GEMMs, each for any precision, on operands already quantized. The planner
+# (``lowprec.planner.gemm_error``) runs these same functions to measure their errors.
 # ----------------------------------------------------------------------------------
 
-def _fprop(x, qx, weight, qw, bias, precision):
+def fprop_gemm(x, qx, weight, qw, bias, precision):
     """Y = X W^T + b in x's dtype."""
     if precision == "bf16":
         return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
@@ -147,7 +152,7 @@ def _fprop(x, qx, weight, qw, bias, precision):
     return ops.nvfp4_gemm(qx, qw, bias, out_dtype=x.dtype)
 
 
-def _dgrad(grad, qg, weight, qwt, precision):
+def dgrad_gemm(grad, qg, weight, qwt, precision):
     """dX = dY W in dY's dtype."""
     if precision == "bf16":
         return grad.mm(weight.to(grad.dtype))       # the expression autograd uses for mm
@@ -157,7 +162,7 @@ def _dgrad(grad, qg, weight, qwt, precision):
     return ops.nvfp4_gemm(qg, qwt, out_dtype=grad.dtype)
 
 
-def _wgrad(grad, qgt, saved_x, weight_dtype, precision):
+def wgrad_gemm(grad, qgt, saved_x, weight_dtype, precision):
     """dW = dY^T X in ``weight_dtype``."""
     if precision == "bf16":
         return grad.t().mm(saved_x.to(grad.dtype)).to(weight_dtype)
@@ -193,13 +198,14 @@ def _saved_x_like(x, precision):
     if precision == "fp8":
         return (x.new_empty(k, m, dtype=torch.float8_e4m3fn),
                 x.new_empty(k, 1, dtype=torch.float32), x.new_empty(0, dtype=torch.float32))
-    mp = _padded_tokens(m)
+    mp = padded_tokens(m)
     return (x.new_empty(k, mp // 2, dtype=torch.uint8),
             x.new_empty(k, mp // NVFP4_BLOCK, dtype=torch.float8_e4m3fn),
             x.new_empty((), dtype=torch.float32))
 
 
-def _padded_tokens(m):
+def padded_tokens(m):
+    """The token count M zero-padded to a multiple of 16 (wgrad's blocks run along M)."""
     return (m + NVFP4_BLOCK - 1) // NVFP4_BLOCK * NVFP4_BLOCK
 
 
@@ -243,10 +249,10 @@ def _linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     # Autocast must not reach the FP32 math inside (it would run the reference GEMM in
     # bf16); the caller has already cast x to the autocast dtype.
     with torch.autocast(x.device.type, enabled=False):
-        qx, qxt = _quantize_rows_and_cols(x, fprop, wgrad if save_x else None, rht,
-                                          _sign_vector(rht, signs))
-        qw, _ = _quantize_weight(weight, fprop, None, weight_2d)
-        y = _fprop(x, qx, weight, qw, bias, fprop)
+        qx, qxt = quantize_rows_and_cols(x, fprop, wgrad if save_x else None, rht,
+                                         rht_sign_vector(rht, signs))
+        qw, _ = quantize_weight(weight, fprop, None, weight_2d)
+        y = fprop_gemm(x, qx, weight, qw, bias, fprop)
     return (y, *_pack_saved(qxt, x))
 
 
@@ -271,22 +277,22 @@ def _linear_bwd(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tensor | None
     """
     grad = grad.contiguous()
     seed_value = 0 if seed is None else int(seed.item()) & MASK64
-    rht_signs = _sign_vector(rht, signs)
+    rht_signs = rht_sign_vector(rht, signs)
     with torch.autocast(grad.device.type, enabled=False):
-        qg, qgt = _quantize_rows_and_cols(grad, dgrad if need_dx else None,
-                                          wgrad if need_dw else None, rht, rht_signs,
-                                          stochastic, seed_value)
+        qg, qgt = quantize_rows_and_cols(grad, dgrad if need_dx else None,
+                                         wgrad if need_dw else None, rht, rht_signs,
+                                         stochastic, seed_value)
         dx = grad.new_empty(0)
         if need_dx:
-            _, qwt = _quantize_weight(weight, None, dgrad, weight_2d)
-            dx = _dgrad(grad, qg, weight, qwt, dgrad)
+            _, qwt = quantize_weight(weight, None, dgrad, weight_2d)
+            dx = dgrad_gemm(grad, qg, weight, qwt, dgrad)
         dw = weight.new_empty(0)
         if need_dw:
             saved_x = x if wgrad == "bf16" else _unpack_saved(
                 (x_data, x_scale, x_amax), wgrad, (weight.shape[1],
-                                                   _padded_tokens(grad.shape[0])),
+                                                   padded_tokens(grad.shape[0])),
                 rht_signs=rht_signs)
-            dw = _wgrad(grad, qgt, saved_x, weight.dtype, wgrad)
+            dw = wgrad_gemm(grad, qgt, saved_x, weight.dtype, wgrad)
     return dx, dw
 
 

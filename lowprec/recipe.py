@@ -28,7 +28,7 @@ from lowprec import ops
 PRECISIONS = ("nvfp4", "fp8", "bf16")
 GEMMS = ("fprop", "dgrad", "wgrad")
 SWITCHES = ("rht", "stochastic_rounding", "weight_2d")
-NVFP4_BLOCK = 16          # elements per NVFP4 scale block, and the shape multiple of NUMERICS 10
+NVFP4_BLOCK = 16          # elements per NVFP4 scale block; NUMERICS 10's shape multiple
 
 
 def shape_problem(n, k):

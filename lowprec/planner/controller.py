@@ -10,8 +10,8 @@
 Applying a plan only changes each ``lowprec.Linear``'s recipe (``discovery.apply_plan``,
 as ``lowprec.convert(model, plan=...)`` does on a converted model): parameters (the
 master weights), their ``.grad`` and the optimizer's state are the same objects with the
-same values afterwards, and the statistics pass restores the caller's RNG state, so training continues exactly as if
-the plan had been this one all along.
+same values afterwards, and the statistics pass restores the caller's RNG state, so
+training continues exactly as if the plan had been this one all along.
 
 Distributed: call ``step`` on every rank at the same steps. Statistics are all-reduced,
 rank 0 solves and broadcasts the plan as JSON; every rank applies the identical plan.

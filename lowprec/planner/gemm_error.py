@@ -1,10 +1,12 @@
 """What each GEMM of a linear layer computes when its operands are quantized.
 
-The planner compares these against the high-precision products. Each function takes
-FP32 tensors, quantizes them with the public ops (``lowprec.quantize_nvfp4`` /
-``quantize_fp8``) exactly as the training recipe does (NUMERICS 7 and 9), and returns the
-FP32 product; the GEMMs run with ``out_dtype=float32`` so that only quantization (not a
-final BF16 rounding, which BF16 training has too) shows in the difference.
+The planner compares these against the high-precision products. Each function runs the
+training layer's own quantizers and GEMMs (``lowprec.linear_layer``: the same
+``quantize_rows_and_cols``, ``quantize_weight`` and ``*_gemm`` calls as the custom ops
+``lowprec::linear_fwd`` / ``linear_bwd``) on one GEMM at a time, with the switches of a
+``lowprec.Recipe`` (None: ``Recipe()``, NUMERICS 7). Inputs are FP32, so the products
+come out in FP32 and only quantization (not a final BF16 rounding, which BF16 training
+has too) shows in the difference.
 
 - fprop ``Y = X W^T``: NVFP4 X 1x16 RNE, W 16x16 (``weight_2d``) or 1x16 RNE; FP8 per
   row along K.
@@ -13,45 +15,28 @@ final BF16 rounding, which BF16 training has too) shows in the difference.
 - wgrad ``dW = G^T X``: NVFP4 G^T and X^T with RHT (``rht``), G^T with SR, X^T RNE, the
   token dim M zero-padded to 16; FP8 per row along M.
 
-Stochastic rounding draws from an explicit ``SeedStream``: a fixed seed and an offset
-advanced by each call, so statistics are reproducible and no two SR quantizations share
-random words (NUMERICS 4.1).
+What differs from training is only where the SR words come from: training draws one key
+per forward and starts dgrad's words at counter 0 and wgrad's after them; here an
+explicit ``SeedStream`` (a fixed seed and an offset advanced by each SR quantization)
+keeps statistics reproducible and no two SR quantizations share random words
+(NUMERICS 4.1).
 """
 
-from dataclasses import dataclass
-
-import torch
-import torch.nn.functional as F
-
-from lowprec import ops, reference
-from lowprec.recipe import shape_problem as nvfp4_shape_problem  # noqa: F401  (stats reads it)
+from lowprec import reference
+from lowprec.linear_layer import (
+    DEFAULT_RECIPE,
+    dgrad_gemm,
+    fprop_gemm,
+    padded_tokens,
+    quantize_rows_and_cols,
+    quantize_weight,
+    rht_sign_vector,
+    wgrad_gemm,
+)
+# stats asks here whether NVFP4 can take a layer's shape.
+from lowprec.recipe import shape_problem as nvfp4_shape_problem  # noqa: F401
 
 QUANTIZED = ("nvfp4", "fp8")
-
-
-@dataclass
-class QuantConfig:
-    """The recipe switches that change the bits of a quantized GEMM."""
-
-    rht: bool = True
-    stochastic_rounding: bool = True
-    weight_2d: bool = True
-    sign_vector: tuple = None
-
-    @classmethod
-    def from_recipe(cls, recipe):
-        """Read the switches of a ``lowprec.Recipe`` (or any object with those attributes).
-
-        Missing attributes keep the NVFP4 training defaults of NUMERICS 7.
-        """
-        if recipe is None:
-            return cls()
-        defaults = cls()
-        return cls(rht=bool(getattr(recipe, "rht", defaults.rht)),
-                   stochastic_rounding=bool(getattr(recipe, "stochastic_rounding",
-                                                    defaults.stochastic_rounding)),
-                   weight_2d=bool(getattr(recipe, "weight_2d", defaults.weight_2d)),
-                   sign_vector=getattr(recipe, "sign_vector", None))
 
 
 class SeedStream:
@@ -68,49 +53,48 @@ class SeedStream:
         return offset
 
 
-def _pad_rows(x, multiple=16):
-    """Zero-pad the first dim to a multiple of 16 (zeros change no amax, RHT or product)."""
-    extra = (-x.shape[0]) % multiple
-    return F.pad(x, (0, 0, 0, extra)) if extra else x
+def _signs(recipe):
+    return rht_sign_vector(recipe.rht, recipe.sign_vector)
 
 
-def _nvfp4(x, cfg, seeds, *, block="1x16", rht=False, stochastic=False):
-    kwargs = dict(block=block, rht=rht, sign_vector=cfg.sign_vector if rht else None)
-    if stochastic:
-        kwargs.update(stochastic=True, seed=seeds.seed, offset=seeds.take(x.numel()))
-    return ops.quantize_nvfp4(x.contiguous(), **kwargs)
+def _sr_words(seeds, numel, gemm):
+    """``(seed, offset)`` of one SR quantization of ``numel`` elements."""
+    if seeds is None:
+        raise ValueError(f"{gemm} with stochastic rounding needs a SeedStream; got "
+                         f"seeds=None")
+    return seeds.seed, seeds.take(numel)
 
 
-def _fp8_product(a, b):
-    return ops.fp8_gemm(ops.quantize_fp8(a.contiguous()), ops.quantize_fp8(b.contiguous()),
-                        out_dtype=torch.float32)
-
-
-def fprop(x, w, precision, cfg):
+def fprop(x, w, precision, recipe=None):
     """``Q(X) Q(W)^T`` for ``x [M, K]``, ``w [N, K]`` (FP32)."""
-    if precision == "fp8":
-        return _fp8_product(x, w)
-    w_block = "16x16" if cfg.weight_2d else "1x16"
-    return ops.nvfp4_gemm(_nvfp4(x, cfg, None), _nvfp4(w, cfg, None, block=w_block),
-                          out_dtype=torch.float32)
+    recipe = DEFAULT_RECIPE if recipe is None else recipe
+    x = x.contiguous()
+    qx, _ = quantize_rows_and_cols(x, precision, None, recipe.rht, _signs(recipe))
+    qw, _ = quantize_weight(w, precision, None, recipe.weight_2d)
+    return fprop_gemm(x, qx, w, qw, None, precision)
 
 
-def dgrad(g, w, precision, cfg, seeds):
+def dgrad(g, w, precision, recipe=None, seeds=None):
     """``Q(G) Q(W^T)^T = dX`` for ``g [M, N]``, ``w [N, K]``."""
-    wt = w.t().contiguous()
-    if precision == "fp8":
-        return _fp8_product(g, wt)
-    w_block = "16x16" if cfg.weight_2d else "1x16"
-    qg = _nvfp4(g, cfg, seeds, stochastic=cfg.stochastic_rounding)
-    return ops.nvfp4_gemm(qg, _nvfp4(wt, cfg, None, block=w_block), out_dtype=torch.float32)
+    recipe = DEFAULT_RECIPE if recipe is None else recipe
+    g = g.contiguous()
+    stochastic = precision == "nvfp4" and recipe.stochastic_rounding
+    seed, offset = _sr_words(seeds, g.numel(), "dgrad") if stochastic else (0, 0)
+    qg, _ = quantize_rows_and_cols(g, precision, None, recipe.rht, _signs(recipe),
+                                   stochastic, seed, row_offset=offset)
+    _, qwt = quantize_weight(w, None, precision, recipe.weight_2d)
+    return dgrad_gemm(g, qg, w, qwt, precision)
 
 
-def wgrad(g, x, precision, cfg, seeds):
+def wgrad(g, x, precision, recipe=None, seeds=None):
     """``Q(G^T) Q(X^T)^T = dW`` for ``g [M, N]``, ``x [M, K]``; contraction over tokens."""
-    if precision == "fp8":
-        return _fp8_product(g.t(), x.t())
-    gt = _pad_rows(g).t()
-    xt = _pad_rows(x).t()
-    qg = _nvfp4(gt, cfg, seeds, rht=cfg.rht, stochastic=cfg.stochastic_rounding)
-    qx = _nvfp4(xt, cfg, None, rht=cfg.rht)
-    return ops.nvfp4_gemm(qg, qx, out_dtype=torch.float32)
+    recipe = DEFAULT_RECIPE if recipe is None else recipe
+    g, x = g.contiguous(), x.contiguous()
+    signs = _signs(recipe)
+    stochastic = precision == "nvfp4" and recipe.stochastic_rounding
+    numel = g.shape[1] * padded_tokens(g.shape[0])       # G^T padded along the tokens
+    seed, offset = _sr_words(seeds, numel, "wgrad") if stochastic else (0, 0)
+    _, qgt = quantize_rows_and_cols(g, None, precision, recipe.rht, signs, stochastic, seed,
+                                    col_offset=offset)
+    _, qxt = quantize_rows_and_cols(x, None, precision, recipe.rht, signs)
+    return wgrad_gemm(g, qgt, qxt, x.dtype, precision)

@@ -625,7 +625,7 @@ def collect_stats(model, candidates, calibration, *, loss_fn=None, optimizer=Non
         batch (and the layer). In a distributed run an error on any rank is raised on
         every rank after that batch, prefixed by the failing rank.
     """
-    cfg = gemm_error.QuantConfig.from_recipe(recipe)
+    cfg = recipe
     group, rank, world = resolve_group(process_group)
     layers = []
     for index, (name, module, forced) in enumerate(candidates):

@@ -2,12 +2,14 @@
 
 ``import_graph`` reads every ``.py`` file of ``lowprec/`` with ``ast`` and records every
 module of the package that the file imports, at module top and inside functions alike:
-an import in a function body still closes a cycle, it only shows later. The graph must be acyclic,
-so that the layers (ops, modules, planner, conversion) each import only what lies below.
+an import in a function body still closes a cycle, it only shows later. The graph must
+be acyclic, so that the layers (ops, modules, planner, conversion) each import only what
+lies below.
 
-A package attribute with a module's name must be that module: ``lowprec.convert`` the
-function beside a module ``lowprec/convert.py`` would hide the module (``lowprec.convert.x``
-fails) until an ``import lowprec.convert`` somewhere silently replaced the function.
+A package attribute with a module's name must be that module: the function
+``lowprec.convert`` beside a module ``lowprec/convert.py`` would hide the module
+(``lowprec.convert.x`` fails) until an ``import lowprec.convert`` somewhere silently
+replaced the function.
 
 Mutations tried: ``from lowprec.conversion import convert`` inside a function of
 ``planner/controller.py`` makes ``test_the_import_graph_is_acyclic`` fail, naming the
@@ -25,7 +27,8 @@ PACKAGE = "lowprec"
 
 
 def modules_of(package_dir, package):
-    """``{dotted name: path}`` of every module under ``package_dir`` (packages by __init__)."""
+    """``{dotted name: path}`` of every module under ``package_dir`` (a package: its
+    ``__init__.py``)."""
     out = {}
     for path in sorted(package_dir.rglob("*.py")):
         parts = list(path.relative_to(package_dir).with_suffix("").parts)

@@ -14,9 +14,10 @@ import torch.nn as nn
 
 from lowprec.planner import gemm_error
 from lowprec.planner.stats import collect_stats, default_loss
+from lowprec.recipe import Recipe
 
 M, K, N = 128, 64, 32
-NO_SR = SimpleNamespace(rht=True, stochastic_rounding=False, weight_2d=True)
+NO_SR = Recipe(stochastic_rounding=False)
 
 
 def quadratic(a, m=M):
@@ -24,7 +25,7 @@ def quadratic(a, m=M):
 
 
 def fprop_error(x, w, p):
-    return gemm_error.fprop(x, w, p, gemm_error.QuantConfig()) - x @ w.t()
+    return gemm_error.fprop(x, w, p, Recipe()) - x @ w.t()
 
 
 @pytest.fixture
@@ -150,9 +151,8 @@ def test_weight_divergence_through_adamw(layer_and_data):
     t = int(state["step"]) + 1
     v_hat = (0.95 * state["exp_avg_sq"] + 0.05 * dw.square()) / (1 - 0.95 ** t)
     m_new = 0.9 * state["exp_avg"] + 0.1 * dw
-    cfg = gemm_error.QuantConfig.from_recipe(NO_SR)
     for p in ("nvfp4", "fp8"):
-        d = gemm_error.wgrad(g, x, p, cfg, None) - dw
+        d = gemm_error.wgrad(g, x, p, NO_SR) - dw
         expected = float(((0.1 * d) / (v_hat.sqrt() + 1e-8)).norm()
                          / (m_new / (v_hat.sqrt() + 1e-8)).norm())
         assert stats.wd[p] == pytest.approx(expected, rel=1e-4)
@@ -172,13 +172,12 @@ def test_weight_divergence_fallback_is_relative_gradient_error(layer_and_data):
     assert stats.wd_kind == "gradient"
     w = layer.weight.detach()
     g = (x @ w.t() - target) / M
-    cfg = gemm_error.QuantConfig.from_recipe(NO_SR)
     for p in ("nvfp4", "fp8"):
         dw = g.t() @ x
-        expected = float((gemm_error.wgrad(g, x, p, cfg, None) - dw).norm() / dw.norm())
+        expected = float((gemm_error.wgrad(g, x, p, NO_SR) - dw).norm() / dw.norm())
         assert stats.wd[p] == pytest.approx(expected, rel=1e-4)
         dx = g @ w
-        expected_dx = float((gemm_error.dgrad(g, w, p, cfg, None) - dx).norm() / dx.norm())
+        expected_dx = float((gemm_error.dgrad(g, w, p, NO_SR) - dx).norm() / dx.norm())
         assert stats.dx[p] == pytest.approx(expected_dx, rel=1e-4)
     assert 0.05 < stats.wd["nvfp4"] < 0.5 and stats.wd["fp8"] < stats.wd["nvfp4"] / 3
 

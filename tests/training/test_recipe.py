@@ -81,7 +81,10 @@ def test_shape_problem_is_the_one_rule_for_quantized_shapes(n, k, bad):
     assert problem is None if bad is None else bad in problem
     model = torch.nn.Sequential(torch.nn.Linear(k, n))
     plan = default_plan(model)
-    assert (plan["0"].reason == problem) if bad else (plan["0"].precisions() == ("nvfp4",) * 3)
+    if bad:
+        assert plan["0"].reason == problem
+    else:
+        assert plan["0"].precisions() == ("nvfp4",) * 3
     if bad:
         with pytest.raises(ValueError, match=bad):
             lowprec.Linear(k, n)
