@@ -13,10 +13,20 @@ import argparse
 import importlib.util
 import json
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
+
+import lowprec
+from lowprec import bench_schema, device, dispatch, quant_report
+from lowprec.demo import ablation, report, train
+from lowprec.demo import corpus as corpus_mod
+from lowprec.planner import cost, options
+from lowprec.planner.options import BudgetError, OptionError
+from lowprec.table import format_table
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,11 +49,7 @@ OPTIONAL_MODULES = (("triton", "Triton kernels"), ("matplotlib", "the demo's plo
 
 
 def _info(args):
-    import lowprec
-    from lowprec import device
-
     if args.dispatch or args.capability or args.json:
-        from lowprec import dispatch
         return dispatch.main(args.capability, args.json)
 
     print(f"lowprec {lowprec.__version__} ({Path(lowprec.__file__).parent})")
@@ -68,8 +74,6 @@ def _info(args):
 
 def _check_quant_table_args(args):
     """--m/--k/--n/--backend, before any tensor is made."""
-    from lowprec.planner import options
-
     for name in ("m", "k", "n"):
         if getattr(args, name) < 1:
             raise options.OptionError(f"--{name} must be >= 1; got {getattr(args, name)}")
@@ -80,8 +84,6 @@ def _check_quant_table_args(args):
 
 
 def _quant_table(args):
-    from lowprec import quant_report
-
     _check_quant_table_args(args)
     x, w = quant_report.make_inputs(m=args.m, k=args.k, n=args.n, seed=args.seed)
     print(f"Quantization error on a generated activation X [{args.m}, {args.k}] "
@@ -100,9 +102,7 @@ HIGH_PRECISION = {"cpu": "FP32: no BF16 autocast on a CPU", "cuda": "BF16 autoca
 
 def _provenance():
     """lowprec's version, and the git commit when it runs from a checkout (else None)."""
-    import subprocess
 
-    import lowprec
 
     root = Path(lowprec.__file__).resolve().parent.parent
     commit = None
@@ -125,9 +125,6 @@ def _threads_line(threads):
 
 def _write_outputs(out, stem, record, plot):
     """JSON always; the PNG (``plot(record, path)``) when matplotlib is there."""
-    from lowprec import device
-    from lowprec.demo import report
-
     record = dict(record, device=device.facts(), lowprec=_provenance(),
                   command=" ".join(sys.argv))
     json_path = report.write_json(record, out / f"{stem}.json")
@@ -141,8 +138,6 @@ def _demo(args):
         return _quant_table(args)
     if args.ablation:
         return _ablation(args)
-    from lowprec.demo import report, train
-    from lowprec.planner import options
 
     if args.budget is not None:
         options.check_budget(args.budget)
@@ -180,8 +175,6 @@ def _demo(args):
 
 
 def _ablation(args):
-    from lowprec.demo import ablation, train
-
     preset = train.default_preset(args.quick)
     seeds = tuple(range(args.seed, args.seed + args.seeds))
     print(f"lowprec recipe ablation: preset '{preset}', seeds {list(seeds)}, configs "
@@ -211,16 +204,12 @@ NO_BENCH_SCRIPTS = ("looked in {looked}. The scripts are part of the source repo
 
 def find_bench_dir(explicit=None):
     """bench/ beside the lowprec package (a source checkout), or None."""
-    import lowprec
-
     path = Path(explicit) if explicit else Path(lowprec.__file__).resolve().parent.parent / "bench"
     return path if path.is_dir() else None
 
 
 def bench_rows(source, data):
     """Table rows of one benchmark record; ValueError (naming ``source``) if it is not one."""
-    from lowprec import bench_schema
-
     rows = bench_schema.check_record(data, source)
     script = data.get("script") or source
     return [{"source": script,
@@ -232,8 +221,6 @@ def bench_rows(source, data):
 
 
 def format_bench_table(rows):
-    from lowprec.table import format_table
-
     return format_table(
         ("kernel", "shape", "time ms", "throughput", "% of same-run baseline", "script"),
         [(r["kernel"], r["shape"], f"{r['time_ms']:.4g}",
@@ -244,9 +231,6 @@ def format_bench_table(rows):
 
 def _run_bench_script(script, log_dir):
     """Run one script from the repository root; returns (ok, seconds)."""
-    import subprocess
-    import time
-
     start = time.perf_counter()
     with open(log_dir / f"{script.stem}.log", "w") as log:
         status = subprocess.run([sys.executable, str(script)], cwd=script.parent.parent,
@@ -255,9 +239,7 @@ def _run_bench_script(script, log_dir):
 
 
 def _bench(args):
-    import time
 
-    from lowprec import device
 
     facts = device.facts()
     bench_dir = find_bench_dir(args.bench_dir)
@@ -308,8 +290,6 @@ def _bench(args):
 
 def _cache_device_costs(result_files):
     """Store the GEMM costs this run measured where the planner looks for them."""
-    from lowprec.planner import cost
-
     kind, _ = cost.detect_device()
     measured = cost.load_bench_costs(result_files, want=lambda _device: True)
     if measured is None:
@@ -325,11 +305,6 @@ def _cache_device_costs(result_files):
 # -- plan ------------------------------------------------------------------------------
 
 def _plan(args):
-    import lowprec
-    from lowprec.demo import corpus as corpus_mod
-    from lowprec.demo import train
-    from lowprec.planner import options
-
     options.check_budget(args.budget)
     preset = train.default_preset(args.quick)
     model_cfg, train_cfg = train.PRESETS[preset]
@@ -419,13 +394,8 @@ def main(argv=None):
         if value is not None and value < 1:
             build_parser().error(f"argument --{name}: must be >= 1; got {value}")
     try:
-        from lowprec.planner.options import BudgetError, OptionError
-        user_errors = (BudgetError, OptionError)
-    except ImportError:           # a broken planner must not take `lowprec info` down
-        user_errors = ()          # an empty tuple catches nothing
-    try:
         return args.func(args)
-    except user_errors as err:
+    except (BudgetError, OptionError) as err:
         # A bad option or a budget out of reach is a usage error: one line, no traceback.
         print(f"lowprec {args.command}: error: {err}", file=sys.stderr)
         return 2
