@@ -3,8 +3,8 @@
 The models are built on the meta device from transformers configs (no weights, nothing
 downloaded): GPT-2 small, T5-small, BART-base, Mixtral 8x7B, Qwen2-MoE A2.7B,
 Qwen3-MoE 30B-A3B, Llama 7B. Shares are per-token multiply-adds over every module that
-multiplies by a weight it owns (``lowprec.discovery.weight_matmuls``; experts count top_k
-of E), so they are FLOP shares when every layer sees the same tokens.
+multiplies by a weight it owns (``lowprec.discovery.weight_matmuls``; experts count
+top_k of E), so they are FLOP shares when every layer sees the same tokens.
 
 Two steps, so that another lowprec tree (e.g. before this change) can be judged by the
 same count:
@@ -12,7 +12,7 @@ same count:
     PYTHONPATH=<other tree> python experiments/matmul_shares/run.py dump other.json
     python experiments/matmul_shares/run.py compare other.json
 
-``dump`` needs only ``lowprec.discovery.default_plan``; ``compare`` prints, per model, the
+``dump`` needs only ``default_plan`` (``lowprec.discovery``, or ``lowprec.convert``); ``compare`` prints, per model, the
 NVFP4 share that the dumped plan claims over its own layers, its real share over all
 weight matmuls, and this tree's default plan's share.
 """
@@ -59,7 +59,10 @@ def nvfp4_macs(plan_layers, macs):
 
 
 def main(argv):
-    from lowprec.discovery import default_plan
+    try:
+        from lowprec.discovery import default_plan
+    except ImportError:                  # the dumped tree may keep it in lowprec.convert
+        from lowprec.convert import default_plan
     warnings.simplefilter("ignore")
     if len(argv) != 2 or argv[0] not in ("dump", "compare"):
         print("usage: run.py dump FILE | run.py compare FILE", file=sys.stderr)
