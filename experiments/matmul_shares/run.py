@@ -12,9 +12,10 @@ same count:
     PYTHONPATH=<other tree> python experiments/matmul_shares/run.py dump other.json
     python experiments/matmul_shares/run.py compare other.json
 
-``dump`` needs only ``default_plan`` (``lowprec.discovery``, or ``lowprec.convert``); ``compare`` prints, per model, the
-NVFP4 share that the dumped plan claims over its own layers, its real share over all
-weight matmuls, and this tree's default plan's share.
+``dump`` needs only ``default_plan`` (``lowprec.discovery``, or ``lowprec.convert`` in
+an older tree); ``compare`` prints, per model, the NVFP4 share that the dumped plan
+claims over its own layers, its real share over all weight matmuls, and this tree's
+default plan's share.
 """
 
 import json
