@@ -35,7 +35,7 @@ UNKNOWN_COST_EVERY = 1000
 
 
 class Replanner:
-    """Re-plan the precisions of ``model`` every ``every`` steps.
+    """Re-plan the precisions of ``model`` during training, when the interval says.
 
     Args:
         model: a model already converted by ``lowprec.convert`` (or plain; the first
