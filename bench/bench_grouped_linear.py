@@ -18,16 +18,20 @@ Usage: python bench/bench_grouped_linear.py [--experts 8 --tokens 256 --top-k 2
 """
 
 import argparse
+import os
 import statistics
-import time
+import sys
 
 import torch
 from torch import nn
 
-from lowprec.grouped import grouped_linear
-from lowprec.linear_layer import Linear
-from lowprec.moe import route
-from lowprec.recipe import Recipe
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import common  # noqa: E402
+from lowprec.grouped import grouped_linear  # noqa: E402
+from lowprec.linear_layer import Linear  # noqa: E402
+from lowprec.moe import route  # noqa: E402
+from lowprec.recipe import Recipe  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -41,23 +45,19 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", help="record path (default: bench/results/...)")
     return parser.parse_args(argv)
 
 
 def time_steps(steps_by_label, steps, warmup, device):
-    """Median seconds per step of each callable, run in turns (one step of each per
+    """Median milliseconds per step of each callable, run in turns (one step of each per
     round) so that a change in machine load hits them alike."""
     times = {label: [] for label in steps_by_label}
     for i in range(warmup + steps):
         for label, step in steps_by_label.items():
-            if device != "cpu":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            step()
-            if device != "cpu":
-                torch.cuda.synchronize()
+            ms, _ = common.timed_ms(step, cuda=device != "cpu")
             if i >= warmup:
-                times[label].append(time.perf_counter() - start)
+                times[label].append(ms)
     return {label: statistics.median(t) for label, t in times.items()}
 
 
@@ -99,8 +99,14 @@ def main(argv=None):
     medians = time_steps({"grouped": grouped, "loop-lowprec": loop(lowprec_layers),
                           "loop-nn.Linear": loop(plain_layers)},
                          args.steps, args.warmup, args.device)
-    for label, seconds in medians.items():
-        print(f"{label:15s} {1e3 * seconds:9.2f} ms/step (median of {args.steps})")
+    for label, ms in medians.items():
+        print(f"{label:15s} {ms:9.2f} ms/step (median of {args.steps})")
+    shape = f"E={args.experts} tokens={args.tokens} top_k={args.top_k} K={args.k} N={args.n}"
+    rows = [common.row(label, ms, impl=args.device, shape=shape, baseline="loop-nn.Linear",
+                       of_baseline=medians["loop-nn.Linear"] / ms, recipe=args.recipe)
+            for label, ms in medians.items()]
+    print("wrote", common.write_results("bench_grouped_linear", rows,
+                                        extra={"args": vars(args)}, path=args.out))
 
 
 if __name__ == "__main__":

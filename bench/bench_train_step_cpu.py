@@ -16,30 +16,38 @@ Target: converted step <= 3x the plain one.
 """
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
 import torch
 
-import lowprec
-from lowprec import dispatch
-from lowprec.demo.model import GPT, GPTConfig
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import lowprec  # noqa: E402
+from bench import common  # noqa: E402
+from lowprec import dispatch  # noqa: E402
+from lowprec.demo.model import GPT, GPTConfig  # noqa: E402
 
 
 def step_times(model, batch, steps, warmup):
     """(median CPU ms, median wall ms) per step."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    cpu, wall = [], []
-    for i in range(warmup + steps):
-        c0, w0 = time.process_time(), time.perf_counter()
-        loss = model(*batch)
-        loss.backward()
+
+    def step():
+        model(*batch).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+
+    cpu, wall = [], []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        cpu_ms, _ = common.timed_ms(step, cuda=False, clock=time.process_time)
         if i >= warmup:
-            cpu.append(time.process_time() - c0)
-            wall.append(time.perf_counter() - w0)
-    return statistics.median(cpu) * 1e3, statistics.median(wall) * 1e3
+            cpu.append(cpu_ms)
+            wall.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(cpu), statistics.median(wall)
 
 
 def main(argv=None):
@@ -72,6 +80,14 @@ def main(argv=None):
     print(f"plain                   {plain_cpu:8.1f}  {plain_wall:8.1f}")
     print(f"converted               {conv_cpu:8.1f}  {conv_wall:8.1f}")
     print(f"ratio converted/plain   {conv_cpu / plain_cpu:8.2f}x (CPU time; target <= 3x)")
+    shape = f"{args.layers} blocks, d_model {args.d_model}, batch {args.batch} x {args.seq}"
+    # time_ms is the process's CPU time per step (one thread), wall_ms the wall clock.
+    rows = [common.row(name, cpu_ms, impl="cpu", shape=shape, baseline="plain",
+                       of_baseline=plain_cpu / cpu_ms, wall_ms=wall_ms, clock="process_time")
+            for name, cpu_ms, wall_ms in (("plain", plain_cpu, plain_wall),
+                                          ("converted", conv_cpu, conv_wall))]
+    print("wrote", common.write_results("bench_train_step_cpu", rows,
+                                        extra={"args": vars(args)}))
 
 
 if __name__ == "__main__":

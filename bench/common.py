@@ -88,13 +88,14 @@ def backend_module(name):
     return (module, None) if reason is None else (None, reason)
 
 
-def timed_ms(fn, cuda):
+def timed_ms(fn, cuda, clock=time.perf_counter):
     """``(milliseconds, fn())`` of one run: between two CUDA events when ``cuda`` (the
-    GPU time of the work ``fn`` queues, waited for), else the wall clock."""
+    GPU time of the work ``fn`` queues, waited for), else by ``clock`` (the wall clock;
+    ``time.process_time`` for the CPU time of this process)."""
     if not cuda:
-        start = time.perf_counter()
+        start = clock()
         out = fn()
-        return (time.perf_counter() - start) * 1e3, out
+        return (clock() - start) * 1e3, out
     start = torch.cuda.Event(enable_timing=True)
     end = torch.cuda.Event(enable_timing=True)
     start.record()
@@ -184,7 +185,7 @@ def write_results(script, rows, extra=None, path=None):
     facts = device.facts()
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     if path is None:
-        gpu = str((facts["gpu"] or {}).get("name") or "gpu").replace(" ", "_")
+        gpu = str((facts["gpu"] or {}).get("name") or "cpu").replace(" ", "_")
         path = os.path.join(RESULTS, f"{script}_{gpu}_{stamp}.json")
     record = {"schema": bench_schema.SCHEMA, "script": script, "command": " ".join(sys.argv),
               "commit": _commit(), "time_utc": stamp, "python": platform.python_version(),

@@ -16,6 +16,7 @@ CPU tensors run only in Triton's interpreter (``TRITON_INTERPRET=1`` before the 
 are imported); ``availability`` says why not otherwise.
 """
 
+import math
 import os
 from typing import List, Optional, Tuple
 
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor
 
 from lowprec.checks import as_int64
+from lowprec.formats import absent_nvfp4, empty_nvfp4, empty_row_col, empty_weight_2d
 
 
 try:
@@ -31,7 +33,7 @@ try:
 except ImportError as err:  # the registry reports this through availability()
     _TRITON_MISSING = f"triton is not installed ({err}); pip install triton"
 
-U8, E4M3, F32 = torch.uint8, torch.float8_e4m3fn, torch.float32
+E4M3, F32 = torch.float8_e4m3fn, torch.float32
 
 
 # bf16 loads and stores: Ampere and newer.
@@ -90,11 +92,6 @@ def _scalar_or_none(amax, device):
     return torch.as_tensor(amax, dtype=F32, device=device).detach().reshape(())
 
 
-def _empty_triple(device):
-    return (torch.empty(0, dtype=U8, device=device), torch.empty(0, dtype=E4M3, device=device),
-            torch.empty((), dtype=F32, device=device))
-
-
 # ----------------------------------------------------------------------------------
 # Custom ops
 # ----------------------------------------------------------------------------------
@@ -107,7 +104,7 @@ def _quantize_nvfp4_op(x: Tensor, block: str, rht_signs: Optional[List[int]],
     from .quantize_2d import quantize_2d
     k = x.shape[-1]
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, k)             # a view when it can be: the kernels take any strides
+    x2 = x.reshape(math.prod(lead), k)   # a view when it can be: the kernels take any strides
     if block == "16x16":
         if rht_signs is not None:       # ops.quantize_nvfp4 refuses it; never drop the signs
             raise ValueError("block='16x16' with rht_signs is not supported")
@@ -128,9 +125,7 @@ def _quantize_nvfp4_op(x: Tensor, block: str, rht_signs: Optional[List[int]],
 
 @_quantize_nvfp4_op.register_fake
 def _(x, block, rht_signs, stochastic, seed, offset, amax):
-    lead, k = x.shape[:-1], x.shape[-1]
-    return (x.new_empty(*lead, k // 2, dtype=U8), x.new_empty(*lead, k // 16, dtype=E4M3),
-            x.new_empty((), dtype=F32))
+    return empty_nvfp4(x, x.shape[:-1], x.shape[-1])
 
 
 @torch.library.custom_op("lowprec::triton_quantize_row_col", mutates_args=())
@@ -144,22 +139,15 @@ def _quantize_row_col_op(x: Tensor, rht_signs: Optional[List[int]], rowwise: boo
                              row_stochastic=row_stochastic, col_stochastic=col_stochastic,
                              seed=seed, row_offset=row_offset, col_offset=col_offset,
                              row_amax=row_amax, col_amax=col_amax)
-    row = row or _empty_triple(x.device)
-    col = col or _empty_triple(x.device)
+    row = row or absent_nvfp4(x)
+    col = col or absent_nvfp4(x)
     return (*row, *col)
 
 
 @_quantize_row_col_op.register_fake
 def _(x, rht_signs, rowwise, columnwise, row_stochastic, col_stochastic, seed, row_offset,
       col_offset, row_amax, col_amax):
-    m, k = x.shape
-    m_pad = -(-m // 16) * 16
-    row = ((x.new_empty(m, k // 2, dtype=U8), x.new_empty(m, k // 16, dtype=E4M3))
-           if rowwise else (x.new_empty(0, dtype=U8), x.new_empty(0, dtype=E4M3)))
-    col = ((x.new_empty(k, m_pad // 2, dtype=U8), x.new_empty(k, m_pad // 16, dtype=E4M3))
-           if columnwise else (x.new_empty(0, dtype=U8), x.new_empty(0, dtype=E4M3)))
-    scalar = x.new_empty((), dtype=F32)
-    return (*row, scalar, *col, x.new_empty((), dtype=F32))
+    return empty_row_col(x, rowwise, columnwise)
 
 
 @torch.library.custom_op("lowprec::triton_quantize_weight_2d", mutates_args=())
@@ -169,16 +157,12 @@ def _quantize_weight_2d_op(w: Tensor, columnwise: bool, stochastic: bool, seed: 
     from .quantize_2d import quantize_2d
     row, col = quantize_2d(w, columnwise=columnwise, stochastic=stochastic,
                            seed=seed, offset=offset, amax=amax)
-    return (*row, *(col or _empty_triple(w.device)))
+    return (*row, *(col or absent_nvfp4(w)))
 
 
 @_quantize_weight_2d_op.register_fake
 def _(w, columnwise, stochastic, seed, offset, amax):
-    n, k = w.shape
-    col = ((w.new_empty(k, n // 2, dtype=U8), w.new_empty(k, n // 16, dtype=E4M3))
-           if columnwise else (w.new_empty(0, dtype=U8), w.new_empty(0, dtype=E4M3)))
-    return (w.new_empty(n, k // 2, dtype=U8), w.new_empty(n, k // 16, dtype=E4M3),
-            w.new_empty((), dtype=F32), *col, w.new_empty((), dtype=F32))
+    return empty_weight_2d(w, columnwise)
 
 
 @torch.library.custom_op("lowprec::triton_dequantize_nvfp4", mutates_args=())
@@ -273,9 +257,9 @@ def quantize_row_col(x, *, rht_signs=None, rowwise=True, columnwise=True,
     """
     signs = None if rht_signs is None else [int(s) for s in rht_signs]
     out = torch.ops.lowprec.triton_quantize_row_col(
-        x.detach().reshape(-1, x.shape[-1]), signs, bool(rowwise), bool(columnwise),
-        bool(row_stochastic), bool(col_stochastic), as_int64(seed), as_int64(row_offset),
-        as_int64(col_offset), _scalar_or_none(row_amax, x.device),
+        x.detach().reshape(math.prod(x.shape[:-1]), x.shape[-1]), signs, bool(rowwise),
+        bool(columnwise), bool(row_stochastic), bool(col_stochastic), as_int64(seed),
+        as_int64(row_offset), as_int64(col_offset), _scalar_or_none(row_amax, x.device),
         _scalar_or_none(col_amax, x.device))
     return (tuple(out[:3]) if rowwise else None), (tuple(out[3:]) if columnwise else None)
 

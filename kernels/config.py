@@ -51,11 +51,6 @@ def tile_config(m, k):
     return 1, 256, 4
 
 
-def pad16(n):
-    """n rounded up to a multiple of 16 (NUMERICS 10: M padding of the columnwise copy)."""
-    return -(-n // 16) * 16
-
-
 @functools.lru_cache(maxsize=32)
 def _quarter_signs(signs, device):
     return torch.tensor([0.25 * s for s in signs], dtype=torch.float32, device=device)

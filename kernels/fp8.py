@@ -94,7 +94,7 @@ def gemm_implementation(capability):
 def _pad16(data, dim):
     """Zero-pad a float8 tensor along ``dim`` to a multiple of 16 (cuBLASLt's alignment);
     zero codes add exact zeros to every dot product."""
-    missing = -data.shape[dim] % 16
+    missing = reference.padded16(data.shape[dim]) - data.shape[dim]
     if missing == 0:
         return data
     pad = (0, missing) if dim == 1 else (0, 0, 0, missing)

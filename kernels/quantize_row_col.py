@@ -29,10 +29,11 @@ import triton
 import triton.language as tl
 
 from lowprec.checks import as_uint64
+from lowprec.reference import padded16
 
 from . import nvfp4_math as nm
 from .amax import amax_row_col
-from .config import input_view, interpreting, launch_options, pad16, quarter_signs, tile_config
+from .config import input_view, interpreting, launch_options, quarter_signs, tile_config
 
 
 @triton.jit(do_not_specialize=["seed", "row_offset", "col_offset"])
@@ -142,7 +143,7 @@ def quantize_row_col(x, *, row=True, col=False, col_signs=None, row_stochastic=F
         ``(row, col)``, each ``(data uint8, scale float8_e4m3fn, amax fp32 0-d)`` or None.
     """
     m, k = x.shape
-    m_pad = pad16(m)
+    m_pad = padded16(m)
     dev = x.device
     signs = quarter_signs(col_signs, dev) if (col and col_signs is not None) else None
     need_row_amax = row and row_amax is None

@@ -20,6 +20,7 @@ import os
 import torch
 
 from lowprec.checks import as_int64
+from lowprec.formats import empty_nvfp4, empty_row_col, empty_weight_2d
 
 EXTENSION = "lowprec._lowprec_C"
 # The CUDA kernels are built for sm_90a, sm_100a and compute_90 PTX (csrc/nvcc_flags.txt).
@@ -55,37 +56,18 @@ def _load():
 def _register_fakes():
     """Shapes and dtypes of every op's outputs, for FakeTensor tracing (torch.compile)."""
 
-    def nvfp4_outputs(x, rows_shape, k):
-        return (x.new_empty((*rows_shape, k // 2), dtype=torch.uint8),
-                x.new_empty((*rows_shape, k // 16), dtype=torch.float8_e4m3fn),
-                x.new_empty((), dtype=torch.float32))
-
     @torch.library.register_fake("lowprec_C::quantize_nvfp4")
     def _(x, block_rows, rht_mask, stochastic, seed, offset, amax):
-        return nvfp4_outputs(x, x.shape[:-1], x.shape[-1])
-
-    def absent(x):
-        return (x.new_empty((0,), dtype=torch.uint8),
-                x.new_empty((0,), dtype=torch.float8_e4m3fn),
-                x.new_empty((), dtype=torch.float32))
+        return empty_nvfp4(x, x.shape[:-1], x.shape[-1])
 
     @torch.library.register_fake("lowprec_C::quantize_row_col")
     def _(x, rht_mask, rowwise, columnwise, row_stochastic, col_stochastic, seed, row_offset,
           col_offset, row_amax, col_amax):
-        k = x.shape[-1]
-        m = 1
-        for size in x.shape[:-1]:
-            m = m * size
-        m_pad = (m + 15) // 16 * 16
-        row = nvfp4_outputs(x, x.shape[:-1], k) if rowwise else absent(x)
-        col = nvfp4_outputs(x, (k,), m_pad) if columnwise else absent(x)
-        return row + col
+        return empty_row_col(x, rowwise, columnwise)
 
     @torch.library.register_fake("lowprec_C::quantize_weight_2d")
     def _(w, columnwise, stochastic, seed, offset, amax):
-        n, k = w.shape
-        col = nvfp4_outputs(w, (k,), n) if columnwise else absent(w)
-        return nvfp4_outputs(w, (n,), k) + col
+        return empty_weight_2d(w, columnwise)
 
     @torch.library.register_fake("lowprec_C::block_dequantize_nvfp4")
     def _(data, scale):

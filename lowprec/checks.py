@@ -40,6 +40,15 @@ def as_int64(value):
     return value - UINT64_SPAN if value >= UINT64_SPAN // 2 else value
 
 
+def uint64(value, name):
+    """Check a seed or counter offset: an int (not a bool) in [0, 2**64), or TypeError /
+    ValueError naming ``name`` and the value."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}")
+    if not 0 <= value < UINT64_SPAN:
+        raise ValueError(f"{name} must be in [0, 2**64); got {value}")
+
+
 def as_uint64(value):
     """An int64 (or any int) as the uint64 in [0, 2**64) with the same low 64 bits."""
     return int(value) % UINT64_SPAN

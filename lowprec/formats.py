@@ -82,3 +82,38 @@ class FP8Tensor:
 
     def __repr__(self):
         return f"FP8Tensor(shape={tuple(self.shape)}, device={self.device})"
+
+
+# ----------------------------------------------------------------------------------
+# Output shapes of the quantize ops, for their fake (meta) kernels: every backend's op
+# registers its fake with these, so all of them promise torch.compile the same shapes.
+# ----------------------------------------------------------------------------------
+
+def empty_nvfp4(like, rows_shape, k):
+    """Uninitialised ``(data uint8 [*rows, k/2], scale e4m3 [*rows, k/16], amax fp32 0-d)``."""
+    return (like.new_empty((*rows_shape, k // 2), dtype=torch.uint8),
+            like.new_empty((*rows_shape, k // 16), dtype=torch.float8_e4m3fn),
+            like.new_empty((), dtype=torch.float32))
+
+
+def absent_nvfp4(like):
+    """The placeholder triple of a copy not asked for (ops return tensors, never None)."""
+    return (like.new_empty((0,), dtype=torch.uint8),
+            like.new_empty((0,), dtype=torch.float8_e4m3fn),
+            like.new_empty((), dtype=torch.float32))
+
+
+def empty_row_col(x2d, rowwise, columnwise):
+    """Outputs of quantize_row_col on ``x2d [M, K]``: rowwise ``[M, K]``, columnwise
+    ``[K, padded16(M)]``, each a triple (placeholders for a copy not asked for)."""
+    m, k = x2d.shape
+    row = empty_nvfp4(x2d, (m,), k) if rowwise else absent_nvfp4(x2d)
+    col = empty_nvfp4(x2d, (k,), reference.padded16(m)) if columnwise else absent_nvfp4(x2d)
+    return row + col
+
+
+def empty_weight_2d(w, columnwise):
+    """Outputs of quantize_weight_2d on ``w [N, K]``: W ``[N, K]`` and W^T ``[K, N]``."""
+    n, k = w.shape
+    col = empty_nvfp4(w, (k,), n) if columnwise else absent_nvfp4(w)
+    return empty_nvfp4(w, (n,), k) + col

@@ -198,15 +198,10 @@ def _saved_x_like(x, precision):
     if precision == "fp8":
         return (x.new_empty(k, m, dtype=torch.float8_e4m3fn),
                 x.new_empty(k, 1, dtype=torch.float32), x.new_empty(0, dtype=torch.float32))
-    mp = padded_tokens(m)
+    mp = reference.padded16(m)
     return (x.new_empty(k, mp // 2, dtype=torch.uint8),
             x.new_empty(k, mp // NVFP4_BLOCK, dtype=torch.float8_e4m3fn),
             x.new_empty((), dtype=torch.float32))
-
-
-def padded_tokens(m):
-    """The token count M zero-padded to a multiple of 16 (wgrad's blocks run along M)."""
-    return (m + NVFP4_BLOCK - 1) // NVFP4_BLOCK * NVFP4_BLOCK
 
 
 # ----------------------------------------------------------------------------------
@@ -290,7 +285,7 @@ def _linear_bwd(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tensor | None
         if need_dw:
             saved_x = x if wgrad == "bf16" else _unpack_saved(
                 (x_data, x_scale, x_amax), wgrad, (weight.shape[1],
-                                                   padded_tokens(grad.shape[0])),
+                                                   reference.padded16(grad.shape[0])),
                 rht_signs=rht_signs)
             dw = wgrad_gemm(grad, qgt, saved_x, weight.dtype, wgrad)
     return dx, dw

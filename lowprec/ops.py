@@ -14,7 +14,6 @@ from lowprec.formats import FP8Tensor, NVFP4Tensor
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BLOCKS = ("1x16", "16x16")
-UINT64_LIMIT = 1 << 64
 
 
 def _check_float_input(x, what):
@@ -24,13 +23,6 @@ def _check_float_input(x, what):
         raise TypeError(f"{what} takes float32, bfloat16 or float16 input; got {x.dtype}")
     if x.dim() == 0:
         raise ValueError(f"{what} needs at least one dimension; got a 0-d tensor")
-
-
-def _check_uint64(value, name):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}")
-    if not 0 <= value < UINT64_LIMIT:
-        raise ValueError(f"{name} must be in [0, 2**64); got {value}")
 
 
 def check_sign_vector(sign_vector):
@@ -104,8 +96,8 @@ def quantize_nvfp4(x, *, block="1x16", rht=False, sign_vector=None, stochastic=F
     # A bad vector is refused even with rht=False, where it would otherwise go unseen.
     signs = check_sign_vector(sign_vector)
     signs = signs if rht else None
-    _check_uint64(seed, "seed")
-    _check_uint64(offset, "offset")
+    checks.uint64(seed, "seed")
+    checks.uint64(offset, "offset")
     impl = backends.get(backend, "quantize_nvfp4", x.device)
     data, scale, amax_out = impl(x, block=block, rht_signs=signs, stochastic=bool(stochastic),
                                  seed=seed, offset=offset, amax=_amax_tensor(amax, x.device))
@@ -162,17 +154,17 @@ def quantize_row_col(x, *, rowwise=True, columnwise=True, rht=False, sign_vector
     k = x.shape[-1]
     m = math.prod(x.shape[:-1])
     if col_offset is None:
-        _check_uint64(row_offset, "row_offset")
-        col_offset = (row_offset + reference.counters_used(m * k)) % UINT64_LIMIT
+        checks.uint64(row_offset, "row_offset")
+        col_offset = (row_offset + reference.counters_used(m * k)) % checks.UINT64_SPAN
     for value, name in ((seed, "seed"), (row_offset, "row_offset"), (col_offset, "col_offset")):
-        _check_uint64(value, name)
+        checks.uint64(value, name)
     impl = backends.get(backend, "quantize_row_col", x.device)
     row, col = impl(x, rht_signs=signs, rowwise=bool(rowwise), columnwise=bool(columnwise),
                     row_stochastic=bool(row_stochastic), col_stochastic=bool(col_stochastic),
                     seed=seed, row_offset=row_offset, col_offset=col_offset,
                     row_amax=_amax_tensor(row_amax, x.device),
                     col_amax=_amax_tensor(col_amax, x.device))
-    m_pad = -(-m // 16) * 16
+    m_pad = reference.padded16(m)
     row_t = None if row is None else NVFP4Tensor(*row, (m, k))
     col_t = None if col is None else NVFP4Tensor(*col, (k, m_pad), rht_signs=signs)
     return row_t, col_t
@@ -205,8 +197,8 @@ def quantize_weight_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0
     if w.dim() != 2 or w.shape[0] % 16 or w.shape[1] % 16:
         raise ValueError(f"quantize_weight_2d needs w [N, K] with N % 16 == 0 and "
                          f"K % 16 == 0; got shape {tuple(w.shape)}")
-    _check_uint64(seed, "seed")
-    _check_uint64(offset, "offset")
+    checks.uint64(seed, "seed")
+    checks.uint64(offset, "offset")
     impl = backends.get(backend, "quantize_weight_2d", w.device)
     row, col = impl(w, columnwise=bool(columnwise), stochastic=bool(stochastic), seed=seed,
                     offset=offset, amax=_amax_tensor(amax, w.device))

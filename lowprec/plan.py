@@ -16,6 +16,7 @@ import json
 import math
 
 from lowprec.recipe import GEMMS, PRECISIONS, Recipe
+from lowprec.table import format_table
 
 PLAN_FORMAT_VERSION = 1
 
@@ -166,17 +167,13 @@ class Plan:
         """A readable, aligned table; blank cells where a value is None."""
         header = ("layer", "shape", "FLOPs", "fprop", "dgrad", "wgrad", "LD fp4/fp8",
                   "WD fp4/fp8", "cost", "reason")
-        rows = [header]
-        for layer in self:
-            rows.append((
-                layer.name, layer.shape_text(),
-                "" if layer.flops_share is None else f"{100 * layer.flops_share:.1f}%",
-                layer.fprop, layer.dgrad, layer.wgrad,
-                _stat_cell(layer.stats.get("ld")), _stat_cell(layer.stats.get("wd")),
-                "" if layer.cost is None else f"{layer.cost:.4g}", layer.reason))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
-                 for row in rows]
+        rows = [(layer.name, layer.shape_text(),
+                 "" if layer.flops_share is None else f"{100 * layer.flops_share:.1f}%",
+                 layer.fprop, layer.dgrad, layer.wgrad,
+                 _stat_cell(layer.stats.get("ld")), _stat_cell(layer.stats.get("wd")),
+                 "" if layer.cost is None else f"{layer.cost:.4g}", layer.reason)
+                for layer in self]
+        lines = [format_table(header, rows)]
         fractions = ", ".join(f"{p} {100 * f:.1f}%" for p, f in self.summary().items())
         lines.append(f"linear FLOPs by precision: {fractions}")
         if self.meta:

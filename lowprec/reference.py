@@ -347,10 +347,16 @@ def quantize_nvfp4(x, *, block="1x16", rht_signs=None, stochastic=False, seed=0,
     return pack_codes(codes), scales, amax
 
 
+def padded16(n):
+    """``n`` rounded up to a multiple of 16: the row count M_pad of a columnwise copy
+    (NUMERICS 10), also the token padding of wgrad's blocks."""
+    return -(-n // 16) * 16
+
+
 def pad_rows16(x2d):
-    """[M, K] -> [M_pad, K] with zero rows, M_pad the next multiple of 16 (NUMERICS 10)."""
+    """[M, K] -> [M_pad, K] with zero rows, M_pad = padded16(M) (NUMERICS 10)."""
     m = x2d.shape[0]
-    return torch.cat((x2d, x2d.new_zeros(-m % 16, x2d.shape[1])), dim=0)
+    return torch.cat((x2d, x2d.new_zeros(padded16(m) - m, x2d.shape[1])), dim=0)
 
 
 def quantize_row_col(x, *, rht_signs=None, rowwise=True, columnwise=True,

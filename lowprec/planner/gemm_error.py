@@ -23,11 +23,11 @@ keeps statistics reproducible and no two SR quantizations share random words
 """
 
 from lowprec import reference
+from lowprec.checks import as_uint64
 from lowprec.linear_layer import (
     DEFAULT_RECIPE,
     dgrad_gemm,
     fprop_gemm,
-    padded_tokens,
     quantize_rows_and_cols,
     quantize_weight,
     rht_sign_vector,
@@ -43,13 +43,13 @@ class SeedStream:
     """A fixed Philox seed with an offset that each SR quantization advances."""
 
     def __init__(self, seed):
-        self.seed = int(seed) % (1 << 64)
+        self.seed = as_uint64(seed)
         self.offset = 0
 
     def take(self, numel):
         """The offset for one SR quantization of ``numel`` elements; advances past it."""
         offset = self.offset
-        self.offset = (self.offset + reference.counters_used(numel)) % (1 << 64)
+        self.offset = as_uint64(self.offset + reference.counters_used(numel))
         return offset
 
 
@@ -92,7 +92,7 @@ def wgrad(g, x, precision, recipe=None, seeds=None):
     g, x = g.contiguous(), x.contiguous()
     signs = _signs(recipe)
     stochastic = precision == "nvfp4" and recipe.stochastic_rounding
-    numel = g.shape[1] * padded_tokens(g.shape[0])       # G^T padded along the tokens
+    numel = g.shape[1] * reference.padded16(g.shape[0])       # G^T padded along the tokens
     seed, offset = _sr_words(seeds, numel, "wgrad") if stochastic else (0, 0)
     _, qgt = quantize_rows_and_cols(g, None, precision, recipe.rht, signs, stochastic, seed,
                                     col_offset=offset)

@@ -11,12 +11,14 @@ memory), so no test pins it.
 """
 
 import importlib.util
+import json
 import pathlib
 
 import pytest
 import torch
 import torch._dynamo
 
+from lowprec import bench_schema
 from lowprec.grouped import grouped_linear
 from lowprec.linear_layer import linear
 from lowprec.moe import ConcatenatedGateUp, GroupedExperts, experts_adapter, route
@@ -222,14 +224,19 @@ def test_grouped_experts_compile_fullgraph_and_equal_eager(capture_scalar_output
     torch._dynamo.reset()
 
 
-def test_bench_grouped_linear_runs(capsys):
-    """The benchmark script's whole loop on tiny sizes (nothing measured here)."""
+def test_bench_grouped_linear_runs(capsys, tmp_path):
+    """The benchmark script's whole loop on tiny sizes (nothing measured here), and the
+    record it writes follows the benchmark schema."""
     path = pathlib.Path(__file__).parents[2] / "bench" / "bench_grouped_linear.py"
     spec = importlib.util.spec_from_file_location("bench_grouped_linear", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    record = tmp_path / "record.json"
     bench.main(["--experts", "3", "--tokens", "8", "--k", "16", "--n", "16", "--steps", "1",
-                "--warmup", "0"])
+                "--warmup", "0", "--out", str(record)])
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines[1:]] == ["grouped", "loop-lowprec",
-                                                       "loop-nn.Linear"]
+    assert [line.split()[0] for line in lines[1:4]] == ["grouped", "loop-lowprec",
+                                                        "loop-nn.Linear"]
+    rows = json.loads(record.read_text())["rows"]
+    assert [r["name"] for r in rows] == ["grouped", "loop-lowprec", "loop-nn.Linear"]
+    assert all(bench_schema.check_row(r) for r in rows)
