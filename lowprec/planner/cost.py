@@ -30,7 +30,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lowprec.recipe import PRECISIONS
+from lowprec.names import PRECISIONS
 
 COSTS_FILE = "device_costs.json"
 

@@ -32,12 +32,12 @@ import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+from lowprec.names import PRECISIONS
 from lowprec.planner import pulp_compat
+from lowprec.planner.budget import (BUDGET_KINDS, BudgetError,  # noqa: F401  (re-exported)
+                                    PlannerError, check_budget)
 from lowprec.planner.cost import DEFAULT_COSTS
-from lowprec.planner.options import (BUDGET_KINDS, BudgetError,  # noqa: F401  (re-exported)
-                                     PlannerError, check_budget)
 from lowprec.planner.pulp_compat import NoSolverError  # noqa: F401  (re-exported)
-from lowprec.recipe import PRECISIONS
 MAX_TIGHTENINGS = 3
 TOLERANCE_STEP = 2e-7
 

@@ -67,16 +67,17 @@ def test_interpret_pulp3_status_codes():
 
 PULP4_SCRIPT = textwrap.dedent("""
     # Runs the ILP on another interpreter (with PuLP 4) without torch: a bare package
-    # holding only the planner's pure-Python modules.
+    # holding only the torch-free modules the ILP imports.
     import sys, types, importlib.util, pathlib, random
     src = pathlib.Path(sys.argv[1])
     for name in ("lowprec", "lowprec.planner"):
         mod = types.ModuleType(name); mod.__path__ = []; sys.modules[name] = mod
-    for name in ("pulp_compat", "options", "cost", "ilp"):
-        spec = importlib.util.spec_from_file_location(f"lowprec.planner.{name}",
-                                                      src / f"{name}.py")
+    for name, path in (("lowprec.names", src.parent / "names.py"),
+                       *((f"lowprec.planner.{n}", src / f"{n}.py")
+                         for n in ("pulp_compat", "budget", "cost", "ilp"))):
+        spec = importlib.util.spec_from_file_location(name, path)
         mod = importlib.util.module_from_spec(spec)
-        sys.modules[f"lowprec.planner.{name}"] = mod
+        sys.modules[name] = mod
         spec.loader.exec_module(mod)
     import pulp
     from lowprec.planner import ilp, pulp_compat
