@@ -45,7 +45,8 @@ import lowprec
 from lowprec.demo import corpus as corpus_mod
 from lowprec.demo.model import GPTConfig
 from lowprec.demo.train import (PRESETS as DEMO_PRESETS, TrainConfig, build_model,
-                                calibration_batches, evaluate, lr_at, planner_loss)
+                                calibration_batches, evaluate, lr_at, make_optimizer,
+                                planner_loss)
 from lowprec.planner import Replanner, collect_stats, plan_from_stats
 from lowprec.planner.controller import DEFAULT_MAX_OVERHEAD
 from lowprec.planner.cost import gemm_flops
@@ -130,15 +131,6 @@ def all_nvfp4_plan(candidates):
 # ----------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------
-
-def make_optimizer(model, cfg):
-    """AdamW as the demo's: no decay on vectors (norm gains, biases)."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    other = [p for p in model.parameters() if p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": other, "weight_decay": 0.0}],
-                             lr=cfg.lr, betas=(0.9, 0.95))
-
 
 def train_step(model, optimizer, batch, step, cfg):
     """One step at the cosine schedule's learning rate; returns the loss (a float)."""

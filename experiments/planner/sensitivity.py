@@ -47,7 +47,8 @@ import torch
 import lowprec
 from lowprec.demo import corpus as corpus_mod
 from lowprec.demo.model import GPTConfig
-from lowprec.demo.train import TrainConfig, build_model, calibration_batches, planner_loss
+from lowprec.demo.train import (TrainConfig, build_model, calibration_batches, make_optimizer,
+                                planner_loss)
 from lowprec.planner import collect_stats
 
 HERE = Path(__file__).resolve().parent
@@ -101,7 +102,7 @@ def horizon_seed(seed, args, model_cfg, cfg, corpus, loss_fn, record, save):
     # Converted (all high precision) before training, so that applying a unit's plan
     # later only changes recipes: the optimizer keeps its parameters and state.
     lowprec.convert(model, plan=unit_plan(candidates, None, None, None))
-    optimizer = compare.make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg)
     stream = corpus.train_batches(cfg.batch_size, model_cfg.seq_len, seed=seed)
     torch.manual_seed(seed + 1)
     for step in range(args.checkpoint):
@@ -157,6 +158,7 @@ def main(argv=None):
     corpus = corpus_mod.load()
     loss_fn = planner_loss(device)
     suffix = f"-h{args.horizon}" if args.horizon else ""
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     path = Path(args.out) / f"sensitivity-{args.preset}{suffix}.json"
     record = json.loads(path.read_text()) if path.exists() else {}
     if record.get("preset") != args.preset:

@@ -124,8 +124,9 @@ def build_model(model_cfg, seed, device):
     return GPT(model_cfg).to(device)
 
 
-def _optimizer(model, cfg):
-    # No decay on vectors (norm gains, biases): decaying them only fights the norms.
+def make_optimizer(model, cfg):
+    """The demo's AdamW. No decay on vectors (norm gains, biases): decaying them only
+    fights the norms."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     other = [p for p in model.parameters() if p.dim() < 2]
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -155,7 +156,7 @@ def train(model, corpus, cfg, device, label="train", progress=True):
     seq_len = model.cfg.seq_len
     batches = corpus.train_batches(cfg.batch_size, seq_len, seed=cfg.seed)
     val_batches = corpus.val_batches(cfg.batch_size, seq_len, cfg.eval_batches)
-    optimizer = _optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg)
     torch.manual_seed(cfg.seed + 1)       # fixes every stochastic-rounding key
     train_loss, val = [], [[0, evaluate(model, val_batches, device)]]
     diverged = False

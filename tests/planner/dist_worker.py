@@ -65,10 +65,12 @@ def errors_of(rank, batches, make_plan):
     return out
 
 
-def run(rank, world, port, outdir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    # A rank left waiting in a collective fails after 60 s instead of the default 30 min.
-    dist.init_process_group("gloo", rank=rank, world_size=world,
+def run(rank, world, outdir):
+    # A file rendezvous: no TCP port that another process could take between choosing
+    # and binding it. A rank left waiting in a collective fails after 60 s instead of
+    # the default 30 min.
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(outdir, 'store')}",
+                            rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=60))
     try:
         import lowprec
@@ -110,5 +112,5 @@ def run(rank, world, port, outdir):
 
 
 if __name__ == "__main__":
-    port, outdir = int(sys.argv[1]), sys.argv[2]
-    mp.spawn(run, args=(2, port, outdir), nprocs=2, join=True)
+    outdir = sys.argv[1]
+    mp.spawn(run, args=(2, outdir), nprocs=2, join=True)

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,12 +11,6 @@ import pytest
 import torch.distributed as dist
 
 WORKER = Path(__file__).with_name("dist_worker.py")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 TIMEOUT_S = 300         # the whole worker (~30-60 s on a loaded 2-core machine)
@@ -29,7 +22,7 @@ def run_worker(tmp_path):
     The worker runs in a session of its own, so that killing the process group also ends
     the ranks it spawned (``subprocess.run``'s timeout would kill only the parent).
     """
-    with subprocess.Popen([sys.executable, str(WORKER), str(free_port()), str(tmp_path)],
+    with subprocess.Popen([sys.executable, str(WORKER), str(tmp_path)],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True) as proc:
         try:

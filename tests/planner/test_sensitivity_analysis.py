@@ -62,3 +62,21 @@ def test_out_of_fold_never_sees_the_held_out_block(analysis):
     held_out = [i for i, (layer, _) in enumerate(units) if layer.startswith("blocks.0.")]
     # fitted on blocks 1 and 2 only: slope exactly 1, intercept 0
     assert np.allclose(pred[held_out], x[held_out, 0])
+
+
+def test_sensitivity_and_analysis_run_end_to_end(analysis, tmp_path):
+    """sensitivity.py's short-horizon mode on the smoke preset, then the analysis: every
+    unit and format measured per seed, and a report with every statistic's row."""
+    spec = importlib.util.spec_from_file_location("sensitivity_under_test",
+                                                  PATH.parent / "sensitivity.py")
+    sensitivity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sensitivity)
+    record = sensitivity.main(["--preset", "smoke", "--seeds", "2", "--horizon", "2",
+                               "--checkpoint", "3", "--out", str(tmp_path)])
+    # 2 blocks x 4 linears x 2 groups x 2 formats + the high-precision run, per seed
+    assert len(record["runs"]) == 2 * (2 * 4 * 2 * 2 + 1)
+    results = analysis.main(["--preset", "smoke", "--horizon", "2", "--dir", str(tmp_path)])
+    assert [r["format"] for r in results] == ["nvfp4", "fp8"]
+    report = (tmp_path / "sensitivity-smoke-h2.md").read_text()
+    for row in ("LD (fprop units)", "snip objective, weights 1", "fitted objective"):
+        assert row in report
