@@ -155,7 +155,7 @@ def quantize_row_col(x, *, rowwise=True, columnwise=True, rht=False, sign_vector
     m = math.prod(x.shape[:-1])
     if col_offset is None:
         checks.uint64(row_offset, "row_offset")
-        col_offset = (row_offset + reference.counters_used(m * k)) % checks.UINT64_SPAN
+        col_offset = checks.as_uint64(row_offset + reference.counters_used(m * k))
     for value, name in ((seed, "seed"), (row_offset, "row_offset"), (col_offset, "col_offset")):
         checks.uint64(value, name)
     impl = backends.get(backend, "quantize_row_col", x.device)

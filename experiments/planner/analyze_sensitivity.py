@@ -36,9 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
+from lowprec.names import GEMMS
+from lowprec.planner.builder import DEFAULT_GEMM_GROUPS, SNIP_METRIC
+
 HERE = Path(__file__).resolve().parent
-TERMS = {"fprop+dgrad": (("ld", "fprop"), ("dx", "dgrad")), "wgrad": (("wd", "wgrad"),)}
-GEMM_ORDER = ("fprop", "dgrad", "wgrad")
+# Each group's SNIP terms as (metric, GEMM): fprop+dgrad -> LD, DX; wgrad -> WD.
+TERMS = {"+".join(group): tuple((SNIP_METRIC[gemm], gemm) for gemm in group)
+         for group in DEFAULT_GEMM_GROUPS}
 BOOTSTRAP = 2000
 
 
@@ -234,7 +238,7 @@ def analyse(record, fmt, rng):
             "effect": mean.tolist(), "effect_se": se.tolist(), "rows": rows,
             "split_half_reliability": reliability,
             "snip_rank_init_vs_end": drift,
-            "weights_all_units": dict(zip(GEMM_ORDER, nnls(x_init, mean).tolist()))}
+            "weights_all_units": dict(zip(GEMMS, nnls(x_init, mean).tolist()))}
 
 
 def markdown(record, results):

@@ -49,10 +49,13 @@ from lowprec.demo import corpus as corpus_mod
 from lowprec.demo.model import GPTConfig
 from lowprec.demo.train import (TrainConfig, build_model, calibration_batches, make_optimizer,
                                 planner_loss)
+from lowprec.names import GEMMS
 from lowprec.planner import collect_stats
+from lowprec.planner.builder import DEFAULT_GEMM_GROUPS
 
 HERE = Path(__file__).resolve().parent
-GROUPS = {"fprop+dgrad": ("fprop", "dgrad"), "wgrad": ("wgrad",)}
+# The planner's own decision units: "fprop+dgrad" and "wgrad".
+GROUPS = {"+".join(group): group for group in DEFAULT_GEMM_GROUPS}
 
 PRESETS = {
     "smoke": (GPTConfig(d_model=32, n_layer=2, n_head=2, seq_len=16),
@@ -83,7 +86,7 @@ def unit_plan(candidates, layer, group, fmt):
         precisions = ["bf16"] * 3
         if layer is not None and name == layer:
             for gemm in GROUPS[group]:
-                precisions[("fprop", "dgrad", "wgrad").index(gemm)] = fmt
+                precisions[GEMMS.index(gemm)] = fmt
         layers.append(lowprec.LayerPlan(name, tuple(module.weight.shape), *precisions,
                                         reason=forced or f"sensitivity: {layer} {group}"))
     return lowprec.Plan(layers, {"planner": "sensitivity"})

@@ -1,4 +1,4 @@
-"""Re-planning during training: new statistics every N steps, a new plan, applied in place.
+"""Re-planning during training: new statistics when due, a new plan, applied in place.
 
     replanner = Replanner(model, budget=0.75, calibration=lambda: next_batches(4),
                           optimizer=opt, loss_fn=loss_fn)
