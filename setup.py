@@ -2,25 +2,35 @@
 (csrc/ -> lowprec._lowprec_C) is optional.
 
 What gets built:
-* torch built with CUDA and nvcc on PATH (or CUDA_HOME): the CUDA extension, which holds
-  the GPU kernels for sm_90a and sm_100a (plus compute_90 PTX for newer GPUs) *and* the
-  CPU kernels. No GPU is needed to build it.
-* otherwise: the CPU extension (about 20 s of g++ on 2 cores).
+* torch built with CUDA and nvcc found: the CUDA extension, which holds the GPU kernels
+  for sm_90a and sm_100a (plus compute_90 PTX for newer GPUs) *and* the CPU kernels. No
+  GPU is needed to build it. The toolkit is ``CUDA_HOME`` (or ``CUDA_PATH``) when set,
+  else found from ``nvcc`` on PATH, following wrappers and links (``nvcc --dryrun``
+  names its own install); torch's own guess, the folder above nvcc's, fails for a
+  ``/usr/local/bin/nvcc`` wrapper script.
+* otherwise, or when the CUDA build fails: the CPU extension alone (about 20 s of g++
+  on 2 cores), with a warning.
+* LOWPREC_CPU_ONLY=1: the CPU extension alone, on purpose.
 * LOWPREC_NO_EXT=1: nothing; lowprec runs on its reference (and Triton) backends.
 
-A failed compile does not fail `pip install`: the package still works without the
-extension, and `lowprec.available(return_reason=True)` says the cpu/cuda backends are
-missing and why (lowprec/_C.py). LOWPREC_REQUIRE_EXT=1 turns a failed build into a
-failed install (for CI; tests/csrc also fails, rather than skips, without the extension
-unless LOWPREC_NO_EXT=1), so a broken extension cannot hide behind the fallback.
+What was built, and why not more, is recorded in ``lowprec/_build_info.json`` beside the
+extension: ``lowprec info`` and the demo's first line show it, since ``pip install``
+shows a build's warnings only with ``-v``. A failed compile does not fail
+``pip install`` (the package still works without the extension, and
+``lowprec.available(return_reason=True)`` says why); LOWPREC_REQUIRE_EXT=1 turns any
+failure, the CUDA part's included, into a failed install (CI sets it), so a broken
+extension cannot hide behind the fallback.
 
 Build with the torch already installed: `pip install --no-build-isolation -e .`
 (MAX_JOBS limits parallel compile jobs).
 """
 
+import json
 import os
 import shutil
+import subprocess
 import sys
+import tempfile
 
 from setuptools import find_packages, setup
 
@@ -28,6 +38,8 @@ from setuptools import find_packages, setup
 # wheel), plus the Triton kernels of kernels/ as lowprec.kernels.
 PACKAGES = find_packages(include=["lowprec", "lowprec.*"]) + ["lowprec.kernels"]
 
+EXTENSION = "lowprec._lowprec_C"
+BUILD_INFO = "_build_info.json"      # read by lowprec/_C.py
 CPU_SOURCES = ["csrc/bindings.cpp", "csrc/quantize_cpu.cpp"]
 CUDA_SOURCES = ["csrc/quantize.cu", "csrc/cuda_ops.cpp"]
 
@@ -51,12 +63,75 @@ def _log(message):
     print(f"lowprec setup: {message}", file=sys.stderr)
 
 
-def _cuda_wanted(torch):
+def _warn_loudly(message):
+    bar = "*" * 78
+    _log(f"\n{bar}\nWARNING: {message}\n{bar}")
+
+
+def _require_ext():
+    return os.environ.get("LOWPREC_REQUIRE_EXT") == "1"
+
+
+def _is_toolkit(folder):
+    return os.path.isfile(os.path.join(folder, "include", "cuda_runtime.h"))
+
+
+def _toolkit_of(nvcc):
+    """The CUDA toolkit folder that ``nvcc`` belongs to, or None.
+
+    The folder above the real nvcc binary, else what ``nvcc --dryrun`` calls TOP (nvcc
+    prints its own install even when reached through a wrapper script).
+    """
+    guess = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    if _is_toolkit(guess):
+        return guess
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = os.path.join(tmp, "probe.cu")
+        open(probe, "w").close()
+        try:
+            out = subprocess.run([nvcc, "--dryrun", "-c", probe, "-o", probe + ".o"],
+                                 capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return None
+    for line in (out.stdout + out.stderr).splitlines():
+        if line.startswith("#$ TOP="):
+            top = os.path.normpath(line[len("#$ TOP="):].strip())
+            return top if _is_toolkit(top) else None
+    return None
+
+
+def _cuda_toolkit(torch):
+    """(CUDA_HOME to build with, None) or (None, why the CUDA kernels are not built).
+
+    Raises under LOWPREC_REQUIRE_EXT=1 when nvcc is there but its toolkit is not: a
+    CUDA build was meant and cannot happen.
+    """
+    if os.environ.get("LOWPREC_CPU_ONLY") == "1":
+        return None, "LOWPREC_CPU_ONLY=1 asked for the CPU extension alone"
     if torch.version.cuda is None:
-        return False, "torch has no CUDA"
-    if os.environ.get("CUDA_HOME") is None and shutil.which("nvcc") is None:
-        return False, "nvcc not found (set CUDA_HOME or put nvcc on PATH)"
-    return True, None
+        return None, "the installed torch has no CUDA"
+    for variable in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(variable):
+            return os.environ[variable], None
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None, "nvcc is not on PATH and CUDA_HOME is not set"
+    home = _toolkit_of(nvcc)
+    if home is None:
+        why = (f"no CUDA toolkit (include/cuda_runtime.h) found for {nvcc}; set CUDA_HOME "
+               "to the toolkit's folder")
+        if _require_ext():
+            raise RuntimeError(f"LOWPREC_REQUIRE_EXT=1: the CUDA extension cannot be "
+                               f"built: {why}")
+        _warn_loudly(f"{why}. Building the CPU extension alone.")
+        return None, why
+    return home, None
+
+
+def _cpu_extension(cpp_extension):
+    return cpp_extension.CppExtension(
+        EXTENSION, CPU_SOURCES, extra_compile_args={"cxx": CXX_FLAGS},
+        include_dirs=[os.path.abspath("csrc")])
 
 
 def extension_modules():
@@ -66,68 +141,106 @@ def extension_modules():
         return [], {}
     try:
         import torch
-        from torch.utils import cpp_extension
     except ImportError as err:
         _log(f"torch is not importable ({err}); building no compiled extension "
              "(install torch first and use --no-build-isolation)")
         return [], {}
+    cuda_home, no_cuda = _cuda_toolkit(torch)
+    if cuda_home is not None:
+        # torch reads CUDA_HOME once, when cpp_extension is first imported.
+        os.environ["CUDA_HOME"] = cuda_home
+    from torch.utils import cpp_extension
+    if cuda_home is not None:
+        cpp_extension.CUDA_HOME = cuda_home
 
     class OptionalBuildExtension(cpp_extension.BuildExtension):
-        """torch's BuildExtension, but a failed compile only warns (see module doc).
+        """torch's BuildExtension with two fallbacks (see the module doc).
 
-        A failed extension is also dropped from ``self.extensions``, so that the in-place
-        copy (``--inplace``, editable installs) and the wheel's file list do not look for
-        the library that was never built.
+        A failed CUDA build is retried as the CPU extension alone; a failed CPU build
+        installs no extension. Either way it warns, and ``_build_info.json`` beside the
+        extension records what was built and why not more.
         """
 
         def build_extensions(self):
-            self._failed = []
-            try:  # torch's checks before compiling (compiler found, ABI) can fail too
-                super().build_extensions()
-            except Exception as err:
-                self._give_up(self.extensions, err)
-            self.extensions = [e for e in self.extensions if e not in self._failed]
+            info = {"extension": "cuda" if cuda_home else "cpu", "cuda_home": cuda_home,
+                    "no_cuda": no_cuda, "failed": None, "torch": torch.__version__}
+            error = self._try_build()
+            if error is not None and cuda_home is not None:
+                if _require_ext():
+                    raise error
+                info.update(extension="cpu", no_cuda=f"the CUDA build failed: {error}")
+                _warn_loudly(f"building the CUDA kernels failed ({error}); building the "
+                             "CPU extension alone. `lowprec info` shows this; set "
+                             "LOWPREC_REQUIRE_EXT=1 to make it an error, or "
+                             "LOWPREC_CPU_ONLY=1 to build for the CPU on purpose.")
+                # The same Extension object, made CPU-only: setuptools attached its
+                # build state to it when the command was set up.
+                ext, = self.extensions
+                cpu = _cpu_extension(cpp_extension)
+                vars(ext).update({k: v for k, v in vars(cpu).items() if not k.startswith("_")})
+                error = self._try_build()
+            if error is not None:
+                if _require_ext():
+                    raise error
+                info.update(extension=None, failed=str(error))
+                _warn_loudly(f"building {EXTENSION} failed ({error}); lowprec installs "
+                             "without it, on its reference (and Triton) backends. "
+                             "Set LOWPREC_REQUIRE_EXT=1 to make this an error.")
+                # Nothing was built: the in-place copy (editable installs) and the
+                # wheel's file list must not look for the library.
+                self.extensions = []
+            self._info = info
 
-        def build_extension(self, ext):
+        def run(self):
+            self._info = None
+            super().run()
+            if self._info is not None:     # after an in-place build was copied back
+                self._write_build_info(self._info)
+
+        def _try_build(self):
+            """None if the build succeeded, else the error (a compiler's, or torch's
+            checks before compiling); torch's patches of the compiler are undone."""
+            saved = dict(vars(self.compiler))
             try:
-                super().build_extension(ext)
+                super().build_extensions()
+                return None
             except Exception as err:  # compiler errors come as several types
-                self._give_up([ext], err)
+                vars(self.compiler).clear()
+                vars(self.compiler).update(saved)
+                return RuntimeError(f"{type(err).__name__}: {err}")
 
-        def _give_up(self, extensions, err):
-            if os.environ.get("LOWPREC_REQUIRE_EXT") == "1":
-                raise err
-            self._failed.extend(extensions)
-            names = ", ".join(e.name for e in extensions)
-            _log(f"WARNING: building {names} failed ({type(err).__name__}: {err}); "
-                 "lowprec installs without it and lowprec.available(return_reason=True) "
-                 "reports it. Set LOWPREC_REQUIRE_EXT=1 to make this an error.")
+        def _write_build_info(self, info):
+            folders = {os.path.join(os.path.abspath(self.build_lib), "lowprec")}
+            if self.inplace or getattr(self, "editable_mode", False):
+                folders.add(os.path.abspath("lowprec"))
+            for folder in folders:
+                os.makedirs(folder, exist_ok=True)
+                with open(os.path.join(folder, BUILD_INFO), "w") as f:
+                    json.dump(info, f, indent=1)
 
-    with_cuda, why_not = _cuda_wanted(torch)
-    common = dict(include_dirs=[os.path.abspath("csrc")])
-    if with_cuda:
-        _log("building the CUDA extension (GPU kernels for sm_90a/sm_100a + CPU kernels)")
+    if cuda_home is not None:
+        _log(f"building the CUDA extension with the toolkit in {cuda_home} (GPU kernels "
+             "for sm_90a/sm_100a + CPU kernels)")
         ext = cpp_extension.CUDAExtension(
-            "lowprec._lowprec_C", CPU_SOURCES + CUDA_SOURCES,
+            EXTENSION, CPU_SOURCES + CUDA_SOURCES,
             define_macros=[("LOWPREC_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": _nvcc_flags()}, **common)
+            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": _nvcc_flags()},
+            include_dirs=[os.path.abspath("csrc")])
     else:
-        _log(f"building the CPU extension ({why_not})")
-        ext = cpp_extension.CppExtension(
-            "lowprec._lowprec_C", CPU_SOURCES,
-            extra_compile_args={"cxx": CXX_FLAGS}, **common)
+        _log(f"building the CPU extension ({no_cuda})")
+        ext = _cpu_extension(cpp_extension)
     return [ext], {"build_ext": OptionalBuildExtension}
 
 
-ext_modules, cmdclass = extension_modules()
-
-setup(
-    packages=PACKAGES,
-    # Triton kernels live in kernels/ at the top of the tree (project layout) and are
-    # installed as the subpackage lowprec.kernels.
-    package_dir={"lowprec.kernels": "kernels"},
-    # The planner's default device cost table (lowprec/planner/cost.py reads it).
-    package_data={"lowprec.planner": ["device_costs.json"]},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-)
+if __name__ == "__main__":      # pip runs this file as a script; tests import its functions
+    ext_modules, cmdclass = extension_modules()
+    setup(
+        packages=PACKAGES,
+        # Triton kernels live in kernels/ at the top of the tree (project layout) and are
+        # installed as the subpackage lowprec.kernels.
+        package_dir={"lowprec.kernels": "kernels"},
+        # The planner's default device cost table (lowprec/planner/cost.py reads it).
+        package_data={"lowprec.planner": ["device_costs.json"]},
+        ext_modules=ext_modules,
+        cmdclass=cmdclass,
+    )

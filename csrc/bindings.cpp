@@ -35,6 +35,11 @@ TORCH_LIBRARY(lowprec_C, m) {
   m.def("block_dequantize_nvfp4(Tensor data, Tensor scale) -> Tensor");
   // E4M3 with one FP32 scale per row: (data [..., K], scale [..., 1]).
   m.def("quantize_fp8_rowwise(Tensor x) -> (Tensor, Tensor)");
+  // NUMERICS 8 on [M, K/2] and [N, K/2] codes: alpha * deq(A) @ deq(B)^T (+ bias) in FP32,
+  // then out_dtype; alpha = S_dec(a_amax) * S_dec(b_amax), applied once.
+  m.def(
+      "nvfp4_gemm(Tensor a_data, Tensor a_scale, Tensor a_amax, Tensor b_data, "
+      "Tensor b_scale, Tensor b_amax, Tensor? bias, ScalarType out_dtype) -> Tensor");
   // Element functions of nvfp4_math.h, for exhaustive tests (CPU only).
   m.def("philox(int seed, Tensor counters) -> Tensor");
   m.def("e4m3_round(Tensor v) -> Tensor");
@@ -48,6 +53,7 @@ TORCH_LIBRARY_IMPL(lowprec_C, CPU, m) {
   m.impl("quantize_weight_2d", &lowprec::cpu::quantize_weight_2d);
   m.impl("block_dequantize_nvfp4", &lowprec::cpu::block_dequantize_nvfp4);
   m.impl("quantize_fp8_rowwise", &lowprec::cpu::quantize_fp8_rowwise);
+  m.impl("nvfp4_gemm", &lowprec::cpu::nvfp4_gemm);
   m.impl("philox", &lowprec::cpu::philox);
   m.impl("e4m3_round", &lowprec::cpu::e4m3_round);
   m.impl("e2m1_round", &lowprec::cpu::e2m1_round);

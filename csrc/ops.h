@@ -55,6 +55,11 @@ at::Tensor block_dequantize_nvfp4(const at::Tensor& data, const at::Tensor& scal
 
 std::tuple<at::Tensor, at::Tensor> quantize_fp8_rowwise(const at::Tensor& x);
 
+at::Tensor nvfp4_gemm(const at::Tensor& a_data, const at::Tensor& a_scale,
+                      const at::Tensor& a_amax, const at::Tensor& b_data,
+                      const at::Tensor& b_scale, const at::Tensor& b_amax,
+                      const std::optional<at::Tensor>& bias, at::ScalarType out_dtype);
+
 // Element functions exposed for exhaustive tests of nvfp4_math.h.
 at::Tensor philox(int64_t seed, const at::Tensor& counters);
 at::Tensor e4m3_round(const at::Tensor& v);

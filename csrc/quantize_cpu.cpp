@@ -10,6 +10,9 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/matmul.h>
+#include <ATen/ops/scalar_tensor.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <c10/util/Exception.h>
@@ -417,6 +420,26 @@ at::Tensor block_dequantize_nvfp4(const at::Tensor& data_in, const at::Tensor& s
     }
   });
   return out;
+}
+
+// The CPU backend's NVFP4 GEMM as one op (one call from Python instead of a dozen small
+// tensor ops for the scale chain): the reference's arithmetic step for step, so its bits.
+// Exact block dequantization, an FP32 matmul, alpha = S_dec(a) * S_dec(b) as one FP32
+// product applied once, the bias added in FP32, one cast to out_dtype.
+at::Tensor nvfp4_gemm(const at::Tensor& a_data, const at::Tensor& a_scale,
+                      const at::Tensor& a_amax, const at::Tensor& b_data,
+                      const at::Tensor& b_scale, const at::Tensor& b_amax,
+                      const std::optional<at::Tensor>& bias, at::ScalarType out_dtype) {
+  // Autocast must not reach the FP32 matmul below (it would run in bf16).
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  at::Tensor a = block_dequantize_nvfp4(a_data, a_scale);
+  at::Tensor b = block_dequantize_nvfp4(b_data, b_scale);
+  float alpha = mul_rn(global_decode_scale(a_amax.item<float>()),
+                       global_decode_scale(b_amax.item<float>()));
+  at::Tensor out = at::matmul(a, b.transpose(-1, -2));
+  out.mul_(at::scalar_tensor(alpha, out.options()));
+  if (bias.has_value()) out.add_(bias->to(at::kFloat));
+  return out.to(out_dtype);
 }
 
 std::tuple<at::Tensor, at::Tensor> quantize_fp8_rowwise(const at::Tensor& x_in) {

@@ -16,6 +16,40 @@ The entry points for the training layer are re-exported here; importing this pac
 does not import Triton.
 """
 
+import sys
+
+
+def _step_aside():
+    """Hand ``import kernels`` to the package of that name that is installed, if any.
+
+    This folder is ``lowprec.kernels``; it is only ever executed as a top-level
+    ``kernels`` when the repository root is on ``sys.path`` (``python -m ...`` run from
+    it). A package named ``kernels`` exists on PyPI (Hugging Face's, which transformers
+    imports), and it must win: Python would otherwise take this folder, the first match.
+    So the import is re-done over ``sys.path`` without the repository root, and the
+    module found replaces this one in ``sys.modules`` (which the import statement then
+    returns); with none installed, ``import kernels`` fails as if this folder were absent.
+    """
+    import importlib.machinery
+    import importlib.util
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = [p for p in sys.path if os.path.abspath(p or os.curdir) != root]
+    spec = importlib.machinery.PathFinder.find_spec("kernels", path)
+    if spec is None:
+        del sys.modules["kernels"]
+        raise ModuleNotFoundError("No module named 'kernels' (the repository's kernels/ "
+                                  "folder is lowprec's Triton sources, importable only as "
+                                  "lowprec.kernels)", name="kernels")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["kernels"] = module
+    spec.loader.exec_module(module)
+
+
+if __name__ == "kernels":
+    _step_aside()
+
 _EXPORTS = ("quantize_row_col", "quantize_weight_2d")
 
 

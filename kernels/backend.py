@@ -61,6 +61,20 @@ def implementation(op, capability):
     return None
 
 
+def function_for(op, capability):
+    """The function a kernel table (``lowprec.backends.KernelTable``) calls for ``op`` at
+    ``capability``: for the GEMMs, their host functions as chosen for that capability
+    once (the ops below decide on every call, for callers of the public API); for the
+    rest, the entry points below."""
+    if op == "fp8_gemm":
+        from .fp8 import gemm_for
+        return gemm_for(capability)
+    if op == "nvfp4_gemm":
+        from .nvfp4_gemm import nvfp4_gemm as gemm
+        return gemm
+    return globals()[op]
+
+
 def availability(device_type):
     """None when the Triton kernels can run on tensors of ``device_type``, else why not."""
     if _TRITON_MISSING:

@@ -14,10 +14,11 @@ semantics: ``(qA @ qB^T in FP32) * scale_a * scale_b^T + bias``.
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import FakeTensor
 
 from lowprec import reference
 from . import nvfp4_math as nm
-from .config import input_view, interpreting, launch_options
+from .config import input_view, interpreting, launch_options, output_view
 
 
 @triton.jit
@@ -80,8 +81,72 @@ def quantize_fp8(x):
     return data.view(torch.float8_e4m3fn).reshape(*lead, k), scale.reshape(*lead, 1)
 
 
+@triton.jit
+def _scale_epilogue_kernel(
+        # Pointers: the unscaled FP32 product [M, N] (row stride ``stride_acc``), the row
+        # scales of A [M] and of B [N] (fp32), the bias [N] (read when HAS_BIAS) and the
+        # output [M, N] (contiguous).
+        acc_ptr, a_scale_ptr, b_scale_ptr, bias_ptr, out_ptr,
+        # Sizes, and the accumulator's row stride in elements.
+        M, N, stride_acc,
+        # Meta-parameters: bias or not and its dtype; the output dtype; the tile.
+        HAS_BIAS: tl.constexpr, BIAS_KIND: tl.constexpr, OUT_KIND: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok, col_ok = rows < M, cols < N
+    mask = row_ok[:, None] & col_ok[None, :]
+    acc = tl.load(acc_ptr + rows[:, None].to(tl.int64) * stride_acc + cols[None, :],
+                  mask=mask, other=0.0)
+    a_scale = tl.load(a_scale_ptr + rows, mask=row_ok, other=1.0)
+    b_scale = tl.load(b_scale_ptr + cols, mask=col_ok, other=1.0)
+    # reference.fp8_gemm's order: (acc * scale_a) * scale_b, then + bias, one rounding.
+    out = acc * a_scale[:, None] * b_scale[None, :]
+    if HAS_BIAS:
+        out = out + nm.load_f32(bias_ptr + cols, col_ok, BIAS_KIND)[None, :]
+    nm.store_cast(out_ptr + rows[:, None].to(tl.int64) * N + cols[None, :], out, mask,
+                  OUT_KIND)
+
+
+def scale_epilogue(acc, a_scale, b_scale, bias, out_dtype):
+    """``(acc * a_scale * b_scale^T + bias)`` rounded once to ``out_dtype``, one launch.
+
+    ``acc``: the unscaled FP32 product ``[M, N]`` (unit stride along N); ``a_scale [M, 1]``
+    and ``b_scale [N, 1]`` FP32; ``bias [N]`` or None.
+    """
+    m, n = acc.shape
+    out = torch.empty(m, n, dtype=out_dtype, device=acc.device)
+    if out.numel() == 0:
+        return out
+    out_arg, out_kind = output_view(out)
+    bias_arg, bias_kind = (out_arg, 0) if bias is None else input_view(bias.contiguous())
+    block_m, block_n = ((min(64, triton.next_power_of_2(m)), min(256, triton.next_power_of_2(n)))
+                        if interpreting() else (16, 256))
+    grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
+    _scale_epilogue_kernel[grid](
+        acc_ptr=acc, a_scale_ptr=a_scale.reshape(-1).float().contiguous(),
+        b_scale_ptr=b_scale.reshape(-1).float().contiguous(), bias_ptr=bias_arg,
+        out_ptr=out_arg, M=m, N=n, stride_acc=acc.stride(0), HAS_BIAS=bias is not None,
+        BIAS_KIND=bias_kind, OUT_KIND=out_kind, BLOCK_M=block_m, BLOCK_N=block_n,
+        num_warps=4, **launch_options())
+    return out
+
+
 # FP8 tensor cores: sm_89 (Ada) and newer.
 FP8_MMA_CAPABILITY = (8, 9)
+
+# The unit scale of the tensor-wise GEMM, one per device: made once, not on every call
+# (a fill launch each time). Never a fake tensor (a trace's), which a real call would get.
+_ONES = {}
+
+
+def _one(device):
+    one = _ONES.get(device)
+    if one is None:
+        one = torch.ones((), dtype=torch.float32, device=device)
+        if not isinstance(one, FakeTensor):
+            _ONES[device] = one
+    return one
 
 
 def gemm_implementation(capability):
@@ -109,31 +174,43 @@ def _scaled_mm(a_data, a_scale, b_data, b_scale, bias, out_dtype):
     product in FP32 (``scale=1``, tensor-wise, exact), then ``acc * scale_a * scale_b^T +
     bias`` in FP32 and one rounding, the reference's order. The row-wise GEMM is not given
     the bias: on an H200 (torch 2.11) it missed NUMERICS 9's bound, adding the bias after
-    the output was already rounded (tests/kernels/test_fp8.py::test_gemm_semantics).
+    the output was already rounded (tests/kernels/test_fp8.py::test_gemm_semantics). The
+    scaling, bias and rounding after the tensor-wise GEMM are one launch
+    (``scale_epilogue``).
     """
     m, n = a_data.shape[0], b_data.shape[0]
     a = _pad16(a_data.contiguous(), 1)
     b = _pad16(_pad16(b_data.contiguous(), 1), 0)
     if out_dtype == torch.bfloat16 and bias is None:
         pad_n = b.shape[0] - n
-        scale_b = torch.nn.functional.pad(b_scale.reshape(1, -1).float(), (0, pad_n), value=1.0)
+        scale_b = b_scale.reshape(1, -1).float()      # FP32 already: no copy
+        if pad_n:
+            scale_b = torch.nn.functional.pad(scale_b, (0, pad_n), value=1.0)
         out = torch._scaled_mm(a, b.t(), scale_a=a_scale.reshape(-1, 1).float().contiguous(),
                                scale_b=scale_b.contiguous(), out_dtype=out_dtype,
                                use_fast_accum=False)
         return out[:, :n]
-    one = torch.ones((), dtype=torch.float32, device=a.device)
+    one = _one(a.device)
     acc = torch._scaled_mm(a, b.t(), scale_a=one, scale_b=one, out_dtype=torch.float32,
                            use_fast_accum=False)[:m, :n]
-    out = acc * a_scale.reshape(-1, 1) * b_scale.reshape(1, -1)
-    if bias is not None:
-        out = out + bias.to(torch.float32)
-    return out.to(out_dtype)
+    return scale_epilogue(acc, a_scale, b_scale, bias, out_dtype)
+
+
+def gemm_for(capability):
+    """The FP8 GEMM for CUDA tensors of ``capability`` (None: CPU tensors), with the
+    signature of ``fp8_gemm``."""
+    if gemm_implementation(capability) == "torch:_scaled_mm":
+        return _scaled_mm_gemm
+    return reference.fp8_gemm
+
+
+def _scaled_mm_gemm(a_data, a_scale, b_data, b_scale, bias=None, out_dtype=torch.bfloat16):
+    return _scaled_mm(a_data, a_scale, b_data, b_scale, bias, out_dtype)
 
 
 def fp8_gemm(a_data, a_scale, b_data, b_scale, bias=None, out_dtype=torch.bfloat16):
     """``a [M, K] @ b [N, K]^T`` of per-row-scaled E4M3 operands, FP32 accumulation."""
     capability = (torch.cuda.get_device_capability(a_data.device)
                   if a_data.is_cuda and not interpreting() else None)
-    if gemm_implementation(capability) == "torch:_scaled_mm":
-        return _scaled_mm(a_data, a_scale, b_data, b_scale, bias, out_dtype)
-    return reference.fp8_gemm(a_data, a_scale, b_data, b_scale, bias=bias, out_dtype=out_dtype)
+    return gemm_for(capability)(a_data, a_scale, b_data, b_scale, bias=bias,
+                                out_dtype=out_dtype)

@@ -14,8 +14,10 @@ travel as int64) and register the fake (meta) kernels ``torch.compile`` traces w
 """
 
 import importlib
+import json
 import math
 import os
+import warnings
 
 import torch
 
@@ -23,6 +25,8 @@ from lowprec.checks import as_int64
 from lowprec.formats import empty_nvfp4, empty_row_col, empty_weight_2d
 
 EXTENSION = "lowprec._lowprec_C"
+# What setup.py built and why not more, written beside the extension.
+BUILD_INFO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_build_info.json")
 # The CUDA kernels are built for sm_90a, sm_100a and compute_90 PTX (csrc/nvcc_flags.txt).
 MIN_CAPABILITY = (9, 0)
 
@@ -73,13 +77,43 @@ def _register_fakes():
     def _(data, scale):
         return data.new_empty((*data.shape[:-1], data.shape[-1] * 2), dtype=torch.float32)
 
+    @torch.library.register_fake("lowprec_C::nvfp4_gemm")
+    def _(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias, out_dtype):
+        return a_data.new_empty((a_data.shape[0], b_data.shape[0]), dtype=out_dtype)
+
     @torch.library.register_fake("lowprec_C::quantize_fp8_rowwise")
     def _(x):
         return (x.new_empty(x.shape, dtype=torch.float8_e4m3fn),
                 x.new_empty((*x.shape[:-1], 1), dtype=torch.float32))
 
 
+def build_info():
+    """The build record of setup.py (a dict), or None when there is none."""
+    try:
+        with open(BUILD_INFO) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def build_note():
+    """One line on what the installed build lacks and why, or None when nothing is
+    missing (shown by ``lowprec info`` and the demo's first line)."""
+    info = build_info()
+    if info is None:
+        return None
+    if info.get("failed"):
+        return f"the compiled extension failed to build: {info['failed']}"
+    if info.get("no_cuda") and torch.version.cuda is not None:
+        return f"the extension was built without its CUDA kernels: {info['no_cuda']}"
+    return None
+
+
 REASON = _load()
+if build_note() is not None and (torch.cuda.is_available() or REASON is not None):
+    # Kernels this machine would use are missing: say so once, not only when asked.
+    warnings.warn(f"lowprec: {build_note()} (`lowprec info` shows what runs instead)",
+                  RuntimeWarning, stacklevel=2)
 
 
 def cuda_reason():
@@ -87,8 +121,8 @@ def cuda_reason():
     if REASON is not None:
         return REASON
     if not torch._C._dispatch_has_kernel_for_dispatch_key("lowprec_C::quantize_nvfp4", "CUDA"):
-        return (f"{EXTENSION} was built without CUDA kernels (torch had no CUDA, or nvcc "
-                "was missing, when it was built)")
+        why = (build_info() or {}).get("no_cuda") or "no record of why"
+        return f"{EXTENSION} was built without CUDA kernels ({why})"
     if not torch.cuda.is_available():
         return "no CUDA GPU is visible"
     major, minor = torch.cuda.get_device_capability()
@@ -157,3 +191,10 @@ def block_dequantize_nvfp4(data, scale):
 def quantize_fp8(x):
     data, scale = torch.ops.lowprec_C.quantize_fp8_rowwise(x.detach())
     return data, scale
+
+
+def nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=None,
+               out_dtype=torch.bfloat16):
+    """Same contract as ``lowprec.reference.nvfp4_gemm``, in one op (CPU tensors)."""
+    return torch.ops.lowprec_C.nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale, b_amax,
+                                          bias, out_dtype)

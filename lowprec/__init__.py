@@ -37,9 +37,10 @@ from lowprec.linear_layer import Linear, linear  # noqa: E402
 from lowprec.plan import LayerPlan, Plan  # noqa: E402
 from lowprec.conversion import convert, unconvert  # noqa: E402
 from lowprec.discovery import candidate_layers  # noqa: E402
+from lowprec.disable import disabled  # noqa: E402
 
 __all__ += ["LayerPlan", "Linear", "Plan", "Recipe", "candidate_layers", "convert",
-            "linear", "unconvert"]
+            "disabled", "linear", "unconvert"]
 
 # Conv1D (GPT-2 family) and mixture-of-experts layers.
 from lowprec.grouped import grouped_linear  # noqa: E402

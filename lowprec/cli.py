@@ -1,11 +1,13 @@
 """The lowprec command.
 
-  lowprec demo      train a small GPT in BF16, the NVFP4 recipe and a planned mix (main job)
+  lowprec demo      train a small GPT three ways: high precision (FP32 on a CPU, BF16
+                    autocast on a GPU), the NVFP4 recipe and a planned mix (main job)
   lowprec demo --quant-table   the quantization error table of each format (seconds)
   lowprec demo --ablation      the recipe ablation (long)
   lowprec info      backends available here and why not, device facts, versions
   lowprec info --dispatch [--capability 9.0] [--json]   op -> implementation table
-  lowprec bench     run the kernel benchmarks of bench/ and print one table
+  lowprec bench     run the benchmarks of bench/ and print one table (without a GPU:
+                    its CPU benchmarks, with short settings)
   lowprec plan      print the planner's plan for the demo model at a budget
 """
 
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 
 import lowprec
-from lowprec import bench_schema, device, dispatch, quant_report
+from lowprec import _C, bench_schema, device, dispatch, quant_report
 from lowprec.demo import ablation, report, train
 from lowprec.demo import corpus as corpus_mod
 from lowprec.planner import cost, options
@@ -48,11 +50,23 @@ OPTIONAL_MODULES = (("triton", "Triton kernels"), ("matplotlib", "the demo's plo
                     ("transformers", "the Hugging Face integration test"))
 
 
+def _build_summary():
+    """What setup.py built (lowprec/_build_info.json) and what it lacks, in one line."""
+    info = _C.build_info()
+    if info is None:
+        return "no build record (installed without building the extension)"
+    built = {"cuda": "the CUDA extension (GPU + CPU kernels)", "cpu": "the CPU extension",
+             None: "no extension"}[info.get("extension")]
+    note = _C.build_note()
+    return built if note is None else f"{built}; {note}"
+
+
 def _info(args):
     if args.dispatch or args.capability or args.json:
         return dispatch.main(args.capability, args.json)
 
     print(f"lowprec {lowprec.__version__} ({Path(lowprec.__file__).parent})")
+    print(f"build: {_build_summary()}")
     facts = device.facts()
     print("device:")
     print(device.format_facts(facts))
@@ -117,6 +131,20 @@ def _provenance():
     return {"version": lowprec.__version__, "commit": commit}
 
 
+def _backend_words(device_type):
+    """"quantization backend X" for what ``auto`` runs on ``device_type``, with the
+    reason the preferred backend is not it (a failed build shows here, not only at the
+    end of a long run)."""
+    backend = train.auto_backend(torch.device(device_type))
+    preferred = lowprec.backends.AUTO_ORDER[device_type][0]
+    words = f"quantization backend {backend}"
+    if backend != preferred:
+        reason = lowprec.available(return_reason=True, device_type=device_type).get(preferred)
+        words += f" ({preferred} unavailable: {reason})"
+    note = _C.build_note()      # e.g. a CUDA build that failed and left the CPU kernels
+    return words if note is None else f"{words}; {note}"
+
+
 def _threads_line(threads):
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (f"torch CPU threads: {threads} of {cores} cores here (--threads N to change; "
@@ -144,9 +172,11 @@ def _demo(args):
     preset = train.default_preset(args.quick)
     model_cfg, train_cfg = train.PRESETS[preset]
     steps = args.steps or train_cfg.steps
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"lowprec demo: byte-level GPT (d_model {model_cfg.d_model}, {model_cfg.n_layer} "
           f"blocks, seq {model_cfg.seq_len}), {steps} steps of batch "
-          f"{train_cfg.batch_size}, seed {args.seed}, preset '{preset}'")
+          f"{train_cfg.batch_size}, seed {args.seed}, preset '{preset}', "
+          f"{_backend_words(device_type)}")
     record = train.run_demo(preset, steps=args.steps, budget=args.budget, seed=args.seed,
                             progress=not args.no_progress, threads=args.threads,
                             log=lambda text: print(text, flush=True),
@@ -161,7 +191,10 @@ def _demo(args):
         print(f"\nplan of '{name}' ({descriptions[name]}):")
         print(runs[name]["plan"].table())
     print("\nplan columns:\n" + runs["nvfp4"]["plan"].legend())
-    print("\nfinal losses (cross-entropy, nats per byte; validation = held-out last 10%):")
+    cfg = record["train_config"]
+    print(f"\nfinal losses (cross-entropy, nats per byte; final val loss on "
+          f"{cfg['final_eval_batches']} batches of the held-out last 10%, where the "
+          f"progress lines' val is on {cfg['eval_batches']}):")
     print(report.loss_table(runs, descriptions))
     print("(one seed: at the CPU size, seed-to-seed spread is about 1% of the loss, see "
           "experiments/ablation/, so gaps of that size are noise, not a ranking)")
@@ -180,7 +213,8 @@ def _ablation(args):
     print(f"lowprec recipe ablation: preset '{preset}', seeds {list(seeds)}, configs "
           f"{', '.join(ablation.CONFIGS)}")
     record = ablation.run_ablation(preset, seeds=seeds, steps=args.steps,
-                                   progress=not args.no_progress, threads=args.threads)
+                                   progress=not args.no_progress, threads=args.threads,
+                                   log=lambda text: print(text, flush=True))
     print("\n" + ablation.format_summary(record))
     title = (f"recipe ablation: {preset} preset, {record['train_config']['steps']} steps, "
              f"seeds {list(seeds)}")
@@ -194,7 +228,15 @@ def _ablation(args):
 # Each bench/bench_*.py script measures one thing and writes one record under
 # bench/results/ (bench/common.py's write_results; the fields are documented in
 # lowprec/bench_schema.py). `lowprec bench` runs them all, reads back the records they
-# wrote during this run and prints one table.
+# wrote during this run and prints one table. Without a GPU it runs the CPU benchmarks
+# (CPU_BENCHMARKS) with short settings: the others measure GPU kernels and exit at once.
+
+# script -> arguments: a few steps each, so that the whole run takes seconds to a minute.
+CPU_BENCHMARKS = {
+    "bench_train_step_cpu.py": ("--steps", "3", "--warmup", "1"),
+    "bench_grouped_linear.py": ("--steps", "3", "--warmup", "1"),
+    "bench_cpu_quantize_memory.py": ("--log2-numel", "22"),
+}
 
 
 NO_BENCH_SCRIPTS = ("looked in {looked}. The scripts are part of the source repository, "
@@ -229,31 +271,41 @@ def format_bench_table(rows):
           r["source"]) for r in rows])
 
 
-def _run_bench_script(script, log_dir):
+def _run_bench_script(script, log_dir, script_args=()):
     """Run one script from the repository root; returns (ok, seconds)."""
     start = time.perf_counter()
     with open(log_dir / f"{script.stem}.log", "w") as log:
-        status = subprocess.run([sys.executable, str(script)], cwd=script.parent.parent,
-                                stdout=log, stderr=subprocess.STDOUT).returncode
+        status = subprocess.run([sys.executable, str(script), *script_args],
+                                cwd=script.parent.parent, stdout=log,
+                                stderr=subprocess.STDOUT).returncode
     return status == 0, time.perf_counter() - start
 
 
+def _last_line(path):
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
 def _bench(args):
-
-
     facts = device.facts()
     bench_dir = find_bench_dir(args.bench_dir)
     scripts = sorted(bench_dir.glob("bench_*.py")) if bench_dir else []
     looked = args.bench_dir or "bench/ beside the lowprec package"
     where = (f"{len(scripts)} benchmark scripts in {bench_dir}" if scripts else
              f"and no benchmark scripts: {NO_BENCH_SCRIPTS.format(looked=looked)}")
-    if facts["gpu"] is None:
+    gpu = facts["gpu"] is not None
+    script_args = {}
+    if not gpu:
         why = next((n[len("no GPU: "):] for n in facts["notes"] if n.startswith("no GPU: ")),
                    "none visible")
-        print(f"no GPU ({why}): lowprec bench measures GPU kernels, so nothing was run "
-              f"({where})")
-        return 0
-    if not scripts:
+        scripts = [s for s in scripts if s.name in CPU_BENCHMARKS]
+        if not scripts:
+            print(f"no GPU ({why}) and no CPU benchmark to run ({where})")
+            return 0
+        script_args = {s.name: CPU_BENCHMARKS[s.name] for s in scripts}
+        print(f"no GPU ({why}): running the {len(scripts)} CPU benchmarks of {bench_dir} "
+              f"with short settings (the others measure GPU kernels)")
+    elif not scripts:
         print(f"lowprec bench: nothing to run, {where}")
         return 1
     print("device:\n" + device.format_facts(facts))
@@ -262,9 +314,12 @@ def _bench(args):
     started = time.time()
     failed = []
     for script in scripts:
-        print(f"running {script.name} ...", flush=True)
-        ok, seconds = _run_bench_script(script, out)
-        print(f"  {'ok' if ok else 'FAILED'} in {seconds:.0f} s (log: {out / script.stem}.log)")
+        extra = script_args.get(script.name, ())
+        print(f"running {' '.join([script.name, *extra])} ...", flush=True)
+        ok, seconds = _run_bench_script(script, out, extra)
+        log = out / f"{script.stem}.log"
+        said = f": {_last_line(log)}" if not gpu else ""
+        print(f"  {'ok' if ok else 'FAILED'} in {seconds:.0f} s{said} (log: {log})")
         if not ok:
             failed.append(script.name)
     rows, files = [], []
@@ -279,7 +334,8 @@ def _bench(args):
                 print(f"  not tabulated: {err}")
     print()
     print(format_bench_table(rows) if rows else "no results were written by the scripts")
-    _cache_device_costs([f["file"] for f in files])
+    if gpu:                          # the planner's costs are GPU GEMM timings
+        _cache_device_costs([f["file"] for f in files])
     summary = out / "bench.json"
     summary.write_text(json.dumps({"device": facts, "command": " ".join(sys.argv),
                                    "failed": failed, "rows": rows, "files": files},
@@ -304,8 +360,24 @@ def _cache_device_costs(result_files):
 
 # -- plan ------------------------------------------------------------------------------
 
+def check_output_file(path, option):
+    """Refuse (OptionError: one line, exit 2) a file that cannot be written, before any
+    work: ``lowprec plan --json /nonexistent/dir/p.json`` used to plan in full and then
+    end with a traceback."""
+    target = Path(path)
+    parent = target.parent
+    if target.is_dir():
+        raise OptionError(f"{option} {path}: is a directory; give a file name")
+    if not parent.is_dir():
+        raise OptionError(f"{option} {path}: directory {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise OptionError(f"{option} {path}: not writable here")
+
+
 def _plan(args):
     options.check_budget(args.budget)
+    if args.json:
+        check_output_file(args.json, "--json")
     preset = train.default_preset(args.quick)
     model_cfg, train_cfg = train.PRESETS[preset]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -368,7 +440,8 @@ def build_parser():
     table.add_argument("--backend", default="auto")
     demo.set_defaults(func=_demo)
 
-    bench = sub.add_parser("bench", help="run the kernel benchmarks of bench/ (GPU)")
+    bench = sub.add_parser("bench", help="run the benchmarks of bench/ (GPU kernels; "
+                           "without a GPU the CPU benchmarks, short settings)")
     bench.add_argument("--out", default="lowprec-bench", help="directory for the JSON "
                        "(default: ./lowprec-bench)")
     bench.add_argument("--bench-dir", help="the bench/ directory (default: the one beside "

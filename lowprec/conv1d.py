@@ -18,7 +18,7 @@ import sys
 import torch
 from torch import nn
 
-from lowprec.linear_layer import RecipeMixin, linear
+from lowprec.linear_layer import RecipeMixin, linear_forward
 
 
 def hf_conv1d_class():
@@ -95,7 +95,7 @@ class Conv1D(RecipeMixin, nn.Module):
         if not self.recipe.quantized:
             size_out = x.shape[:-1] + (self.nf,)
             return torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight).view(size_out)
-        return linear(x, self.weight.t(), self.bias, recipe=self.recipe)
+        return linear_forward(x, self.weight.t(), self.bias, self._layer_config, self.lowprec_name)
 
     def extra_repr(self):
         return f"nf={self.nf}, nx={self.nx}, recipe={self.recipe}"

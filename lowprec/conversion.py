@@ -13,20 +13,24 @@ objects stay as they are. Convert before wrapping the model in DDP, FSDP
 
 import warnings
 
+import torch
+
 from lowprec import planner
 from lowprec.conv1d import Conv1D
 from lowprec.discovery import (
+    FILTER_SIGNATURE,
     apply_plan,
     candidate_layers,
+    check_weight_dtype,
     complete_plan,
     default_plan,
     swap_module,
 )
 from lowprec.linear_layer import Linear
-from lowprec.moe import ROUTER_REASON, GroupedExperts
+from lowprec.moe import ROUTER_REASON, GroupedExperts, experts_adapter
 from lowprec.plan import Plan
 from lowprec.planner import options
-from lowprec.recipe import Recipe
+from lowprec.recipe import Recipe, shape_problem
 
 
 def _original(module):
@@ -56,7 +60,10 @@ def convert(model, budget=None, *, recipe=None, calibration=None, optimizer=None
         calibration, optimizer, loss_fn: passed to the planner with ``budget`` (and
             refused without one); ``loss_fn(model, batch) -> scalar tensor``, default
             the model's own output (``lowprec.planner.default_loss``).
-        filter_fn: ``filter_fn(name, module) -> bool``; False keeps a layer BF16.
+        filter_fn: ``filter_fn(module, fqn) -> bool`` (torchao's order: the module, then
+            its qualified name); False keeps a layer BF16. A filter that raises
+            TypeError/AttributeError or returns a non-bool is refused (TypeError naming
+            the layer): it is most likely written for the order ``(name, module)``.
         plan: a ``Plan`` to apply as it is (also to an already converted model, to
             re-plan without touching parameters or optimizer state).
         **plan_kwargs: further options of ``make_plan`` (e.g. ``budget_kind="time"``,
@@ -65,7 +72,13 @@ def convert(model, budget=None, *, recipe=None, calibration=None, optimizer=None
     Returns:
         The model (a new module only if ``model`` itself is an ``nn.Linear``), with the
         applied Plan at ``model.lowprec_plan``. Warns once (UserWarning) listing the
-        weight-matmul modules left untouched, routers excepted.
+        weight-matmul modules left untouched, routers excepted, and once when the
+        default or planned plan puts no layer in low precision, counting why.
+
+    Raises:
+        TypeError: ``calibration`` a bare tensor; a filter of the wrong signature.
+        ValueError: a layer that would run quantized GEMMs on a weight that is not
+        float32, bfloat16 or float16 (e.g. after ``model.double()``).
     """
     if budget is not None and plan is not None:
         raise ValueError("convert takes a budget (to plan) or a plan (to apply), not both")
@@ -85,14 +98,21 @@ def convert(model, budget=None, *, recipe=None, calibration=None, optimizer=None
         if calibration is None:
             raise ValueError("convert(budget=...) plans from measurements: pass "
                              "calibration=<an iterable of batches>")
+        _check_calibration(calibration)
+        candidates = candidate_layers(model, filter_fn)
+        for name, module, forced in candidates:
+            # Before the statistics, which take minutes on a real model.
+            if forced is None:
+                check_weight_dtype(name, _candidate_weight(name, module), planned=True)
         plan = planner.make_plan(model, budget=budget, calibration=calibration,
                                  optimizer=optimizer, loss_fn=loss_fn,
                                  recipe=Recipe() if recipe is None else recipe,
-                                 candidates=candidate_layers(model, filter_fn),
-                                 **plan_kwargs)
+                                 candidates=candidates, **plan_kwargs)
         plan = complete_plan(plan, model, filter_fn)
+        _warn_nothing_quantized(plan, "the planner's plan")
     elif plan is None:
         plan = default_plan(model, recipe, filter_fn)
+        _warn_nothing_quantized(plan, "the default plan")
     if not isinstance(plan, Plan):
         raise TypeError(f"plan must be a lowprec.Plan; got {type(plan).__name__}")
     _warn_unplanned(model, plan, filter_fn)
@@ -100,6 +120,59 @@ def convert(model, budget=None, *, recipe=None, calibration=None, optimizer=None
     model.lowprec_plan = plan
     _warn_untouched(plan)
     return model
+
+
+def _check_calibration(calibration):
+    """A bare tensor iterates over its first dim: ``torch.randn(32, 64)`` would be 32
+    batches of one row each, never what was meant."""
+    if isinstance(calibration, torch.Tensor):
+        shape = tuple(calibration.shape)
+        count = f"{shape[0]} batches of shape {shape[1:]}" if shape else "nothing"
+        raise TypeError(f"calibration must be an iterable of batches; got a bare tensor of "
+                        f"shape {shape}, which would be read as {count}. Wrap it: "
+                        f"calibration=[x] for one batch, or a list of batches "
+                        f"(e.g. list(x.split(8)), or [(x, y), ...] with a loss_fn)")
+
+
+def _candidate_weight(name, module):
+    """The weight of a candidate layer (an expert projection: ``<experts>.<tensor>``)."""
+    adapter = experts_adapter(module)
+    if adapter is None:
+        return module.weight
+    return getattr(module, name.rpartition(".")[2])
+
+
+def _bf16_cause(layer):
+    """Why one plan entry runs no quantized GEMM, in a few words (for the warning)."""
+    reason = (layer.reason or "").removeprefix("forced bf16: ")
+    if layer.kind == "untouched":
+        return "left as they are (not convertible)" if reason != ROUTER_REASON else \
+            "MoE routers (kept BF16 on purpose)"
+    if reason.startswith("filtered"):
+        return f"filtered by filter_fn (it returned False; {FILTER_SIGNATURE})"
+    if shape_problem(*layer.shape) is not None:
+        return "shape (K or N) not a multiple of 16"
+    if reason == ROUTER_REASON:
+        return "MoE routers (kept BF16 on purpose)"
+    if reason.startswith("ILP"):
+        return "the planner's choice under the budget"
+    return reason or "no reason given"
+
+
+def _warn_nothing_quantized(plan, which):
+    """One warning when ``plan`` runs every layer in high precision: the cause (a filter
+    of the wrong meaning, odd shapes, a one-block model) is then easy to miss."""
+    if any(layer.precisions() != ("bf16",) * 3 for layer in plan):
+        return
+    causes = {}
+    for layer in plan:
+        cause = _bf16_cause(layer)
+        causes[cause] = causes.get(cause, 0) + 1
+    why = "; ".join(f"{count} x {cause}" for cause, count in
+                    sorted(causes.items(), key=lambda item: -item[1]))
+    warnings.warn(f"lowprec.convert: {which} leaves no layer in low precision (every GEMM "
+                  f"runs in high precision): " + (why or "the model has no linear layer"),
+                  UserWarning, stacklevel=3)
 
 
 def _warn_unplanned(model, plan, filter_fn):

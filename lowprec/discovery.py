@@ -42,7 +42,11 @@ The default plan (no budget, no plan given):
   projections): the NVFP4 recipe quantizes the block GEMMs only. Without block lists
   every layer takes the recipe. ``LayerPlan.block_list`` names a layer's list.
 * A layer whose K or N is not a multiple of 16 stays BF16 with that reason, and so does
-  a layer for which ``filter_fn(name, module)`` is False (reason ``"filtered"``).
+  a layer for which ``filter_fn(module, fqn)`` is False (reason ``"filtered"``). The
+  filter takes the module first and its qualified name second, torchao's order
+  (``module_filter_fn(module, fqn)``), so a torchao user's filter works as written; a
+  filter that fails on that order (TypeError, AttributeError) or returns anything but
+  a bool is refused, naming the layer (``keep_layer``).
 
 Every planned layer becomes a lowprec module (a BF16 one quantizes nothing), so applying
 another plan later only changes recipes: parameters, their optimizer state and the module
@@ -51,6 +55,7 @@ objects stay as they are.
 
 import dataclasses
 
+import numpy
 import torch
 from torch import nn
 
@@ -127,10 +132,47 @@ def _experts_entries(model, name, module, filter_fn):
         e, n, k = weight.shape
         full = f"{name}.{tensor}"
         reason = shape_problem(n, k)
-        if reason is None and filter_fn is not None and not filter_fn(full, module):
+        if reason is None and not keep_layer(filter_fn, module, full):
             reason = "filtered"
         out.append(WeightMatmul(full, module, "experts", (n, k), reason, [e, top_k]))
     return out
+
+
+FILTER_SIGNATURE = "filter_fn(module, fqn) -> bool"
+
+
+def _is_bool(value):
+    return isinstance(value, (bool, numpy.bool_))
+
+
+def keep_layer(filter_fn, module, fqn):
+    """``filter_fn(module, fqn)``, checked: True keeps the layer eligible for low precision.
+
+    A filter written for the other argument order, ``(name, module)``, shows itself by
+    failing on a string method or operator applied to the module (TypeError,
+    AttributeError) or by returning something that is not a bool; both are refused
+    here rather than read as "keep BF16", which used to make every layer BF16 silently.
+
+    Raises:
+        TypeError: naming the layer, what the filter raised or returned, and the
+        signature lowprec calls (``FILTER_SIGNATURE``).
+    """
+    if filter_fn is None:
+        return True
+    where = f"on layer {fqn!r} ({type(module).__name__})"
+    try:
+        keep = filter_fn(module, fqn)
+    except (TypeError, AttributeError) as err:
+        raise TypeError(f"filter_fn raised {type(err).__name__}: {err} {where}; lowprec "
+                        f"calls {FILTER_SIGNATURE} (torchao's order: the module first, its "
+                        f"qualified name second): a filter written as filter_fn(name, "
+                        f"module) must swap its arguments") from err
+    if not _is_bool(keep):
+        raise TypeError(f"filter_fn returned {keep!r} ({type(keep).__name__}) {where}; it "
+                        f"must return a bool: lowprec calls {FILTER_SIGNATURE} (torchao's "
+                        f"order; a filter written as filter_fn(name, module) must swap its "
+                        f"arguments)")
+    return bool(keep)
 
 
 def _untouched(name, module, reason, warn):
@@ -167,7 +209,7 @@ def weight_matmuls(model, filter_fn=None):
             kind = "linear" if _is_linear(module) else "conv1d"
             n, k = _module_shape(module, None)
             reason = ROUTER_REASON if _is_linear_router(model, name, n) else shape_problem(n, k)
-            if reason is None and filter_fn is not None and not filter_fn(name, module):
+            if reason is None and not keep_layer(filter_fn, module, name):
                 reason = "filtered"
             entry = WeightMatmul(name, module, kind, (n, k), reason)
             if id(module.weight) in embeddings:
@@ -331,6 +373,30 @@ def _module_shape(module, tensor):
     return tuple(module.weight.shape)
 
 
+def _weight(module, tensor):
+    return getattr(module, tensor) if tensor is not None else module.weight
+
+
+QUANTIZABLE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def check_weight_dtype(name, weight, planned=False):
+    """Refuse a weight the quantize ops cannot take, at ``convert`` rather than inside
+    ``quantize_row_col`` at the first forward (which names neither layer nor fix).
+
+    ``planned``: the layer is a free choice of the planner (it may get a quantized
+    recipe), not one a plan gives a quantized recipe.
+    """
+    if weight.dtype in QUANTIZABLE_DTYPES:
+        return
+    gets = "may get a quantized recipe from the planner" if planned else \
+        "gets a quantized recipe"
+    raise ValueError(f"layer {name!r} {gets} but its weight is {weight.dtype}; the "
+                     f"quantized GEMMs take float32, bfloat16 or float16: convert the "
+                     f"model first with model.float() or model.bfloat16(), or keep this "
+                     f"layer BF16 (filter_fn=lambda module, fqn: fqn != {name!r})")
+
+
 def _current_recipe(module, tensor):
     if isinstance(module, GroupedExperts):
         return module.recipes[tensor]
@@ -365,6 +431,8 @@ def apply_plan(model, plan, recipe=None):
                              f"module's weight is {shape} (as a linear weight (N, K))")
         new_recipe = layer.recipe(recipe or _current_recipe(module, tensor))
         check_nvfp4_shape(shape, new_recipe, layer.name)
+        if new_recipe.quantized:
+            check_weight_dtype(layer.name, _weight(module, tensor))
         resolved.setdefault(module, {})[tensor] = (layer.name, new_recipe)
 
     new_modules = [(module, _converted(module, recipes)) for module, recipes in

@@ -40,26 +40,46 @@ unless wgrad is ``"bf16"``. Weights are Parameters and are not copied; each expe
 NVFP4 weight copy lives only during its own GEMM.
 """
 
+import numbers
+
 import torch
 
 from lowprec.linear_layer import DEFAULT_RECIPE, check_nvfp4_shape, linear
+from lowprec.recipe import Recipe
 
 
 def _check(x, weight, counts, name):
+    """Shapes and counts, before any work: each error names the value."""
+    if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor):
+        raise TypeError(f"grouped_linear{name} needs tensors x [T, K] and weight [E, N, K]; "
+                        f"got {type(x).__name__} and {type(weight).__name__}")
     if weight.dim() != 3 or x.dim() != 2 or x.shape[1] != weight.shape[2]:
         raise ValueError(f"grouped_linear{name} needs x [T, K] and weight [E, N, K]; got x "
                          f"{tuple(x.shape)} and weight {tuple(weight.shape)}")
-    if not isinstance(counts, torch.Tensor):
-        if len(counts) != weight.shape[0]:
+    if weight.shape[0] == 0:
+        raise ValueError(f"grouped_linear{name} needs at least one expert; got weight "
+                         f"{tuple(weight.shape)} (E=0)")
+    if isinstance(counts, torch.Tensor):
+        if counts.dim() != 1 or counts.numel() != weight.shape[0]:
             raise ValueError(f"grouped_linear{name}: counts must hold one entry per expert "
-                             f"(E={weight.shape[0]}); got {len(counts)} entries")
+                             f"(E={weight.shape[0]}); got shape {tuple(counts.shape)}")
+        if counts.dtype.is_floating_point or counts.dtype.is_complex \
+                or counts.dtype == torch.bool:
+            raise TypeError(f"grouped_linear{name}: counts must be an integer tensor; got "
+                            f"{counts.dtype}")
         return
-    if counts.dim() != 1 or counts.numel() != weight.shape[0]:
+    if not isinstance(counts, (list, tuple)):
+        raise TypeError(f"grouped_linear{name}: counts must be an integer tensor [E] or a "
+                        f"list of E ints; got {counts!r:.80}")
+    if len(counts) != weight.shape[0]:
         raise ValueError(f"grouped_linear{name}: counts must hold one entry per expert "
-                         f"(E={weight.shape[0]}); got shape {tuple(counts.shape)}")
-    if counts.dtype.is_floating_point or counts.dtype == torch.bool:
-        raise TypeError(f"grouped_linear{name}: counts must be an integer tensor; got "
-                        f"{counts.dtype}")
+                         f"(E={weight.shape[0]}); got {len(counts)} entries")
+    # torch.SymInt: the sizes a compiled caller got from counts.tolist().
+    bad = [c for c in counts if isinstance(c, bool)
+           or not isinstance(c, (numbers.Integral, torch.SymInt))]
+    if bad:
+        raise TypeError(f"grouped_linear{name}: counts must be ints (rows per expert); got "
+                        f"{bad[0]!r} in {list(counts)!r:.80}")
 
 
 def grouped_linear(x, weight, counts, *, recipe=None, name=None):
@@ -78,11 +98,16 @@ def grouped_linear(x, weight, counts, *, recipe=None, name=None):
         ``[T, N]`` in x's dtype (the autocast dtype under autocast).
 
     Raises:
-        ValueError: shapes that do not fit, counts that do not sum to T, or NVFP4 on
-        a K or N that is not a multiple of 16. TypeError: non-integer counts.
+        ValueError: shapes that do not fit, no experts (E=0), negative counts or counts
+        that do not sum to T, or NVFP4 on a K or N that is not a multiple of 16.
+        TypeError: a recipe that is not a Recipe; counts that are not an integer tensor
+        or a list of ints (None, strings, floats, bools).
     """
     recipe = DEFAULT_RECIPE if recipe is None else recipe
     label = f" ({name})" if name else ""
+    if not isinstance(recipe, Recipe):            # as lowprec.linear says it
+        raise TypeError(f"grouped_linear{label}: recipe must be a lowprec.Recipe; got "
+                        f"{type(recipe).__name__} {recipe!r:.40}")
     _check(x, weight, counts, label)
     check_nvfp4_shape(weight.shape[1:], recipe, name)
     sizes = counts.tolist() if isinstance(counts, torch.Tensor) else list(counts)
@@ -92,9 +117,14 @@ def grouped_linear(x, weight, counts, *, recipe=None, name=None):
         for size in sizes:
             torch._check(size >= 0)
         torch._check(sum(sizes) == x.shape[0])
-    elif sum(sizes) != x.shape[0] or min(sizes, default=0) < 0:
-        raise ValueError(f"grouped_linear{label}: counts {sizes} must be >= 0 and sum to "
-                         f"the {x.shape[0]} rows of x")
+    else:
+        negative = [(e, size) for e, size in enumerate(sizes) if size < 0]
+        if negative:
+            raise ValueError(f"grouped_linear{label}: counts {sizes} must be >= 0; expert "
+                             f"{negative[0][0]} has {negative[0][1]} rows")
+        if sum(sizes) != x.shape[0]:
+            raise ValueError(f"grouped_linear{label}: counts {sizes} must be >= 0 and sum "
+                             f"to the {x.shape[0]} rows of x; they sum to {sum(sizes)}")
     outputs = [linear(rows, w, recipe=recipe)
                for rows, w in zip(x.split(sizes), weight.unbind(0))]
     return torch.cat(outputs)

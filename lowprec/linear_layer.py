@@ -51,11 +51,16 @@ A recipe that is ``"bf16"`` for all three GEMMs quantizes nothing and is exactly
 ``F.linear`` (same kernels, so the same bits as ``nn.Linear``).
 """
 
+import enum
+import functools
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lowprec import ops, reference
+from lowprec.backends import kernel_table
 from lowprec.formats import FP8Tensor, NVFP4Tensor
 from lowprec.recipe import NVFP4_BLOCK, Recipe, shape_problem
 
@@ -83,17 +88,58 @@ def check_nvfp4_shape(weight_shape, recipe, name=None):
 
 
 # ----------------------------------------------------------------------------------
-# Quantization: one call per operand tensor (X, W, dY), each producing every copy the
-# step's GEMMs read. Inputs are 2-D.
+# A recipe as the hot path reads it: resolved once per recipe, compared by identity.
 # ----------------------------------------------------------------------------------
+
+class Precision(str, enum.Enum):
+    """A GEMM's precision (equal to its name, so ``Precision.NVFP4 == "nvfp4"``)."""
+    BF16 = "bf16"
+    FP8 = "fp8"
+    NVFP4 = "nvfp4"
+
+
+BF16, FP8, NVFP4 = Precision.BF16, Precision.FP8, Precision.NVFP4
+
+
+class LayerConfig(NamedTuple):
+    """What one call of the layer needs from its recipe, checked and resolved."""
+    fprop: Precision
+    dgrad: Precision
+    wgrad: Precision
+    signs: tuple | None         # the RHT signs of the wgrad operands; None without RHT
+    stochastic: bool            # SR on dY's NVFP4 copies
+    weight_2d: bool
+    quantized: bool             # any GEMM not BF16
+
 
 def rht_sign_vector(rht, signs):
     """The sign vector the wgrad operands carry (None without RHT)."""
     return ops.check_sign_vector(signs or None) if rht else None
 
 
+@functools.lru_cache(maxsize=None)
+def _config(fprop, dgrad, wgrad, rht, signs, stochastic, weight_2d):
+    precisions = Precision(fprop), Precision(dgrad), Precision(wgrad)
+    return LayerConfig(*precisions, rht_sign_vector(rht, signs), stochastic, weight_2d,
+                       any(p is not BF16 for p in precisions))
+
+
+def layer_config(recipe):
+    """The ``LayerConfig`` of a ``Recipe`` (cached: equal recipes share one)."""
+    return _config(recipe.fprop, recipe.dgrad, recipe.wgrad, recipe.rht, recipe.sign_vector,
+                   recipe.stochastic_rounding, recipe.weight_2d)
+
+
+# ----------------------------------------------------------------------------------
+# Quantization: one call per operand tensor (X, W, dY), each producing every copy the
+# step's GEMMs read. Inputs are 2-D and already checked (the layer checks its recipe
+# and shapes where it is built or called), so these call the backend functions of the
+# device's kernel table directly (``lowprec.backends.kernel_table``), with the
+# arguments ``lowprec.ops`` would pass them.
+# ----------------------------------------------------------------------------------
+
 def quantize_rows_and_cols(t, row_precision, col_precision, rht, signs, stochastic=False,
-                           seed=0, row_offset=0, col_offset=None):
+                           seed=0, row_offset=0, col_offset=None, kernels=None):
     """(operand along t's rows, operand along t's columns), each for its own precision.
 
     The NVFP4 copies come from one ``quantize_row_col`` call: the rowwise copy (fprop's X,
@@ -103,109 +149,203 @@ def quantize_rows_and_cols(t, row_precision, col_precision, rht, signs, stochast
     ``col_offset``; training uses [0, ceil(M*C/4)) for the rowwise copy and the next
     ``ceil(C*M_pad/4)`` for the columnwise one (``col_offset`` None). FP8 quantizes each
     operand along its contraction dim (NUMERICS 9); a precision of None means the copy
-    is not needed.
+    is not needed. ``kernels``: the device's ``KernelTable`` (looked up when None).
     """
-    row_nv, col_nv = row_precision == "nvfp4", col_precision == "nvfp4"
-    if col_offset is None:
-        col_offset = reference.counters_used(t.numel())
+    kernels = kernels or kernel_table(t.device)
+    row_nv, col_nv = row_precision == NVFP4, col_precision == NVFP4
     rows = cols = None
     if row_nv or col_nv:
-        rows, cols = ops.quantize_row_col(
-            t, rowwise=row_nv, columnwise=col_nv, rht=rht, sign_vector=signs or None,
+        if col_offset is None:
+            col_offset = reference.counters_used(t.numel())
+        rht_signs = (signs or reference.DEFAULT_SIGN_VECTOR) if rht else None
+        row, col = kernels.quantize_row_col(
+            t, rht_signs=rht_signs, rowwise=row_nv, columnwise=col_nv,
             row_stochastic=stochastic, col_stochastic=stochastic, seed=seed,
-            row_offset=row_offset, col_offset=col_offset)
-    if row_precision == "fp8":
-        rows = ops.quantize_fp8(t)
-    if col_precision == "fp8":
-        cols = ops.quantize_fp8(t.t().contiguous())
+            row_offset=row_offset, col_offset=col_offset, row_amax=None, col_amax=None)
+        m, k = t.shape
+        rows = NVFP4Tensor(*row, (m, k)) if row_nv else None
+        cols = NVFP4Tensor(*col, (k, reference.padded16(m)), rht_signs=rht_signs) \
+            if col_nv else None
+    if row_precision == FP8:
+        rows = _fp8(t, kernels)
+    if col_precision == FP8:
+        cols = _fp8(t.t().contiguous(), kernels)
     return rows, cols
 
 
-def quantize_weight(weight, fprop, dgrad, weight_2d):
-    """(fprop's W, dgrad's W^T) for NVFP4 GEMMs, from one call; None where not needed.
+def _fp8(t, kernels):
+    return FP8Tensor(*kernels.quantize_fp8(t), t.shape)
 
-    With ``weight_2d`` the W^T copy holds exactly the transposed codes and 16x16 tile
-    scales of W (NUMERICS 5), so fprop and dgrad multiply by one quantized W; without it
-    both are 1x16 quantizations, W^T's along N.
+
+def quantize_weight(weight, fprop, dgrad, weight_2d, kernels=None):
+    """(fprop's W, dgrad's W^T) for the GEMMs' precisions, from as few calls as the
+    formats allow; None where not needed.
+
+    NVFP4: with ``weight_2d`` the W^T copy holds exactly the transposed codes and 16x16
+    tile scales of W (NUMERICS 5), so fprop and dgrad multiply by one quantized W, both
+    copies from one read; without it both are 1x16 quantizations (one fused call), W^T's
+    along N. FP8: W per row along K for fprop, W^T per row along N for dgrad.
     """
-    row_nv, col_nv = fprop == "nvfp4", dgrad == "nvfp4"
-    if not (row_nv or col_nv):
-        return None, None
-    if weight_2d:
-        # The kernel always writes the rowwise copy: W^T's tiles are made from it.
-        qw, qwt = ops.quantize_weight_2d(weight, columnwise=col_nv)
-        return (qw if row_nv else None), qwt
-    return ops.quantize_row_col(weight, rowwise=row_nv, columnwise=col_nv)
+    kernels = kernels or kernel_table(weight.device)
+    row_nv, col_nv = fprop == NVFP4, dgrad == NVFP4
+    qw = qwt = None
+    if row_nv or col_nv:
+        if weight_2d:
+            # The kernel always writes the rowwise copy: W^T's tiles are made from it.
+            row, col = kernels.quantize_weight_2d(weight, columnwise=col_nv, stochastic=False,
+                                                  seed=0, offset=0, amax=None)
+            n, k = weight.shape
+            qw = NVFP4Tensor(*row, (n, k), block="16x16") if row_nv else None
+            qwt = NVFP4Tensor(*col, (k, n), block="16x16") if col_nv else None
+        else:
+            qw, qwt = quantize_rows_and_cols(weight, fprop, dgrad, False, None,
+                                             kernels=kernels)
+    if fprop == FP8:
+        qw = _fp8(weight, kernels)
+    if dgrad == FP8:
+        qwt = _fp8(weight.t().contiguous(), kernels)
+    return qw, qwt
 
 
 # ----------------------------------------------------------------------------------
-# The three GEMMs, each for any precision, on operands already quantized. The planner
-# (``lowprec.planner.gemm_error``) runs these same functions to measure their errors.
+# The three GEMMs, each for any precision, on operands already quantized (a quantized
+# W that is None is quantized here). The planner (``lowprec.planner.gemm_error``) runs
+# these same functions to measure their errors. Callers switch autocast off around
+# them: it must not turn the FP32 accumulation of NUMERICS 8-9 into a bf16 matmul.
 # ----------------------------------------------------------------------------------
 
-def fprop_gemm(x, qx, weight, qw, bias, precision):
+def quantized_gemm(qa, qb, bias, precision, out_dtype, kernels):
+    """``a @ b^T (+ bias)`` of two quantized operands of ``precision`` (NUMERICS 8, 9)."""
+    if precision == FP8:
+        return kernels.fp8_gemm(qa.data, qa.scale, qb.data, qb.scale, bias=bias,
+                                out_dtype=out_dtype)
+    return kernels.nvfp4_gemm(qa.data, qa.scale, qa.amax, qb.data, qb.scale, qb.amax,
+                              bias=bias, out_dtype=out_dtype)
+
+
+def fprop_gemm(x, qx, weight, qw, bias, precision, kernels=None):
     """Y = X W^T + b in x's dtype."""
-    if precision == "bf16":
+    if precision == BF16:
         return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
-    if precision == "fp8":
-        return ops.fp8_gemm(qx, ops.quantize_fp8(weight), bias, out_dtype=x.dtype)
-    return ops.nvfp4_gemm(qx, qw, bias, out_dtype=x.dtype)
+    kernels = kernels or kernel_table(x.device)
+    if qw is None:
+        qw, _ = quantize_weight(weight, precision, None, True, kernels)
+    return quantized_gemm(qx, qw, bias, precision, x.dtype, kernels)
 
 
-def dgrad_gemm(grad, qg, weight, qwt, precision):
+def dgrad_gemm(grad, qg, weight, qwt, precision, kernels=None):
     """dX = dY W in dY's dtype."""
-    if precision == "bf16":
+    if precision == BF16:
         return grad.mm(weight.to(grad.dtype))       # the expression autograd uses for mm
-    if precision == "fp8":
-        return ops.fp8_gemm(qg, ops.quantize_fp8(weight.t().contiguous()),
-                            out_dtype=grad.dtype)
-    return ops.nvfp4_gemm(qg, qwt, out_dtype=grad.dtype)
+    kernels = kernels or kernel_table(grad.device)
+    if qwt is None:
+        _, qwt = quantize_weight(weight, None, precision, True, kernels)
+    return quantized_gemm(qg, qwt, None, precision, grad.dtype, kernels)
 
 
-def wgrad_gemm(grad, qgt, saved_x, weight_dtype, precision):
+def wgrad_gemm(grad, qgt, saved_x, weight_dtype, precision, kernels=None):
     """dW = dY^T X in ``weight_dtype``."""
-    if precision == "bf16":
+    if precision == BF16:
         return grad.t().mm(saved_x.to(grad.dtype)).to(weight_dtype)
-    gemm = ops.nvfp4_gemm if precision == "nvfp4" else ops.fp8_gemm
-    return gemm(qgt, saved_x, out_dtype=weight_dtype)
+    return quantized_gemm(qgt, saved_x, None, precision, weight_dtype,
+                          kernels or kernel_table(grad.device))
 
 
-# Quantized operands travel from the forward op to the backward op as three plain
-# tensors each (custom ops take and return tensors only).
+# ----------------------------------------------------------------------------------
+# One forward and one backward: the whole of NUMERICS 7 for one call, on 2-D
+# contiguous tensors, autocast off. Eager runs call them from ``_LinearFunction``;
+# compiled graphs from the custom ops below. Same functions, so the same bits.
+# ----------------------------------------------------------------------------------
 
-def _pack_saved(q, like):
-    if q is None:
-        return _empty_saved(like)
+def _forward(x, weight, bias, cfg, kernels, need_dx, need_dw):
+    """(Y, wgrad's X^T or None, dgrad's W^T or None).
+
+    X is quantized by one call that makes both of its copies (fprop's rowwise one, and
+    wgrad's X^T when W needs a gradient); W by one call that makes fprop's copy and,
+    when X needs a gradient, dgrad's W^T, which the backward then reuses rather than
+    reading W again.
+    """
+    qx, qxt = quantize_rows_and_cols(x, cfg.fprop, cfg.wgrad if need_dw else None,
+                                     cfg.signs is not None, cfg.signs, kernels=kernels)
+    qw, qwt = quantize_weight(weight, cfg.fprop, cfg.dgrad if need_dx else None,
+                              cfg.weight_2d, kernels)
+    y = fprop_gemm(x, qx, weight, qw, bias, cfg.fprop, kernels)
+    return y, qxt, qwt
+
+
+def _backward(grad, weight, x, qxt, qwt, seed, cfg, kernels, need_dx, need_dw):
+    """(dX or None, dW or None). dY is quantized by one call for both GEMMs: SR words at
+    counters [0, ceil(M*N/4)) for dgrad's rowwise copy and the next ``ceil(N*M_pad/4)``
+    for wgrad's dY^T. ``x`` is read only by a BF16 wgrad, ``qxt`` by a quantized one."""
+    qg, qgt = quantize_rows_and_cols(grad, cfg.dgrad if need_dx else None,
+                                     cfg.wgrad if need_dw else None, cfg.signs is not None,
+                                     cfg.signs, cfg.stochastic, seed, kernels=kernels)
+    dx = dgrad_gemm(grad, qg, weight, qwt, cfg.dgrad, kernels) if need_dx else None
+    dw = wgrad_gemm(grad, qgt, x if cfg.wgrad == BF16 else qxt, weight.dtype, cfg.wgrad,
+                    kernels) if need_dw else None
+    return dx, dw
+
+
+# A quantized operand travels from forward to backward as its plain tensors (what
+# autograd saves, and what custom ops take and return).
+
+def _operand_tensors(q):
     if isinstance(q, NVFP4Tensor):
         return q.data, q.scale, q.amax
     return q.data, q.scale, q.scale.new_empty(0)
 
 
-def _unpack_saved(saved, precision, shape, rht_signs):
-    data, scale, amax = saved
-    if precision == "fp8":
+def _operand(tensors, precision, shape, block, rht_signs):
+    data, scale, amax = tensors
+    if precision == FP8:
         return FP8Tensor(data, scale, data.shape)
-    return NVFP4Tensor(data, scale, amax, shape, rht_signs=rht_signs)
+    return NVFP4Tensor(data, scale, amax, shape, block=block, rht_signs=rht_signs)
 
 
-def _empty_saved(x):
-    return tuple(x.new_empty(0, dtype=torch.float32) for _ in range(3))
+def draw_key():
+    """One 64-bit Philox key from torch's default CPU generator, as an unsigned int."""
+    return int(torch.randint(SEED_LOW, SEED_HIGH, (), dtype=torch.int64)) & MASK64
 
 
-def _saved_x_like(x, precision):
-    """Empty tensors shaped like the saved wgrad operand X^T."""
-    m, k = x.shape
-    if precision == "fp8":
-        return (x.new_empty(k, m, dtype=torch.float8_e4m3fn),
-                x.new_empty(k, 1, dtype=torch.float32), x.new_empty(0, dtype=torch.float32))
-    mp = reference.padded16(m)
-    return (x.new_empty(k, mp // 2, dtype=torch.uint8),
-            x.new_empty(k, mp // NVFP4_BLOCK, dtype=torch.float8_e4m3fn),
-            x.new_empty((), dtype=torch.float32))
+class _LinearFunction(torch.autograd.Function):
+    """The eager path: one Python call per forward and per backward, no op dispatch of
+    its own; the kernels come from the table resolved for the device."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, cfg, kernels, seed, need_dx, need_dw):
+        x = x.contiguous()
+        with torch.autocast(x.device.type, enabled=False):
+            y, qxt, qwt = _forward(x, weight, bias, cfg, kernels, need_dx, need_dw)
+        ctx.cfg, ctx.kernels, ctx.seed = cfg, kernels, seed
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.qwt = qwt        # made from the W the forward read; autograd keeps W unchanged
+        saved_x = ((x,) if cfg.wgrad == BF16 else _operand_tensors(qxt)) if need_dw else ()
+        ctx.x_shape = None if qxt is None else (qxt.shape, getattr(qxt, "rht_signs", None))
+        ctx.save_for_backward(weight, *saved_x)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        weight, *saved = ctx.saved_tensors
+        need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
+        cfg = ctx.cfg
+        x = qxt = None
+        if need_dw and cfg.wgrad == BF16:
+            (x,) = saved
+        elif need_dw:
+            shape, signs = ctx.x_shape
+            qxt = _operand(saved, cfg.wgrad, shape, "1x16", signs)
+        grad = grad_y.contiguous()
+        with torch.autocast(grad.device.type, enabled=False):
+            dx, dw = _backward(grad, weight, x, qxt, ctx.qwt, ctx.seed, cfg, ctx.kernels,
+                               need_dx, need_dw)
+        # The bias gradient is a plain reduction (as in the compiled path).
+        db = grad_y.sum(0).to(ctx.bias_dtype) if need_db else None
+        return dx, dw, db, None, None, None, None, None
 
 
 # ----------------------------------------------------------------------------------
-# Custom ops (opaque to torch.compile).
+# Custom ops (opaque to torch.compile): the compiled path.
 # ----------------------------------------------------------------------------------
 
 @torch.library.custom_op("lowprec::draw_seed", mutates_args=(),
@@ -214,7 +354,8 @@ def draw_seed(anchor: torch.Tensor) -> torch.Tensor:
     """One 64-bit Philox key from torch's default CPU generator (int64 0-d CPU tensor).
 
     ``anchor`` is not read: the data dependency keeps the draw after the tensor it is
-    made for, i.e. in program order, in a compiled graph too.
+    made for, i.e. in program order, in a compiled graph too. The same draw as
+    ``draw_key``, so eager and compiled runs take the same keys.
     """
     return torch.randint(SEED_LOW, SEED_HIGH, (), dtype=torch.int64)
 
@@ -224,76 +365,87 @@ def _draw_seed_fake(anchor):
     return torch.empty((), dtype=torch.int64)
 
 
+def _op_config(fprop, dgrad, wgrad, rht, stochastic, weight_2d, signs):
+    return _config(fprop, dgrad, wgrad, rht, tuple(signs) or None, stochastic, weight_2d)
+
+
+def _empty_saved(x):
+    return tuple(x.new_empty(0, dtype=torch.float32) for _ in range(3))
+
+
+def _saved_like(x, precision, rows, cols):
+    """Empty tensors shaped like a saved quantized operand of logical shape [rows, cols]."""
+    if precision == FP8:
+        return (x.new_empty(rows, cols, dtype=torch.float8_e4m3fn),
+                x.new_empty(rows, 1, dtype=torch.float32), x.new_empty(0, dtype=torch.float32))
+    return (x.new_empty(rows, cols // 2, dtype=torch.uint8),
+            x.new_empty(rows, cols // NVFP4_BLOCK, dtype=torch.float8_e4m3fn),
+            x.new_empty((), dtype=torch.float32))
+
+
 @torch.library.custom_op("lowprec::linear_fwd", mutates_args=())
 def _linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 seed: torch.Tensor | None, fprop: str, dgrad: str, wgrad: str, rht: bool,
-                stochastic: bool, weight_2d: bool, signs: list[int], save_x: bool
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Y = fprop(x, W, b), plus the quantized X^T that wgrad will read (if ``save_x``).
-
-    X is quantized by one call that makes both of its copies (fprop's rowwise one, and
-    wgrad's X^T when saved); W by one call making fprop's copy. The backward quantizes W^T
-    again rather than keeping it from here: saved, it would hold 0.56 bytes per weight
-    element of every layer from its forward to its backward, on top of the activations,
-    while recomputing it costs one read of W per step, small beside the step's GEMMs.
-
-    ``seed`` and ``stochastic`` are not used here; they are inputs so that the backward
-    finds the whole recipe among the op's inputs.
-    """
+                stochastic: bool, weight_2d: bool, signs: list[int], need_dx: bool,
+                need_dw: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                        torch.Tensor, torch.Tensor, torch.Tensor,
+                                        torch.Tensor]:
+    """``_forward`` as an op: Y, then wgrad's X^T and dgrad's W^T as plain tensors (empty
+    where not needed). ``seed`` and ``stochastic`` are not used here; they are inputs so
+    that the backward finds the whole recipe among the op's inputs."""
     x = x.contiguous()
-    # Autocast must not reach the FP32 math inside (it would run the reference GEMM in
-    # bf16); the caller has already cast x to the autocast dtype.
+    cfg = _op_config(fprop, dgrad, wgrad, rht, stochastic, weight_2d, signs)
     with torch.autocast(x.device.type, enabled=False):
-        qx, qxt = quantize_rows_and_cols(x, fprop, wgrad if save_x else None, rht,
-                                         rht_sign_vector(rht, signs))
-        qw, _ = quantize_weight(weight, fprop, None, weight_2d)
-        y = fprop_gemm(x, qx, weight, qw, bias, fprop)
-    return (y, *_pack_saved(qxt, x))
+        y, qxt, qwt = _forward(x, weight, bias, cfg, kernel_table(x.device), need_dx, need_dw)
+    saved_x = _empty_saved(x) if qxt is None else _operand_tensors(qxt)
+    saved_w = _empty_saved(x) if qwt is None else _operand_tensors(qwt)
+    return (y, *saved_x, *saved_w)
 
 
 @_linear_fwd.register_fake
 def _linear_fwd_fake(x, weight, bias, seed, fprop, dgrad, wgrad, rht, stochastic,
-                     weight_2d, signs, save_x):
-    y = x.new_empty(x.shape[0], weight.shape[0])
-    saved_x = _saved_x_like(x, wgrad) if save_x and wgrad != "bf16" else _empty_saved(x)
-    return (y, *saved_x)
+                     weight_2d, signs, need_dx, need_dw):
+    (m, k), n = x.shape, weight.shape[0]
+    y = x.new_empty(m, n)
+    # X^T: [K, M] in FP8, zero-padded to [K, M_pad] in NVFP4 (NUMERICS 10).
+    m_saved = m if wgrad == FP8 else reference.padded16(m)
+    saved_x = (_saved_like(x, wgrad, k, m_saved) if need_dw and wgrad != BF16
+               else _empty_saved(x))
+    saved_w = (_saved_like(x, dgrad, k, n) if need_dx and dgrad != BF16
+               else _empty_saved(x))
+    return (y, *saved_x, *saved_w)
 
 
 @torch.library.custom_op("lowprec::linear_bwd", mutates_args=())
 def _linear_bwd(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tensor | None,
                 x_data: torch.Tensor, x_scale: torch.Tensor, x_amax: torch.Tensor,
-                seed: torch.Tensor | None, dgrad: str, wgrad: str, rht: bool,
+                w_data: torch.Tensor, w_scale: torch.Tensor, w_amax: torch.Tensor,
+                seed: torch.Tensor | None, fprop: str, dgrad: str, wgrad: str, rht: bool,
                 stochastic: bool, weight_2d: bool, signs: list[int], need_dx: bool,
                 need_dw: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dX, dW) for the recipe; an empty tensor for a gradient not needed.
-
-    dY is quantized by one call for both GEMMs: SR words at counters [0, ceil(M*N/4))
-    for dgrad's rowwise copy and the next ``ceil(N*M_pad/4)`` for wgrad's dY^T.
-    """
+    """``_backward`` as an op: (dX, dW), an empty tensor for a gradient not needed."""
     grad = grad.contiguous()
+    cfg = _op_config(fprop, dgrad, wgrad, rht, stochastic, weight_2d, signs)
     seed_value = 0 if seed is None else int(seed.item()) & MASK64
-    rht_signs = rht_sign_vector(rht, signs)
+    n, k = weight.shape
+    qxt = qwt = None
+    if need_dw and cfg.wgrad != BF16:
+        qxt = _operand((x_data, x_scale, x_amax), cfg.wgrad,
+                       (k, reference.padded16(grad.shape[0])), "1x16", cfg.signs)
+    if need_dx and cfg.dgrad != BF16:
+        qwt = _operand((w_data, w_scale, w_amax), cfg.dgrad, (k, n),
+                       "16x16" if cfg.weight_2d else "1x16", None)
     with torch.autocast(grad.device.type, enabled=False):
-        qg, qgt = quantize_rows_and_cols(grad, dgrad if need_dx else None,
-                                         wgrad if need_dw else None, rht, rht_signs,
-                                         stochastic, seed_value)
-        dx = grad.new_empty(0)
-        if need_dx:
-            _, qwt = quantize_weight(weight, None, dgrad, weight_2d)
-            dx = dgrad_gemm(grad, qg, weight, qwt, dgrad)
-        dw = weight.new_empty(0)
-        if need_dw:
-            saved_x = x if wgrad == "bf16" else _unpack_saved(
-                (x_data, x_scale, x_amax), wgrad, (weight.shape[1],
-                                                   reference.padded16(grad.shape[0])),
-                rht_signs=rht_signs)
-            dw = wgrad_gemm(grad, qgt, saved_x, weight.dtype, wgrad)
-    return dx, dw
+        dx, dw = _backward(grad, weight, x, qxt, qwt, seed_value, cfg,
+                           kernel_table(grad.device), need_dx, need_dw)
+    return (grad.new_empty(0) if dx is None else dx,
+            weight.new_empty(0) if dw is None else dw)
 
 
 @_linear_bwd.register_fake
-def _linear_bwd_fake(grad, weight, x, x_data, x_scale, x_amax, seed, dgrad, wgrad, rht,
-                     stochastic, weight_2d, signs, need_dx, need_dw):
+def _linear_bwd_fake(grad, weight, x, x_data, x_scale, x_amax, w_data, w_scale, w_amax,
+                     seed, fprop, dgrad, wgrad, rht, stochastic, weight_2d, signs, need_dx,
+                     need_dw):
     m, k = grad.shape[0], weight.shape[1]
     dx = grad.new_empty(m, k) if need_dx else grad.new_empty(0)
     dw = weight.new_empty(weight.shape) if need_dw else weight.new_empty(0)
@@ -301,27 +453,31 @@ def _linear_bwd_fake(grad, weight, x, x_data, x_scale, x_amax, seed, dgrad, wgra
 
 
 def _setup_context(ctx, inputs, output):
-    (x, weight, bias, seed, _fprop_p, dgrad, wgrad, rht, stochastic, weight_2d, signs,
-     _save_x) = inputs
+    x, weight, bias, seed, *recipe_args, need_dx, need_dw = inputs
     _, *saved = output
-    ctx.save_for_backward(x if wgrad == "bf16" else None, weight, seed, *saved)
-    ctx.recipe_args = (dgrad, wgrad, rht, stochastic, weight_2d, signs)
+    # The saved operands are not differentiable outputs: no zero gradients are made
+    # for them in the backward.
+    ctx.mark_non_differentiable(*saved)
+    ctx.set_materialize_grads(False)
+    wgrad = recipe_args[2]
+    ctx.save_for_backward(x if need_dw and wgrad == BF16 else None, weight, seed, *saved)
+    ctx.recipe_args = recipe_args
     ctx.bias_dtype = None if bias is None else bias.dtype
 
 
-def _backward(ctx, grad_y, *_grad_saved):
+def _backward_op(ctx, grad_y, *_grad_saved):
     x, weight, seed, *saved = ctx.saved_tensors
-    dgrad, wgrad, rht, stochastic, weight_2d, signs = ctx.recipe_args
     need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
-    dx, dw = torch.ops.lowprec.linear_bwd(grad_y, weight, x, *saved, seed, dgrad, wgrad,
-                                          rht, stochastic, weight_2d, signs, need_dx,
-                                          need_dw)
+    if grad_y is None:      # Y took no part in the loss
+        return (None,) * 13
+    dx, dw = torch.ops.lowprec.linear_bwd(grad_y, weight, x, *saved, seed, *ctx.recipe_args,
+                                          need_dx, need_dw)
     # The bias gradient is a plain reduction: left outside the op so compile can fuse it.
     db = grad_y.sum(0).to(ctx.bias_dtype) if need_db else None
-    return (dx if need_dx else None, dw if need_dw else None, db) + (None,) * 9
+    return (dx if need_dx else None, dw if need_dw else None, db) + (None,) * 10
 
 
-torch.library.register_autograd("lowprec::linear_fwd", _backward,
+torch.library.register_autograd("lowprec::linear_fwd", _backward_op,
                                 setup_context=_setup_context)
 
 
@@ -337,27 +493,32 @@ def _compute_input(x):
     return x
 
 
-def _linear(x, weight, bias, recipe, name):
-    if not isinstance(recipe, Recipe):
-        raise TypeError(f"recipe must be a lowprec.Recipe; got {type(recipe).__name__}")
-    if not recipe.quantized:
+def linear_forward(x, weight, bias, cfg, name):
+    """The layer's call. ``cfg``: a ``LayerConfig`` whose recipe was checked against the
+    weight's shape where it was set (``RecipeMixin``) or by ``linear``."""
+    if not cfg.quantized:
         return F.linear(x, weight, bias)
-    if weight.dim() != 2 or x.dim() == 0 or x.shape[-1] != weight.shape[1]:
+    if x.dim() == 0 or x.shape[-1] != weight.shape[1]:
         raise ValueError(f"linear needs x [..., K] and weight [N, K]; got x "
-                         f"{tuple(x.shape)} and weight {tuple(weight.shape)}")
-    check_nvfp4_shape(weight.shape, recipe, name)
+                         f"{tuple(x.shape)} and weight {tuple(weight.shape)}"
+                         + (f" in layer {name}" if name else ""))
     x = _compute_input(x)
     x2d = x.reshape(-1, x.shape[-1])
     grad_on = torch.is_grad_enabled()
     need_dx = grad_on and x.requires_grad
     need_dw = grad_on and weight.requires_grad
-    needs_sr = recipe.stochastic_rounding and (
-        (need_dx and recipe.dgrad == "nvfp4") or (need_dw and recipe.wgrad == "nvfp4"))
-    seed = draw_seed(x2d.detach()) if needs_sr else None
-    signs = list(recipe.sign_vector) if recipe.sign_vector is not None else []
-    y, *_ = torch.ops.lowprec.linear_fwd(
-        x2d, weight, bias, seed, recipe.fprop, recipe.dgrad, recipe.wgrad, recipe.rht,
-        recipe.stochastic_rounding, recipe.weight_2d, signs, need_dw)
+    needs_sr = cfg.stochastic and ((need_dx and cfg.dgrad is NVFP4) or
+                                   (need_dw and cfg.wgrad is NVFP4))
+    if torch.compiler.is_compiling():
+        seed = draw_seed(x2d.detach()) if needs_sr else None
+        signs = list(cfg.signs) if cfg.signs is not None else []
+        y, *_ = torch.ops.lowprec.linear_fwd(
+            x2d, weight, bias, seed, cfg.fprop.value, cfg.dgrad.value, cfg.wgrad.value,
+            cfg.signs is not None, cfg.stochastic, cfg.weight_2d, signs, need_dx, need_dw)
+    else:
+        seed = draw_key() if needs_sr else 0
+        y = _LinearFunction.apply(x2d, weight, bias, cfg, kernel_table(x2d.device), seed,
+                                  need_dx, need_dw)
     return y.reshape(*x.shape[:-1], weight.shape[0])
 
 
@@ -375,7 +536,14 @@ def linear(x, weight, bias=None, *, recipe=None):
     Raises:
         ValueError: mismatched shapes, or an NVFP4 GEMM with K or N not a multiple of 16.
     """
-    return _linear(x, weight, bias, DEFAULT_RECIPE if recipe is None else recipe, None)
+    recipe = DEFAULT_RECIPE if recipe is None else recipe
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a lowprec.Recipe; got {type(recipe).__name__}")
+    if weight.dim() != 2:
+        raise ValueError(f"linear needs x [..., K] and weight [N, K]; got x "
+                         f"{tuple(x.shape)} and weight {tuple(weight.shape)}")
+    check_nvfp4_shape(weight.shape, recipe)
+    return linear_forward(x, weight, bias, layer_config(recipe), None)
 
 
 class RecipeMixin:
@@ -399,6 +567,8 @@ class RecipeMixin:
         check_nvfp4_shape(self.linear_shape, recipe,
                           self.lowprec_name or self._unnamed_label())
         self._recipe = recipe
+        # What the forward reads: resolved here, once, rather than on every call.
+        self._layer_config = layer_config(recipe)
 
 
 class Linear(RecipeMixin, nn.Linear):
@@ -445,7 +615,7 @@ class Linear(RecipeMixin, nn.Linear):
         return plain
 
     def forward(self, x):
-        return _linear(x, self.weight, self.bias, self.recipe, self.lowprec_name)
+        return linear_forward(x, self.weight, self.bias, self._layer_config, self.lowprec_name)
 
     def extra_repr(self):
         return f"{super().extra_repr()}, recipe={self.recipe}"

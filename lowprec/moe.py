@@ -50,22 +50,37 @@ class ConcatenatedGateUp:
     @staticmethod
     def match(module):
         """True if ``module`` holds experts in this layout (see the module docstring)."""
+        return ConcatenatedGateUp.problem(module) is None
+
+    @staticmethod
+    def problem(module):
+        """Why ``module`` is not in this layout (a sentence naming the value), or None."""
         params = dict(module.named_parameters(recurse=False))
-        if set(params) != set(ConcatenatedGateUp.tensors) or not hasattr(module, "act_fn"):
-            return False
+        if set(params) != set(ConcatenatedGateUp.tensors):
+            return (f"its own Parameters must be exactly {ConcatenatedGateUp.tensors}; "
+                    f"got {sorted(params)}")
+        if not hasattr(module, "act_fn"):
+            return "it has no act_fn"
         gate_up, down = params["gate_up_proj"], params["down_proj"]
         if gate_up.dim() != 3 or down.dim() != 3:
-            return False
+            return (f"gate_up_proj and down_proj must be 3-D [E, 2I, H] and [E, H, I]; got "
+                    f"{tuple(gate_up.shape)} and {tuple(down.shape)}")
         e, two_i, h = gate_up.shape
-        if tuple(down.shape) != (e, h, two_i // 2) or two_i % 2:
-            return False
+        if two_i % 2 or tuple(down.shape) != (e, h, two_i // 2):
+            return (f"gate_up_proj {tuple(gate_up.shape)} [E, 2I, H] needs down_proj "
+                    f"[E, H, I] = {(e, h, two_i // 2)}; got {tuple(down.shape)}")
+        if e == 0:
+            return f"it holds no experts (gate_up_proj {tuple(gate_up.shape)})"
         apply_gate = getattr(type(module), "_apply_gate", None)
         if apply_gate is not None and apply_gate.__name__ != "_default_apply_gate":
-            return False
-        return (_flag(module, "is_concatenated", True) and _flag(module, "has_gate", True)
-                and not _flag(module, "is_transposed", False)
-                and not _flag(module, "has_bias", False)
-                and not _flag(module, "has_post_expert_norm", False))
+            return f"its _apply_gate is {apply_gate.__name__}, not the default act(gate) * up"
+        flags = {"is_concatenated": True, "has_gate": True, "is_transposed": False,
+                 "has_bias": False, "has_post_expert_norm": False}
+        for flag, wanted in flags.items():
+            value = _flag(module, flag, wanted)
+            if bool(value) != wanted:
+                return f"{flag}={value!r} (this layout needs {flag}={wanted})"
+        return None
 
     @staticmethod
     def convert(module, recipes):
@@ -159,6 +174,13 @@ class GroupedExperts(nn.Module):
 
     def __init__(self, original, recipes=None):
         super().__init__()
+        # The adapter's checks, also when built directly: a layout this module does not
+        # compute would otherwise fail in forward, or give wrong outputs.
+        problem = ConcatenatedGateUp.problem(original)
+        if problem is not None:
+            raise ValueError(f"GroupedExperts takes experts in transformers' default layout "
+                             f"(ConcatenatedGateUp); {type(original).__name__} is not: "
+                             f"{problem}")
         self.num_experts, two_i, self.hidden_dim = original.gate_up_proj.shape
         self.intermediate_dim = two_i // 2
         self.gate_up_proj = original.gate_up_proj
@@ -192,6 +214,9 @@ class GroupedExperts(nn.Module):
             new[tensor] = recipe
         self._recipes = new
 
+    def _label(self):
+        return f"GroupedExperts {self.lowprec_name}" if self.lowprec_name else "GroupedExperts"
+
     def _tensor_name(self, tensor):
         return f"{self.lowprec_name}.{tensor}" if self.lowprec_name else tensor
 
@@ -203,6 +228,18 @@ class GroupedExperts(nn.Module):
         return original
 
     def forward(self, hidden_states, top_k_index, top_k_weights):
+        # Shapes are static (no sync, compile-safe): a routing for other rows would give
+        # the tokens it does not cover a silent zero output.
+        if hidden_states.dim() != 2 or hidden_states.shape[1] != self.hidden_dim:
+            raise ValueError(f"{self._label()}: hidden_states must be [T, H={self.hidden_dim}]"
+                             f"; got {tuple(hidden_states.shape)}")
+        if top_k_index.dim() != 2 or top_k_index.shape[0] != hidden_states.shape[0]:
+            raise ValueError(f"{self._label()}: top_k_index must be [T, k] with T = "
+                             f"{hidden_states.shape[0]} rows of hidden_states; got "
+                             f"{tuple(top_k_index.shape)}")
+        if tuple(top_k_weights.shape) != tuple(top_k_index.shape):
+            raise ValueError(f"{self._label()}: top_k_weights must have top_k_index's shape "
+                             f"{tuple(top_k_index.shape)}; got {tuple(top_k_weights.shape)}")
         return experts_forward(self, hidden_states, top_k_index, top_k_weights,
                                self._project)
 

@@ -14,6 +14,8 @@ dicts with str keys, lists, str, int, float, bool, None; a tuple comes back as a
 import dataclasses
 import json
 import math
+import numbers
+import os
 
 from lowprec.recipe import GEMMS, PRECISIONS, Recipe
 from lowprec.table import format_table
@@ -39,13 +41,18 @@ class LayerPlan:
             expert's for experts).
         fprop, dgrad, wgrad: precisions, each in ``PRECISIONS``.
         reason: why these precisions (a forced BF16 says what forced it).
-        flops_share: this layer's fraction of all planned linear FLOPs, or None.
-        cost: the planner's cost of this choice, or None.
+        flops_share: this layer's fraction of the multiply-adds per token of all the
+            plan's entries, in [0, 1], or None. ``convert``'s plans (``discovery``) count
+            every layer once per token; ``make_plan``'s own plan counts the tokens each
+            layer saw in calibration (``BUDGET_SHARE_DEFINITION``).
+        cost: the planner's cost of this choice (>= 0), or None.
         stats: planner statistics, e.g. ``{"ld": {"nvfp4": 1e-3, "fp8": 2e-4}, "wd": ...}``.
         kind: one of ``KINDS``; ``"untouched"`` is BF16 (the module runs as it is).
-        block_list: the repeated block list holding the layer (its qualified name), or
-            None outside every block list.
-        experts: for experts, ``[E, top_k]``: E experts, each token through top_k.
+        block_list: the repeated block list holding the layer (its qualified name; ""
+            when the model itself is the list), or None outside every block list. The
+            layer's name is ``<block_list>.<block index>.<...>``.
+        experts: for experts, ``[E, top_k]``: E experts, each token through top_k
+            (1 <= top_k <= E); None for every other kind.
     """
 
     name: str
@@ -151,9 +158,14 @@ class Plan:
         return {layer.name: layer.macs_per_token() / total for layer in self}
 
     def summary(self):
-        """Fraction of the planned matmul FLOPs in each precision, over all three GEMMs.
+        """Fraction of the planned matmul FLOPs in each precision, over all three GEMMs
+        (``SHARE_DEFINITION``: weighted by the layers' ``flops_share``).
 
-        The fprop, dgrad and wgrad of a layer each do a third of its FLOPs.
+        The fprop, dgrad and wgrad of a layer each do a third of its FLOPs. On a
+        converted model this counts every layer once per token, which is not the
+        planner's ``meta["nvfp4_fraction"]`` (``BUDGET_SHARE_DEFINITION``): that one
+        counts the tokens each layer saw in calibration, so the two differ when stacks
+        see different lengths (an encoder and a decoder). ``table()`` prints both.
         """
         shares = self._flops_shares()
         total = sum(shares.values())
@@ -175,10 +187,18 @@ class Plan:
                 for layer in self]
         lines = [format_table(header, rows)]
         fractions = ", ".join(f"{p} {100 * f:.1f}%" for p, f in self.summary().items())
-        lines.append(f"linear FLOPs by precision: {fractions}")
-        if self.meta:
-            lines.append("meta: " + ", ".join(f"{k}={v}" for k, v in self.meta.items()
-                                              if k != "recipe"))
+        lines.append(f"linear FLOPs by precision: {fractions} ({SHARE_DEFINITION})")
+        # The planner's budget share counts tokens per layer, so with stacks of different
+        # lengths (an encoder and a decoder) it differs from the line above: print it
+        # here with its definition instead of as a bare number among the meta.
+        budget_share = self.meta.get("nvfp4_fraction")
+        if isinstance(budget_share, (int, float)) and not isinstance(budget_share, bool):
+            lines.append(f"planner's nvfp4_fraction (the budget's share): "
+                         f"{100 * budget_share:.1f}% ({BUDGET_SHARE_DEFINITION})")
+        shown = [f"{k}={v}" for k, v in self.meta.items()
+                 if k not in ("recipe", "nvfp4_fraction")]
+        if shown:
+            lines.append("meta: " + ", ".join(shown))
         return "\n".join(lines)
 
     def __str__(self):
@@ -195,13 +215,13 @@ class Plan:
         """Valid JSON text of the plan.
 
         Raises TypeError naming a key JSON cannot hold, ValueError naming a NaN or
-        infinite number (JSON has none; Python's bare ``NaN`` token is not JSON).
+        infinite number (JSON has none; Python's bare ``NaN`` token is not JSON) or a
+        field ``from_json`` would refuse (``_check_layer``: the one schema of both).
         """
         _check_json(self.meta, "meta")
         layers = []
         for layer in self:
-            for key in ("flops_share", "cost", "stats"):
-                _check_json(getattr(layer, key), f"layers[{layer.name!r}].{key}")
+            _check_layer(layer, f"layers[{layer.name!r}]", "Plan")
             entry = dataclasses.asdict(layer)
             entry["shape"] = list(layer.shape)
             layers.append(entry)
@@ -210,9 +230,21 @@ class Plan:
 
     @classmethod
     def from_json(cls, text):
-        """The Plan of ``to_json``'s text; ValueError naming what is missing or wrong."""
+        """The Plan of ``to_json``'s text (to read a file: ``Plan.load(path)``).
+
+        The same checks as ``to_json`` (``_check_layer``), so a plan it accepts is one
+        ``to_json`` would write. Raises ValueError naming the field and the value that
+        is missing or wrong (also for nesting too deep to check).
+        """
+        if _looks_like_path(text):
+            raise ValueError(f"a lowprec plan must be JSON text; got {text!r}, which looks "
+                             f"like a file path: use lowprec.Plan.load(path) to read a "
+                             f"plan file")
         try:
             data = json.loads(text)
+        except RecursionError:
+            raise ValueError(f"a lowprec plan must be JSON text nested at most "
+                             f"{MAX_DEPTH} levels deep; got deeper") from None
         except (TypeError, ValueError) as err:
             raise ValueError(f"a lowprec plan must be JSON text: {err}") from None
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT_VERSION:
@@ -225,6 +257,7 @@ class Plan:
             raise ValueError(f"plan JSON: meta must be an object and layers a list; got "
                              f"{type(data['meta']).__name__} and "
                              f"{type(data['layers']).__name__}")
+        _check_json(data["meta"], "meta", "plan JSON")
         layers, seen = [], set()
         for i, entry in enumerate(data["layers"]):
             layer = _layer_from_json(entry, f"layers[{i}]")
@@ -234,6 +267,26 @@ class Plan:
             seen.add(layer.name)
             layers.append(layer)
         return cls(layers, data["meta"])
+
+    def save(self, path):
+        """Write the plan to the file ``path`` as JSON (``to_json``, indented)."""
+        text = self.to_json(indent=2)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+
+    @classmethod
+    def load(cls, path):
+        """The Plan saved at ``path`` (``save``, or any file of ``to_json``'s text).
+
+        Raises OSError if the file cannot be read, ValueError naming the file and what
+        is wrong in it.
+        """
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        try:
+            return cls.from_json(text)
+        except ValueError as err:
+            raise ValueError(f"{os.fspath(path)}: {err}") from None
 
 
 # The JSON types of LayerPlan's fields (a field not listed here is not type-checked).
@@ -266,7 +319,96 @@ def _layer_from_json(entry, where):
     if len(shape) != 2 or any(type(d) is not int or d < 1 for d in shape):
         raise ValueError(f"plan JSON {where} ({entry['name']!r}): shape must be two "
                          f"positive ints [out_features, in_features]; got {shape!r}")
-    return LayerPlan(**entry)
+    experts = entry.get("experts")
+    if experts is not None and any(type(d) is not int for d in experts):
+        # Before LayerPlan's int() turns "3" into 3 or fails without naming the field.
+        raise ValueError(f"plan JSON {where} ({entry['name']!r}): experts must be two "
+                         f"ints [E, top_k]; got {experts!r:.80}")
+    try:
+        layer = LayerPlan(**entry)
+    except ValueError as err:
+        raise ValueError(f"plan JSON {where}: {err}") from None
+    _check_layer(layer, where, "plan JSON")
+    return layer
+
+
+def _check_layer(layer, where, source):
+    """The schema of one entry, for ``to_json`` and ``from_json`` alike (the types of
+    the JSON fields are checked by ``_layer_from_json`` before this).
+
+    ValueError naming ``where`` (``source`` says which side: "Plan" or "plan JSON"),
+    the field and its value.
+    """
+    label = f"{source} {where} ({layer.name!r})"
+    for key in ("flops_share", "cost"):            # NaN and Inf named as to_json always did
+        _check_json(getattr(layer, key), f"{where}.{key}", source)
+    if not isinstance(layer.name, str) or not layer.name:
+        raise ValueError(f"{label}: name must be a non-empty str (the module's qualified "
+                         f"name); got {layer.name!r}")
+    share = layer.flops_share
+    if share is not None and not (_is_number(share) and 0 <= share <= 1):
+        raise ValueError(f"{label}: flops_share must be a number in [0, 1] or null; got "
+                         f"{share!r}")
+    if layer.cost is not None and not (_is_number(layer.cost) and layer.cost >= 0
+                                       and math.isfinite(layer.cost)):
+        raise ValueError(f"{label}: cost must be a finite number >= 0 or null; got "
+                         f"{layer.cost!r}")
+    _check_json(layer.stats, f"{where}.stats", source)
+    if layer.kind == "experts":
+        e_top = layer.experts
+        if e_top is None or len(e_top) != 2 or not 1 <= e_top[1] <= e_top[0]:
+            raise ValueError(f"{label}: experts must be [E, top_k] with 1 <= top_k <= E "
+                             f"on an experts entry; got {e_top!r}")
+    elif layer.experts is not None:
+        raise ValueError(f"{label}: experts is only for kind 'experts' ([E, top_k]); a "
+                         f"{layer.kind} entry must have null; got {layer.experts!r}")
+    if layer.block_list is not None and not _in_block_list(layer.name, layer.block_list):
+        raise ValueError(f"{label}: block_list {layer.block_list!r} does not hold the "
+                         f"layer: its name must be '<block_list>.<block index>.<...>'")
+
+
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
+def _in_block_list(name, block_list):
+    """True if ``name`` lies in block ``i`` of the list ``block_list`` ("" = the root)."""
+    if not isinstance(block_list, str):
+        return False
+    prefix = f"{block_list}." if block_list else ""
+    head = name[len(prefix):].split(".", 1)[0] if name.startswith(prefix) else ""
+    return head.isdigit()
+
+
+def _looks_like_path(text):
+    """A path handed to ``from_json``: a PathLike, or a str that is no JSON and names an
+    existing file or ends in ``.json``."""
+    if isinstance(text, os.PathLike):
+        return True
+    if not isinstance(text, str) or text.lstrip().startswith(("{", "[")):
+        return False
+    stripped = text.strip()
+    if stripped.lower().endswith(".json"):
+        return True
+    try:
+        return "\n" not in stripped and os.path.isfile(stripped)
+    except (OSError, ValueError):
+        return False
+
+
+# What the table's "linear FLOPs by precision" line (``Plan.summary()``) and its FLOPs
+# column are shares of, and what the planner's meta["nvfp4_fraction"] is a share of.
+SHARE_DEFINITION = ("of the FLOPs column: each layer's flops_share, a third per GEMM; "
+                    "in convert's plans a layer's multiply-adds per token over those of "
+                    "all listed weight matmuls, untouched ones included, so every layer "
+                    "is counted once per token")
+BUDGET_SHARE_DEFINITION = ("share of the FLOPs the planned layers ran on the calibration "
+                           "batches: each layer's own token count x N x K, "
+                           "fprop+dgrad+wgrad; the budget bounds this one")
+
+# How deep ``meta`` and ``stats`` may nest (deeper is refused, not a RecursionError).
+MAX_DEPTH = 64
 
 
 # For a reader of ``Plan.table()``: one entry per column, then the terms of the reasons.
@@ -276,7 +418,11 @@ TABLE_LEGEND = (
     ("shape", "(N, K) of its weight: (out_features, in_features); 'Ex(N, K) topk': "
               "E experts of that shape, each token through k of them"),
     ("FLOPs", "its share of the FLOPs of all the model's weight matmuls (fprop + dgrad "
-              "+ wgrad; untouched modules included, experts counted top-k of E)"),
+              "+ wgrad; untouched modules included, experts counted top-k of E), per "
+              "token: every layer counted once per token"),
+    ("nvfp4_fraction", "(below the table, a planner's plan) the NVFP4 share the budget "
+                       "bounds: of the FLOPs the planned layers ran on the calibration "
+                       "batches, each layer with its own token count"),
     ("fprop", "precision of the forward GEMM Y = X W^T"),
     ("dgrad", "precision of the input-gradient GEMM dX = dY W"),
     ("wgrad", "precision of the weight-gradient GEMM dW = dY^T X"),
@@ -310,17 +456,24 @@ def _number(value):
     return f"{value:.2e}" if isinstance(value, (int, float)) else str(value)
 
 
-def _check_json(value, path):
+def _check_json(value, path, source="Plan"):
     """Refuse what JSON would change or cannot hold: non-str keys (they would turn into
-    strings silently) and NaN or infinite floats (no JSON token exists for them)."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"Plan {path} has the key {key!r} of type "
-                                f"{type(key).__name__}; JSON keys must be str")
-            _check_json(item, f"{path}[{key!r}]")
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check_json(item, f"{path}[{i}]")
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"Plan {path} is {value}; JSON holds only finite numbers")
+    strings silently), NaN or infinite floats (no JSON token exists for them), and
+    nesting deeper than ``MAX_DEPTH``. Iterative, so depth cannot raise RecursionError.
+    """
+    stack = [(value, path, 0)]
+    while stack:
+        item, where, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"{source} {where} is nested deeper than {MAX_DEPTH} levels")
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise TypeError(f"{source} {where} has the key {key!r} of type "
+                                    f"{type(key).__name__}; JSON keys must be str")
+                stack.append((child, f"{where}[{key!r}]", depth + 1))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((child, f"{where}[{i}]", depth + 1)
+                         for i, child in enumerate(item))
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{source} {where} is {item}; JSON holds only finite numbers")

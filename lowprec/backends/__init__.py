@@ -9,7 +9,10 @@ A backend may also define ``implementation(op, capability)``: the name of the co
 for ``op`` on a GPU of compute capability ``capability`` (``(major, minor)``; None for CPU
 tensors), or None where it does not implement ``op`` there. Its op functions decide with
 that same function, so the names ``lowprec info --dispatch`` prints are what runs.
-A backend without it implements the ops it defines as ``"<backend>:<op>"``.
+A backend without it implements the ops it defines as ``"<backend>:<op>"``. A backend may
+define ``function_for(op, capability)`` too: the function a ``KernelTable`` holds for
+``op`` (default: the module's ``op``), for a backend whose op functions would otherwise
+decide per call.
 """
 
 import importlib
@@ -123,3 +126,54 @@ def get(name, op, device):
                  f" on compute capability {capability[0]}.{capability[1]}")
         raise NotImplementedError(f"backend={name!r} does not implement {op}{where}")
     return getattr(module, op)
+
+
+class KernelTable:
+    """The function ``backend="auto"`` runs for each op on tensors of one device.
+
+    Resolved once per device (``kernel_table``) so that the training layer's hot path
+    calls backend functions directly: no registry look-up, no capability query and no
+    argument check per call (the layer's arguments are checked where it is built).
+    ``names`` holds what ``lowprec info --dispatch`` prints for each op. An op no
+    backend can run here is a function that raises the reason when called.
+    """
+
+    def __init__(self, device, installed=False, capability=None):
+        """``installed`` and ``capability``: a table for a GPU of that capability with
+        every backend installed (see ``choose``), for tracing the CUDA path without one."""
+        device_type, here = device_facts(device)
+        capability = capability or here
+        self.names = {}
+        for op in OPS:
+            try:
+                name, self.names[op] = choose(op, device_type, capability, installed)
+                module = _load(name)[0]
+                function_for = getattr(module, "function_for", None)
+                setattr(self, op, function_for(op, capability) if function_for
+                        else getattr(module, op))
+            except RuntimeError as err:
+                self.names[op] = f"none ({err})"
+                setattr(self, op, _raiser(err))
+
+
+def _raiser(err):
+    def unavailable(*args, **kwargs):
+        raise RuntimeError(str(err))
+    return unavailable
+
+
+_TABLES = {}
+
+
+def kernel_table(device):
+    """The ``KernelTable`` of ``device`` (a torch.device), made on first use."""
+    table = _TABLES.get(device)
+    if table is None:
+        table = _TABLES[device] = KernelTable(device)
+    return table
+
+
+def clear_kernel_tables():
+    """Forget every resolved table (after a backend's availability changed: tests that
+    patch the device's capability, a rebuilt extension)."""
+    _TABLES.clear()

@@ -1,9 +1,9 @@
 """The C++ kernels of csrc/ built for the CPU (csrc/quantize_cpu.cpp) as a backend.
 
 Quantization runs in C++ over the same element math as the CUDA kernels and equals the
-reference bit for bit. The GEMMs dequantize in C++ (exact) and multiply with
-``torch.matmul`` in FP32, alpha applied once: the reference's arithmetic, so also its
-bits on the same machine.
+reference bit for bit. The NVFP4 GEMM is one C++ op that dequantizes (exact), multiplies
+with ``at::matmul`` in FP32 and applies alpha once: the reference's arithmetic, so also
+its bits on the same machine.
 """
 
 import torch
@@ -52,12 +52,4 @@ def quantize_fp8(x):
     return _C.quantize_fp8(x)
 
 
-def nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=None,
-               out_dtype=torch.bfloat16):
-    a = _C.block_dequantize_nvfp4(a_data, a_scale)
-    b = _C.block_dequantize_nvfp4(b_data, b_scale)
-    alpha = reference.global_decode_scale(a_amax) * reference.global_decode_scale(b_amax)
-    out = (a @ b.transpose(-1, -2)).mul_(alpha)  # in place: the product is ours alone
-    if bias is not None:
-        out.add_(bias.to(torch.float32))
-    return out.to(out_dtype)
+nvfp4_gemm = _C.nvfp4_gemm

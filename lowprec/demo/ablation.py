@@ -11,6 +11,7 @@ configurations share.
 """
 
 import dataclasses
+import logging
 import statistics
 import time
 
@@ -20,6 +21,9 @@ import lowprec
 from lowprec.demo import corpus as corpus_mod
 from lowprec.demo import report, train
 from lowprec.table import format_table
+
+# Library messages go to logging; the CLI passes ``log=print`` for its console output.
+LOGGER = logging.getLogger(__name__)
 
 # name -> (what, convert function, recipe)
 CONFIGS = {
@@ -38,8 +42,13 @@ CONFIGS = {
 
 
 def run_ablation(preset="cpu", seeds=(0, 1), steps=None, configs=None, device=None,
-                 progress=True, log=print, threads=None):
-    """Train every configuration for every seed. Returns a JSON-ready record."""
+                 progress=True, log=None, threads=None):
+    """Train every configuration for every seed. Returns a JSON-ready record.
+
+    ``log(text)`` takes one line per finished run (default: ``LOGGER.info``, the
+    ``lowprec.demo.ablation`` logger).
+    """
+    log = log or LOGGER.info
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model_cfg, base_cfg = train.PRESETS[preset]
     if steps is not None:
@@ -75,7 +84,8 @@ def _train_all(runs, names, seeds, base_cfg, corpus, model_cfg, device, progress
             run["plan"] = report.plan_json(run["plan"])
             runs[name].append(run)
             log(f"{label(name, device.type):<10} seed {seed}: "
-                f"final val loss {run['final_val_loss']:.4f} "
+                f"final val loss {run['final_val_loss']:.4f} on "
+                f"{cfg.final_eval_batches} batches "
                 f"({run['seconds']:.0f} s)")
 
 

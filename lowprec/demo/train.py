@@ -14,6 +14,7 @@ called ``"bf16"`` in the record, and labelled by what it computes in (``run["lab
 
 import contextlib
 import dataclasses
+import logging
 import math
 import time
 
@@ -26,6 +27,10 @@ from lowprec.demo import corpus as corpus_mod
 from lowprec.demo.model import GPT, GPTConfig
 from lowprec.demo.report import find_spikes
 from lowprec.progress import Progress
+
+# Library messages go to logging (a child of the "lowprec" logger); the CLI passes
+# ``log=print`` for its console output.
+LOGGER = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,8 +183,10 @@ def train(model, corpus, cfg, device, label="train", progress=True):
             optimizer.zero_grad(set_to_none=True)
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
                 val.append([step + 1, evaluate(model, val_batches, device)])
-            # The step of the last evaluation goes with its value: it is not this step's.
-            bar.update(step + 1, loss=value, **{f"val@{val[-1][0]}": val[-1][1]})
+            # The step of the last evaluation goes with its value: it is not this step's;
+            # and its batch count, as the final table's val is on more batches.
+            bar.update(step + 1, loss=value, **{
+                f"val@{val[-1][0]}": f"{val[-1][1]:.3f} on {cfg.eval_batches} batches"})
     if device.type == "cuda":
         torch.cuda.synchronize()
     final_val = float("nan")
@@ -276,14 +283,16 @@ DEMO_CONFIGS = ("bf16", "nvfp4", "planned")
 
 
 def run_demo(preset="cpu", steps=None, budget=None, seed=0, device=None, progress=True,
-             log=print, configs=DEMO_CONFIGS, threads=None, on_start=None):
+             log=None, configs=DEMO_CONFIGS, threads=None, on_start=None):
     """Train the demo's configurations (``configs``, a subset of ``DEMO_CONFIGS``).
 
     ``threads``: CPU intra-op threads (default ``CPU_THREADS``); ``on_start(threads)`` is
-    called with the count in use before any work. Returns a dict: the
+    called with the count in use before any work; ``log(text)`` takes the progress
+    messages (default: ``LOGGER.info``, the ``lowprec.demo.train`` logger). Returns a dict: the
     configs of model and training, the budget, the corpus facts, the threads and backend
     used, and ``runs`` (name -> the dict of ``train`` plus ``plan``, a ``lowprec.Plan`` or None).
     """
+    log = log or LOGGER.info
     unknown = sorted(set(configs) - set(DEMO_CONFIGS))
     if unknown:
         raise ValueError(f"unknown demo config(s) {unknown}; known: {DEMO_CONFIGS}")

@@ -17,13 +17,18 @@ Distributed: call ``step`` on every rank at the same steps. Statistics are all-r
 rank 0 solves and broadcasts the plan as JSON; every rank applies the identical plan.
 """
 
+import inspect
 import math
 import time
 
-from lowprec.discovery import apply_plan
+import torch
+
+from lowprec.discovery import apply_plan, candidate_layers
 from lowprec.plan import Plan
 from lowprec.planner import options
-from lowprec.planner.builder import make_plan
+from lowprec.planner.budget import OptionError, _number
+from lowprec.planner.builder import (DEFAULT_GEMM_GROUPS, _check_groups, _objective_name,
+                                     _units, make_plan)
 from lowprec.planner.distributed import broadcast_text, resolve_group
 
 # every="auto": re-planning may take at most this share of training time.
@@ -59,6 +64,13 @@ class Replanner:
         apply: ``apply(model, plan) -> model``; default ``lowprec.discovery.apply_plan``.
         on_plan: optional callback ``on_plan(step, plan)`` after each re-plan.
         plan_kwargs: anything else ``make_plan`` takes (``ties``, ``budget_kind``, ...).
+
+    Raises (at construction, not at the first re-plan): TypeError / ValueError naming
+    the value for a calibration that is neither a callable nor a re-iterable (a bare
+    tensor, an iterator), an ``apply`` or ``on_plan`` that is not callable, a
+    ``switch_penalty`` that is not a finite number >= 0, an unknown keyword argument,
+    ties naming layers the model does not have, and a budget or option ``make_plan``
+    would refuse.
     """
 
     def __init__(self, model, *, budget, calibration, every="auto",
@@ -70,8 +82,15 @@ class Replanner:
             raise ValueError(f"every must be a positive int or 'auto'; got {every!r}")
         if not (isinstance(max_overhead, (int, float)) and 0 < max_overhead < 1):
             raise ValueError(f"max_overhead must be a number in (0, 1); got {max_overhead!r}")
-        if calibration is None:
-            raise ValueError("Replanner needs calibration batches (a callable or iterable)")
+        # Everything the first re-plan would check, checked now: with every="auto" that
+        # re-plan can come 1,000+ steps into training.
+        _check_calibration(calibration)
+        for name, value in (("apply", apply), ("on_plan", on_plan)):
+            if value is not None and not callable(value):
+                raise TypeError(f"Replanner: {name} must be a callable or None; got "
+                                f"{value!r:.80}")
+        switch_penalty = _check_switch_penalty(switch_penalty)
+        _check_plan_kwargs(model, plan_kwargs)
         budget = options.check_plan_options(budget=budget, **plan_kwargs)
         self.model = model
         self.every = every
@@ -187,3 +206,59 @@ class Replanner:
             plan = Plan.from_json(state["plan"])
             self.apply(self.model, plan)
             self.model.lowprec_plan = plan
+
+
+# What Replanner hands make_plan itself; the rest of make_plan's options pass through.
+_SET_BY_REPLANNER = ("model", "budget", "calibration", "optimizer", "loss_fn", "previous",
+                     "switch_penalty")
+_PASSED_ON = sorted(set(inspect.signature(make_plan).parameters) - set(_SET_BY_REPLANNER))
+
+
+def _check_calibration(calibration):
+    """A zero-argument callable, or batches that can be iterated again every round."""
+    if calibration is None:
+        raise ValueError("Replanner needs calibration batches (a callable or iterable)")
+    if callable(calibration):
+        return
+    if isinstance(calibration, torch.Tensor):
+        raise TypeError(f"Replanner: calibration is a bare tensor of shape "
+                        f"{tuple(calibration.shape)}, which would be taken as one batch per "
+                        f"row; wrap it: calibration=[x] (one batch), or pass a list of "
+                        f"batches or a callable returning one")
+    try:
+        iterator = iter(calibration)
+    except TypeError:
+        raise TypeError(f"Replanner: calibration must be a callable returning batches or a "
+                        f"re-iterable of batches (a list); got {calibration!r:.80}") from None
+    if iterator is calibration:
+        raise ValueError(f"Replanner: calibration is an iterator "
+                         f"({type(calibration).__name__}), which the first re-plan would "
+                         f"use up; pass a list, or a callable returning fresh batches "
+                         f"(e.g. lambda: next_batches(4))")
+
+
+def _check_switch_penalty(switch_penalty):
+    value = _number(switch_penalty, "switch_penalty")
+    if not (math.isfinite(value) and value >= 0):
+        raise OptionError(f"switch_penalty must be a finite number >= 0 (objective units "
+                          f"per GEMM group that changes); got {switch_penalty!r}")
+    return value
+
+
+def _check_plan_kwargs(model, plan_kwargs):
+    """Unknown options, and those that need the model (ties, groups, objective)."""
+    own = sorted(set(plan_kwargs) & set(_SET_BY_REPLANNER))
+    if own:
+        raise TypeError(f"Replanner sets {own} itself (previous: the current plan); do not "
+                        f"pass them")
+    unknown = sorted(set(plan_kwargs) - set(_PASSED_ON))
+    if unknown:
+        raise TypeError(f"Replanner got unknown keyword argument(s) {unknown}; the options "
+                        f"it passes on to make_plan are {_PASSED_ON}")
+    _check_groups(plan_kwargs.get("gemm_groups", DEFAULT_GEMM_GROUPS))
+    _objective_name(plan_kwargs.get("objective", "snip"))
+    if plan_kwargs.get("ties") is not None:
+        options.check_ties(plan_kwargs["ties"])
+        candidates = plan_kwargs.get("candidates")
+        _units(list(candidates) if candidates is not None else candidate_layers(model),
+               plan_kwargs["ties"])

@@ -22,6 +22,8 @@ keeps statistics reproducible and no two SR quantizations share random words
 (NUMERICS 4.1).
 """
 
+import torch
+
 from lowprec import reference
 from lowprec.checks import as_uint64
 from lowprec.linear_layer import (
@@ -53,6 +55,11 @@ class SeedStream:
         return offset
 
 
+def _no_autocast(t):
+    """Autocast must not turn the GEMMs' FP32 accumulation (NUMERICS 8, 9) into bf16."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 def _signs(recipe):
     return rht_sign_vector(recipe.rht, recipe.sign_vector)
 
@@ -69,9 +76,10 @@ def fprop(x, w, precision, recipe=None):
     """``Q(X) Q(W)^T`` for ``x [M, K]``, ``w [N, K]`` (FP32)."""
     recipe = DEFAULT_RECIPE if recipe is None else recipe
     x = x.contiguous()
-    qx, _ = quantize_rows_and_cols(x, precision, None, recipe.rht, _signs(recipe))
-    qw, _ = quantize_weight(w, precision, None, recipe.weight_2d)
-    return fprop_gemm(x, qx, w, qw, None, precision)
+    with _no_autocast(x):
+        qx, _ = quantize_rows_and_cols(x, precision, None, recipe.rht, _signs(recipe))
+        qw, _ = quantize_weight(w, precision, None, recipe.weight_2d)
+        return fprop_gemm(x, qx, w, qw, None, precision)
 
 
 def dgrad(g, w, precision, recipe=None, seeds=None):
@@ -80,10 +88,11 @@ def dgrad(g, w, precision, recipe=None, seeds=None):
     g = g.contiguous()
     stochastic = precision == "nvfp4" and recipe.stochastic_rounding
     seed, offset = _sr_words(seeds, g.numel(), "dgrad") if stochastic else (0, 0)
-    qg, _ = quantize_rows_and_cols(g, precision, None, recipe.rht, _signs(recipe),
-                                   stochastic, seed, row_offset=offset)
-    _, qwt = quantize_weight(w, None, precision, recipe.weight_2d)
-    return dgrad_gemm(g, qg, w, qwt, precision)
+    with _no_autocast(g):
+        qg, _ = quantize_rows_and_cols(g, precision, None, recipe.rht, _signs(recipe),
+                                       stochastic, seed, row_offset=offset)
+        _, qwt = quantize_weight(w, None, precision, recipe.weight_2d)
+        return dgrad_gemm(g, qg, w, qwt, precision)
 
 
 def wgrad(g, x, precision, recipe=None, seeds=None):
@@ -94,7 +103,8 @@ def wgrad(g, x, precision, recipe=None, seeds=None):
     stochastic = precision == "nvfp4" and recipe.stochastic_rounding
     numel = g.shape[1] * reference.padded16(g.shape[0])       # G^T padded along the tokens
     seed, offset = _sr_words(seeds, numel, "wgrad") if stochastic else (0, 0)
-    _, qgt = quantize_rows_and_cols(g, None, precision, recipe.rht, signs, stochastic, seed,
-                                    col_offset=offset)
-    _, qxt = quantize_rows_and_cols(x, None, precision, recipe.rht, signs)
-    return wgrad_gemm(g, qgt, qxt, x.dtype, precision)
+    with _no_autocast(g):
+        _, qgt = quantize_rows_and_cols(g, None, precision, recipe.rht, signs, stochastic,
+                                        seed, col_offset=offset)
+        _, qxt = quantize_rows_and_cols(x, None, precision, recipe.rht, signs)
+        return wgrad_gemm(g, qgt, qxt, x.dtype, precision)

@@ -12,11 +12,18 @@ import pytest
 from lowprec import cli, device
 
 
-def test_without_gpu_says_so_and_exits_cleanly(capsys, monkeypatch):
+def test_without_gpu_says_so_and_exits_cleanly(capsys, monkeypatch, tmp_path):
+    """Without a GPU only the CPU benchmarks run (tests/cli/test_cli_messages.py); a
+    bench/ holding GPU benchmarks alone runs nothing, says so and exits 0."""
     monkeypatch.setattr(device, "facts", lambda: {"gpu": None, "notes": [
         "no GPU: no CUDA device is visible"]})
-    assert cli.main(["bench"]) == 0
-    assert "no GPU (no CUDA device is visible)" in capsys.readouterr().out
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "bench_amax.py").write_text("raise SystemExit('a GPU benchmark ran')\n")
+    assert cli.main(["bench", "--bench-dir", str(bench), "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "no GPU (no CUDA device is visible) and no CPU benchmark to run" in out
+    assert not (tmp_path / "o").exists()
 
 
 def _bench_common(monkeypatch):

@@ -90,6 +90,36 @@ def test_scaled_mm_path_adds_the_bias_in_fp32(monkeypatch, bias):
     assert torch.equal(got.view(torch.int16), want.view(torch.int16))
 
 
+@pytest.mark.parametrize("out", ["f32", "bf16", "f16"])
+@pytest.mark.parametrize("bias", [None, "f32", "bf16"])
+def test_scale_epilogue_is_the_references_arithmetic(out, bias):
+    """The one-launch epilogue after the tensor-wise FP8 GEMM: ``acc * scale_a * scale_b^T
+    (+ bias)`` in FP32, rounded once, exactly as reference.fp8_gemm computes it from the
+    same product; on a strided accumulator (the padded GEMM's slice), with zeros of both
+    signs, NaN, Inf and values that round to ties in bf16/fp16."""
+    from lowprec.kernels.fp8 import scale_epilogue
+    g = torch.Generator().manual_seed(9)
+    m, n = 37, 70
+    wide = torch.randn(m, n + 10, generator=g) * torch.exp2(
+        torch.randint(-30, 30, (m, n + 10), generator=g).float())
+    wide[0, :6] = torch.tensor([0.0, -0.0, float("nan"), float("inf"), -float("inf"),
+                                1.0 + 2.0 ** -8])
+    acc = wide[:, :n]                                     # row stride n + 10
+    a_scale = torch.rand(m, 1, generator=g) * 2.0 ** -6
+    b_scale = torch.rand(n, 1, generator=g) * 2.0 ** -6
+    b_scale[3] = 0.0
+    c = None if bias is None else (torch.randn(n, generator=g) * 4).to(DTYPES[bias])
+    got = scale_epilogue(acc, a_scale, b_scale, c, DTYPES[out])
+    want = acc * a_scale * b_scale.transpose(-1, -2)
+    if c is not None:
+        want = want + c.to(torch.float32)
+    want = want.to(DTYPES[out])
+    bits = {torch.float32: torch.int32}.get(want.dtype, torch.int16)
+    nan = want != want
+    assert torch.equal(got != got, nan)                  # NaN where the reference has one
+    assert torch.equal(got.view(bits)[~nan], want.view(bits)[~nan])
+
+
 def div_rn_probes():
     """Rows whose quotients x / scale sit within a few FP32 ulps of E4M3 ties.
 

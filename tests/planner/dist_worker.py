@@ -3,7 +3,8 @@
 Each rank builds the same model, calibrates on its own batches, and writes what it got:
 the plan of ``make_plan`` and of a ``Replanner`` round as JSON, the error of an
 unreachable budget, of a loss_fn failing on one rank and of a NaN batch on one rank (with
-how long each took), and the plan of uneven calibration (3 batches on rank 0, 2 on 1).
+how long each took), the error when both ranks fail in the same batch with different
+errors, and the plan of uneven calibration (4 batches on rank 0, 2 on rank 1).
 The test compares the files. (A script rather than a function of the test module,
 because spawned children must import the function by name.)
 """
@@ -44,10 +45,19 @@ def failing_loss(rank):
     return loss_fn
 
 
+def both_failing_loss(rank):
+    """A loss_fn failing on both ranks' first batch, with a different error on each."""
+    def loss_fn(model, batch):
+        if rank == 0:
+            raise ValueError("rank 0's own error")
+        raise KeyError("rank 1's own error")
+    return loss_fn
+
+
 def errors_of(rank, batches, make_plan):
     """The error each failing call raised on this rank, as 'Type: message', and its time."""
     out = {}
-    for case in ("stats_error", "nan_error"):
+    for case in ("stats_error", "nan_error", "both_error"):
         start = time.monotonic()
         calibration = batches
         loss_fn = failing_loss(rank)
@@ -55,6 +65,8 @@ def errors_of(rank, batches, make_plan):
             calibration = [(torch.full_like(b[0], float("nan")) if rank == 0 else b[0], b[1])
                            for b in batches]
             loss_fn = lambda m, b: m(*b)
+        if case == "both_error":
+            loss_fn = both_failing_loss(rank)
         try:
             make_plan(MLP(), budget=0.5, calibration=calibration, loss_fn=loss_fn,
                       progress=False)
@@ -100,8 +112,9 @@ def run(rank, world, outdir):
         except BudgetError as err:
             out["error"] = f"{type(err).__name__}: {err}"
         out.update(errors_of(rank, batches, make_plan))
-        # Uneven calibration: rank 0 has 3 batches, rank 1 has 2.
-        uneven = batches + [batches[0]] if rank == 0 else batches
+        # Uneven calibration: rank 0 has 4 batches, rank 1 has 2. An imbalance of 2: a
+        # rank stopping when any other one runs out would lose rank 0's 4th batch.
+        uneven = batches + batches if rank == 0 else batches
         out["uneven"] = make_plan(MLP(), budget=0.5, calibration=uneven, loss_fn=loss_fn,
                                   progress=False).to_json()
         with open(os.path.join(outdir, f"rank{rank}.json"), "w") as f:

@@ -120,3 +120,54 @@ def test_fixed_interval_resumes_on_its_multiples(tiny_mlp, mlp_batches):
 def test_max_overhead_is_checked(tiny_mlp, mlp_batches):
     with pytest.raises(ValueError, match="max_overhead"):
         Replanner(tiny_mlp, budget=0.5, calibration=mlp_batches, max_overhead=2)
+
+
+# -- checked at construction (issue 22: with every="auto" the first re-plan can come
+# 1,000+ steps into training) ----------------------------------------------------------
+
+def _no_replan(*args, **kwargs):
+    raise AssertionError("the check must not need a re-plan")
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"calibration": None}, ValueError, r"needs calibration batches"),
+    ({"calibration": torch.randn(32, 32)}, TypeError,
+     r"calibration is a bare tensor of shape \(32, 32\).*wrap it: calibration=\[x\]"),
+    ({"calibration": iter([1, 2])}, ValueError,
+     r"calibration is an iterator \(list_iterator\).*use up"),
+    ({"calibration": 5}, TypeError, r"calibration must be a callable .*got 5"),
+    ({"on_plan": "print"}, TypeError, r"on_plan must be a callable or None; got 'print'"),
+    ({"apply": 1}, TypeError, r"apply must be a callable or None; got 1"),
+    ({"switch_penalty": float("nan")}, ValueError, r"switch_penalty must be a finite number "
+                                                   r">= 0.*got nan"),
+    ({"switch_penalty": -0.1}, ValueError, r"switch_penalty must be a finite number >= 0.*"
+                                           r"got -0\.1"),
+    ({"switch_penalty": "0.05"}, ValueError, r"switch_penalty must be a number; got '0\.05'"),
+    ({"switch_penalty": None}, ValueError, r"switch_penalty must be a number; got None"),
+    ({"tie": [["fc1", "fc2"]]}, TypeError, r"unknown keyword argument\(s\) \['tie'\]; the "
+                                           r"options it passes on to make_plan are \[.*'ties'"),
+    ({"previous": None}, TypeError, r"Replanner sets \['previous'\] itself"),
+    ({"ties": [["fc1", "fc9"]]}, ValueError, r"ties name layers that are not candidates: "
+                                             r"\['fc9'\]"),
+    ({"ties": "fc1"}, ValueError, r"ties must be a list of groups"),
+    ({"ties": [["fc1"], ["fc1", "fc2"]]}, ValueError, r"'fc1' is in two tie groups"),
+    ({"gemm_groups": [["fprop"], ["wgrad"]]}, ValueError, r"gemm_groups must split"),
+    ({"objective": "snipp"}, ValueError, r"objective must be one of .*'snipp'"),
+    ({"budget": 2}, ValueError, r"budget=2 is out of range"),
+])
+def test_bad_arguments_fail_at_construction(tiny_mlp, mlp_batches, monkeypatch, kwargs,
+                                            error, message):
+    from lowprec.planner import controller
+    monkeypatch.setattr(controller, "make_plan", _no_replan)
+    args = {"budget": 0.5, "calibration": mlp_batches, **kwargs}
+    with pytest.raises(error, match=message):
+        Replanner(tiny_mlp, **args)
+
+
+def test_good_arguments_are_accepted(tiny_mlp, mlp_batches):
+    """The checks refuse only what is wrong: ties of real layers, a list, a generator
+    function, numbers of any real type."""
+    Replanner(tiny_mlp, budget=0.5, calibration=lambda: iter(mlp_batches),
+              ties=[["fc1", "fc2"]], switch_penalty=torch.tensor(0.0), on_plan=print,
+              budget_kind="time", gemm_groups=[["fprop", "dgrad", "wgrad"]])
+    Replanner(tiny_mlp, budget=0.5, calibration=tuple(mlp_batches), switch_penalty=1)

@@ -58,9 +58,11 @@ def test_two_ranks_get_identical_plans(ranks):
     # rank 0 hit the error; rank 1 raised the same one instead of hanging
     assert ranks[0]["error"] == ranks[1]["error"]
     assert ranks[0]["error"].startswith("BudgetError: budget=0.999 cannot be met")
-    # Uneven batch counts: the ranks keep agreeing until both are done; all 5 batches count.
+    # Uneven batch counts (4 vs 2): the ranks keep agreeing until both are done; all 6
+    # batches count. Mutant ``any()`` -> ``all()`` in ``distributed.agree``: the ranks
+    # stop after round 3, 5 batches (an imbalance of 1, as before, could not show it).
     assert ranks[0]["uneven"] == ranks[1]["uneven"]
-    assert json.loads(ranks[0]["uneven"])["meta"]["calibration_batches"] == 5
+    assert json.loads(ranks[0]["uneven"])["meta"]["calibration_batches"] == 6
 
 
 @needs_gloo
@@ -80,5 +82,9 @@ def test_an_error_on_one_rank_is_raised_on_every_rank_promptly(ranks):
     assert ranks[0]["nan_error"].startswith(
         "FloatingPointError: rank 0: loss_fn returned a non-finite loss (nan) on "
         "calibration batch 0")
+    # Both ranks fail in the same batch, each with its own error: every rank raises the
+    # lowest failing rank's. Mutant ``failed[0]`` -> ``failed[-1]``: rank 1's KeyError.
+    assert ranks[0]["both_error"] == ranks[1]["both_error"] == \
+        "ValueError: rank 0: rank 0's own error"
     for rank in ranks:          # far below the 60 s a waiting rank would take
         assert rank["stats_error_seconds"] < 30 and rank["nan_error_seconds"] < 30, rank

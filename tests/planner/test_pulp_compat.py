@@ -120,8 +120,10 @@ PULP4_SCRIPT = textwrap.dedent("""
 
 # CI sets LOWPREC_PULP4_PYTHON (.ci/pulp4_env.sh); there a missing one is a failure.
 @pytest.mark.skipif(not os.environ.get("LOWPREC_PULP4_PYTHON") and not os.environ.get("CI"),
-                    reason="set LOWPREC_PULP4_PYTHON to an interpreter with pulp>=4 and "
-                           "highspy to test the adapter on PuLP 4 (.ci/pulp4_env.sh makes one)")
+                    reason="runs in CI (CI=true, where .ci/pulp4_env.sh sets "
+                           "LOWPREC_PULP4_PYTHON and a missing one fails) or locally with "
+                           "LOWPREC_PULP4_PYTHON set to an interpreter with pulp>=4 and "
+                           "highspy (.ci/pulp4_env.sh makes one)")
 def test_adapter_on_pulp4_interpreter(tmp_path):
     assert os.environ.get("LOWPREC_PULP4_PYTHON"), "CI must set LOWPREC_PULP4_PYTHON"
     script = tmp_path / "pulp4_check.py"

@@ -7,6 +7,7 @@ negative weight (test_nnls_keeps_weights_non_negative fails).
 """
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,30 @@ def test_sensitivity_and_analysis_run_end_to_end(analysis, tmp_path):
     report = (tmp_path / "sensitivity-smoke-h2.md").read_text()
     for row in ("LD (fprop units)", "snip objective, weights 1", "fitted objective"):
         assert row in report
+
+    # A planted effect: each unit's measured loss increase, per seed, set to its relative
+    # GEMM error in that seed's statistics (summed over the unit's GEMMs), so that the
+    # "rel error" statistic ranks the units exactly as the effects do. The analysis must
+    # find it: Spearman +1 for that row and the planted means as the effects. (Planting
+    # an effect in the model itself would need training runs far beyond a test's time.)
+    path = tmp_path / "sensitivity-smoke-h2.json"
+    data = json.loads(path.read_text())
+    gemms = {"fprop+dgrad": ("fprop", "dgrad"), "wgrad": ("wgrad",)}
+    planted = {}
+    for key, run in data["runs"].items():
+        fmt, *rest = key.split("/")
+        if fmt == "bf16":
+            continue
+        layer, group, seed = rest
+        rel = data["stats_init"][seed][layer]["rel"]
+        effect = sum(rel[g][fmt] for g in gemms[group])
+        run["final_val_loss"] = data["runs"][f"bf16/{seed}"]["final_val_loss"] + effect
+        planted.setdefault((fmt, f"{layer} {group}"), []).append(effect)
+    path.write_text(json.dumps(data))
+    results = analysis.main(["--preset", "smoke", "--horizon", "2", "--dir", str(tmp_path)])
+    for result in results:
+        row = next(r for r in result["rows"] if r["statistic"] == "rel error (all units)")
+        assert row["spearman"] == pytest.approx(1.0), result["format"]
+        want = [np.mean(planted[(result["format"], unit)]) for unit in result["units"]]
+        assert np.allclose(result["effect"], want, rtol=1e-9, atol=0), result["format"]
+        assert len(set(np.round(want, 12))) == len(want)     # distinct: a real ranking

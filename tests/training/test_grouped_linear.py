@@ -240,3 +240,95 @@ def test_bench_grouped_linear_runs(capsys, tmp_path):
     rows = json.loads(record.read_text())["rows"]
     assert [r["name"] for r in rows] == ["grouped", "loop-lowprec", "loop-nn.Linear"]
     assert all(bench_schema.check_row(r) for r in rows)
+
+
+# -- early, clear errors (issue 22) -------------------------------------------------------
+
+@pytest.mark.parametrize("counts, error, message", [
+    (None, TypeError, r"counts must be an integer tensor \[E\] or a list of E ints; got None"),
+    ("33", TypeError, r"counts must be an integer tensor \[E\] or a list of E ints; got '33'"),
+    (["3", "3"], TypeError, r"counts must be ints \(rows per expert\); got '3' in"),
+    ([3.0, 3.0], TypeError, r"counts must be ints \(rows per expert\); got 3\.0"),
+    ([True, 5], TypeError, r"counts must be ints \(rows per expert\); got True"),
+    # Mutant #6 (issue 22): a bool tensor accepted -> it reaches the sum check instead.
+    (torch.tensor([True, True]), TypeError,
+     r"counts must be an integer tensor; got torch\.bool"),
+    (torch.tensor([3.0, 3.0]), TypeError, r"integer tensor; got torch\.float32"),
+    # Mutant #6: the negative-count check removed -> [-2, 8] sums to 6 and fails in
+    # torch's split with torch's own message.
+    ([-2, 8], ValueError, r"counts \[-2, 8\] must be >= 0; expert 0 has -2 rows"),
+    (torch.tensor([8, -2]), ValueError, r"counts \[8, -2\] must be >= 0; expert 1 has -2"),
+])
+def test_bad_counts_are_refused_before_any_work(counts, error, message):
+    x, weight = torch.randn(6, 32), torch.randn(2, 48, 32)
+    with pytest.raises(error, match=message):
+        grouped_linear(x, weight, counts)
+
+
+@pytest.mark.parametrize("recipe", ["nvfp4", {"fprop": "fp8"}, 4])
+def test_a_recipe_that_is_not_a_recipe_is_a_type_error(recipe):
+    """As ``lowprec.linear`` says it (before: AttributeError on 'str' ... 'uses')."""
+    x, weight = torch.randn(6, 32), torch.randn(2, 48, 32)
+    with pytest.raises(TypeError, match=r"recipe must be a lowprec\.Recipe; got "
+                                        + type(recipe).__name__):
+        grouped_linear(x, weight, [3, 3], recipe=recipe)
+    with pytest.raises(TypeError, match=r"recipe must be a lowprec\.Recipe"):
+        linear(x, weight[0], recipe=recipe)
+
+
+@pytest.mark.parametrize("counts", [[], torch.tensor([], dtype=torch.int64)])
+def test_no_experts_is_a_clear_error(counts):
+    with pytest.raises(ValueError, match=r"at least one expert; got weight \(0, 48, 32\) "
+                                         r"\(E=0\)"):
+        grouped_linear(torch.randn(0, 32), torch.randn(0, 48, 32), counts)
+
+
+def test_grouped_experts_refuse_a_routing_for_other_rows():
+    """Before: top_k_index for 4 rows with 5 hidden rows gave token 4 zeros, silently."""
+    grouped = GroupedExperts(Experts(), {p: Recipe.uniform("bf16")
+                                         for p in ConcatenatedGateUp.tensors})
+    grouped.lowprec_name = "layers.0.experts"
+    index, weights = routing(4)
+    with pytest.raises(ValueError, match=r"GroupedExperts layers\.0\.experts: top_k_index "
+                                         r"must be \[T, k\] with T = 5 rows.*got \(4, 2\)"):
+        grouped(torch.randn(5, 32), index, weights)
+    with pytest.raises(ValueError, match=r"top_k_weights must have top_k_index's shape "
+                                         r"\(4, 2\); got \(4, 1\)"):
+        grouped(torch.randn(4, 32), index, weights[:, :1])
+    with pytest.raises(ValueError, match=r"hidden_states must be \[T, H=32\]; got \(4, 16\)"):
+        grouped(torch.randn(4, 16), index, weights)
+    assert grouped(torch.randn(4, 32), index, weights).shape == (4, 32)
+
+
+def _with(**changes):
+    experts = Experts()
+    for key, value in changes.items():
+        setattr(experts, key, value)
+    return experts
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: _with(is_transposed=True), r"is_transposed=True \(this layout needs "
+                                        r"is_transposed=False\)"),
+    (lambda: _with(has_bias=True), r"has_bias=True"),
+    (lambda: _with(is_concatenated=False), r"is_concatenated=False"),
+    (lambda: _with(gate_up_proj_bias=torch.nn.Parameter(torch.zeros(4, 64))),
+     r"Parameters must be exactly \('gate_up_proj', 'down_proj'\); got \['down_proj', "
+     r"'gate_up_proj', 'gate_up_proj_bias'\]"),
+    (lambda: _with(down_proj=torch.nn.Parameter(torch.zeros(4, 32, 16))),
+     r"needs down_proj \[E, H, I\] = \(4, 32, 32\); got \(4, 32, 16\)"),
+    (lambda: _with(gate_up_proj=torch.nn.Parameter(torch.zeros(0, 64, 32)),
+                   down_proj=torch.nn.Parameter(torch.zeros(0, 32, 32))), r"no experts"),
+])
+def test_grouped_experts_built_directly_run_the_adapters_layout_checks(make, message):
+    """Before: GroupedExperts(module) skipped the adapter's checks and failed (or gave
+    other numbers) only in forward."""
+    module = make()
+    assert experts_adapter(module) is None            # the adapter refuses it too
+    with pytest.raises(ValueError, match=r"GroupedExperts takes experts in transformers' "
+                                         r"default layout.*" + message):
+        GroupedExperts(module, {p: Recipe.uniform("bf16") for p in ConcatenatedGateUp.tensors})
+    no_act = Experts()
+    del no_act.act_fn
+    with pytest.raises(ValueError, match="it has no act_fn"):
+        GroupedExperts(no_act)

@@ -96,7 +96,7 @@ def test_only_plain_linears_are_swapped_and_the_rest_is_listed_untouched():
 def test_bad_shapes_and_filtered_layers_stay_bf16_with_the_reason():
     model = nn.Sequential(nn.Linear(20, 32), nn.Linear(32, 40), nn.Linear(40, 64),
                           nn.Linear(64, 64), nn.Linear(64, 64))
-    convert(model, filter_fn=lambda name, module: name != "3")
+    convert(model, filter_fn=lambda module, name: name != "3")
     plan = model.lowprec_plan
     assert "K=20" in plan["0"].reason and "N=40" in plan["1"].reason
     assert "K=40" in plan["2"].reason

@@ -5,7 +5,6 @@ import io
 import pytest
 import torch
 
-import lowprec.ops
 from lowprec.conversion import convert
 
 from .tinygpt import TinyGPT, markov_batches, optimizer_steps
@@ -36,30 +35,24 @@ def assert_same_run(a, b):
 
 
 @pytest.fixture
-def sr_calls(monkeypatch):
-    """Records (seed, first counter, counters used) of every SR quantization: each SR
-    copy made by ``quantize_row_col`` (the training layer's path) or ``quantize_nvfp4``."""
-    calls = []
-    quantize, quantize_row_col = lowprec.ops.quantize_nvfp4, lowprec.ops.quantize_row_col
+def sr_calls(kernel_calls):
+    """A function giving ``(seed, first counter, counters used)`` of every SR quantization
+    the training layer has run: each SR copy made by ``quantize_row_col``."""
+    def so_far():
+        out = []
+        for op, kwargs, (row, col) in kernel_calls:
+            if op != "quantize_row_col":
+                continue
+            # Counters the kernel consumed, from the copies' shapes (never from the
+            # offsets the code under test computed): ceil(numel / 4) of each copy.
+            if kwargs["row_stochastic"] and row is not None:
+                out.append((kwargs["seed"], kwargs["row_offset"], (row[0].numel() * 2 + 3) // 4))
+            if kwargs["col_stochastic"] and col is not None:
+                out.append((kwargs["seed"], kwargs["col_offset"], (col[0].numel() * 2 + 3) // 4))
+        return out
 
-    def recording(x, **kwargs):
-        if kwargs.get("stochastic"):
-            calls.append((kwargs["seed"], kwargs["offset"], (x.numel() + 3) // 4))
-        return quantize(x, **kwargs)
-
-    def recording_row_col(x, **kwargs):
-        row, col = quantize_row_col(x, **kwargs)
-        # Counters the kernel consumed, from the copies' shapes (never from the offsets
-        # the code under test computed): ceil(numel / 4) of each copy's logical shape.
-        if kwargs.get("row_stochastic") and row is not None:
-            calls.append((kwargs["seed"], kwargs["row_offset"], (row.data.numel() * 2 + 3) // 4))
-        if kwargs.get("col_stochastic") and col is not None:
-            calls.append((kwargs["seed"], kwargs["col_offset"], (col.data.numel() * 2 + 3) // 4))
-        return row, col
-
-    monkeypatch.setattr(lowprec.ops, "quantize_nvfp4", recording)
-    monkeypatch.setattr(lowprec.ops, "quantize_row_col", recording_row_col)
-    return calls
+    so_far.clear = kernel_calls.clear
+    return so_far
 
 
 def test_no_two_sr_quantizations_share_a_random_word(sr_calls):
@@ -67,11 +60,11 @@ def test_no_two_sr_quantizations_share_a_random_word(sr_calls):
     nvfp4_layers = sum(layer.fprop == "nvfp4" for layer in model.lowprec_plan)
     # dgrad and wgrad of each NVFP4 layer, each step (a layer whose input needs no
     # gradient, none here, would skip dgrad)
-    assert len(sr_calls) == 2 * nvfp4_layers * 2
-    seeds = {seed for seed, _, _ in sr_calls}
+    assert len(sr_calls()) == 2 * nvfp4_layers * 2
+    seeds = {seed for seed, _, _ in sr_calls()}
     assert len(seeds) == nvfp4_layers * 2             # one key per layer call
     for seed in seeds:
-        ranges = sorted((start, start + n) for s, start, n in sr_calls if s == seed)
+        ranges = sorted((start, start + n) for s, start, n in sr_calls() if s == seed)
         assert all(end <= next_start
                    for (_, end), (next_start, _) in zip(ranges, ranges[1:]))
 
@@ -105,11 +98,11 @@ def test_resumed_run_continues_bit_identically():
 
 def test_activation_checkpointing_replays_the_same_keys(sr_calls):
     plain = trained(seed=4, n_steps=2)
-    plain_calls = list(sr_calls)
+    plain_calls = sr_calls()
     sr_calls.clear()
     checkpointed = trained(seed=4, n_steps=2, checkpoint=True)
     assert_same_run(plain, checkpointed)
-    assert sorted(sr_calls) == sorted(plain_calls)
+    assert sorted(sr_calls()) == sorted(plain_calls)
 
 
 def test_inference_draws_no_random_numbers():
