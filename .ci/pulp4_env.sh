@@ -18,5 +18,5 @@ if [ -z "$py" ]; then
   exit 1
 fi
 "$py" -m venv "$dir" >&2
-"$dir/bin/python" -m pip install -q "pulp>=4,<5" highspy >&2
+"$dir/bin/python" -m pip install -q -c "$(dirname "$0")/../constraints.txt" "pulp>=4,<5" highspy >&2
 echo "$dir/bin/python"

@@ -1,39 +1,46 @@
-"""Training-step benchmark on a GPT of ~350M parameters (GPU only).
+"""Training-step benchmark (GPU): where a step's time goes, per precision mode.
 
-The model is the demo's GPT (``lowprec.demo.model``) at 24 blocks, d_model 1024 and a
-50304-token vocabulary. Its LM head is tied to the embedding and applied with
-``F.linear``: it is not an ``nn.Linear``, so it stays BF16 in every mode and is not among
-the linear layers whose saved inputs are counted below.
+Two models:
+* ``gpt355m``: the demo's GPT (``lowprec.demo.model``) at 24 blocks, d_model 1024, a
+  50304-token vocabulary. Its LM head is tied to the embedding and applied with
+  ``F.linear``: it stays BF16 in every mode and is not counted among the linear layers.
+* ``llama4096``: Llama-style blocks (bench/llama_blocks.py: d_model 4096, SwiGLU FFN
+  14336, GQA), ``--blocks`` of them on embedded inputs, where FP8 can pay on Hopper.
 
-Modes, each a full step (forward, backward, AdamW) under bf16 autocast with FP32 master
-weights, compiled with torch.compile unless --no-compile:
+Modes, each a full step (forward, backward, fused AdamW) under bf16 autocast with FP32
+master weights: ``bf16`` (plain ``nn.Linear``, the baseline), ``fp8`` (every block
+linear ``Recipe.uniform("fp8")``), ``nvfp4`` (``lowprec.convert`` defaults; emulated off
+Blackwell), ``torchao-float8-rowwise`` (torchao's float8 training, rowwise, on the block
+linears, if torchao imports). Execution (``--exec``): ``eager``, ``compile``
+(``torch.compile``), ``cudagraphs`` (``torch.compile(mode="reduce-overhead")``, which
+captures what it can).
 
-* ``bf16``   plain ``nn.Linear`` everywhere (the baseline);
-* ``fp8``    every block linear in FP8 (``Recipe.uniform("fp8")``), LM head BF16;
-* ``nvfp4``  ``lowprec.convert`` defaults: the NVFP4 recipe, the last ~15% of blocks and
-  the LM head BF16 (emulated off Blackwell: exact dequantization + BF16/FP32 GEMMs);
-* ``torchao-float8-rowwise``  torchao's float8 training with the rowwise recipe on the
-  block linears, if torchao imports.
+Each (model, mode, execution) runs in a fresh process, so that one mode's memory cannot
+linger into the next one's peak. Reported: median step time (CUDA events) over
+``--steps`` after ``--warmup``, tokens/s and the ratio to BF16 (same model and
+execution), peak allocated memory and its ratio to BF16, the bytes the linear layers save
+for the backward from their inputs (eager forward), and from ``torch.profiler`` over
+three steps: the share of the step the GPU is busy (union of kernel intervals over the
+wall time) and the top kernels with their time per step.
 
-Reported per mode: median step time over ``--steps`` timed steps (CUDA events, after
-``--warmup`` steps), tokens/s and its ratio to BF16, peak allocated memory, and the
-bytes that the linear layers keep for the backward from their inputs (measured in one
-eager forward: every tensor saved for backward inside a linear layer's forward, except
-the parameters and weight-shaped casts of them), with its ratio to BF16.
+Targets (issue 20; H100/H200): GPU busy >= 90%; llama4096 FP8 >= 1.2x BF16 tokens/s and
+>= torchao float8, NVFP4 step <= 1.3x BF16; gpt355m FP8 >= 1.0x; peak memory <= BF16.
 
-Targets (H100/H200): FP8 >= 1.15x BF16 tokens/s and >= torchao float8; NVFP4
-step time <= 1.4x BF16; NVFP4 linear-input activation bytes <= 0.6x BF16.
-
-Without a GPU this prints "no GPU" and exits 0 (``--allow-cpu`` runs a tiny model on
+Without a GPU this prints "no GPU" and exits 0 (``--allow-cpu`` runs tiny models on the
 CPU to check the code path; its figures mean nothing and are not recorded).
 
-Usage: python bench/bench_train_step.py [--batch 8 --seq 1024 --steps 20 --warmup 5]
+Usage: python bench/bench_train_step.py [--model gpt355m llama4096] [--exec eager compile]
+       [--batch 8 --seq 1024 --steps 20 --warmup 5 --blocks 4]
 """
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
+import time
 
 import torch
 from torch import nn
@@ -42,6 +49,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import lowprec  # noqa: E402
 from bench import common  # noqa: E402
+from bench.llama_blocks import LlamaBlocks, LlamaConfig  # noqa: E402
 from lowprec.conversion import convert  # noqa: E402
 from lowprec.discovery import candidate_layers  # noqa: E402
 from lowprec.demo.model import GPT, GPTConfig  # noqa: E402
@@ -49,15 +57,41 @@ from lowprec.plan import LayerPlan, Plan  # noqa: E402
 from lowprec.recipe import Recipe  # noqa: E402
 from lowprec.table import format_table  # noqa: E402
 
-GPT_350M = dict(vocab=50304, d_model=1024, n_layer=24, n_head=16)
-GPT_TINY = dict(vocab=256, d_model=48, n_layer=2, n_head=4)
+MODELS = {
+    "gpt355m": {"gpu": dict(vocab=50304, d_model=1024, n_layer=24, n_head=16),
+                "cpu": dict(vocab=256, d_model=48, n_layer=2, n_head=4)},
+    "llama4096": {"gpu": dict(d_model=4096, ffn=14336, n_head=32, n_kv_head=8),
+                  "cpu": dict(d_model=64, ffn=96, n_head=4, n_kv_head=2)},
+}
+EXECUTIONS = ("eager", "compile", "cudagraphs")
 
 
-def loss_fn(model, tokens):
-    return model(tokens[:, :-1], tokens[:, 1:])
+# -- models and modes -----------------------------------------------------------------
+
+def build_model(name, size, seq_len, blocks, device):
+    torch.manual_seed(0)
+    config = MODELS[name][size]
+    if name == "gpt355m":
+        return GPT(GPTConfig(seq_len=seq_len, **config)).to(device)
+    return LlamaBlocks(LlamaConfig(n_layer=blocks, **config)).to(device)
 
 
-# -- modes ----------------------------------------------------------------------------
+def make_batch(name, model, args, device):
+    """What one step consumes: token ids for the GPT, embedded bf16 inputs for Llama."""
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    if name == "gpt355m":
+        vocab = model.cfg.vocab if hasattr(model, "cfg") else MODELS[name]["gpu"]["vocab"]
+        tokens = torch.randint(vocab, (args.batch, args.seq + 1), generator=gen)
+        return tokens.to(device)
+    d_model = model.blocks[0].norm1.weight.shape[0]
+    return torch.randn(args.batch, args.seq, d_model, generator=gen).to(device, torch.bfloat16)
+
+
+def loss_fn(model, batch):
+    if batch.dtype == torch.long:
+        return model(batch[:, :-1], batch[:, 1:])
+    return model(batch)
+
 
 def blocks_only_plan(model, precision):
     """Every block linear in ``precision``, everything else (the LM head) BF16."""
@@ -71,9 +105,7 @@ def blocks_only_plan(model, precision):
     return Plan(layers, {"planner": "bench_train_step"})
 
 
-def build(mode, config, seq_len, device):
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(seq_len=seq_len, **config)).to(device)
+def apply_mode(model, mode):
     if mode == "fp8":
         convert(model, plan=blocks_only_plan(model, "fp8"), recipe=Recipe.uniform("fp8"))
     elif mode == "nvfp4":
@@ -98,7 +130,7 @@ def available_modes():
 
 # -- measurements ---------------------------------------------------------------------
 
-def linear_input_bytes(model, tokens):
+def linear_input_bytes(model, batch):
     """Bytes the linear layers save for backward in one forward (see module docstring)."""
     params = {p.data_ptr() for p in model.parameters()}
     counted, total = set(), 0
@@ -110,7 +142,9 @@ def linear_input_bytes(model, tokens):
         if t.data_ptr() not in params and not weight_like and t.data_ptr() not in counted:
             counted.add(t.data_ptr())
             total += t.numel() * t.element_size()
-        return t
+        # Detached: holding the tensor itself (its grad_fn among the saved ones) would
+        # tie the graph into a cycle that outlives this forward, and with it the model.
+        return t.detach()
 
     def enter(module, args):
         n, k = module.weight.shape
@@ -126,118 +160,226 @@ def linear_input_bytes(model, tokens):
         if isinstance(module, nn.Linear):
             hooks += [module.register_forward_pre_hook(enter),
                       module.register_forward_hook(leave)]
-    with torch.autocast(tokens.device.type, dtype=torch.bfloat16):
-        loss = loss_fn(model, tokens)
+    with torch.autocast(batch.device.type, dtype=torch.bfloat16):
+        loss = loss_fn(model, batch)
     del loss
     for hook in hooks:
         hook.remove()
     return total
 
 
-def time_steps(model, tokens, steps, warmup, compile_model):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=tokens.is_cuda)
-    step_loss = torch.compile(loss_fn) if compile_model else loss_fn
+def make_step(model, batch, execution):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=batch.is_cuda)
+    forward = loss_fn
+    if execution == "compile":
+        forward = torch.compile(loss_fn)
+    elif execution == "cudagraphs":
+        forward = torch.compile(loss_fn, mode="reduce-overhead")
+
     def step():
-        with torch.autocast(tokens.device.type, dtype=torch.bfloat16):
-            loss = step_loss(model, tokens)
+        with torch.autocast(batch.device.type, dtype=torch.bfloat16):
+            loss = forward(model, batch)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss
+    return step
 
+
+def time_steps(step, steps, warmup, cuda):
     times = []
     for i in range(warmup + steps):
-        ms, loss = common.timed_ms(step, cuda=tokens.is_cuda)
+        ms, loss = common.timed_ms(step, cuda=cuda)
         if i >= warmup:
             times.append(ms / 1e3)
     return statistics.median(times), loss.item()
 
 
-def run_mode(mode, args, config, device):
-    model = build(mode, config, args.seq, device)
-    gen = torch.Generator(device="cpu").manual_seed(1)
-    tokens = torch.randint(config["vocab"], (args.batch, args.seq + 1), generator=gen)
-    tokens = tokens.to(device)
-    act_bytes = linear_input_bytes(model, tokens)
+def gpu_profile(step, steps=3, top=5):
+    """(GPU-busy share of the wall time, [(kernel, ms per step)]) over ``steps`` steps."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+        wall_us = (time.perf_counter() - start) * 1e6
+    intervals = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
+                       if e.device_type == torch.autograd.DeviceType.CUDA)
+    busy, end = 0.0, float("-inf")
+    for lo, hi in intervals:                 # the union of the kernels' intervals
+        if hi > end:
+            busy += hi - max(lo, end)
+            end = hi
+    kernels = sorted(prof.key_averages(), key=lambda e: e.self_device_time_total,
+                     reverse=True)
+    top_kernels = [(e.key[:60], e.self_device_time_total / 1e3 / steps)
+                   for e in kernels[:top] if e.self_device_time_total > 0]
+    return busy / wall_us, top_kernels
+
+
+def run_one(model_name, mode, execution, args, device):
+    """One (model, mode, execution) in this process: the record for the report."""
+    size = "gpu" if device.type == "cuda" else "cpu"
+    model = apply_mode(build_model(model_name, size, args.seq, args.blocks, device), mode)
+    batch = make_batch(model_name, model, args, device)
+    act_bytes = linear_input_bytes(model, batch)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    step_s, loss = time_steps(model, tokens, args.steps, args.warmup, not args.no_compile)
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
-    return {"step_s": step_s, "tokens_per_s": args.batch * args.seq / step_s,
-            "peak_bytes": peak, "linear_input_bytes": act_bytes, "last_loss": loss,
-            "params": sum(p.numel() for p in model.parameters())}
+    step = make_step(model, batch, execution)
+    step_s, loss = time_steps(step, args.steps, args.warmup, device.type == "cuda")
+    record = {"model": model_name, "mode": mode, "exec": execution, "step_s": step_s,
+              "tokens_per_s": args.batch * args.seq / step_s, "linear_input_bytes": act_bytes,
+              "last_loss": loss, "params": sum(p.numel() for p in model.parameters()),
+              "peak_bytes": None, "gpu_busy": None, "top_kernels": []}
+    if device.type == "cuda":
+        record["peak_bytes"] = torch.cuda.max_memory_allocated()
+        record["gpu_busy"], record["top_kernels"] = gpu_profile(step)
+    return record
 
 
-def backends_available(device):
-    return lowprec.available(return_reason=True, device_type=device.type)
+def run_isolated(model_name, mode, execution, args):
+    """``run_one`` in a fresh Python process; its record, or None (and why) if it failed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "record.json")
+        command = [sys.executable, os.path.abspath(__file__), "--child", out,
+                   "--model", model_name, "--modes", mode, "--exec", execution,
+                   "--batch", str(args.batch), "--seq", str(args.seq),
+                   "--steps", str(args.steps), "--warmup", str(args.warmup),
+                   "--blocks", str(args.blocks)] + (["--allow-cpu"] if args.allow_cpu else [])
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0 or not os.path.exists(out):
+            tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+            print(f"  {model_name} {mode} {execution}: FAILED ({' / '.join(tail)})")
+            return None
+        with open(out) as f:
+            return json.load(f)
 
 
-def report(results):
-    base = results["bf16"]
-    print(format_table(
-        ("mode", "step ms", "tok/s", "vs bf16", "peak GiB", "lin-in MiB", "vs bf16"),
-        [(mode, f"{1e3 * r['step_s']:.1f}", f"{r['tokens_per_s']:.0f}",
-          f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x",
-          "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**30:.2f}",
-          f"{r['linear_input_bytes'] / 2**20:.1f}",
-          f"{r['linear_input_bytes'] / base['linear_input_bytes']:.2f}x")
-         for mode, r in results.items()], align="lrrrrrr"))
-    checks = {}
-    if "fp8" in results:
-        checks["fp8 >= 1.15x bf16 tokens/s"] = (
-            results["fp8"]["tokens_per_s"] >= 1.15 * base["tokens_per_s"])
-    if "fp8" in results and "torchao-float8-rowwise" in results:
-        checks["fp8 >= torchao float8 tokens/s"] = (
-            results["fp8"]["tokens_per_s"] >= results["torchao-float8-rowwise"]["tokens_per_s"])
-    if "nvfp4" in results:
-        checks["nvfp4 step <= 1.4x bf16"] = results["nvfp4"]["step_s"] <= 1.4 * base["step_s"]
-        checks["nvfp4 linear-input bytes <= 0.6x bf16"] = (
-            results["nvfp4"]["linear_input_bytes"] <= 0.6 * base["linear_input_bytes"])
-    for name, ok in checks.items():
+# -- report ---------------------------------------------------------------------------
+
+def _ratio(value, base):
+    return "-" if value is None or not base else f"{value / base:.2f}x"
+
+
+def report(records):
+    rows = []
+    for r in records:
+        base = next((b for b in records if b["mode"] == "bf16" and b["model"] == r["model"]
+                     and b["exec"] == r["exec"]), None)
+        top = r["top_kernels"][0] if r["top_kernels"] else None
+        rows.append((r["model"], r["mode"], r["exec"], f"{1e3 * r['step_s']:.1f}",
+                     f"{r['tokens_per_s']:.0f}",
+                     _ratio(r["tokens_per_s"], base and base["tokens_per_s"]),
+                     "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**30:.2f}",
+                     _ratio(r["peak_bytes"], base and base["peak_bytes"]),
+                     f"{r['linear_input_bytes'] / 2**20:.1f}",
+                     "-" if r["gpu_busy"] is None else f"{100 * r['gpu_busy']:.0f}%",
+                     "-" if top is None else f"{top[0]} {top[1]:.2f} ms"))
+    print(format_table(("model", "mode", "exec", "step ms", "tok/s", "vs bf16", "peak GiB",
+                        "vs bf16", "lin-in MiB", "GPU busy", "top kernel"), rows,
+                       align="llllrrrrrrl"))
+    return checks(records)
+
+
+def checks(records):
+    """Issue 20's targets, each met or missed, for the records that measure it."""
+    def find(model, mode, execution="eager"):
+        return next((r for r in records if (r["model"], r["mode"], r["exec"]) ==
+                     (model, mode, execution)), None)
+    out = {}
+    for execution in EXECUTIONS:
+        llama_bf16, llama_fp8 = find("llama4096", "bf16", execution), find("llama4096", "fp8", execution)
+        llama_nv, llama_ao = find("llama4096", "nvfp4", execution), find(
+            "llama4096", "torchao-float8-rowwise", execution)
+        gpt_bf16, gpt_fp8 = find("gpt355m", "bf16", execution), find("gpt355m", "fp8", execution)
+        if llama_bf16 and llama_fp8:
+            out[f"llama4096 {execution}: fp8 >= 1.2x bf16 tokens/s"] = (
+                llama_fp8["tokens_per_s"] >= 1.2 * llama_bf16["tokens_per_s"])
+        if llama_fp8 and llama_ao:
+            out[f"llama4096 {execution}: fp8 >= torchao float8"] = (
+                llama_fp8["tokens_per_s"] >= llama_ao["tokens_per_s"])
+        if llama_bf16 and llama_nv:
+            out[f"llama4096 {execution}: nvfp4 step <= 1.3x bf16"] = (
+                llama_nv["step_s"] <= 1.3 * llama_bf16["step_s"])
+        if gpt_bf16 and gpt_fp8:
+            out[f"gpt355m {execution}: fp8 >= 1.0x bf16 tokens/s"] = (
+                gpt_fp8["tokens_per_s"] >= gpt_bf16["tokens_per_s"])
+    for r in records:
+        base = find(r["model"], "bf16", r["exec"])
+        if r["mode"] != "bf16" and base and r["peak_bytes"] is not None:
+            out[f"{r['model']} {r['exec']} {r['mode']}: peak memory <= bf16"] = (
+                r["peak_bytes"] <= base["peak_bytes"])
+        if r["gpu_busy"] is not None:
+            out[f"{r['model']} {r['exec']} {r['mode']}: GPU busy >= 90%"] = r["gpu_busy"] >= 0.9
+    for name, ok in out.items():
         print(f"{'met' if ok else 'MISSED':>7}  {name}")
-    return checks
+    return out
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--exec", nargs="+", choices=EXECUTIONS, default=["eager", "compile"])
+    parser.add_argument("--modes", nargs="*", default=None)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=1024)
+    parser.add_argument("--blocks", type=int, default=4, help="Llama blocks")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--modes", nargs="*", default=None)
-    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--no-compile", action="store_true", help="same as --exec eager")
     parser.add_argument("--allow-cpu", action="store_true",
-                        help="tiny model on CPU: checks the code path, records nothing")
+                        help="tiny models on CPU: checks the code path, records nothing")
+    parser.add_argument("--child", help=argparse.SUPPRESS)   # internal: one run, to a file
     args = parser.parse_args(argv)
+    executions = ["eager"] if args.no_compile else args.exec
 
     if torch.cuda.is_available():
-        device, config = torch.device("cuda"), GPT_350M
+        device = torch.device("cuda")
     elif args.allow_cpu:
-        device, config = torch.device("cpu"), GPT_TINY
+        device = torch.device("cpu")
     else:
         print("no GPU: this benchmark measures GPU training steps; nothing to do")
+        return 0
+
+    if args.child:
+        record = run_one(args.model[0], args.modes[0], executions[0], args, device)
+        with open(args.child, "w") as f:
+            json.dump(record, f)
         return 0
 
     modes = args.modes or available_modes()
     if "bf16" not in modes:
         modes = ["bf16"] + modes                    # every ratio is against BF16
-    results = {}
-    for mode in modes:
-        print(f"running {mode} ...", flush=True)
-        results[mode] = run_mode(mode, args, config, device)
-    checks = report(results)
+    records = []
+    for model_name in args.model:
+        for execution in executions:
+            for mode in modes:
+                print(f"running {model_name} {mode} {execution} ...", flush=True)
+                record = run_isolated(model_name, mode, execution, args)
+                if record is not None:
+                    records.append(record)
+    results = report(records)
 
     if device.type == "cuda":
-        base_s = results["bf16"]["step_s"]
-        rows = [common.row(mode, 1e3 * r["step_s"], shape=f"batch {args.batch} x seq {args.seq}",
-                           throughput=r["tokens_per_s"], unit="tok/s", baseline="bf16",
-                           of_baseline=base_s / r["step_s"], **r)
-                for mode, r in results.items()]
+        rows = []
+        for r in records:
+            base = next((b for b in records if b["mode"] == "bf16" and
+                         (b["model"], b["exec"]) == (r["model"], r["exec"])), r)
+            rows.append(common.row(f"{r['model']} {r['mode']} {r['exec']}",
+                                   1e3 * r["step_s"],
+                                   shape=f"batch {args.batch} x seq {args.seq}",
+                                   throughput=r["tokens_per_s"], unit="tok/s",
+                                   baseline="bf16", of_baseline=base["step_s"] / r["step_s"],
+                                   **r))
         print("wrote", common.write_results(
-            "bench_train_step", rows, extra={"args": vars(args), "model": config,
-                                             "lowprec_backends": backends_available(device),
-                                             "targets": checks}))
+            "bench_train_step", rows,
+            extra={"args": vars(args), "models": {m: MODELS[m]["gpu"] for m in args.model},
+                   "lowprec_backends": lowprec.available(return_reason=True,
+                                                         device_type="cuda"),
+                   "targets": results}))
     return 0
 
 

@@ -126,7 +126,10 @@ else
     --shapes 4096x4096,14336x4096 --reps 20
   bench bench_nvfp4_gemm 50 bench_nvfp4_gemm.py --reps 10 \
     --shapes 8192x8192x8192,8192x6144x4096,8192x4096x4096,8192x28672x4096,8192x4096x14336
-  bench bench_train_step 90 bench_train_step.py --no-compile --steps 5 --warmup 2
+  # Both models, every mode, eager, each in a fresh process; compiled and CUDA-graphed
+  # steps on a rerun: --only bench_train_step with BENCH_TRAIN_EXEC="compile cudagraphs".
+  bench bench_train_step 150 bench_train_step.py --model gpt355m llama4096 --blocks 2 \
+    --exec ${BENCH_TRAIN_EXEC:-eager} --steps 5 --warmup 2
 fi
 cp "$OUT/dispatch.log" "$OUT/dispatch.json" 2>/dev/null
 

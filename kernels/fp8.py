@@ -149,11 +149,17 @@ def _one(device):
     return one
 
 
+# Below sm_89 (no FP8 tensor cores) the GEMM has no fast form: the codes are decoded to
+# FP32 and multiplied with torch.matmul (cuBLAS FP32 on a GPU), the reference's
+# arithmetic; named for what it is, not as the reference backend.
+EMULATED_GEMM = "emulated:fp8_gemm(decode + fp32 torch.matmul, no FP8 tensor cores)"
+
+
 def gemm_implementation(capability):
     """What ``fp8_gemm`` runs for CUDA tensors of ``capability`` (None: CPU tensors)."""
     if capability is not None and capability >= FP8_MMA_CAPABILITY:
         return "torch:_scaled_mm"
-    return "reference:fp8_gemm"
+    return EMULATED_GEMM
 
 
 def _pad16(data, dim):

@@ -13,6 +13,8 @@ from lowprec import _C, blackwell
 MIN_CAPABILITY = _C.MIN_CAPABILITY
 QUANTIZE_OPS = ("quantize_nvfp4", "quantize_row_col", "quantize_weight_2d")
 NATIVE_FP4_GEMM = "torch:scaled_mm(nvfp4)"
+# What runs, per call, for the shapes the native GEMM cannot take (the Triton backend's).
+SHAPE_FALLBACK = "dequant+torch.mm"
 
 
 def availability(device_type):
@@ -28,7 +30,7 @@ def implementation(op, capability):
     if op in QUANTIZE_OPS:
         return f"cuda:{op}"
     if op == "nvfp4_gemm" and capability >= blackwell.MIN_CAPABILITY:
-        return NATIVE_FP4_GEMM
+        return f"{NATIVE_FP4_GEMM}; K % 32 != 0: {SHAPE_FALLBACK}"
     return None
 
 

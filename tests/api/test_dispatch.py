@@ -23,15 +23,20 @@ HOPPER = {
     "nvfp4_gemm": "dequant+torch.mm",
     "fp8_gemm": "torch:_scaled_mm",
 }
-BLACKWELL = dict(HOPPER, nvfp4_gemm="torch:scaled_mm(nvfp4)")
+# The native FP4 GEMM needs K % 32 == 0; other shapes take Hopper's, and the name says so.
+BLACKWELL = dict(HOPPER, nvfp4_gemm="torch:scaled_mm(nvfp4); K % 32 != 0: dequant+torch.mm")
+# No FP8 tensor cores before sm_89: the FP8 GEMM is an emulation, named as one.
+AMPERE = {**{op: name.replace("cuda:", "triton:") for op, name in HOPPER.items()},
+          "fp8_gemm": "emulated:fp8_gemm(decode + fp32 torch.matmul, no FP8 tensor cores)"}
 
 
-@pytest.mark.parametrize("capability, expected", [((9, 0), HOPPER), ((10, 0), BLACKWELL)])
+@pytest.mark.parametrize("capability, expected", [((9, 0), HOPPER), ((10, 0), BLACKWELL),
+                                                  ((8, 0), AMPERE)])
 def test_gpu_tables(capability, expected):
     assert dispatch.table(capability)[1] == expected
 
 
-@pytest.mark.parametrize("capability", [(9, 0), (10, 0), (12, 0)])
+@pytest.mark.parametrize("capability", [(8, 0), (8, 9), (9, 0), (10, 0), (12, 0)])
 def test_no_gpu_op_runs_the_reference(capability):
     _, ops = dispatch.table(capability)
     assert set(ops) == set(backends.OPS)

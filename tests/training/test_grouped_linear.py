@@ -332,3 +332,28 @@ def test_grouped_experts_built_directly_run_the_adapters_layout_checks(make, mes
     del no_act.act_fn
     with pytest.raises(ValueError, match="it has no act_fn"):
         GroupedExperts(no_act)
+
+
+@pytest.mark.parametrize("counts", [[3, 0, 5, 0], [8, 0, 0, 0], [0, 0, 0, 8]])
+def test_the_sr_stream_does_not_depend_on_routing(kernel_calls, counts):
+    """Each expert call draws its SR key from torch's generator, an empty one included,
+    in expert order: after a forward, the generator has made exactly E draws, and each
+    expert's dY (0 rows for an empty one) is quantized with its own key, whatever the
+    routing. Expected keys come from a fresh generator, not from lowprec.
+    Mutation tried: no key drawn for an expert with no rows (this test fails)."""
+    from lowprec.linear_layer import MASK64, SEED_HIGH, SEED_LOW
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(sum(counts), 32, generator=gen, requires_grad=True)
+    weight = torch.randn(len(counts), 16, 32, generator=gen, requires_grad=True)
+    torch.manual_seed(11)
+    y = grouped_linear(x, weight, counts)
+    after_forward = torch.get_rng_state()
+    y.backward(torch.ones_like(y))
+
+    torch.manual_seed(11)
+    keys = [int(torch.randint(SEED_LOW, SEED_HIGH, (), dtype=torch.int64)) & MASK64
+            for _ in counts]
+    assert torch.equal(after_forward, torch.get_rng_state())
+    used = [kwargs["seed"] for op, kwargs, _ in kernel_calls
+            if op == "quantize_row_col" and kwargs["row_stochastic"]]
+    assert sorted(used) == sorted(keys)
