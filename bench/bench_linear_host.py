@@ -6,7 +6,8 @@ dispatch. On a GPU that cost is what leaves the device idle. Run on the ``cpu`` 
 one thread, under bf16 autocast, as a training step would be.
 
 Reported per mode (``nn.Linear``, and ``lowprec.Linear`` with the NVFP4 recipe and with
-FP8): the median wall time of forward+backward over ``--reps`` runs (after a warm-up),
+FP8): the median wall time of forward+backward over ``--reps`` runs (after a warm-up;
+the modes take turns call by call),
 its ratio to ``nn.Linear``, and the operator calls one forward+backward makes
 (``torch.profiler`` events, nested ones included) with their ratio.
 
@@ -36,28 +37,30 @@ def make_layers(k, n):
     return layers
 
 
-def step(layer, x):
+def step(layer, x, grad):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = layer(x)
-    y.float().sum().backward()
+    y.backward(grad)
 
 
-def host_us(layer, x, reps, warmup=50):
-    """Median microseconds of one forward+backward."""
-    times = []
+def host_us(layers, x, grad, reps, warmup=50):
+    """``{mode: median microseconds of one forward+backward}``. The modes take turns, one
+    call each, so that a slow spell of a shared machine hits them all alike."""
+    times = {mode: [] for mode in layers}
     for i in range(warmup + reps):
-        start = time.perf_counter()
-        step(layer, x)
-        if i >= warmup:
-            times.append((time.perf_counter() - start) * 1e6)
-    return statistics.median(times)
+        for mode, layer in layers.items():
+            start = time.perf_counter()
+            step(layer, x, grad)
+            if i >= warmup:
+                times[mode].append((time.perf_counter() - start) * 1e6)
+    return {mode: statistics.median(t) for mode, t in times.items()}
 
 
-def operator_calls(layer, x):
+def operator_calls(layer, x, grad):
     """Operator calls (profiler events, nested ones included) of one forward+backward."""
-    step(layer, x)                     # the first call may do one-time work
+    step(layer, x, grad)               # the first call may do one-time work
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        step(layer, x)
+        step(layer, x, grad)
     return len(prof.events())
 
 
@@ -70,8 +73,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     x = torch.randn(args.m, args.k, requires_grad=True)
+    grad = torch.ones(args.m, args.n, dtype=torch.bfloat16)     # dL/dY, as autocast's Y
     layers = make_layers(args.k, args.n)
-    results = {mode: (host_us(layer, x, args.reps), operator_calls(layer, x))
+    medians = host_us(layers, x, grad, args.reps)
+    results = {mode: (medians[mode], operator_calls(layer, x, grad))
                for mode, layer in layers.items()}
     base_us, base_calls = results["nn.Linear"]
     print(f"Linear forward+backward, x [{args.m}, {args.k}] -> {args.n}, bf16 autocast, "

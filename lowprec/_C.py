@@ -13,6 +13,7 @@ csrc/bindings.cpp (an RHT sign vector becomes a 16-bit mask, uint64 seeds and of
 travel as int64) and register the fake (meta) kernels ``torch.compile`` traces with.
 """
 
+import functools
 import importlib
 import json
 import math
@@ -140,7 +141,13 @@ def sign_mask(rht_signs):
     """-1 for no RHT, else the 16-bit mask with bit j set where sign j is -1."""
     if rht_signs is None:
         return -1
-    return sum(1 << j for j, s in enumerate(rht_signs) if s == -1)
+    return _mask_of(tuple(rht_signs))
+
+
+@functools.lru_cache(maxsize=64)
+def _mask_of(signs):
+    # Cached: a training step passes the same few vectors on every call.
+    return sum(1 << j for j, s in enumerate(signs) if s == -1)
 
 
 def _amax_or_none(amax, device):

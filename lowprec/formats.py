@@ -33,7 +33,9 @@ class NVFP4Tensor:
         self.amax = amax
         self.shape = torch.Size(shape)
         self.block = block
-        self.rht_signs = None if rht_signs is None else tuple(int(s) for s in rht_signs)
+        if rht_signs is not None and type(rht_signs) is not tuple:
+            rht_signs = tuple(int(s) for s in rht_signs)
+        self.rht_signs = rht_signs      # a tuple, so that operands compare their RHT
 
     @property
     def device(self):

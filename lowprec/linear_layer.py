@@ -16,18 +16,23 @@ wgrad        dW = dY^T X         dY^T: RHT, 1x16, SR         X^T: RHT, 1x16 RNE
 * One quantize call per tensor and pass makes every copy the GEMMs read: X (forward)
   and dY (backward) each go through one ``quantize_row_col`` (rowwise copy + padded,
   RHT'd columnwise copy, no transpose or pad copies in between); W through one
-  ``quantize_weight_2d`` (or ``quantize_row_col`` without ``weight_2d``) in the forward
-  for fprop and one in the backward for dgrad's W^T.
+  ``quantize_weight_2d`` (or ``quantize_row_col`` without ``weight_2d``) in the forward,
+  which makes fprop's W and dgrad's W^T from one read.
 * wgrad contracts over the token dim M, which is arbitrary: X^T and dY^T are padded
   with zero columns to a multiple of 16 (NUMERICS 10).
 * FP8 quantizes each operand per row along the contraction dim (NUMERICS 9), so the
   wgrad operands are the rows of X^T and dY^T. FP8 rounds to nearest (no SR).
 * What the backward keeps: the quantized X^T of wgrad (an NVFP4 or FP8 copy, 0.56 or
   1 byte per element), never X itself, unless wgrad is ``"bf16"``; nothing of X^T when
-  W needs no gradient. W is a Parameter and is kept as it is; the dgrad operand W^T is
-  quantized from it in the backward (recomputed rather than saved, see ``_linear_fwd``).
+  W needs no gradient. W is a Parameter and is kept as it is; dgrad's quantized W^T
+  (0.56 bytes per weight element in NVFP4) is kept from the forward to the backward of
+  the call, rather than W read and quantized a second time. It is not kept across calls:
+  a weight's ``_version`` does not see every change (FSDP2 preserves it across its
+  all-gathers, ``.data`` writes bypass it), so reuse across micro-batches would need the
+  caller to say when the weight changed.
 * Stochastic rounding: each forward that will need SR draws one 64-bit Philox key from
-  torch's default CPU generator (``lowprec::draw_seed``). Its backward uses counters
+  torch's default CPU generator (``draw_key``; ``lowprec::draw_seed`` when compiled, the
+  same draw). Its backward uses counters
   ``[0, ceil(M*N/4))`` for dY (dgrad) and the next ``ceil(N*Mp/4)`` for dY^T (wgrad),
   so the two SR copies of one call never share a word, and calls never share a key
   except by a 64-bit collision (probability below n^2 / 2^65 for n calls).
@@ -40,9 +45,13 @@ wgrad        dW = dY^T X         dY^T: RHT, 1x16, SR         X^T: RHT, 1x16 RNE
   the keys that the layers after it drew in the forward: still deterministic, but
   those keys are shared, so use the non-reentrant kind.
 
-Why custom ops: the Python-level quantization needs ``seed.item()``, which would break
-a ``torch.compile`` graph; inside ``torch.library.custom_op``s it is opaque to dynamo,
-so fullgraph compilation works. The seed is drawn by a custom op of its own, tagged
+Two entries, one computation: eager calls run ``_LinearFunction`` (an
+``autograd.Function`` calling the device's kernel table, no op dispatch of its own,
+which is what keeps the host's cost per layer near ``nn.Linear``'s); under
+``torch.compile`` the same ``_forward``/``_backward`` run inside the custom ops
+``lowprec::linear_fwd``/``linear_bwd``, because the Python-level quantization needs
+``seed.item()``, which would break a graph, while a custom op is opaque to dynamo, so
+fullgraph compilation works. The seed is drawn by a custom op of its own, tagged
 ``nondeterministic_seeded``, rather than by ``torch.randint`` in the graph: inductor
 replaces in-graph ``randint`` with its own generator, which would make compiled runs
 draw other keys than eager ones; the custom op draws the same keys in both.
