@@ -80,8 +80,7 @@ def make_batch(name, model, args, device):
     """What one step consumes: token ids for the GPT, embedded bf16 inputs for Llama."""
     gen = torch.Generator(device="cpu").manual_seed(1)
     if name == "gpt355m":
-        vocab = model.cfg.vocab if hasattr(model, "cfg") else MODELS[name]["gpu"]["vocab"]
-        tokens = torch.randint(vocab, (args.batch, args.seq + 1), generator=gen)
+        tokens = torch.randint(model.cfg.vocab, (args.batch, args.seq + 1), generator=gen)
         return tokens.to(device)
     d_model = model.blocks[0].norm1.weight.shape[0]
     return torch.randn(args.batch, args.seq, d_model, generator=gen).to(device, torch.bfloat16)

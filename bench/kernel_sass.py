@@ -361,31 +361,13 @@ def triton_specs():
     }
 
 
-def compile_sm90(fn, signature, constexprs, num_warps, num_stages):
-    """kernels/aot.compile_for_hopper, with ``stride_acc`` also hinted as a multiple of
-    16 (the runtime specialises on it: N = 4096 in the Linear)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from lowprec.kernels import aot
-    aligned_ints = set(aot.ALIGNED_INTS) | {"stride_acc"}
-    names = fn.arg_names
-    signature = {name: signature.get(name, "constexpr") for name in names}
-    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(names)
-             if signature[name].startswith("*") or name in aligned_ints}
-    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": num_warps, "num_stages": num_stages,
-                                   "enable_fp_fusion": False})
-
-
 def triton_table():
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("kernel_sass: TRITON_INTERPRET=1: Triton counts skipped (unset it)")
         return []
     try:
-        sys.path.insert(0, ROOT)
         import triton  # noqa: F401
+        from lowprec.kernels import aot
         specs = triton_specs()
         tool = cuobjdump()
         if tool is None:
@@ -398,7 +380,9 @@ def triton_table():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, (fn, sig, consts, warps, stages, per_thread) in specs.items():
-            compiled = compile_sm90(fn, sig, consts, warps, stages)
+            # stride_acc hinted too: the runtime specialises on it (N = 4096 in the Linear).
+            compiled = aot.compile_for_hopper(fn, sig, consts, warps, stages,
+                                              aligned_ints={"stride_acc"})
             cubin = os.path.join(tmp, "k.cubin")
             with open(cubin, "wb") as f:
                 f.write(compiled.asm["cubin"])

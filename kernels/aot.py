@@ -98,12 +98,14 @@ def _specs():
     }
 
 
-def compile_for_hopper(fn, signature, constexprs, num_warps, num_stages):
-    """``triton.compile`` for sm_90 with the options the launchers use."""
+def compile_for_hopper(fn, signature, constexprs, num_warps, num_stages, aligned_ints=()):
+    """``triton.compile`` for sm_90 with the options the launchers use; pointers and the
+    integers of ``ALIGNED_INTS`` (plus ``aligned_ints``) hinted as multiples of 16."""
     names = fn.arg_names
     signature = {name: signature.get(name, "constexpr") for name in names}
+    hinted = ALIGNED_INTS | set(aligned_ints)
     aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(names)
-               if signature[name].startswith("*") or name in ALIGNED_INTS}
+               if signature[name].startswith("*") or name in hinted}
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=aligned)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": num_warps, "num_stages": num_stages,

@@ -43,6 +43,22 @@ def output_view(out):
     return (out if kind != 1 else out.view(torch.int16)), kind
 
 
+def bias_view(bias, fallback):
+    """(tensor the kernel reads, kind) for an optional bias; without one, ``fallback``
+    stands in for the pointer the kernel does not read (kind 0)."""
+    if bias is None:
+        return fallback, 0
+    return input_view(bias.contiguous())
+
+
+def epilogue_tile(m, n):
+    """(BLOCK_M, BLOCK_N) of the element-wise GEMM epilogues: 16 x 256 on a GPU; in the
+    interpreter one program covers as much as it can (fewer Python-level programs)."""
+    if interpreting():
+        return min(64, triton.next_power_of_2(m)), min(256, triton.next_power_of_2(n))
+    return 16, 256
+
+
 def tile_config(m, k):
     """(chunks of 16 rows, BLOCK_K, num_warps) for a quantizer tile over [m, k]."""
     if interpreting():

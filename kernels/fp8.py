@@ -18,7 +18,8 @@ from torch._subclasses.fake_tensor import FakeTensor
 
 from lowprec import reference
 from . import nvfp4_math as nm
-from .config import input_view, interpreting, launch_options, output_view
+from .config import (bias_view, epilogue_tile, input_view, interpreting,
+                     launch_options, output_view)
 
 
 @triton.jit
@@ -119,9 +120,8 @@ def scale_epilogue(acc, a_scale, b_scale, bias, out_dtype):
     if out.numel() == 0:
         return out
     out_arg, out_kind = output_view(out)
-    bias_arg, bias_kind = (out_arg, 0) if bias is None else input_view(bias.contiguous())
-    block_m, block_n = ((min(64, triton.next_power_of_2(m)), min(256, triton.next_power_of_2(n)))
-                        if interpreting() else (16, 256))
+    bias_arg, bias_kind = bias_view(bias, out_arg)
+    block_m, block_n = epilogue_tile(m, n)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     _scale_epilogue_kernel[grid](
         acc_ptr=acc, a_scale_ptr=a_scale.reshape(-1).float().contiguous(),

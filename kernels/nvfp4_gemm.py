@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from . import nvfp4_math as nm
-from .config import input_view, interpreting, launch_options, output_view
+from .config import bias_view, epilogue_tile, interpreting, launch_options, output_view
 from .dequantize import dequantize, unpack_codes
 
 # (M, N, K) -> "fused" | "dequant_mm" | "dequant_triton": the fastest candidate per shape,
@@ -142,12 +142,6 @@ def gemm_config(m, n, k):
     return 128, 128, 128, 8, 8, 3
 
 
-def _bias_arg(bias, fallback):
-    if bias is None:
-        return fallback, 0
-    return input_view(bias.contiguous())
-
-
 def _launch_gemm(a, a_scale, a_amax, b, b_scale, b_amax, bias, out_dtype, predequantized,
                  config):
     m, n = a.shape[0], b.shape[0]
@@ -156,7 +150,7 @@ def _launch_gemm(a, a_scale, a_amax, b, b_scale, b_amax, bias, out_dtype, predeq
     if out.numel() == 0:
         return out
     out_arg, out_kind = output_view(out)
-    bias_arg, bias_kind = _bias_arg(bias, out_arg)
+    bias_arg, bias_kind = bias_view(bias, out_arg)
     bm, bn, bk, group_m, warps, stages = config or gemm_config(m, n, k)
     grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
     _gemm_kernel[grid](
@@ -223,9 +217,8 @@ def gemm_dequant_mm(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=None,
     if out.numel() == 0:
         return out
     out_arg, out_kind = output_view(out)
-    bias_arg, bias_kind = _bias_arg(bias, out_arg)
-    block_m, block_n = (min(64, triton.next_power_of_2(m)), min(256, triton.next_power_of_2(n))) \
-        if interpreting() else (16, 256)
+    bias_arg, bias_kind = bias_view(bias, out_arg)
+    block_m, block_n = epilogue_tile(m, n)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     _epilogue_kernel[grid](acc_ptr=acc, a_amax_ptr=_scalar(a_amax),
                            b_amax_ptr=_scalar(b_amax), bias_ptr=bias_arg, out_ptr=out_arg,

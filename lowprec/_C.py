@@ -111,9 +111,10 @@ def build_note():
 
 
 REASON = _load()
-if build_note() is not None and (torch.cuda.is_available() or REASON is not None):
+_NOTE = build_note()
+if _NOTE is not None and (torch.cuda.is_available() or REASON is not None):
     # Kernels this machine would use are missing: say so once, not only when asked.
-    warnings.warn(f"lowprec: {build_note()} (`lowprec info` shows what runs instead)",
+    warnings.warn(f"lowprec: {_NOTE} (`lowprec info` shows what runs instead)",
                   RuntimeWarning, stacklevel=2)
 
 

@@ -13,8 +13,6 @@ objects stay as they are. Convert before wrapping the model in DDP, FSDP
 
 import warnings
 
-import torch
-
 from lowprec import planner
 from lowprec.conv1d import Conv1D
 from lowprec.discovery import (
@@ -98,7 +96,7 @@ def convert(model, budget=None, *, recipe=None, calibration=None, optimizer=None
         if calibration is None:
             raise ValueError("convert(budget=...) plans from measurements: pass "
                              "calibration=<an iterable of batches>")
-        _check_calibration(calibration)
+        options.check_calibration(calibration, "convert")
         candidates = candidate_layers(model, filter_fn)
         for name, module, forced in candidates:
             # Before the statistics, which take minutes on a real model.
@@ -120,18 +118,6 @@ def convert(model, budget=None, *, recipe=None, calibration=None, optimizer=None
     model.lowprec_plan = plan
     _warn_untouched(plan)
     return model
-
-
-def _check_calibration(calibration):
-    """A bare tensor iterates over its first dim: ``torch.randn(32, 64)`` would be 32
-    batches of one row each, never what was meant."""
-    if isinstance(calibration, torch.Tensor):
-        shape = tuple(calibration.shape)
-        count = f"{shape[0]} batches of shape {shape[1:]}" if shape else "nothing"
-        raise TypeError(f"calibration must be an iterable of batches; got a bare tensor of "
-                        f"shape {shape}, which would be read as {count}. Wrap it: "
-                        f"calibration=[x] for one batch, or a list of batches "
-                        f"(e.g. list(x.split(8)), or [(x, y), ...] with a loss_fn)")
 
 
 def _candidate_weight(name, module):

@@ -33,9 +33,7 @@ class NVFP4Tensor:
         self.amax = amax
         self.shape = torch.Size(shape)
         self.block = block
-        if rht_signs is not None and type(rht_signs) is not tuple:
-            rht_signs = tuple(int(s) for s in rht_signs)
-        self.rht_signs = rht_signs      # a tuple, so that operands compare their RHT
+        self.rht_signs = None if rht_signs is None else tuple(map(int, rht_signs))
 
     @property
     def device(self):

@@ -311,6 +311,12 @@ def _operand(tensors, precision, shape, block, rht_signs):
     return NVFP4Tensor(data, scale, amax, shape, block=block, rht_signs=rht_signs)
 
 
+def _saved_x_operand(tensors, cfg, grad, weight):
+    """wgrad's X^T from its saved tensors: [K, M_pad] (NVFP4, RHT'd as the recipe says)."""
+    return _operand(tensors, cfg.wgrad, (weight.shape[1], reference.padded16(grad.shape[0])),
+                    "1x16", cfg.signs)
+
+
 def draw_key():
     """One 64-bit Philox key from torch's default CPU generator, as an unsigned int."""
     return int(torch.randint(SEED_LOW, SEED_HIGH, (), dtype=torch.int64)) & MASK64
@@ -329,7 +335,6 @@ class _LinearFunction(torch.autograd.Function):
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.qwt = qwt        # made from the W the forward read; autograd keeps W unchanged
         saved_x = ((x,) if cfg.wgrad == BF16 else _operand_tensors(qxt)) if need_dw else ()
-        ctx.x_shape = None if qxt is None else (qxt.shape, getattr(qxt, "rht_signs", None))
         ctx.save_for_backward(weight, *saved_x)
         return y
 
@@ -338,13 +343,12 @@ class _LinearFunction(torch.autograd.Function):
         weight, *saved = ctx.saved_tensors
         need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
         cfg = ctx.cfg
+        grad = grad_y.contiguous()
         x = qxt = None
         if need_dw and cfg.wgrad == BF16:
             (x,) = saved
         elif need_dw:
-            shape, signs = ctx.x_shape
-            qxt = _operand(saved, cfg.wgrad, shape, "1x16", signs)
-        grad = grad_y.contiguous()
+            qxt = _saved_x_operand(saved, cfg, grad, weight)
         with torch.autocast(grad.device.type, enabled=False):
             dx, dw = _backward(grad, weight, x, qxt, ctx.qwt, ctx.seed, cfg, ctx.kernels,
                                need_dx, need_dw)
@@ -439,8 +443,7 @@ def _linear_bwd(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tensor | None
     n, k = weight.shape
     qxt = qwt = None
     if need_dw and cfg.wgrad != BF16:
-        qxt = _operand((x_data, x_scale, x_amax), cfg.wgrad,
-                       (k, reference.padded16(grad.shape[0])), "1x16", cfg.signs)
+        qxt = _saved_x_operand((x_data, x_scale, x_amax), cfg, grad, weight)
     if need_dx and cfg.dgrad != BF16:
         qwt = _operand((w_data, w_scale, w_amax), cfg.dgrad, (k, n),
                        "16x16" if cfg.weight_2d else "1x16", None)

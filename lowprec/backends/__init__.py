@@ -171,9 +171,3 @@ def kernel_table(device):
     if table is None:
         table = _TABLES[device] = KernelTable(device)
     return table
-
-
-def clear_kernel_tables():
-    """Forget every resolved table (after a backend's availability changed: tests that
-    patch the device's capability, a rebuilt extension)."""
-    _TABLES.clear()

@@ -21,8 +21,6 @@ import inspect
 import math
 import time
 
-import torch
-
 from lowprec.discovery import apply_plan, candidate_layers
 from lowprec.plan import Plan
 from lowprec.planner import options
@@ -220,11 +218,7 @@ def _check_calibration(calibration):
         raise ValueError("Replanner needs calibration batches (a callable or iterable)")
     if callable(calibration):
         return
-    if isinstance(calibration, torch.Tensor):
-        raise TypeError(f"Replanner: calibration is a bare tensor of shape "
-                        f"{tuple(calibration.shape)}, which would be taken as one batch per "
-                        f"row; wrap it: calibration=[x] (one batch), or pass a list of "
-                        f"batches or a callable returning one")
+    options.check_calibration(calibration, "Replanner")
     try:
         iterator = iter(calibration)
     except TypeError:

@@ -8,11 +8,25 @@ offending value. The numeric checks and the errors live in ``budget.py`` (torch-
 for the ILP) and are re-exported here; this module imports nothing else of the planner.
 """
 
+import torch
+
 from lowprec import backends
 from lowprec.planner.budget import (BUDGET_KINDS, BudgetError, OptionError,  # noqa: F401
                                     PlannerError, check_budget, check_budget_kind,
                                     check_gap, check_ties, check_time_limit)
 from lowprec.recipe import Recipe
+
+
+def check_calibration(calibration, who):
+    """Refuse a bare tensor as ``calibration``: it iterates over its first dim, so
+    ``torch.randn(32, 64)`` would be 32 batches of one row each, never what was meant."""
+    if isinstance(calibration, torch.Tensor):
+        shape = tuple(calibration.shape)
+        count = f"{shape[0]} batches of shape {shape[1:]}" if shape else "nothing"
+        raise TypeError(f"{who}: calibration is a bare tensor of shape {shape}, which would "
+                        f"be read as {count}; wrap it: calibration=[x] for one batch, or a "
+                        f"list of batches (e.g. list(x.split(8)), or [(x, y), ...] with a "
+                        f"loss_fn), or a callable returning one")
 
 
 def check_recipe(recipe):
