@@ -240,7 +240,8 @@ if __name__ == "__main__":      # pip runs this file as a script; tests import i
         # installed as the subpackage lowprec.kernels.
         package_dir={"lowprec.kernels": "kernels"},
         # The planner's default device cost table (lowprec/planner/cost.py reads it).
-        package_data={"lowprec.planner": ["device_costs.json"]},
+        package_data={"lowprec.planner": ["device_costs.json"],
+                      "lowprec.kernels": ["winners.json"]},
         ext_modules=ext_modules,
         cmdclass=cmdclass,
     )

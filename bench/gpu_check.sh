@@ -97,6 +97,10 @@ if [ "$SMOKE" = 1 ]; then
   phase tests 60 "$PY" -m pytest -x -q -p no:cacheprovider tests/api/test_dispatch.py \
     -k gpu_tables
   bench bench_quantize_row_col 60 bench_quantize_row_col.py --shapes 40x64 --reps 1
+  # Every kernel variant against the reference; winners to a copy only (never the
+  # committed kernels/winners.json in a smoke run).
+  bench sweep_variants 120 sweep_variants.py --shapes 40x64 --reps 1 --write-winners \
+    --winners-copy "$OUT/winners.json"
   bench bench_nvfp4_gemm 60 bench_nvfp4_gemm.py --shapes 40x32x64 --reps 1
 else
   if ls .whl/*.whl > /dev/null 2>&1; then
@@ -108,28 +112,40 @@ else
   phase install 140 env MAX_JOBS="$(nproc)" LOWPREC_REQUIRE_EXT=1 \
     "$PY" -m pip install -q --no-build-isolation --no-deps -e .
   phase dispatch 15 "$PY" -m lowprec.cli info --dispatch --json
-  # No -x: one call must show every failure, not the first.
-  phase tests_gpu 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests
-  # The Triton kernels compiled for the device against the reference, every edge case;
-  # spread over the cores when pytest-xdist is there (the compiles dominate).
+  # Phases in order of what a first call must not miss (the budget cuts the tail; the
+  # rerun takes it with --only): the GPU tests, the variant sweep, the training step,
+  # then the wider suite and the single-kernel benchmarks.
+  # pytest-xdist spreads the Triton compiles over the cores (-v: names in the log).
   parallel=()
-  "$PY" -c "import xdist" 2> /dev/null && parallel=(-n 12 -v)  # -v: names in the log
+  "$PY" -c "import xdist" 2> /dev/null && parallel=(-n 12 -v)
+  # Every -m gpu test (131; the H200 ran 85 in 90 s serially, so ~140 s serial): no -x,
+  # one call must show every failure, not the first.
+  gpu_workers=()
+  [ ${#parallel[@]} -gt 0 ] && gpu_workers=(-n 4 -v)
+  phase tests_gpu 130 "$PY" -m pytest -q -p no:cacheprovider "${gpu_workers[@]}" -m gpu tests
+  # Issue 21: every variant of every quantize kernel (lowprec/kernels/variants.py), bits
+  # checked against its backend's baseline, the exact ones timed against a same-run
+  # copy; the fastest per (op, backend, capability, dtype) goes into kernels/winners.json
+  # (commit it with the results) and $OUT/winners.json. No op starts after 90 s.
+  bench sweep_variants 120 sweep_variants.py --shapes 8192x4096 --dtypes bfloat16 \
+    --reps 20 --budget-s 90 --write-winners --winners-copy "$OUT/winners.json"
+  # Both models, every mode, eager, each in a fresh process; compiled and CUDA-graphed
+  # steps on a rerun: --only bench_train_step with BENCH_TRAIN_EXEC="compile cudagraphs".
+  bench bench_train_step 120 bench_train_step.py --model gpt355m llama4096 --blocks 2 \
+    --exec ${BENCH_TRAIN_EXEC:-eager} --steps 5 --warmup 2
+  # The Triton kernels compiled for the device against the reference, every edge case.
   phase tests_api_kernels_training 150 "$PY" -m pytest -q -p no:cacheprovider \
     "${parallel[@]}" tests/api tests/kernels tests/training
-  # Benchmarks, sized to the remaining budget: Llama-3 8B shapes (M = 8192 tokens) and
-  # 8192^2, few repetitions (medians of device-event timings), an eager training step.
+  # Single kernels: Llama-3 8B shapes (M = 8192 tokens) and 8192^2, few repetitions
+  # (medians of device-event timings).
+  bench bench_nvfp4_gemm 50 bench_nvfp4_gemm.py --reps 10 \
+    --shapes 8192x8192x8192,8192x6144x4096,8192x4096x4096,8192x28672x4096,8192x4096x14336
   bench bench_quantize_row_col 40 bench_quantize_row_col.py --backends triton,cuda \
     --shapes 8192x4096,8192x14336 --reps 20
   bench bench_quantize_cuda 30 bench_quantize_cuda.py --shapes 8192x8192,8192x4096 --iters 20
   bench bench_amax 20 bench_amax.py --shapes 8192x4096 --reps 20
   bench bench_quantize_2d 25 bench_quantize_2d.py --backends triton,cuda \
     --shapes 4096x4096,14336x4096 --reps 20
-  bench bench_nvfp4_gemm 50 bench_nvfp4_gemm.py --reps 10 \
-    --shapes 8192x8192x8192,8192x6144x4096,8192x4096x4096,8192x28672x4096,8192x4096x14336
-  # Both models, every mode, eager, each in a fresh process; compiled and CUDA-graphed
-  # steps on a rerun: --only bench_train_step with BENCH_TRAIN_EXEC="compile cudagraphs".
-  bench bench_train_step 150 bench_train_step.py --model gpt355m llama4096 --blocks 2 \
-    --exec ${BENCH_TRAIN_EXEC:-eager} --steps 5 --warmup 2
 fi
 cp "$OUT/dispatch.log" "$OUT/dispatch.json" 2>/dev/null
 
@@ -156,7 +172,7 @@ if dispatch.exists():
     print("\n## dispatch\n\n```\n" + dispatch.read_text().strip() + "\n```")
 rows = []
 for path in sorted(out.glob("*.json")):
-    if path.name == "dispatch.json":
+    if path.name in ("dispatch.json", "winners.json"):
         continue
     try:
         rows.extend(cli.bench_rows(path.stem, json.loads(path.read_text())))
@@ -164,6 +180,19 @@ for path in sorted(out.glob("*.json")):
         print(f"\n{path.name}: unreadable ({err})")
 print("\n## figures\n\n```\n" + (cli.format_bench_table(rows) if rows else
       "none recorded") + "\n```")
+winners = out / "winners.json"
+if winners.exists():
+    try:
+        table = json.loads(winners.read_text()).get("winners", {})
+        lines = [f"{op} {backend} {cap} {dtype}: {name}"
+                 for op, per_backend in table.items()
+                 for backend, per_cap in per_backend.items()
+                 for cap, per_dtype in per_cap.items()
+                 for dtype, name in per_dtype.items()]
+        print("\n## variant winners (kernels/winners.json)\n\n```\n" +
+              ("\n".join(lines) or "none") + "\n```")
+    except ValueError as err:
+        print(f"\nwinners.json: unreadable ({err})")
 PYEOF
 cat "$OUT/summary.md"
 failed=$(awk -F'\t' '$2 != "0"' "$PHASES" | wc -l)

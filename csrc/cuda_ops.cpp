@@ -2,13 +2,15 @@
 // current stream. Built only into the CUDA extension (LOWPREC_WITH_CUDA); the kernels
 // are in quantize.cu behind the plain-pointer API of quantize_cuda.h.
 //
-// When the caller gives no amax, an amax launch accumulates it on the device first, so
-// nothing here synchronizes with the host.
+// When the caller gives no amax, an amax launch computes it on the device first, so
+// nothing here synchronizes with the host: two launches, amax then quantize. The amax
+// launch stores one partial max per thread block into a scratch array made with
+// at::empty (no memset: every partial the quantize kernel reads was written), and the
+// quantize kernel reduces them in its prologue (quantize_cuda.h).
 #include "ops.h"
 #include "quantize_cuda.h"
 
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -47,64 +49,105 @@ at::Tensor kernel_input(const at::Tensor& x_in) {
 AmaxIn given_amax(const at::Tensor& amax, const at::Tensor& x, at::Tensor& keep) {
   TORCH_CHECK_VALUE(amax.numel() == 1, "amax must hold one value; got shape ", amax.sizes());
   keep = amax.to(x.device(), at::kFloat).contiguous();
-  return AmaxIn{keep.const_data_ptr<float>(), nullptr};
+  return AmaxIn{keep.const_data_ptr<float>(), nullptr, 0};
 }
 
-at::Tensor amax_bits_buffer(const at::Tensor& x, int64_t n) {
-  return at::zeros({n}, x.options().dtype(at::kInt));  // memset on the current stream
+static_assert(kNvfp4Variants == cuda::kQuantizeVariants &&
+                  kRowColVariants == cuda::kRowColVariants &&
+                  kWeight2dVariants == cuda::kTileVariants,
+              "ops.h and quantize_cuda.h count the same kernel variants");
+
+// Scratch for the partials of `n` amaxes, kMaxAmaxPartials words each. Uninitialised:
+// allocating launches nothing, and the amax launch writes every word the quantize reads.
+at::Tensor partials_buffer(const at::Tensor& x, int64_t n) {
+  return at::empty({n * cuda::kMaxAmaxPartials}, x.options().dtype(at::kInt));
 }
 
-uint32_t* bits_ptr(at::Tensor& bits) {
-  return reinterpret_cast<uint32_t*>(bits.mutable_data_ptr<int32_t>());
+uint32_t* bits_ptr(at::Tensor& bits, int64_t amax_index = 0) {
+  return reinterpret_cast<uint32_t*>(bits.mutable_data_ptr<int32_t>()) +
+         amax_index * cuda::kMaxAmaxPartials;
 }
 
+// No amax given: the amax launch of x [rows, cols] (RHT by rht_mask along the last dim),
+// its partials in `keep`.
+AmaxIn computed_amax(const at::Tensor& x, int64_t rows, int64_t cols, int32_t rht_mask,
+                     at::Tensor& keep, cudaStream_t stream) {
+  keep = partials_buffer(x, 1);
+  int count = 0;
+  C10_CUDA_CHECK(cuda::launch_amax(x.const_data_ptr(), input_type(x), rows, cols, rht_mask,
+                                   bits_ptr(keep), &count, stream));
+  return AmaxIn{nullptr, bits_ptr(keep), count};
+}
+
+// A copy's outputs: codes and scales, or in values mode (data bf16) its values and a
+// 0-element scale.
 struct Outputs {
   at::Tensor data, scale, amax;
+  bool values = false;
   QuantOut ptrs() {
-    return QuantOut{data.mutable_data_ptr<uint8_t>(), static_cast<uint8_t*>(scale.mutable_data_ptr()),
-                    amax.mutable_data_ptr<float>()};
+    return QuantOut{static_cast<uint8_t*>(data.mutable_data_ptr()),
+                    values ? nullptr : static_cast<uint8_t*>(scale.mutable_data_ptr()),
+                    amax.mutable_data_ptr<float>(), values};
   }
+  Triple triple() const { return {data, scale, amax}; }
 };
 
-Outputs allocate(const at::Tensor& x, std::vector<int64_t> rows_shape, int64_t cols) {
+// Outputs of a [rows..., cols] quantization: data uint8 [rows..., cols/2] and scale
+// float8_e4m3fn [rows..., cols/16]; with `values`, data bf16 [rows..., cols] and scale
+// float8_e4m3fn [0] (lowprec/formats.py empty_values).
+Outputs allocate(const at::Tensor& x, std::vector<int64_t> rows_shape, int64_t cols,
+                 bool values = false) {
+  at::Tensor amax = at::empty({}, x.options().dtype(at::kFloat));
+  if (values) {
+    rows_shape.push_back(cols);
+    return Outputs{at::empty(rows_shape, x.options().dtype(at::kBFloat16)),
+                   at::empty({0}, x.options().dtype(at::kFloat8_e4m3fn)), amax, true};
+  }
   rows_shape.push_back(cols / 2);
   at::Tensor data = at::empty(rows_shape, x.options().dtype(at::kByte));
   rows_shape.back() = cols / 16;
   at::Tensor scale = at::empty(rows_shape, x.options().dtype(at::kFloat8_e4m3fn));
-  return Outputs{data, scale, at::empty({}, x.options().dtype(at::kFloat))};
+  return Outputs{data, scale, amax, false};
 }
+
+constexpr QuantOut kNoOutput{nullptr, nullptr, nullptr, false};
 
 Rounding rounding(bool stochastic, int64_t seed, int64_t offset) {
   return Rounding{stochastic, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset)};
 }
 
-Triple quantize_nvfp4(const at::Tensor& x_in, int64_t block_rows, int64_t rht_mask,
-                      bool stochastic, int64_t seed, int64_t offset,
-                      const std::optional<at::Tensor>& amax) {
+// quantize_nvfp4, and the rowwise-only quantize_row_col (values: in values mode).
+Triple quantize_rows(const at::Tensor& x_in, int64_t block_rows, int64_t rht_mask,
+                     bool stochastic, int64_t seed, int64_t offset,
+                     const std::optional<at::Tensor>& amax, int64_t variant, bool values) {
   check_quantize_args(x_in, block_rows, rht_mask, "quantize_nvfp4");
+  check_variant(variant, kNvfp4Variants, "quantize_nvfp4");
   at::Tensor x = kernel_input(x_in);
   c10::cuda::CUDAGuard guard(x.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t cols = x.size(-1), rows = leading_rows(x);
   const int32_t mask = static_cast<int32_t>(rht_mask);
   std::vector<int64_t> lead(x.sizes().begin(), x.sizes().end() - 1);
-  Outputs out = allocate(x, lead, cols);
+  Outputs out = allocate(x, lead, cols, values);
 
   at::Tensor keep;
-  AmaxIn source{};
-  if (amax.has_value()) {
-    source = given_amax(*amax, x, keep);
-  } else {
-    keep = amax_bits_buffer(x, 1);
-    C10_CUDA_CHECK(cuda::launch_amax(x.const_data_ptr(), input_type(x), rows, cols, mask,
-                                     bits_ptr(keep), stream));
-    source = AmaxIn{nullptr, bits_ptr(keep)};
-  }
+  const AmaxIn source = amax.has_value() ? given_amax(*amax, x, keep)
+                                         : computed_amax(x, rows, cols, mask, keep, stream);
   C10_CUDA_CHECK(cuda::launch_quantize(x.const_data_ptr(), input_type(x), rows, cols,
                                        static_cast<int>(block_rows), mask, source,
                                        rounding(stochastic, seed, offset), out.ptrs(),
-                                       QuantOut{nullptr, nullptr, nullptr}, stream));
-  return {out.data, out.scale, out.amax};
+                                       kNoOutput,
+                                       // the variants are the 1x16 kernel's
+                                       block_rows == 16 ? 0 : static_cast<int>(variant),
+                                       stream));
+  return out.triple();
+}
+
+Triple quantize_nvfp4(const at::Tensor& x_in, int64_t block_rows, int64_t rht_mask,
+                      bool stochastic, int64_t seed, int64_t offset,
+                      const std::optional<at::Tensor>& amax, int64_t variant) {
+  return quantize_rows(x_in, block_rows, rht_mask, stochastic, seed, offset, amax, variant,
+                       false);
 }
 
 Triple absent_copy(const at::Tensor& x) {
@@ -114,40 +157,38 @@ Triple absent_copy(const at::Tensor& x) {
 }
 
 TwoTriples quantize_weight_2d(const at::Tensor& w_in, bool columnwise, bool stochastic,
-                             int64_t seed, int64_t offset, const std::optional<at::Tensor>& amax) {
+                             int64_t seed, int64_t offset, const std::optional<at::Tensor>& amax,
+                             int64_t variant, bool values) {
   check_quantize_args(w_in, 16, -1, "quantize_weight_2d");
+  check_variant(variant, kWeight2dVariants, "quantize_weight_2d");
+  check_weight_values(columnwise, values);
   TORCH_CHECK_VALUE(w_in.dim() == 2, "quantize_weight_2d takes a 2-D weight [N, K]; got shape ",
                     w_in.sizes());
   at::Tensor w = kernel_input(w_in);
   c10::cuda::CUDAGuard guard(w.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t n = w.size(0), k = w.size(1);
-  Outputs row = allocate(w, {n}, k);
+  Outputs row = allocate(w, {n}, k, values);
   Outputs col = columnwise ? allocate(w, {k}, n) : Outputs{};
   at::Tensor keep;
-  AmaxIn source{};
-  if (amax.has_value()) {
-    source = given_amax(*amax, w, keep);
-  } else {
-    keep = amax_bits_buffer(w, 1);
-    C10_CUDA_CHECK(cuda::launch_amax(w.const_data_ptr(), input_type(w), n, k, -1,
-                                     bits_ptr(keep), stream));
-    source = AmaxIn{nullptr, bits_ptr(keep)};
-  }
+  const AmaxIn source = amax.has_value() ? given_amax(*amax, w, keep)
+                                         : computed_amax(w, n, k, -1, keep, stream);
   C10_CUDA_CHECK(cuda::launch_quantize(
       w.const_data_ptr(), input_type(w), n, k, 16, -1, source, rounding(stochastic, seed, offset),
-      row.ptrs(), columnwise ? col.ptrs() : QuantOut{nullptr, nullptr, nullptr}, stream));
-  Triple col_out = columnwise ? Triple{col.data, col.scale, col.amax} : absent_copy(w);
-  return std::tuple_cat(Triple{row.data, row.scale, row.amax}, col_out);
+      row.ptrs(), columnwise ? col.ptrs() : kNoOutput, static_cast<int>(variant), stream));
+  return std::tuple_cat(row.triple(), columnwise ? col.triple() : absent_copy(w));
 }
 
 TwoTriples quantize_row_col(const at::Tensor& x_in, int64_t rht_mask, bool rowwise,
                                  bool columnwise, bool row_stochastic, bool col_stochastic,
                                  int64_t seed, int64_t row_offset, int64_t col_offset,
                                  const std::optional<at::Tensor>& row_amax,
-                                 const std::optional<at::Tensor>& col_amax) {
-  if (!columnwise) {  // the plain 1x16 kernel needs no shared-memory transpose
-    Triple row = rowwise ? quantize_nvfp4(x_in, 1, -1, row_stochastic, seed, row_offset, row_amax)
+                                 const std::optional<at::Tensor>& col_amax, int64_t variant,
+                                 bool row_values, bool col_values) {
+  check_variant(variant, kRowColVariants, "quantize_row_col");
+  if (!columnwise) {  // the plain 1x16 kernel (its variant 0) needs no shared-memory transpose
+    Triple row = rowwise ? quantize_rows(x_in, 1, -1, row_stochastic, seed, row_offset,
+                                         row_amax, 0, row_values)
                          : absent_copy(x_in);
     return std::tuple_cat(row, absent_copy(x_in));
   }
@@ -159,28 +200,30 @@ TwoTriples quantize_row_col(const at::Tensor& x_in, int64_t rht_mask, bool rowwi
   const int64_t padded = (rows + 15) / 16 * 16;
   const int32_t mask = static_cast<int32_t>(rht_mask);
   std::vector<int64_t> lead(x.sizes().begin(), x.sizes().end() - 1);
-  Outputs row = rowwise ? allocate(x, lead, cols) : Outputs{};
-  Outputs col = allocate(x, {cols}, padded);
+  Outputs row = rowwise ? allocate(x, lead, cols, row_values) : Outputs{};
+  Outputs col = allocate(x, {cols}, padded, col_values);
 
+  // Partials of both amaxes from one amax launch when either is not given.
   at::Tensor keep_row, keep_col, bits;
+  int count = 0;
   if ((rowwise && !row_amax.has_value()) || !col_amax.has_value()) {
-    bits = amax_bits_buffer(x, 2);
+    bits = partials_buffer(x, 2);
     C10_CUDA_CHECK(cuda::launch_row_col_amax(x.const_data_ptr(), input_type(x), rows, cols, mask,
-                                            bits_ptr(bits), stream));
+                                            bits_ptr(bits, 0), bits_ptr(bits, 1), &count,
+                                            stream));
   }
-  AmaxIn row_source{}, col_source{};
+  AmaxIn row_source{nullptr, nullptr, 0}, col_source{nullptr, nullptr, 0};
   if (rowwise) {
     row_source = row_amax.has_value() ? given_amax(*row_amax, x, keep_row)
-                                      : AmaxIn{nullptr, bits_ptr(bits)};
+                                      : AmaxIn{nullptr, bits_ptr(bits, 0), count};
   }
   col_source = col_amax.has_value() ? given_amax(*col_amax, x, keep_col)
-                                    : AmaxIn{nullptr, bits_ptr(bits) + 1};
+                                    : AmaxIn{nullptr, bits_ptr(bits, 1), count};
   C10_CUDA_CHECK(cuda::launch_quantize_row_col(
       x.const_data_ptr(), input_type(x), rows, cols, mask, rowwise, true, row_source, col_source,
       rounding(row_stochastic, seed, row_offset), rounding(col_stochastic, seed, col_offset),
-      rowwise ? row.ptrs() : QuantOut{nullptr, nullptr, nullptr}, col.ptrs(), stream));
-  Triple row_out = rowwise ? Triple{row.data, row.scale, row.amax} : absent_copy(x);
-  return std::tuple_cat(row_out, Triple{col.data, col.scale, col.amax});
+      rowwise ? row.ptrs() : kNoOutput, col.ptrs(), static_cast<int>(variant), stream));
+  return std::tuple_cat(rowwise ? row.triple() : absent_copy(x), col.triple());
 }
 
 }  // namespace

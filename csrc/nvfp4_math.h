@@ -431,6 +431,178 @@ LP_HD EncodedBlock quantize16(const float (&x)[16], float block_amax, TensorScal
 }
 
 // ---------------------------------------------------------------------------------
+// The same block encoding in fewer instructions (the CUDA kernels' fastenc variants)
+// ---------------------------------------------------------------------------------
+//
+// Bit-identical to e2m1_rne_magnitude / e2m1_sr_magnitude for every FP32 input (checked
+// exhaustively by tests/csrc/test_cuda_variants.py); only the instruction sequence
+// differs, so nothing of NUMERICS changes.
+//
+// The E2M1 grid is evenly spaced within [0, 2) (spacing 0.5), [2, 4) (1) and [4, 8)
+// (2). For a in such a bucket, M = 1.5 * 2^23 * spacing puts a + M in a binade whose
+// FP32 spacing is exactly the grid's, so one FP32 addition rounds a to the grid: to
+// nearest with ties to the even multiple of the spacing (M / spacing is even, and the
+// even multiple is the even code) in round-to-nearest, down in round-toward-zero. The
+// multiple n is read off the bits, n = bits(a + M) - bits(M), and the code is n, n + 2
+// and n + 4 in the three buckets (a = 2 is n = 2, code 4; a = 4 is n = 2, code 6; a
+// value rounded up to the next bucket's start gets that start's code).
+
+// Host stand-in for the device's round-toward-zero addition (__fadd_rz) of two
+// non-negative finite operands: the round-to-nearest sum stepped down one ulp where it
+// rounded up (TwoSum gives the exact rounding error).
+LP_HD float add_rz(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rz(a, b);
+#else
+  float s = a + b;
+  float bb = s - a;
+  float err = (a - (s - bb)) + (b - bb);
+  return err < 0.0f ? float_of(bits_of(s) - 1u) : s;
+#endif
+}
+
+LP_HD float max_nan_to_zero(float a) {  // a >= 0 or NaN: NaN becomes +0 (IEEE maxNum)
+#if defined(__CUDA_ARCH__)
+  return fmaxf(a, 0.0f);
+#else
+  return a > 0.0f ? a : 0.0f;
+#endif
+}
+
+struct E2m1Bucket {
+  float magic;            // M = 1.5 * 2^23 * spacing
+  uint32_t bias;          // bits(M) - (code - n): code = bits(a + M) - bias
+  float threshold_scale;  // 2^24 / spacing
+};
+
+// a >= 0, not NaN.
+LP_HD E2m1Bucket e2m1_bucket(float a) {
+  const bool below2 = a < 2.0f, below4 = a < 4.0f;
+  // M = 3 * 2^21 (bits 0x4AC00000), 3 * 2^22 (0x4B400000), 3 * 2^23 (0x4BC00000);
+  // code - n = 0, 2, 4.
+  return E2m1Bucket{below2 ? 6291456.0f : below4 ? 12582912.0f : 25165824.0f,
+                    below2 ? 0x4AC00000u : below4 ? 0x4B400000u - 2u : 0x4BC00000u - 4u,
+                    below2 ? 33554432.0f : below4 ? 16777216.0f : 8388608.0f};
+}
+
+// e2m1_rne_magnitude(a) for a = |v| (NaN included).
+LP_HD uint32_t e2m1_rne_magnitude_fast(float a) {
+  a = max_nan_to_zero(a);
+  const E2m1Bucket b = e2m1_bucket(a);
+  const uint32_t code = bits_of(add_rn(a, b.magic)) - b.bias;  // a >= 8 or Inf: >= 8
+  return code < 7u ? code : 7u;
+}
+
+// e2m1_sr_magnitude(v_abs, r). lo is a rounded down to the grid; p * 2^24 of NUMERICS 4
+// is (a - lo) * (2^24 / spacing), both steps exact (a - lo by Sterbenz or lo = 0, then a
+// power-of-two scaling that neither overflows nor underflows), i.e. the same value the
+// division gives. NaN: the original's threshold is NaN (never rounds up) at code 0;
+// here a = 0 gives threshold 0 at code 0.
+struct SrSplit {
+  uint32_t lo;      // magnitude code rounded down
+  float threshold;  // p * 2^24: round up iff float(r >> 8) < threshold
+};
+
+LP_HD SrSplit e2m1_sr_split_fast(float v_abs) {
+  float a = max_nan_to_zero(v_abs);
+  a = a < kE2m1Max ? a : kE2m1Max;
+  const E2m1Bucket b = e2m1_bucket(a);
+  const float floor_sum = add_rz(a, b.magic);
+  const float lo_v = sub_rn(floor_sum, b.magic);
+  // a == 6: code 7 and threshold 0.
+  return SrSplit{bits_of(floor_sum) - b.bias, mul_rn(sub_rn(a, lo_v), b.threshold_scale)};
+}
+
+LP_HD uint32_t e2m1_sr_magnitude_fast(float v_abs, uint32_t r) {
+  const SrSplit s = e2m1_sr_split_fast(v_abs);
+  const float draw = static_cast<float>(r >> 8);
+  return s.lo + static_cast<uint32_t>(draw < s.threshold);
+}
+
+LP_HD uint32_t e2m1_code_rne_fast(float x, float enc) {
+  return e2m1_rne_magnitude_fast(abs_of(mul_rn(x, enc))) | (sign_bit(x) << 3);
+}
+
+LP_HD uint32_t e2m1_code_sr_fast(float x, float enc, uint32_t r) {
+  return e2m1_sr_magnitude_fast(abs_of(mul_rn(x, enc)), r) | (sign_bit(x) << 3);
+}
+
+LP_HD uint64_t encode16_rne_fast(const float (&x)[16], float enc) {
+  uint64_t packed = 0u;
+  LP_UNROLL
+  for (int j = 0; j < 16; ++j) {
+    packed |= static_cast<uint64_t>(e2m1_code_rne_fast(x[j], enc)) << (4 * j);
+  }
+  return packed;
+}
+
+LP_HD uint64_t encode16_sr_fast(const float (&x)[16], float enc, uint64_t seed,
+                                uint64_t counter0) {
+  uint64_t packed = 0u;
+  LP_UNROLL
+  for (int c = 0; c < 4; ++c) {
+    Words4 w = philox4x32_10(seed, counter0 + static_cast<uint64_t>(c));
+    LP_UNROLL
+    for (int q = 0; q < 4; ++q) {
+      int j = 4 * c + q;
+      packed |= static_cast<uint64_t>(e2m1_code_sr_fast(x[j], enc, word_of(w, q))) << (4 * j);
+    }
+  }
+  return packed;
+}
+
+// quantize16 with the fast encoders: the same scale chain, the same bits.
+LP_HD EncodedBlock quantize16_fast(const float (&x)[16], float block_amax, TensorScales t,
+                                   bool stochastic, uint64_t seed, uint64_t counter0) {
+  uint32_t scale = block_scale_bits(block_amax, t.s_enc);
+  float enc = block_encode_scale(scale, t.s_dec);
+  uint64_t codes =
+      stochastic ? encode16_sr_fast(x, enc, seed, counter0) : encode16_rne_fast(x, enc);
+  return EncodedBlock{codes, scale};
+}
+
+// ---------------------------------------------------------------------------------
+// Values mode: an encoded block written as its bf16 values e2m1(q) * f32(s_b)
+// ---------------------------------------------------------------------------------
+//
+// What the Hopper GEMM emulation multiplies (NUMERICS 8, no global scale), the same bits
+// as the reference's as_values (and kernels/dequantize.py's block_value_bits): the
+// product has at most 6 significant bits and lies within [2^-10, 2688], so it is exact
+// in FP32 and in bf16, and its bf16 bits are the top half of its FP32 bits. The sign is
+// the code's (code 8 and a negative code under a zero scale give -0.0); where the scale
+// is NaN (0x7F: the tensor or the block held NaN/Inf) every value is the canonical bf16
+// NaN 0x7FC0.
+
+constexpr uint32_t kBf16NanBits = 0x7FC0u;  // the canonical bf16 NaN (reference.canonical_nan)
+
+// FP32 bits of E2M1 magnitude code 0..7 (e2m1_magnitude_value, fewer instructions): from
+// 2 up, code m is 0x3F000000 + (m << 22) (1, 1.5, 2, 3, 4, 6); 1 is 0.5; 0 is 0.
+LP_HD uint32_t e2m1_magnitude_bits(uint32_t mag) {
+  return mag >= 2u ? 0x3F000000u + (mag << 22) : (mag == 1u ? 0x3F000000u : 0u);
+}
+
+// bf16 bits of e2m1(code) * scale for a code 0..15 and the block's FP32 scale
+// (e4m3_value of its byte).
+LP_HD uint32_t e2m1_scaled_bf16_bits(uint32_t code, float scale) {
+  if (is_nan(scale)) return kBf16NanBits;
+  const float magnitude = mul_rn(float_of(e2m1_magnitude_bits(code & 7u)), scale);  // exact
+  return (bits_of(magnitude) >> 16) | ((code & 8u) << 12);
+}
+
+// The 16 values of one encoded block (packed codes, element j in nibble j; E4M3 scale
+// byte) as 8 words of two bf16 each, element 2i in the low half of word i: the block's
+// 32 bytes in memory order (little-endian).
+LP_HD void block_values16(uint64_t codes, uint32_t scale_bits, uint32_t (&out)[8]) {
+  const float scale = e4m3_value(scale_bits);
+  LP_UNROLL
+  for (int i = 0; i < 8; ++i) {
+    const uint32_t pair = static_cast<uint32_t>(codes >> (8 * i));
+    out[i] = e2m1_scaled_bf16_bits(pair & 0xFu, scale) |
+             (e2m1_scaled_bf16_bits((pair >> 4) & 0xFu, scale) << 16);
+  }
+}
+
+// ---------------------------------------------------------------------------------
 // FP8 per-row scaling (NUMERICS 9)
 // ---------------------------------------------------------------------------------
 

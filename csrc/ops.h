@@ -2,6 +2,7 @@
 // (CUDA). Arguments follow the schemas in bindings.cpp:
 //   rht_mask  -1 for no RHT, else bit j set where sign j of the RHT is -1
 //   seed, offset  uint64 values carried in int64 (two's complement)
+//   row_values, col_values, values  values mode of a copy (bf16 e2m1(q) * f32(s_b))
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -30,6 +31,27 @@ inline std::vector<int64_t> with_last(at::IntArrayRef shape, int64_t last) {
   return s;
 }
 
+// Kernel variants of the CUDA quantize ops (the schemas' `variant`, default 0; see
+// quantize_cuda.h and CUDA_VARIANTS in lowprec/_C.py): every variant gives the same bits,
+// so the CPU kernels, which have one implementation, only check the index.
+constexpr int64_t kNvfp4Variants = 4;     // quantize_nvfp4 (the 1x16 kernel)
+constexpr int64_t kRowColVariants = 4;    // quantize_row_col (the fused kernel)
+constexpr int64_t kWeight2dVariants = 2;  // quantize_weight_2d (the 16x16 kernel)
+
+// Raises ValueError unless 0 <= variant < count.
+inline void check_variant(int64_t variant, int64_t count, const char* op) {
+  TORCH_CHECK_VALUE(variant >= 0 && variant < count, op, ": variant must be in [0, ", count,
+                    "); got ", variant);
+}
+
+// Values mode of quantize_weight_2d gives W's values only (W^T's are their transpose):
+// ValueError, with kernels/backend.py's message, for values with columnwise.
+inline void check_weight_values(bool columnwise, bool values) {
+  TORCH_CHECK_VALUE(!(values && columnwise),
+                    "quantize_weight_2d(values=True) gives W's values only: pass "
+                    "columnwise=False and use .t() for W^T (exactly its values)");
+}
+
 // Raises ValueError/TypeError naming the bad value unless x can be NVFP4-quantized in
 // blocks of block_rows (1 or 16) x 16 with RHT mask rht_mask (-1 or 0..0xFFFF). Shared by
 // the CPU and CUDA ops (defined in quantize_cpu.cpp).
@@ -42,14 +64,20 @@ Triple quantize_nvfp4(const at::Tensor& x, int64_t block_rows, int64_t rht_mask,
                       bool stochastic, int64_t seed, int64_t offset,
                       const std::optional<at::Tensor>& amax);
 
+// row_values / col_values (values mode): that copy as its bf16 values e2m1(q) * f32(s_b),
+// rowwise [..., K], columnwise [K, M_pad], with a 0-element scale (nvfp4_math.h
+// block_values16); ignored for a copy not asked for.
 TwoTriples quantize_row_col(const at::Tensor& x, int64_t rht_mask, bool rowwise,
                                  bool columnwise, bool row_stochastic, bool col_stochastic,
                                  int64_t seed, int64_t row_offset, int64_t col_offset,
                                  const std::optional<at::Tensor>& row_amax,
-                                 const std::optional<at::Tensor>& col_amax);
+                                 const std::optional<at::Tensor>& col_amax,
+                                 bool row_values, bool col_values);
 
+// values (values mode, needs !columnwise): W as its bf16 values [N, K].
 TwoTriples quantize_weight_2d(const at::Tensor& w, bool columnwise, bool stochastic, int64_t seed,
-                             int64_t offset, const std::optional<at::Tensor>& amax);
+                             int64_t offset, const std::optional<at::Tensor>& amax,
+                             bool values);
 
 at::Tensor block_dequantize_nvfp4(const at::Tensor& data, const at::Tensor& scale);
 

@@ -12,11 +12,32 @@
 //   through shared memory, rows are quantized from registers, columns (with the RHT
 //   along M) from the transposed shared tile, and the column codes are staged back
 //   through shared memory so that their stores are coalesced as well;
-// * grids are sized to fill the GPU once and loop over the work (grid-stride), which
-//   also keeps the amax atomics to a few per block.
+// * grids are sized to fill the GPU once and loop over the work (grid-stride).
 // The global amax needs its own pass when the caller does not supply it (it scales
-// every block); launch_amax / launch_row_col_amax accumulate it as max |x| bits with one
-// atomicMax per thread block.
+// every block); launch_amax / launch_row_col_amax run a bounded grid (at most
+// kMaxAmaxPartials blocks) that stores one partial max |x| (as bits) per thread block,
+// and the quantize kernel reduces those partials in its prologue: two launches, no
+// memset, no atomics.
+//
+// Variants (the `variant` argument; same bits, other schedules or instruction
+// sequences, for a sweep on the GPU to pick from):
+// * 1x16: 0 the original; 1 `prefetch`: software-pipelined, the next unit's 16-byte
+//   loads are in flight while the current unit is quantized; 2 `prefetch_fastenc`: the
+//   same with quantize16_fast (nvfp4_math.h: E2M1 rounding by magic-number additions,
+//   the SR threshold without a division; bit-identical, checked exhaustively); 3
+//   `fastenc`: the original schedule with quantize16_fast.
+// * fused rowwise + columnwise: 0 the original; 1 `prefetch`: the next tile's loads are
+//   issued before the current tile is quantized; 2 `prefetch_fastenc`: with
+//   quantize16_fast as well; 3 `fastenc`: the original schedule with quantize16_fast.
+// * 16x16 (quantize_weight_2d): 0 the original; 1 `fastenc`.
+//
+// Values mode (QuantOut::values, per copy; every variant): a copy is written as its bf16
+// block-dequantized values e2m1(q) * f32(s_b) (nvfp4_math.h block_values16) instead of
+// codes and scales: the same codes, scales and random words, only the store of each
+// 16-element block differs (32 bytes, two 16-byte stores; the lanes that wrote
+// consecutive 8-byte code pieces write consecutive 32-byte value pieces). The kernels
+// take it as a template flag (kValues) so that the packed instances stay as they were;
+// the fused kernel's values instance decides per copy at run time.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -42,6 +63,10 @@ constexpr unsigned kFullMask = 0xFFFFFFFFu;
 // bandwidth-latency product. The fused and 2-D kernels need ~72 registers (3 blocks per
 // SM); capping them at 64 spills, so they are left uncapped. Unmeasured on hardware.
 constexpr int kMinBlocks = 4;
+// The 1x16 prefetch variant holds the next unit's raw bytes too (8 registers for 16-bit
+// input, 16 for fp32): 3 blocks per SM (at most 80 registers) with the original
+// encoders; with the fast ones it fits kMinBlocks.
+constexpr int kPrefetchMinBlocks = 3;
 
 // ---------------------------------------------------------------------------------
 // Loads: 16 consecutive elements starting at element `first` (a multiple of 16) as FP32
@@ -84,16 +109,126 @@ __device__ __forceinline__ void zero16(float (&v)[16]) {
   for (int j = 0; j < 16; ++j) v[j] = 0.0f;
 }
 
+// The raw bytes of one 16-element unit, loaded ahead of their use (the prefetch
+// variants): 4 x 16 bytes for fp32, 2 x 16 bytes for bf16 / fp16. unpack_raw16 gives
+// exactly load16's values.
+template <InputType kType>
+struct Raw16 {
+  static constexpr int kLoads = kType == InputType::kFloat32 ? 4 : 2;
+  uint4 q[kLoads];
+};
+
+template <InputType kType>
+__device__ __forceinline__ void load_raw16(const void* x, int64_t first, Raw16<kType>& r) {
+  constexpr int64_t kBytes = kType == InputType::kFloat32 ? 4 : 2;
+  const uint4* p = reinterpret_cast<const uint4*>(static_cast<const char*>(x) + first * kBytes);
+#pragma unroll
+  for (int i = 0; i < Raw16<kType>::kLoads; ++i) r.q[i] = __ldcs(p + i);  // read once
+}
+
+template <InputType kType>
+__device__ __forceinline__ void unpack_raw16(const Raw16<kType>& r, float (&v)[16]) {
+  if constexpr (kType == InputType::kFloat32) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      v[4 * i + 0] = __uint_as_float(r.q[i].x);
+      v[4 * i + 1] = __uint_as_float(r.q[i].y);
+      v[4 * i + 2] = __uint_as_float(r.q[i].z);
+      v[4 * i + 3] = __uint_as_float(r.q[i].w);
+    }
+  } else {
+    const uint32_t w[8] = {r.q[0].x, r.q[0].y, r.q[0].z, r.q[0].w,
+                           r.q[1].x, r.q[1].y, r.q[1].z, r.q[1].w};
+#pragma unroll
+    for (int i = 0; i < 8; ++i) unpack2(w[i], v[2 * i], v[2 * i + 1], kType);
+  }
+}
+
 __device__ __forceinline__ void store_codes(uint8_t* data, int64_t byte_offset, uint64_t codes) {
   *reinterpret_cast<unsigned long long*>(data + byte_offset) = codes;  // 8-byte aligned
 }
 
-__device__ __forceinline__ float read_amax(const AmaxIn& a) {
-  return a.given != nullptr ? canonical_amax(*a.given) : amax_from_abs_bits(*a.bits);
+// Values mode: the block's 16 bf16 values at element `first` (a multiple of 16) of a bf16
+// copy, as two 16-byte stores (32-byte aligned).
+__device__ __forceinline__ void store_values(uint8_t* data, int64_t first, const EncodedBlock& e) {
+  uint32_t w[8];
+  block_values16(e.codes, e.scale, w);
+  uint4* p = reinterpret_cast<uint4*>(data + first * 2);
+  p[0] = make_uint4(w[0], w[1], w[2], w[3]);
+  p[1] = make_uint4(w[4], w[5], w[6], w[7]);
 }
 
-// Max of v over the thread block into *out (one atomic per block).
-__device__ __forceinline__ void block_max_to_global(uint32_t v, uint32_t* out) {
+// One encoded block of the copy `out` whose first element has flat index `first` in the
+// copy ([rows, cols], row-major): its codes and scale byte, or, where values mode is
+// compiled in (kValues) and this copy asks for it (out.values), its 16 bf16 values.
+template <bool kValues>
+__device__ __forceinline__ void store_block(const QuantOut& out, int64_t first,
+                                            const EncodedBlock& e) {
+  if (kValues && out.values) {
+    store_values(out.data, first, e);
+  } else {
+    store_codes(out.data, first / 2, e.codes);
+    out.scale[first / 16] = static_cast<uint8_t>(e.scale);
+  }
+}
+
+// Max of the partials of `a` this thread reads: i = threadIdx.x + k * kThreads < a.count
+// (<= kMaxAmaxPartials), a fixed, unrolled trip count, so all its loads are in flight
+// at once.
+__device__ __forceinline__ uint32_t partials_max(const AmaxIn& a) {
+  static_assert(kMaxAmaxPartials % kThreads == 0, "partials split evenly over a block");
+  uint32_t m = 0u;
+  if (a.given == nullptr) {
+#pragma unroll
+    for (int k = 0; k < kMaxAmaxPartials / kThreads; ++k) {
+      const int i = k * kThreads + static_cast<int>(threadIdx.x);
+      if (i < a.count) m = max_u32(m, a.partials[i]);
+    }
+  }
+  return m;
+}
+
+__device__ __forceinline__ float amax_of(const AmaxIn& a, uint32_t partials_bits) {
+  return a.given != nullptr ? canonical_amax(*a.given) : amax_from_abs_bits(partials_bits);
+}
+
+// The amaxes of a and b, in every thread of the block: the block reduces the partials
+// together. Every thread calls it, once per kernel, in the prologue.
+__device__ __forceinline__ void block_read_amaxes(const AmaxIn& a, const AmaxIn& b,
+                                                  float& amax_a, float& amax_b) {
+  __shared__ uint32_t warp_max[2][kWarps];
+  uint32_t ma = __reduce_max_sync(kFullMask, partials_max(a));
+  uint32_t mb = __reduce_max_sync(kFullMask, partials_max(b));
+  if ((threadIdx.x & 31) == 0) {
+    warp_max[0][threadIdx.x >> 5] = ma;
+    warp_max[1][threadIdx.x >> 5] = mb;
+  }
+  __syncthreads();
+  ma = 0u;
+  mb = 0u;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) {
+    ma = max_u32(ma, warp_max[0][w]);
+    mb = max_u32(mb, warp_max[1][w]);
+  }
+  amax_a = amax_of(a, ma);
+  amax_b = amax_of(b, mb);
+}
+
+__device__ __forceinline__ float block_read_amax(const AmaxIn& a) {
+  __shared__ uint32_t warp_max[kWarps];
+  uint32_t m = __reduce_max_sync(kFullMask, partials_max(a));
+  if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = m;
+  __syncthreads();
+  m = 0u;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) m = max_u32(m, warp_max[w]);
+  return amax_of(a, m);
+}
+
+// Max of v over the thread block into partials[blockIdx.x] (a plain store: each block
+// owns its word, so nothing needs clearing first).
+__device__ __forceinline__ void block_max_to_partial(uint32_t v, uint32_t* partials) {
   __shared__ uint32_t warp_max[kWarps];
   v = __reduce_max_sync(kFullMask, v);
   if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = v;
@@ -102,7 +237,7 @@ __device__ __forceinline__ void block_max_to_global(uint32_t v, uint32_t* out) {
     uint32_t m = 0u;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) m = max_u32(m, warp_max[w]);
-    atomicMax(reinterpret_cast<unsigned int*>(out), m);
+    partials[blockIdx.x] = m;
   }
   __syncthreads();  // warp_max is reused by a second call
 }
@@ -119,17 +254,17 @@ struct RowsArgs {
   Rounding rounding;
   QuantOut out;
   QuantOut col;  // 16x16 only: the transposed copy [cols, rows/2]; col.data null for none
-  uint32_t* amax_bits;
+  uint32_t* partials;  // amax launches: one word per thread block
 };
 
 // Unit u is the 16 elements [16u, 16u + 16) in row-major order: for 1x16 blocks the
 // flat index is all a thread needs (row boundaries fall between units since cols % 16 == 0).
-template <InputType kType, bool kAmaxOnly>
-__global__ void __launch_bounds__(kThreads, kMinBlocks) rows_1x16_kernel(RowsArgs a) {
+template <InputType kType, bool kAmaxOnly, bool kFast, bool kValues>
+__device__ __forceinline__ void rows_1x16(const RowsArgs& a) {
   const int64_t units = a.rows * (a.cols / 16);
   TensorScales scales{0.0f, 0.0f};
   if constexpr (!kAmaxOnly) {
-    float amax = read_amax(a.amax);
+    float amax = block_read_amax(a.amax);
     scales = tensor_scales(amax);
     if (blockIdx.x == 0 && threadIdx.x == 0) *a.out.amax = amax;
   }
@@ -144,14 +279,60 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) rows_1x16_kernel(RowsArg
     if constexpr (kAmaxOnly) {
       acc = max_u32(acc, block_bits);
     } else {
-      EncodedBlock e = quantize16(v, amax_from_abs_bits(block_bits), scales,
-                                  a.rounding.stochastic, a.rounding.seed,
-                                  a.rounding.offset + static_cast<uint64_t>(u) * 4u);
-      store_codes(a.out.data, u * 8, e.codes);
-      a.out.scale[u] = static_cast<uint8_t>(e.scale);
+      const uint64_t counter0 = a.rounding.offset + static_cast<uint64_t>(u) * 4u;
+      EncodedBlock e =
+          kFast ? quantize16_fast(v, amax_from_abs_bits(block_bits), scales,
+                                  a.rounding.stochastic, a.rounding.seed, counter0)
+                : quantize16(v, amax_from_abs_bits(block_bits), scales, a.rounding.stochastic,
+                             a.rounding.seed, counter0);
+      store_block<kValues>(a.out, u * 16, e);
     }
   }
-  if constexpr (kAmaxOnly) block_max_to_global(acc, a.amax_bits);
+  if constexpr (kAmaxOnly) block_max_to_partial(acc, a.partials);
+}
+
+// Variant 0 (and the amax launch).
+template <InputType kType, bool kAmaxOnly, bool kValues>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) rows_1x16_kernel(RowsArgs a) {
+  rows_1x16<kType, kAmaxOnly, false, kValues>(a);
+}
+
+// Variant 3: the same schedule with quantize16_fast.
+template <InputType kType, bool kValues>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) rows_1x16_fastenc_kernel(RowsArgs a) {
+  rows_1x16<kType, false, true, kValues>(a);
+}
+
+// Variants 1 and 2 of the 1x16 kernel: software-pipelined. The 16-byte loads of the
+// thread's next unit are issued before the current unit is quantized, so every thread
+// always has loads in flight (the original issues them only at the top of each
+// iteration and then waits). Same units per thread, same order, same math per unit.
+template <InputType kType, bool kFast, bool kValues>
+__global__ void __launch_bounds__(kThreads, kFast ? kMinBlocks : kPrefetchMinBlocks)
+    rows_1x16_prefetch_kernel(RowsArgs a) {
+  const int64_t units = a.rows * (a.cols / 16);
+  const float amax = block_read_amax(a.amax);
+  const TensorScales scales = tensor_scales(amax);
+  if (blockIdx.x == 0 && threadIdx.x == 0) *a.out.amax = amax;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  int64_t u = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  Raw16<kType> next{};
+  if (u < units) load_raw16<kType>(a.x, u * 16, next);
+  for (; u < units; u += stride) {
+    const Raw16<kType> cur = next;
+    if (u + stride < units) load_raw16<kType>(a.x, (u + stride) * 16, next);
+    float v[16];
+    unpack_raw16<kType>(cur, v);
+    if (a.rht_mask >= 0) rht16_to_bf16(v, static_cast<uint32_t>(a.rht_mask));
+    const uint32_t block_bits = block_abs_bits(v);
+    const uint64_t counter0 = a.rounding.offset + static_cast<uint64_t>(u) * 4u;
+    EncodedBlock e =
+        kFast ? quantize16_fast(v, amax_from_abs_bits(block_bits), scales,
+                                a.rounding.stochastic, a.rounding.seed, counter0)
+              : quantize16(v, amax_from_abs_bits(block_bits), scales, a.rounding.stochastic,
+                           a.rounding.seed, counter0);
+    store_block<kValues>(a.out, u * 16, e);
+  }
 }
 
 // ---------------------------------------------------------------------------------
@@ -168,16 +349,16 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) rows_1x16_kernel(RowsArg
 // The transposed copy (NUMERICS 5: exactly the transpose of the rowwise codes and tile
 // scales) goes through 512 bytes of shared memory per warp: each lane publishes its two
 // rows of packed codes, then gathers two columns of its tile, 16 nibbles each.
-template <InputType kType>
-__global__ void __launch_bounds__(kThreads) rows_16x16_kernel(RowsArgs a) {
-  __shared__ unsigned long long staged[kWarps][16][4];
+template <InputType kType, bool kFast, bool kValues>
+__device__ __forceinline__ void rows_16x16(const RowsArgs& a,
+                                           unsigned long long (&staged)[kWarps][16][4]) {
   const int64_t blocks = a.cols / 16;
   const int64_t groups = a.rows / 16;
   const int64_t warp_units = groups * ((blocks + 3) / 4);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int tile = lane & 3, row8 = lane >> 2;
   const bool transposed = a.col.data != nullptr;
-  float amax = read_amax(a.amax);
+  float amax = block_read_amax(a.amax);
   TensorScales scales = tensor_scales(amax);
   if (blockIdx.x == 0 && threadIdx.x == 0) {
     *a.out.amax = amax;
@@ -210,14 +391,17 @@ __global__ void __launch_bounds__(kThreads) rows_16x16_kernel(RowsArgs a) {
     if (active) {
       const float tile_amax = amax_from_abs_bits(t);
       const int64_t e0 = r0 * a.cols + b * 16, e1 = r1 * a.cols + b * 16;
-      q0 = quantize16(v0, tile_amax, scales, a.rounding.stochastic, a.rounding.seed,
-                      a.rounding.offset + static_cast<uint64_t>(e0 / 4));
-      q1 = quantize16(v1, tile_amax, scales, a.rounding.stochastic, a.rounding.seed,
-                      a.rounding.offset + static_cast<uint64_t>(e1 / 4));
-      store_codes(a.out.data, e0 / 2, q0.codes);
-      store_codes(a.out.data, e1 / 2, q1.codes);
-      a.out.scale[e0 / 16] = static_cast<uint8_t>(q0.scale);
-      a.out.scale[e1 / 16] = static_cast<uint8_t>(q1.scale);
+      const uint64_t c0 = a.rounding.offset + static_cast<uint64_t>(e0 / 4);
+      const uint64_t c1 = a.rounding.offset + static_cast<uint64_t>(e1 / 4);
+      if constexpr (kFast) {
+        q0 = quantize16_fast(v0, tile_amax, scales, a.rounding.stochastic, a.rounding.seed, c0);
+        q1 = quantize16_fast(v1, tile_amax, scales, a.rounding.stochastic, a.rounding.seed, c1);
+      } else {
+        q0 = quantize16(v0, tile_amax, scales, a.rounding.stochastic, a.rounding.seed, c0);
+        q1 = quantize16(v1, tile_amax, scales, a.rounding.stochastic, a.rounding.seed, c1);
+      }
+      store_block<kValues>(a.out, e0, q0);
+      store_block<kValues>(a.out, e1, q1);
     }
     if (transposed) {  // uniform across the grid
       staged[warp][row8][tile] = q0.codes;
@@ -243,6 +427,23 @@ __global__ void __launch_bounds__(kThreads) rows_16x16_kernel(RowsArgs a) {
   }
 }
 
+// Variant 0.
+template <InputType kType, bool kValues>
+__global__ void __launch_bounds__(kThreads) rows_16x16_kernel(RowsArgs a) {
+  __shared__ unsigned long long staged[kWarps][16][4];
+  rows_16x16<kType, false, kValues>(a, staged);
+}
+
+// quantize_weight_2d's variant 1: the same with quantize16_fast (left alone, ptxas takes
+// up to 104 registers for it; capped at the original's 3 blocks per SM, 2 for fp32 input,
+// it does not spill on sm_90a or sm_100a).
+template <InputType kType, bool kValues>
+__global__ void __launch_bounds__(kThreads, kType == InputType::kFloat32 ? 2 : 3)
+    rows_16x16_fastenc_kernel(RowsArgs a) {
+  __shared__ unsigned long long staged[kWarps][16][4];
+  rows_16x16<kType, true, kValues>(a, staged);
+}
+
 // ---------------------------------------------------------------------------------
 // Fused rowwise + columnwise (transposed, RHT along M) quantization
 // ---------------------------------------------------------------------------------
@@ -259,110 +460,231 @@ struct RowColArgs {
   AmaxIn row_amax, col_amax;
   Rounding row_rounding, col_rounding;
   QuantOut row, col;
-  uint32_t* amax_bits;  // [2]: rowwise, columnwise
+  uint32_t* row_partials;  // amax launches: one word per thread block for each amax
+  uint32_t* col_partials;
 };
 
-template <InputType kType, bool kAmaxOnly>
-__global__ void __launch_bounds__(kThreads) quantize_row_col_kernel(RowColArgs a) {
-  __shared__ float tile[kTile][kPitch];
-  __shared__ unsigned long long col_codes[kTile][4];
-  __shared__ uint8_t col_scales[kTile][4];
+// Shared memory of the fused kernels.
+struct RowColShared {
+  float tile[kTile][kPitch];
+  unsigned long long col_codes[kTile][4];
+  uint8_t col_scales[kTile][4];
+};
 
+// What the fused kernels keep across tiles.
+struct RowColState {
+  TensorScales row_scales, col_scales;
+  uint32_t row_acc, col_acc;  // amax launches: this thread's max |x| bits so far
+};
+
+__device__ __forceinline__ int64_t row_col_tiles_k(const RowColArgs& a) {
+  return (a.cols + kTile - 1) / kTile;
+}
+
+// Where thread t's row-phase block of tile `tile_id` starts, and whether it is inside x
+// (outside: the zero padding of M, or columns past K).
+struct RowBlock {
+  int64_t m0, k0, first;
+  bool in_row;
+};
+
+__device__ __forceinline__ RowBlock row_block(const RowColArgs& a, int64_t tile_id,
+                                              int64_t tiles_k) {
   const int t = threadIdx.x;
-  const int r_local = t >> 2, cb = t & 3;   // row phase: row r_local, column block cb
-  const int c_local = t & 63, mb = t >> 6;  // column phase: column c_local, rows 16*mb..
-  const int64_t tiles_k = (a.cols + kTile - 1) / kTile;
-  const int64_t tiles = tiles_k * ((a.padded_rows + kTile - 1) / kTile);
+  const int r_local = t >> 2, cb = t & 3;  // row phase: row r_local, column block cb
+  const int64_t m0 = (tile_id / tiles_k) * kTile, k0 = (tile_id % tiles_k) * kTile;
+  const int64_t m = m0 + r_local, k = k0 + cb * 16;
+  return RowBlock{m0, k0, m * a.cols + k, m < a.rows && k < a.cols};
+}
 
-  TensorScales row_scales{0.0f, 0.0f}, col_scales_t{0.0f, 0.0f};
+// Prologue of the fused kernels: the two amaxes (quantize launches only).
+template <bool kAmaxOnly>
+__device__ __forceinline__ RowColState row_col_prologue(const RowColArgs& a) {
+  RowColState s{{0.0f, 0.0f}, {0.0f, 0.0f}, 0u, 0u};
   if constexpr (!kAmaxOnly) {
-    float row_amax = a.rowwise ? read_amax(a.row_amax) : 0.0f;
-    float col_amax = a.columnwise ? read_amax(a.col_amax) : 0.0f;
-    row_scales = tensor_scales(row_amax);
-    col_scales_t = tensor_scales(col_amax);
-    if (blockIdx.x == 0 && t == 0) {
+    float row_amax = 0.0f, col_amax = 0.0f;
+    block_read_amaxes(a.row_amax, a.col_amax, row_amax, col_amax);
+    if (!a.rowwise) row_amax = 0.0f;
+    if (!a.columnwise) col_amax = 0.0f;
+    s.row_scales = tensor_scales(row_amax);
+    s.col_scales = tensor_scales(col_amax);
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
       if (a.rowwise) *a.row.amax = row_amax;
       if (a.columnwise) *a.col.amax = col_amax;
     }
   }
-  uint32_t row_acc = 0u, col_acc = 0u;
+  return s;
+}
 
-  for (int64_t tile_id = blockIdx.x; tile_id < tiles; tile_id += gridDim.x) {
-    const int64_t m0 = (tile_id / tiles_k) * kTile, k0 = (tile_id % tiles_k) * kTile;
-
-    // Row phase: one 16-element block of one row, straight from global memory.
-    const int64_t m = m0 + r_local, k = k0 + cb * 16;
-    const bool in_row = m < a.rows && k < a.cols;
-    float v[16];
-    if (in_row) {
-      load16<kType>(a.x, m * a.cols + k, v);
+// One 64x64 tile, from thread t's row-phase block v (already loaded; zeros outside x):
+// the rowwise block from registers, the columnwise blocks from the transposed shared
+// tile (RHT along M), and the coalesced stores of the column codes.
+template <InputType kType, bool kAmaxOnly, bool kFast, bool kValues>
+__device__ __forceinline__ void row_col_tile(const RowColArgs& a, const RowBlock& rb,
+                                             float (&v)[16], RowColShared& sh,
+                                             RowColState& s) {
+  const int t = threadIdx.x;
+  const int r_local = t >> 2, cb = t & 3;   // row phase: row r_local, column block cb
+  const int c_local = t & 63, mb = t >> 6;  // column phase: column c_local, rows 16*mb..
+  const int64_t m0 = rb.m0, k0 = rb.k0;
+  if (rb.in_row && a.rowwise) {
+    uint32_t bits = block_abs_bits(v);
+    if constexpr (kAmaxOnly) {
+      s.row_acc = max_u32(s.row_acc, bits);
     } else {
-      zero16(v);  // the zero padding of M, and columns past K
+      const int64_t first = rb.first;
+      const uint64_t counter0 = a.row_rounding.offset + static_cast<uint64_t>(first / 4);
+      EncodedBlock e =
+          kFast ? quantize16_fast(v, amax_from_abs_bits(bits), s.row_scales,
+                                  a.row_rounding.stochastic, a.row_rounding.seed, counter0)
+                : quantize16(v, amax_from_abs_bits(bits), s.row_scales,
+                             a.row_rounding.stochastic, a.row_rounding.seed, counter0);
+      store_block<kValues>(a.row, first, e);
     }
-    if (in_row && a.rowwise) {
-      uint32_t bits = block_abs_bits(v);
-      if constexpr (kAmaxOnly) {
-        row_acc = max_u32(row_acc, bits);
-      } else {
-        const int64_t first = m * a.cols + k;
-        EncodedBlock e = quantize16(v, amax_from_abs_bits(bits), row_scales,
-                                    a.row_rounding.stochastic, a.row_rounding.seed,
-                                    a.row_rounding.offset + static_cast<uint64_t>(first / 4));
-        store_codes(a.row.data, first / 2, e.codes);
-        a.row.scale[first / 16] = static_cast<uint8_t>(e.scale);
-      }
-    }
-    float4* dst = reinterpret_cast<float4*>(&tile[r_local][cb * 16]);
+  }
+  float4* dst = reinterpret_cast<float4*>(&sh.tile[r_local][cb * 16]);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) dst[i] = make_float4(v[4 * i], v[4 * i + 1], v[4 * i + 2], v[4 * i + 3]);
-    __syncthreads();
+  for (int i = 0; i < 4; ++i) dst[i] = make_float4(v[4 * i], v[4 * i + 1], v[4 * i + 2], v[4 * i + 3]);
+  __syncthreads();
 
-    // Column phase: 16 consecutive rows of one column (a warp reads 32 consecutive
-    // columns of a shared row: no bank conflicts).
-    const int64_t kc = k0 + c_local, mc = m0 + mb * 16;
-    const bool in_col = kc < a.cols && mc < a.padded_rows;
-    float w[16];
+  // Column phase: 16 consecutive rows of one column (a warp reads 32 consecutive
+  // columns of a shared row: no bank conflicts).
+  const int64_t kc = k0 + c_local, mc = m0 + mb * 16;
+  const bool in_col = kc < a.cols && mc < a.padded_rows;
+  float w[16];
 #pragma unroll
-    for (int j = 0; j < 16; ++j) w[j] = tile[mb * 16 + j][c_local];
-    if (in_col && a.columnwise) {
-      if (a.rht_mask >= 0) rht16_to_bf16(w, static_cast<uint32_t>(a.rht_mask));
-      uint32_t bits = block_abs_bits(w);
-      if constexpr (kAmaxOnly) {
-        col_acc = max_u32(col_acc, bits);
-      } else {
-        const int64_t first = kc * a.padded_rows + mc;  // flat index in [K, M_pad]
-        EncodedBlock e = quantize16(w, amax_from_abs_bits(bits), col_scales_t,
-                                    a.col_rounding.stochastic, a.col_rounding.seed,
-                                    a.col_rounding.offset + static_cast<uint64_t>(first / 4));
-        col_codes[c_local][mb] = e.codes;
-        col_scales[c_local][mb] = static_cast<uint8_t>(e.scale);
-      }
+  for (int j = 0; j < 16; ++j) w[j] = sh.tile[mb * 16 + j][c_local];
+  if (in_col && a.columnwise) {
+    if (a.rht_mask >= 0) rht16_to_bf16(w, static_cast<uint32_t>(a.rht_mask));
+    uint32_t bits = block_abs_bits(w);
+    if constexpr (kAmaxOnly) {
+      s.col_acc = max_u32(s.col_acc, bits);
+    } else {
+      const int64_t first = kc * a.padded_rows + mc;  // flat index in [K, M_pad]
+      const uint64_t counter0 = a.col_rounding.offset + static_cast<uint64_t>(first / 4);
+      EncodedBlock e =
+          kFast ? quantize16_fast(w, amax_from_abs_bits(bits), s.col_scales,
+                                  a.col_rounding.stochastic, a.col_rounding.seed, counter0)
+                : quantize16(w, amax_from_abs_bits(bits), s.col_scales,
+                             a.col_rounding.stochastic, a.col_rounding.seed, counter0);
+      sh.col_codes[c_local][mb] = e.codes;
+      sh.col_scales[c_local][mb] = static_cast<uint8_t>(e.scale);
     }
-    __syncthreads();
+  }
+  __syncthreads();
 
-    // Column stores: lane q of each group of 4 writes the q-th 8 bytes of a 32-byte run
-    // of one output row, so a warp writes 8 full rows' worth of this tile.
-    if constexpr (!kAmaxOnly) {
-      const int k_local = t >> 2, q = t & 3;
-      const int64_t kk = k0 + k_local, mm = m0 + q * 16;
-      if (a.columnwise && kk < a.cols && mm < a.padded_rows) {
-        const int64_t first = kk * a.padded_rows + mm;
-        store_codes(a.col.data, first / 2, col_codes[k_local][q]);
-        a.col.scale[first / 16] = col_scales[k_local][q];
-      }
+  // Column stores: lane q of each group of 4 writes the q-th 8 bytes of a 32-byte run
+  // of one output row (values mode: the q-th 32 bytes of a 128-byte run), so a warp
+  // writes 8 full rows' worth of this tile.
+  if constexpr (!kAmaxOnly) {
+    const int k_local = t >> 2, q = t & 3;
+    const int64_t kk = k0 + k_local, mm = m0 + q * 16;
+    if (a.columnwise && kk < a.cols && mm < a.padded_rows) {
+      store_block<kValues>(a.col, kk * a.padded_rows + mm,
+                           EncodedBlock{sh.col_codes[k_local][q], sh.col_scales[k_local][q]});
     }
-    // The next tile first writes `tile` (last read before the barrier above) and then
-    // `col_codes` only after its own first barrier, which every thread reaches after
-    // finishing these stores.
+  }
+  // The next tile first writes `tile` (last read before the barrier above) and then
+  // `col_codes` only after its own first barrier, which every thread reaches after
+  // finishing these stores.
+}
+
+// Each tile's loads are issued at the tile's start.
+template <InputType kType, bool kAmaxOnly, bool kFast, bool kValues>
+__device__ __forceinline__ void quantize_row_col_tiles(const RowColArgs& a, RowColShared& sh) {
+  const int64_t tiles_k = row_col_tiles_k(a);
+  const int64_t tiles = tiles_k * ((a.padded_rows + kTile - 1) / kTile);
+  RowColState s = row_col_prologue<kAmaxOnly>(a);
+  for (int64_t tile_id = blockIdx.x; tile_id < tiles; tile_id += gridDim.x) {
+    const RowBlock rb = row_block(a, tile_id, tiles_k);
+    float v[16];
+    if (rb.in_row) {
+      load16<kType>(a.x, rb.first, v);
+    } else {
+      zero16(v);
+    }
+    row_col_tile<kType, kAmaxOnly, kFast, kValues>(a, rb, v, sh, s);
   }
   if constexpr (kAmaxOnly) {
-    block_max_to_global(row_acc, a.amax_bits);
-    block_max_to_global(col_acc, a.amax_bits + 1);
+    block_max_to_partial(s.row_acc, a.row_partials);
+    block_max_to_partial(s.col_acc, a.col_partials);
+  }
+}
+
+// Variant 0 (and the amax launch).
+template <InputType kType, bool kAmaxOnly, bool kValues>
+__global__ void __launch_bounds__(kThreads) quantize_row_col_kernel(RowColArgs a) {
+  __shared__ RowColShared sh;
+  quantize_row_col_tiles<kType, kAmaxOnly, false, kValues>(a, sh);
+}
+
+// Variant 3: the same schedule with quantize16_fast.
+template <InputType kType, bool kValues>
+__global__ void __launch_bounds__(kThreads) quantize_row_col_fastenc_kernel(RowColArgs a) {
+  __shared__ RowColShared sh;
+  quantize_row_col_tiles<kType, false, true, kValues>(a, sh);
+}
+
+// Blocks per SM the prefetch variants ask for without spilling (sm_90a and sm_100a):
+// the original's 3 with the original encoders and 4 with the fast ones; 2 for fp32 input,
+// whose loaded bytes take 16 registers.
+constexpr int row_col_prefetch_min_blocks(InputType type, bool fast) {
+  return type == InputType::kFloat32 ? 2 : fast ? 4 : 3;
+}
+
+// Variants 1 and 2: the next tile's 16-byte loads are issued before this tile is
+// quantized, so they are in flight during its whole row and column phases. The tile
+// coordinates step without a division (tile_id += gridDim.x as a carry on (tm, tk)),
+// which pays for some of the registers of the loaded bytes.
+template <InputType kType, bool kFast, bool kValues>
+__global__ void __launch_bounds__(kThreads, row_col_prefetch_min_blocks(kType, kFast))
+    quantize_row_col_prefetch_kernel(RowColArgs a) {
+  __shared__ RowColShared sh;
+  const int64_t tiles_k = row_col_tiles_k(a);
+  const int64_t tiles = tiles_k * ((a.padded_rows + kTile - 1) / kTile);
+  RowColState s = row_col_prologue<false>(a);
+  const int r_local = threadIdx.x >> 2, cb = threadIdx.x & 3;
+  // Tile (tm, tk) = (tile_id / tiles_k, tile_id % tiles_k); the step is gridDim.x tiles.
+  const int64_t step_m = gridDim.x / tiles_k, step_k = gridDim.x % tiles_k;
+  int64_t tm = blockIdx.x / tiles_k, tk = blockIdx.x % tiles_k;
+  auto first_of = [&](int64_t m_tile, int64_t k_tile, bool& in_row) {
+    const int64_t m = m_tile * kTile + r_local, k = k_tile * kTile + cb * 16;
+    in_row = m < a.rows && k < a.cols;
+    return m * a.cols + k;
+  };
+  Raw16<kType> next_raw{};
+  bool next_in = false;
+  int64_t next_first = first_of(tm, tk, next_in);
+  if (blockIdx.x < tiles && next_in) load_raw16<kType>(a.x, next_first, next_raw);
+  for (int64_t tile_id = blockIdx.x; tile_id < tiles; tile_id += gridDim.x) {
+    const RowBlock rb{tm * kTile, tk * kTile, next_first, next_in};
+    const Raw16<kType> raw = next_raw;
+    tm += step_m;
+    tk += step_k;
+    if (tk >= tiles_k) {
+      tk -= tiles_k;
+      tm += 1;
+    }
+    next_first = first_of(tm, tk, next_in);
+    if (tile_id + gridDim.x < tiles && next_in) load_raw16<kType>(a.x, next_first, next_raw);
+    float v[16];
+    if (rb.in_row) {
+      unpack_raw16<kType>(raw, v);
+    } else {
+      zero16(v);
+    }
+    row_col_tile<kType, false, kFast, kValues>(a, rb, v, sh, s);
   }
 }
 
 // Writes the amax of an empty tensor (no kernel above runs).
-__global__ void write_amax_kernel(AmaxIn a, float* out) { *out = read_amax(a); }
+__global__ void write_amax_kernel(AmaxIn a, float* out) {
+  uint32_t m = 0u;
+  if (a.given == nullptr) {
+    for (int i = 0; i < a.count; ++i) m = max_u32(m, a.partials[i]);
+  }
+  *out = amax_of(a, m);
+}
 
 // ---------------------------------------------------------------------------------
 // Launch helpers
@@ -386,6 +708,20 @@ cudaError_t launch(Kernel kernel, int64_t work, const Args& args, cudaStream_t s
   return cudaGetLastError();
 }
 
+// An amax launch: a grid of at most kMaxAmaxPartials blocks (one partial each); the
+// block count goes to *count, which the quantize launch then reads that many partials.
+template <typename Kernel, typename Args>
+cudaError_t launch_partials(Kernel kernel, int64_t work, const Args& args, int* count,
+                            cudaStream_t stream) {
+  *count = 0;
+  if (work <= 0) return cudaSuccess;
+  int grid = grid_size(kernel, work);
+  if (grid > kMaxAmaxPartials) grid = kMaxAmaxPartials;
+  *count = grid;
+  LP_LAUNCH(kernel, grid, kThreads, stream, args);
+  return cudaGetLastError();
+}
+
 cudaError_t write_amax(AmaxIn amax, float* out, cudaStream_t stream) {
   LP_LAUNCH(write_amax_kernel, 1, 1, stream, amax, out);
   return cudaGetLastError();
@@ -402,23 +738,44 @@ cudaError_t dispatch(InputType type, A&&... args) {
   return cudaErrorInvalidValue;
 }
 
+int64_t div_up(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
 template <InputType kType>
 struct AmaxLauncher {
-  static cudaError_t run(const RowsArgs& args, cudaStream_t stream) {
+  static cudaError_t run(const RowsArgs& args, int* count, cudaStream_t stream) {
     int64_t units = args.rows * (args.cols / 16);
-    return launch(rows_1x16_kernel<kType, true>, (units + kThreads - 1) / kThreads, args, stream);
+    return launch_partials(rows_1x16_kernel<kType, true, false>, div_up(units, kThreads), args,
+                           count, stream);
   }
 };
 
+// The 1x16 or 16x16 kernel of `variant`, packed or values (kValues) instance.
+template <InputType kType, bool kValues>
+cudaError_t launch_rows(const RowsArgs& args, int block_rows, int variant, cudaStream_t stream) {
+  if (block_rows == 16) {
+    const int64_t warp_units = (args.rows / 16) * ((args.cols / 16 + 3) / 4);
+    const int64_t blocks16 = div_up(warp_units, kWarps);
+    switch (variant) {
+      case 0: return launch(rows_16x16_kernel<kType, kValues>, blocks16, args, stream);
+      case 1: return launch(rows_16x16_fastenc_kernel<kType, kValues>, blocks16, args, stream);
+    }
+    return cudaErrorInvalidValue;
+  }
+  const int64_t blocks = div_up(args.rows * (args.cols / 16), kThreads);
+  switch (variant) {
+    case 0: return launch(rows_1x16_kernel<kType, false, kValues>, blocks, args, stream);
+    case 1: return launch(rows_1x16_prefetch_kernel<kType, false, kValues>, blocks, args, stream);
+    case 2: return launch(rows_1x16_prefetch_kernel<kType, true, kValues>, blocks, args, stream);
+    case 3: return launch(rows_1x16_fastenc_kernel<kType, kValues>, blocks, args, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
 template <InputType kType>
 struct QuantizeLauncher {
-  static cudaError_t run(const RowsArgs& args, int block_rows, cudaStream_t stream) {
-    if (block_rows == 16) {
-      int64_t warp_units = (args.rows / 16) * ((args.cols / 16 + 3) / 4);
-      return launch(rows_16x16_kernel<kType>, (warp_units + kWarps - 1) / kWarps, args, stream);
-    }
-    int64_t units = args.rows * (args.cols / 16);
-    return launch(rows_1x16_kernel<kType, false>, (units + kThreads - 1) / kThreads, args, stream);
+  static cudaError_t run(const RowsArgs& args, int block_rows, int variant, cudaStream_t stream) {
+    return args.out.values ? launch_rows<kType, true>(args, block_rows, variant, stream)
+                           : launch_rows<kType, false>(args, block_rows, variant, stream);
   }
 };
 
@@ -429,62 +786,92 @@ int64_t row_col_tiles(int64_t rows, int64_t cols) {
 
 template <InputType kType>
 struct RowColAmaxLauncher {
-  static cudaError_t run(const RowColArgs& args, cudaStream_t stream) {
-    return launch(quantize_row_col_kernel<kType, true>, row_col_tiles(args.rows, args.cols), args, stream);
+  static cudaError_t run(const RowColArgs& args, int* count, cudaStream_t stream) {
+    return launch_partials(quantize_row_col_kernel<kType, true, false>,
+                           row_col_tiles(args.rows, args.cols), args, count, stream);
   }
 };
 
+// The fused kernel of `variant`, packed or values (kValues: either copy may be values,
+// each deciding at run time) instance.
+template <InputType kType, bool kValues>
+cudaError_t launch_row_col(const RowColArgs& args, int variant, cudaStream_t stream) {
+  const int64_t tiles = row_col_tiles(args.rows, args.cols);
+  switch (variant) {
+    case 0: return launch(quantize_row_col_kernel<kType, false, kValues>, tiles, args, stream);
+    case 1:
+      return launch(quantize_row_col_prefetch_kernel<kType, false, kValues>, tiles, args, stream);
+    case 2:
+      return launch(quantize_row_col_prefetch_kernel<kType, true, kValues>, tiles, args, stream);
+    case 3: return launch(quantize_row_col_fastenc_kernel<kType, kValues>, tiles, args, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
 template <InputType kType>
 struct RowColQuantizeLauncher {
-  static cudaError_t run(const RowColArgs& args, cudaStream_t stream) {
-    return launch(quantize_row_col_kernel<kType, false>, row_col_tiles(args.rows, args.cols), args, stream);
+  static cudaError_t run(const RowColArgs& args, int variant, cudaStream_t stream) {
+    const bool values = (args.rowwise && args.row.values) || (args.columnwise && args.col.values);
+    return values ? launch_row_col<kType, true>(args, variant, stream)
+                  : launch_row_col<kType, false>(args, variant, stream);
   }
 };
+
+static_assert(kQuantizeVariants == 4 && kRowColVariants == 4 && kTileVariants == 2,
+              "the launchers above handle every variant");
 
 }  // namespace
 
 cudaError_t launch_amax(const void* x, InputType type, int64_t rows, int64_t cols,
-                        int32_t rht_mask, uint32_t* amax_bits, cudaStream_t stream) {
-  const QuantOut none{nullptr, nullptr, nullptr};
-  RowsArgs args{x, rows, cols, rht_mask, AmaxIn{nullptr, amax_bits}, Rounding{false, 0u, 0u},
-                none, none, amax_bits};
-  return dispatch<AmaxLauncher>(type, args, stream);
+                        int32_t rht_mask, uint32_t* partials, int* count, cudaStream_t stream) {
+  const QuantOut none{nullptr, nullptr, nullptr, false};
+  RowsArgs args{x, rows, cols, rht_mask, AmaxIn{nullptr, nullptr, 0}, Rounding{false, 0u, 0u},
+                none, none, partials};
+  return dispatch<AmaxLauncher>(type, args, count, stream);
 }
 
 cudaError_t launch_quantize(const void* x, InputType type, int64_t rows, int64_t cols,
                             int block_rows, int32_t rht_mask, AmaxIn amax, Rounding rounding,
-                            QuantOut out, QuantOut transposed, cudaStream_t stream) {
+                            QuantOut out, QuantOut transposed, int variant,
+                            cudaStream_t stream) {
+  if (variant < 0 || variant >= (block_rows == 16 ? kTileVariants : kQuantizeVariants)) {
+    return cudaErrorInvalidValue;
+  }
+  if (out.values && transposed.data != nullptr) return cudaErrorInvalidValue;
   if (rows * cols == 0) {
     cudaError_t err = write_amax(amax, out.amax, stream);
     if (err != cudaSuccess || transposed.data == nullptr) return err;
     return write_amax(amax, transposed.amax, stream);
   }
   RowsArgs args{x, rows, cols, rht_mask, amax, rounding, out, transposed, nullptr};
-  return dispatch<QuantizeLauncher>(type, args, block_rows, stream);
+  return dispatch<QuantizeLauncher>(type, args, block_rows, variant, stream);
 }
 
 cudaError_t launch_row_col_amax(const void* x, InputType type, int64_t rows, int64_t cols,
-                               int32_t rht_mask, uint32_t* amax_bits, cudaStream_t stream) {
-  const QuantOut none{nullptr, nullptr, nullptr};
-  RowColArgs args{x, rows, cols, (rows + 15) / 16 * 16, rht_mask, true, true,
-                  AmaxIn{nullptr, amax_bits}, AmaxIn{nullptr, amax_bits + 1},
-                  Rounding{false, 0u, 0u}, Rounding{false, 0u, 0u}, none, none, amax_bits};
-  return dispatch<RowColAmaxLauncher>(type, args, stream);
+                               int32_t rht_mask, uint32_t* row_partials,
+                               uint32_t* col_partials, int* count, cudaStream_t stream) {
+  const QuantOut none{nullptr, nullptr, nullptr, false};
+  const AmaxIn unused{nullptr, nullptr, 0};
+  RowColArgs args{x, rows, cols, (rows + 15) / 16 * 16, rht_mask, true, true, unused, unused,
+                  Rounding{false, 0u, 0u}, Rounding{false, 0u, 0u}, none, none, row_partials,
+                  col_partials};
+  return dispatch<RowColAmaxLauncher>(type, args, count, stream);
 }
 
 cudaError_t launch_quantize_row_col(const void* x, InputType type, int64_t rows, int64_t cols,
                                    int32_t rht_mask, bool rowwise, bool columnwise,
                                    AmaxIn row_amax, AmaxIn col_amax, Rounding row_rounding,
                                    Rounding col_rounding, QuantOut row, QuantOut col,
-                                   cudaStream_t stream) {
+                                   int variant, cudaStream_t stream) {
+  if (variant < 0 || variant >= kRowColVariants) return cudaErrorInvalidValue;
   if (rows * cols == 0) {
     cudaError_t err = rowwise ? write_amax(row_amax, row.amax, stream) : cudaSuccess;
     if (err != cudaSuccess || !columnwise) return err;
     return write_amax(col_amax, col.amax, stream);
   }
   RowColArgs args{x, rows, cols, (rows + 15) / 16 * 16, rht_mask, rowwise, columnwise,
-                  row_amax, col_amax, row_rounding, col_rounding, row, col, nullptr};
-  return dispatch<RowColQuantizeLauncher>(type, args, stream);
+                  row_amax, col_amax, row_rounding, col_rounding, row, col, nullptr, nullptr};
+  return dispatch<RowColQuantizeLauncher>(type, args, variant, stream);
 }
 
 }  // namespace lowprec::cuda

@@ -4,7 +4,9 @@
 //
 // Each op works in two steps, like the reference: first the values to quantize (the
 // input as FP32, after the optional RHT, transposed and zero-padded for a columnwise
-// copy), then the amax, the scales and the codes of each 16-element block.
+// copy), then the amax, the scales and the codes of each 16-element block. In values
+// mode a copy is written as its bf16 values e2m1(q) * f32(s_b) instead of codes and
+// scales, with the CUDA kernels' own function (nvfp4_math.h block_values16).
 #include "nvfp4_math.h"
 #include "ops.h"
 
@@ -21,6 +23,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <utility>
 #include <vector>
 
 namespace lowprec::cpu {
@@ -177,22 +180,34 @@ struct RowScratch {
   explicit RowScratch(int64_t cols, bool stochastic)
       : words(stochastic ? static_cast<size_t>(2 * cols) : 0u),
         codes(static_cast<size_t>(cols)),
-        enc(static_cast<size_t>(cols / 16)) {}
+        enc(static_cast<size_t>(cols / 16)),
+        scales(static_cast<size_t>(cols / 16)) {}
   std::vector<uint32_t> words;  // Philox words (SR only), then the lanes of philox_words
   std::vector<uint8_t> codes;   // one 4-bit code per value
   std::vector<float> enc;       // each block's encode scale
+  std::vector<uint8_t> scales;  // values mode: each block's scale byte
+};
+
+// Where encode_row(s) write: codes and scale bytes, or (values non-null: values mode)
+// bf16 values. Whole-tensor pointers.
+struct RowsOut {
+  uint8_t* data;
+  uint8_t* scale;
+  uint16_t* values;
 };
 
 // Encodes one row of prepared values xr (flat row index `row` of a [*, cols] tensor)
-// into its packed codes and block scales. tile_bits: the abs bits of each block's amax
-// (16x16 tiles), or null to take each 1x16 block's own. The element math is
-// quantize16's (nvfp4_math.h); the scales, the codes and the packing each run as a loop
-// of their own over the row, so that the code and packing loops vectorize.
+// into its packed codes and block scales, or with `values` (values mode) into its bf16
+// values. tile_bits: the abs bits of each block's amax (16x16 tiles), or null to take
+// each 1x16 block's own. The element math is quantize16's (nvfp4_math.h); the scales,
+// the codes and the packing each run as a loop of their own over the row, so that the
+// code and packing loops vectorize.
 void encode_row(const float* xr, int64_t row, int64_t cols, const uint32_t* tile_bits,
                 TensorScales t, bool stochastic, uint64_t seed, uint64_t offset,
-                RowScratch& scratch, uint8_t* data, uint8_t* scale) {
+                RowScratch& scratch, uint8_t* data, uint8_t* scale, uint16_t* values) {
   const int64_t blocks = cols / 16;
   float* enc = scratch.enc.data();
+  if (values != nullptr) scale = scratch.scales.data();
   for (int64_t b = 0; b < blocks; ++b) {
     float v[16];
     memcpy(v, xr + b * 16, sizeof v);
@@ -221,17 +236,29 @@ void encode_row(const float* xr, int64_t row, int64_t cols, const uint32_t* tile
       }
     }
   }
+  if (values != nullptr) {
+    // Values mode: each block's codes packed as the kernels hold them, then expanded by
+    // their block_values16 (32 bytes in memory order).
+    for (int64_t b = 0; b < blocks; ++b) {
+      uint64_t packed = 0u;
+      for (int j = 0; j < 16; ++j) packed |= static_cast<uint64_t>(code[b * 16 + j]) << (4 * j);
+      uint32_t words[8];
+      block_values16(packed, scale[b], words);
+      memcpy(values + b * 16, words, sizeof words);
+    }
+    return;
+  }
   // Even element in the low nibble (NUMERICS 1).
   for (int64_t i = 0; i < cols / 2; ++i) data[i] = static_cast<uint8_t>(code[2 * i] | (code[2 * i + 1] << 4));
 }
 
 // Quantizes the prepared FP32 values xf of rows [row0, row0 + n_rows) (xf points at
 // row row0) in 1x16 or 16x16 blocks into data [rows, cols/2] and scale [rows, cols/16]
-// (raw bytes, whole-tensor pointers). A 16x16 tile never straddles two calls: row0 and
-// n_rows are multiples of 16 then.
+// (raw bytes), or into values [rows, cols] (bf16 bits). A 16x16 tile never straddles
+// two calls: row0 and n_rows are multiples of 16 then.
 void encode_rows(const float* xf, int64_t row0, int64_t n_rows, int64_t cols,
                  int64_t block_rows, TensorScales t, bool stochastic, uint64_t seed,
-                 uint64_t offset, uint8_t* data, uint8_t* scale) {
+                 uint64_t offset, const RowsOut& out) {
   int64_t blocks = cols / 16;
   // One group: a row (1x16 blocks) or the 16 rows of a row of tiles (16x16).
   at::parallel_for(0, n_rows / block_rows, block_rows == 1 ? kRowGrain : 1, [&](int64_t g0, int64_t g1) {
@@ -251,9 +278,12 @@ void encode_rows(const float* xf, int64_t row0, int64_t n_rows, int64_t cols,
       }
       for (int64_t r = r_first; r < r_first + block_rows; ++r) {
         int64_t row = row0 + r;
+        const bool values = out.values != nullptr;
         encode_row(xf + r * cols, row, cols, block_rows == 16 ? tile_bits.data() : nullptr, t,
-                   stochastic, seed, offset, scratch, data + row * (cols / 2),
-                   scale + row * blocks);
+                   stochastic, seed, offset, scratch,
+                   values ? nullptr : out.data + row * (cols / 2),
+                   values ? nullptr : out.scale + row * blocks,
+                   values ? out.values + row * cols : nullptr);
       }
     }
   });
@@ -269,7 +299,7 @@ using Prepare = std::function<void(int64_t r0, int64_t r1, float* out)>;
 // once for its amax, once to encode. Returns the amax used.
 float quantize_chunked(const Prepare& prepare, int64_t rows, int64_t cols, int64_t block_rows,
                        std::optional<float> amax_given, bool stochastic, uint64_t seed,
-                       uint64_t offset, uint8_t* data, uint8_t* scale) {
+                       uint64_t offset, const RowsOut& out) {
   int64_t step = std::max<int64_t>(16, kChunkElements / std::max<int64_t>(cols, 1) / 16 * 16);
   step = std::min(step, rows);
   std::vector<float> chunk(static_cast<size_t>(step * cols));
@@ -290,8 +320,7 @@ float quantize_chunked(const Prepare& prepare, int64_t rows, int64_t cols, int64
   for (int64_t r0 = 0; r0 < rows; r0 += step) {
     int64_t r1 = std::min(rows, r0 + step);
     if (!one_chunk || amax_given.has_value()) prepare(r0, r1, chunk.data());
-    encode_rows(chunk.data(), r0, r1 - r0, cols, block_rows, t, stochastic, seed, offset,
-                data, scale);
+    encode_rows(chunk.data(), r0, r1 - r0, cols, block_rows, t, stochastic, seed, offset, out);
   }
   return amax;
 }
@@ -303,12 +332,32 @@ Triple absent_copy(const at::Tensor& x) {
           at::empty({}, x.options().dtype(at::kFloat))};
 }
 
+// A copy's outputs (data, scale) of a [lead..., cols] quantization: codes uint8
+// [lead..., cols/2] and scales [lead..., cols/16], or with `values` bf16 [lead..., cols]
+// and a 0-element scale (lowprec/formats.py empty_values); `out` points into them.
+std::pair<at::Tensor, at::Tensor> allocate(at::IntArrayRef lead_and_cols, int64_t cols,
+                                           bool values, const at::TensorOptions& options,
+                                           RowsOut& out) {
+  if (values) {
+    at::Tensor v = at::empty(with_last(lead_and_cols, cols), options.dtype(at::kBFloat16));
+    out = RowsOut{nullptr, nullptr, static_cast<uint16_t*>(v.mutable_data_ptr())};
+    return {v, at::empty({0}, options.dtype(at::kFloat8_e4m3fn))};
+  }
+  at::Tensor data = at::empty(with_last(lead_and_cols, cols / 2), options.dtype(at::kByte));
+  at::Tensor scale =
+      at::empty(with_last(lead_and_cols, cols / 16), options.dtype(at::kFloat8_e4m3fn));
+  out = RowsOut{data.mutable_data_ptr<uint8_t>(), static_cast<uint8_t*>(scale.mutable_data_ptr()),
+                nullptr};
+  return {data, scale};
+}
+
 Triple quantize_rows(const at::Tensor& x, int64_t block_rows, int64_t rht_mask, bool stochastic,
-                     int64_t seed, int64_t offset, const std::optional<at::Tensor>& amax) {
+                     int64_t seed, int64_t offset, const std::optional<at::Tensor>& amax,
+                     bool values = false) {
   int64_t cols = x.size(-1);
   int64_t rows = leading_rows(x);
-  at::Tensor data = at::empty(with_last(x.sizes(), cols / 2), x.options().dtype(at::kByte));
-  at::Tensor scale = at::empty(with_last(x.sizes(), cols / 16), x.options().dtype(at::kFloat8_e4m3fn));
+  RowsOut out{};
+  auto [data, scale] = allocate(x.sizes(), cols, values, x.options(), out);
   std::optional<float> given;
   if (amax.has_value()) given = given_amax(*amax);
   float used;
@@ -317,8 +366,7 @@ Triple quantize_rows(const at::Tensor& x, int64_t block_rows, int64_t rht_mask, 
       prepare_rows(p + r0 * cols, r1 - r0, cols, rht_mask, out);
     };
     used = quantize_chunked(prepare, rows, cols, block_rows, given, stochastic, as_u64(seed),
-                            as_u64(offset), data.mutable_data_ptr<uint8_t>(),
-                            static_cast<uint8_t*>(scale.mutable_data_ptr()));
+                            as_u64(offset), out);
   });
   return {data, scale, scalar_f32(used, x.options())};
 }
@@ -336,18 +384,20 @@ TwoTriples quantize_row_col(const at::Tensor& x_in, int64_t rht_mask, bool rowwi
                                  bool columnwise, bool row_stochastic, bool col_stochastic,
                                  int64_t seed, int64_t row_offset, int64_t col_offset,
                                  const std::optional<at::Tensor>& row_amax,
-                                 const std::optional<at::Tensor>& col_amax) {
+                                 const std::optional<at::Tensor>& col_amax, bool row_values,
+                                 bool col_values) {
   check_quantize_args(x_in, 1, rht_mask, "quantize_row_col");
   at::Tensor x = x_in.contiguous();
-  Triple row = rowwise ? quantize_rows(x, 1, -1, row_stochastic, seed, row_offset, row_amax)
+  Triple row = rowwise ? quantize_rows(x, 1, -1, row_stochastic, seed, row_offset, row_amax,
+                                       row_values)
                        : absent_copy(x);
   if (!columnwise) return std::tuple_cat(row, absent_copy(x));
 
   // Columnwise copy: the zero-padded transpose [K, M_pad], RHT along M.
   int64_t cols = x.size(-1), rows = leading_rows(x);
   int64_t padded = (rows + 15) / 16 * 16;
-  at::Tensor col_data = at::empty({cols, padded / 2}, x.options().dtype(at::kByte));
-  at::Tensor col_scale = at::empty({cols, padded / 16}, x.options().dtype(at::kFloat8_e4m3fn));
+  RowsOut out{};
+  auto [col_data, col_scale] = allocate({cols, padded}, padded, col_values, x.options(), out);
   std::optional<float> given;
   if (col_amax.has_value()) given = given_amax(*col_amax);
   float col_used;
@@ -357,19 +407,20 @@ TwoTriples quantize_row_col(const at::Tensor& x_in, int64_t rht_mask, bool rowwi
       prepare_columns(p + k0, rows, k1 - k0, cols, padded, rht_mask, out);
     };
     col_used = quantize_chunked(prepare, cols, padded, 1, given, col_stochastic, as_u64(seed),
-                                as_u64(col_offset), col_data.mutable_data_ptr<uint8_t>(),
-                                static_cast<uint8_t*>(col_scale.mutable_data_ptr()));
+                                as_u64(col_offset), out);
   });
   return std::tuple_cat(row, Triple{col_data, col_scale, scalar_f32(col_used, x.options())});
 }
 
 TwoTriples quantize_weight_2d(const at::Tensor& w_in, bool columnwise, bool stochastic,
-                             int64_t seed, int64_t offset, const std::optional<at::Tensor>& amax) {
+                             int64_t seed, int64_t offset, const std::optional<at::Tensor>& amax,
+                             bool values) {
   check_quantize_args(w_in, 16, -1, "quantize_weight_2d");
+  check_weight_values(columnwise, values);
   TORCH_CHECK_VALUE(w_in.dim() == 2, "quantize_weight_2d takes a 2-D weight [N, K]; got shape ",
                     w_in.sizes());
   at::Tensor w = w_in.contiguous();
-  Triple row = quantize_rows(w, 16, -1, stochastic, seed, offset, amax);
+  Triple row = quantize_rows(w, 16, -1, stochastic, seed, offset, amax, values);
   if (!columnwise) return std::tuple_cat(row, absent_copy(w));
   // The columnwise copy is the exact transpose of the rowwise codes and tile scales
   // (NUMERICS 5), also under SR: W^T is not quantized again.

@@ -57,22 +57,76 @@ def _amax_kernel(
         tl.atomic_max(out_bits_ptr + 1, row_bits, sem="relaxed")   # no RHT: same values
 
 
-def amax_row_col(x, rht_signs=None):
+@triton.jit
+def _amax_persistent_kernel(
+        # As _amax_kernel, plus the tile grid: tiles_k tiles along K, num_tiles in all.
+        x_ptr, signs_ptr, out_bits_ptr, M, K, stride_m, stride_k, tiles_k, num_tiles,
+        X_KIND: tl.constexpr, COL_RHT: tl.constexpr,
+        CHUNKS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The persistent variant (``variants``: amax "persistent"): a fixed grid of programs,
+    each walking tiles ``program_id, program_id + num_programs, ...`` and keeping an
+    element-wise running max of the bits in registers; one reduction and one atomic pair
+    per program instead of per tile (the per-tile kernel issues 2 same-address atomics
+    for every 4096 elements). Same bits: max is associative and commutative on the int32
+    bits, and bf16 rounding is monotonic on them (NaN patterns included), so rounding the
+    program's max once equals the max of per-tile roundings."""
+    ROWS: tl.constexpr = 16 * CHUNKS
+    row_acc = tl.zeros([ROWS, BLOCK_K], dtype=tl.int32)
+    col_acc = tl.zeros([ROWS, BLOCK_K], dtype=tl.int32)
+    for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
+        rows = (tile // tiles_k) * ROWS + tl.arange(0, ROWS)
+        cols = (tile % tiles_k) * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask = (rows < M)[:, None] & (cols < K)[None, :]
+        x = nm.load_f32(x_ptr + nm.offsets_2d(rows, cols, stride_m, stride_k), mask, X_KIND)
+        row_acc = tl.maximum(row_acc, nm.abs_bits(x))
+        if COL_RHT:
+            col_acc = tl.maximum(col_acc, nm.abs_bits(nm.rht_rows(x, signs_ptr, ROWS, BLOCK_K)))
+    row_bits = tl.max(tl.max(row_acc, axis=1), axis=0)
+    tl.atomic_max(out_bits_ptr, row_bits, sem="relaxed")
+    if COL_RHT:
+        col_bits = tl.max(tl.max(col_acc, axis=1), axis=0)
+        col_bits = nm.abs_bits(nm.round_to_bf16(col_bits.to(tl.float32, bitcast=True)))
+        tl.atomic_max(out_bits_ptr + 1, col_bits, sem="relaxed")
+    else:
+        tl.atomic_max(out_bits_ptr + 1, row_bits, sem="relaxed")
+
+
+def amax_row_col(x, rht_signs=None, tile=None):
     """(max|x|, max|RHT(x^T)|) of a 2-D ``x`` as an fp32 tensor ``[2]`` (raw: an Inf/NaN
     entry is not yet canonical). Without ``rht_signs`` both entries are max|x|.
 
     ``rht_signs`` is the fp32 device tensor of s_j / 4 (see ``config.quarter_signs``).
+    ``tile``: None for today's launch (``config.tile_config``), or a
+    ``variants.Launch`` (a named variant: its tile, warps, stages and, when
+    ``programs_per_sm`` is set, the persistent kernel).
     """
     m, k = x.shape
     out_bits = torch.zeros(2, dtype=torch.int32, device=x.device)
     if x.numel() > 0:
         view, kind = input_view(x)
-        chunks, block_k, warps = tile_config(m, k)
-        grid = (triton.cdiv(m, 16 * chunks), triton.cdiv(k, block_k))
-        _amax_kernel[grid](x_ptr=view,
-                           signs_ptr=rht_signs if rht_signs is not None else out_bits,
-                           out_bits_ptr=out_bits, M=m, K=k,
-                           stride_m=view.stride(0), stride_k=view.stride(1),
-                           X_KIND=kind, COL_RHT=rht_signs is not None,
-                           CHUNKS=chunks, BLOCK_K=block_k, num_warps=warps, **launch_options())
+        signs_ptr = rht_signs if rht_signs is not None else out_bits
+        if tile is None:
+            chunks, block_k, warps = tile_config(m, k)
+            grid = (triton.cdiv(m, 16 * chunks), triton.cdiv(k, block_k))
+            _amax_kernel[grid](x_ptr=view, signs_ptr=signs_ptr,
+                               out_bits_ptr=out_bits, M=m, K=k,
+                               stride_m=view.stride(0), stride_k=view.stride(1),
+                               X_KIND=kind, COL_RHT=rht_signs is not None,
+                               CHUNKS=chunks, BLOCK_K=block_k, num_warps=warps,
+                               **launch_options())
+        elif tile.programs_per_sm:
+            tiles_m, tiles_k = triton.cdiv(m, 16 * tile.chunks), triton.cdiv(k, tile.block_k)
+            grid = (min(tiles_m * tiles_k, tile.programs(x.device)),)
+            _amax_persistent_kernel[grid](
+                x_ptr=view, signs_ptr=signs_ptr, out_bits_ptr=out_bits, M=m, K=k,
+                stride_m=view.stride(0), stride_k=view.stride(1), tiles_k=tiles_k,
+                num_tiles=tiles_m * tiles_k, X_KIND=kind, COL_RHT=rht_signs is not None,
+                CHUNKS=tile.chunks, BLOCK_K=tile.block_k, **tile.options())
+        else:
+            grid = (triton.cdiv(m, 16 * tile.chunks), triton.cdiv(k, tile.block_k))
+            _amax_kernel[grid](x_ptr=view, signs_ptr=signs_ptr,
+                               out_bits_ptr=out_bits, M=m, K=k,
+                               stride_m=view.stride(0), stride_k=view.stride(1),
+                               X_KIND=kind, COL_RHT=rht_signs is not None,
+                               CHUNKS=tile.chunks, BLOCK_K=tile.block_k, **tile.options())
     return out_bits.view(torch.float32)

@@ -10,7 +10,8 @@ schema's ``int``); the wrappers here map [0, 2^64) onto it and back.
 
 The registry ops: ``quantize_nvfp4``, ``quantize_row_col`` (activations / gradients, the
 fused kernel), ``quantize_weight_2d`` (weights, 16x16 tiles, both layouts from one read),
-``dequantize_nvfp4``, ``quantize_fp8``, ``nvfp4_gemm``, ``fp8_gemm``.
+``dequantize_nvfp4``, ``quantize_fp8``, ``quantize_fp8_row_col`` (both FP8 layouts of a
+2-D operand, two launches), ``nvfp4_gemm``, ``fp8_gemm``.
 
 CPU tensors run only in Triton's interpreter (``TRITON_INTERPRET=1`` before the kernels
 are imported); ``availability`` says why not otherwise.
@@ -38,11 +39,15 @@ E4M3, F32 = torch.float8_e4m3fn, torch.float32
 
 # bf16 loads and stores: Ampere and newer.
 MIN_CAPABILITY = (8, 0)
+# The quantizers take row_values / col_values (quantize_row_col) and values
+# (quantize_weight_2d): see lowprec.backends.KernelTable.nvfp4_values.
+QUANTIZE_VALUES = True
 QUANTIZE_NAMES = {"quantize_nvfp4": "triton:quantize_nvfp4",
                   "quantize_row_col": "triton:quantize_row_col",
                   "quantize_weight_2d": "triton:quantize_weight_2d",
                   "dequantize_nvfp4": "triton:dequantize",
-                  "quantize_fp8": "triton:quantize_fp8"}
+                  "quantize_fp8": "triton:quantize_fp8",
+                  "quantize_fp8_row_col": "triton:quantize_fp8_row_col"}
 
 
 def implementation(op, capability):
@@ -73,6 +78,15 @@ def function_for(op, capability):
         from .nvfp4_gemm import nvfp4_gemm as gemm
         return gemm
     return globals()[op]
+
+
+def values_gemm(capability):
+    """``(gemm_values, dequantize_values)`` where this backend's NVFP4 GEMM at
+    ``capability`` is the dequantize + mm emulation (see ``KernelTable``), else None."""
+    from . import nvfp4_gemm
+    if {nvfp4_gemm.DEFAULT_CANDIDATE, *nvfp4_gemm.DISPATCH.values()} != {"dequant_mm"}:
+        return None        # another candidate for some shape: packed operands
+    return nvfp4_gemm.gemm_values, nvfp4_gemm.dequantize_values
 
 
 def availability(device_type):
@@ -146,13 +160,15 @@ def _(x, block, rht_signs, stochastic, seed, offset, amax):
 def _quantize_row_col_op(x: Tensor, rht_signs: Optional[List[int]], rowwise: bool,
                          columnwise: bool, row_stochastic: bool, col_stochastic: bool,
                          seed: int, row_offset: int, col_offset: int,
-                         row_amax: Optional[Tensor], col_amax: Optional[Tensor]
+                         row_amax: Optional[Tensor], col_amax: Optional[Tensor],
+                         row_values: bool = False, col_values: bool = False
                          ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     from .quantize_row_col import quantize_row_col
     row, col = quantize_row_col(x, row=rowwise, col=columnwise, col_signs=rht_signs,
                              row_stochastic=row_stochastic, col_stochastic=col_stochastic,
                              seed=seed, row_offset=row_offset, col_offset=col_offset,
-                             row_amax=row_amax, col_amax=col_amax)
+                             row_amax=row_amax, col_amax=col_amax,
+                             row_values=row_values, col_values=col_values)
     row = row or absent_nvfp4(x)
     col = col or absent_nvfp4(x)
     return (*row, *col)
@@ -160,23 +176,24 @@ def _quantize_row_col_op(x: Tensor, rht_signs: Optional[List[int]], rowwise: boo
 
 @_quantize_row_col_op.register_fake
 def _(x, rht_signs, rowwise, columnwise, row_stochastic, col_stochastic, seed, row_offset,
-      col_offset, row_amax, col_amax):
-    return empty_row_col(x, rowwise, columnwise)
+      col_offset, row_amax, col_amax, row_values=False, col_values=False):
+    return empty_row_col(x, rowwise, columnwise, row_values=row_values,
+                         col_values=col_values)
 
 
 @torch.library.custom_op("lowprec::triton_quantize_weight_2d", mutates_args=())
 def _quantize_weight_2d_op(w: Tensor, columnwise: bool, stochastic: bool, seed: int,
-                           offset: int, amax: Optional[Tensor]
+                           offset: int, amax: Optional[Tensor], values: bool = False
                            ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     from .quantize_2d import quantize_2d
     row, col = quantize_2d(w, columnwise=columnwise, stochastic=stochastic,
-                           seed=seed, offset=offset, amax=amax)
+                           seed=seed, offset=offset, amax=amax, values=values)
     return (*row, *(col or absent_nvfp4(w)))
 
 
 @_quantize_weight_2d_op.register_fake
-def _(w, columnwise, stochastic, seed, offset, amax):
-    return empty_weight_2d(w, columnwise)
+def _(w, columnwise, stochastic, seed, offset, amax, values=False):
+    return empty_weight_2d(w, columnwise, values=values)
 
 
 @torch.library.custom_op("lowprec::triton_dequantize_nvfp4", mutates_args=())
@@ -202,6 +219,19 @@ def _quantize_fp8_op(x: Tensor) -> Tuple[Tensor, Tensor]:
 @_quantize_fp8_op.register_fake
 def _(x):
     return x.new_empty(x.shape, dtype=E4M3), x.new_empty(*x.shape[:-1], 1, dtype=F32)
+
+
+@torch.library.custom_op("lowprec::triton_quantize_fp8_row_col", mutates_args=())
+def _quantize_fp8_row_col_op(x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    from .fp8 import quantize_fp8_row_col as impl
+    return impl(x)
+
+
+@_quantize_fp8_row_col_op.register_fake
+def _(x):
+    m, k = x.shape
+    return (x.new_empty(m, k, dtype=E4M3), x.new_empty(m, 1, dtype=F32),
+            x.new_empty(k, m, dtype=E4M3), x.new_empty(k, 1, dtype=F32))
 
 
 @torch.library.custom_op("lowprec::triton_nvfp4_gemm", mutates_args=())
@@ -250,6 +280,10 @@ def quantize_fp8(x):
     return torch.ops.lowprec.triton_quantize_fp8(x.detach())
 
 
+def quantize_fp8_row_col(x):
+    return torch.ops.lowprec.triton_quantize_fp8_row_col(x.detach())
+
+
 def nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=None,
                out_dtype=torch.bfloat16):
     return torch.ops.lowprec.triton_nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale,
@@ -262,26 +296,39 @@ def fp8_gemm(a_data, a_scale, b_data, b_scale, bias=None, out_dtype=torch.bfloat
 
 def quantize_row_col(x, *, rht_signs=None, rowwise=True, columnwise=True,
                      row_stochastic=False, col_stochastic=False, seed=0, row_offset=0,
-                     col_offset=0, row_amax=None, col_amax=None):
+                     col_offset=0, row_amax=None, col_amax=None, row_values=False,
+                     col_values=False):
     """Same contract as ``lowprec.reference.quantize_row_col`` (inputs validated by
     ``lowprec.ops.quantize_row_col``), bit for bit: the fused kernel, one read of ``x``
     (``[..., K]``, any strides; bf16, fp16 or fp32) for both copies, plus one amax read
     when an amax is not given. Returns ``(row, col)``, each ``(data uint8, scale
     float8_e4m3fn, amax fp32 0-d)`` or None for a copy not asked for.
+
+    ``row_values`` / ``col_values``: that copy is ``(values bfloat16, empty float8_e4m3fn
+    [0], amax)``, the values being ``dequantize(data, scale, None, torch.bfloat16)`` of the packed copy
+    (rowwise ``[M, K]``, columnwise ``[K, M_pad]``), written by the same single launch.
     """
     signs = None if rht_signs is None else [int(s) for s in rht_signs]
     out = torch.ops.lowprec.triton_quantize_row_col(
         x.detach().reshape(math.prod(x.shape[:-1]), x.shape[-1]), signs, bool(rowwise),
         bool(columnwise), bool(row_stochastic), bool(col_stochastic), as_int64(seed),
         as_int64(row_offset), as_int64(col_offset), _scalar_or_none(row_amax, x.device),
-        _scalar_or_none(col_amax, x.device))
+        _scalar_or_none(col_amax, x.device), bool(row_values), bool(col_values))
     return (tuple(out[:3]) if rowwise else None), (tuple(out[3:]) if columnwise else None)
 
 
-def quantize_weight_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0, amax=None):
+def quantize_weight_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0, amax=None,
+                       values=False):
     """Same contract as ``lowprec.reference.quantize_weight_2d`` (inputs validated by
-    ``lowprec.ops.quantize_weight_2d``): W and W^T, 16x16 tiles, from one read."""
+    ``lowprec.ops.quantize_weight_2d``): W and W^T, 16x16 tiles, from one read.
+
+    ``values=True`` (needs ``columnwise=False``, ValueError otherwise): ``row`` is
+    ``(values bfloat16 [N, K], empty float8_e4m3fn [0], amax)``, the bf16 dequantization
+    of the packed W without the global scale; W^T's values are its transpose."""
+    if values and columnwise:
+        raise ValueError("quantize_weight_2d(values=True) gives W's values only: pass "
+                         "columnwise=False and use .t() for W^T (exactly its values)")
     out = torch.ops.lowprec.triton_quantize_weight_2d(
         w.detach(), bool(columnwise), bool(stochastic), as_int64(seed), as_int64(offset),
-        _scalar_or_none(amax, w.device))
+        _scalar_or_none(amax, w.device), bool(values))
     return tuple(out[:3]), (tuple(out[3:]) if columnwise else None)

@@ -35,6 +35,28 @@ def unpack_codes(packed, ROWS: tl.constexpr, HALF: tl.constexpr):
 
 
 @triton.jit
+def block_value_bits(codes, scale_bytes):
+    """bf16 bits (int32 holding the 16 bits) of ``e2m1(code) * f32(s_b)``, per-element
+    codes and per-block E4M3 scale bytes broadcast together: the values mode of the
+    quantizers, the same bits as ``_dequantize_kernel`` without the global scale, stored
+    as bf16.
+
+    The E2M1 value is built from its bits (as ``e2m1_value``, fewer instructions): from
+    magnitude 2 up, code m is the FP32 ``0x3F000000 + (m << 22)`` (1, 1.5, 2, 3, 4, 6);
+    1 is 0.5 and 0 is 0; bit 3 is the sign. The product is exact in FP32 and in bf16
+    (at most 6 significant bits, exponent within bf16's range), so its bf16 bits are its
+    top half. The value is NaN exactly where the scale is, and then the canonical NaN
+    (a GPU's multiply would give 0x7FFFFFFF).
+    """
+    mag = codes & 7
+    bits = tl.where(mag >= 2, (mag << 22) + 0x3F000000, tl.where(mag == 1, 0x3F000000, 0))
+    value = (bits | ((codes & 8) << 28)).to(tl.float32, bitcast=True)
+    scale = nm.e4m3_byte_to_f32(scale_bytes)
+    x = tl.where(scale != scale, nm.nan_f32(), value * scale)
+    return x.to(tl.int32, bitcast=True) >> 16
+
+
+@triton.jit
 def _dequantize_kernel(
         # Pointers: codes [R, K/2] and scales [R, K/16] (uint8), the amax (fp32 [1], read
         # when APPLY_GLOBAL) and the output [R, K] (contiguous).

@@ -5,6 +5,13 @@ scale, -448, 448))`` with a correctly rounded division (``tl.div_rn``). A progra
 ``BLOCK_R`` rows and walks K twice: once for the row amaxes (a NaN-propagating max on
 the bits of |x|), once to encode; the second read of a row hits L2.
 
+Both layouts of a Linear's operand (``quantize_fp8_row_col``: x per row along K for one
+GEMM, x^T per row along M, i.e. x per column, for the other) in two launches and no copy
+of x: a column-scale kernel (each program a stripe of columns, down all M rows), then a
+fused kernel whose programs each own a tile of rows and encode every [rows, K-block] tile
+twice, with the row scales (stored row-major) and with the column scales (stored
+transposed). The scale and encoding arithmetic is one pair of helpers for all kernels.
+
 GEMM: ``torch._scaled_mm`` with row-wise scales on GPUs with FP8 tensor cores (sm_89+)
 for bf16 output (the combination cuBLASLt/CUTLASS support), FP32 accumulation
 (``use_fast_accum=False``); anything else runs the reference emulation, which has the same
@@ -20,6 +27,24 @@ from lowprec import reference
 from . import nvfp4_math as nm
 from .config import (bias_view, epilogue_tile, input_view, interpreting,
                      launch_options, output_view)
+
+
+@triton.jit
+def _scale_of(amax_bits):
+    """FP32 scales ``amax / 448`` (1 where the amax is 0, the canonical NaN for a NaN
+    amax) of the int32 bits of |x| maxima."""
+    amax = amax_bits.to(tl.float32, bitcast=True)              # Inf and NaN stay as they are
+    scale = tl.where(amax == 0.0, 1.0, tl.div_rn(amax, 448.0))
+    return tl.where(scale != scale, nm.nan_f32(), scale)     # the canonical NaN
+
+
+@triton.jit
+def _e4m3_bytes(x, scale):
+    """E4M3 bytes (int32) of ``clamp(x / scale, -448, 448)``; ``scale`` has x's shape."""
+    v = tl.div_rn(x, scale)
+    v = tl.where(v > 448.0, 448.0, tl.where(v < -448.0, -448.0, v))   # NaN stays NaN
+    _, byte = nm.e4m3_rne(v)
+    return byte
 
 
 @triton.jit
@@ -43,18 +68,14 @@ def _quantize_fp8_kernel(
         x = nm.load_f32(x_ptr + nm.offsets_2d(rows, cols, stride_r, stride_k),
                         row_ok[:, None] & (cols < K)[None, :], X_KIND)
         amax_bits = tl.maximum(amax_bits, tl.max(nm.abs_bits(x), axis=1))
-    amax = amax_bits.to(tl.float32, bitcast=True)              # Inf and NaN stay as they are
-    scale = tl.where(amax == 0.0, 1.0, tl.div_rn(amax, 448.0))
-    scale = tl.where(scale != scale, nm.nan_f32(), scale)     # the canonical NaN
+    scale = _scale_of(amax_bits)
     tl.store(scale_ptr + rows, scale, mask=row_ok)
 
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         mask = row_ok[:, None] & (cols < K)[None, :]
         x = nm.load_f32(x_ptr + nm.offsets_2d(rows, cols, stride_r, stride_k), mask, X_KIND)
-        v = tl.div_rn(x, tl.broadcast_to(scale[:, None], [BLOCK_R, BLOCK_K]))
-        v = tl.where(v > 448.0, 448.0, tl.where(v < -448.0, -448.0, v))   # NaN stays NaN
-        _, byte = nm.e4m3_rne(v)
+        byte = _e4m3_bytes(x, tl.broadcast_to(scale[:, None], [BLOCK_R, BLOCK_K]))
         tl.store(data_ptr + nm.offsets_2d(rows, cols, K, 1), byte.to(tl.uint8), mask=mask)
 
 
@@ -80,6 +101,136 @@ def quantize_fp8(x):
         scale.fill_(1.0)
     lead = x.shape[:-1]
     return data.view(torch.float8_e4m3fn).reshape(*lead, k), scale.reshape(*lead, 1)
+
+
+@triton.jit
+def _column_scale_kernel(
+        # Pointers: the input x [M, K] and the per-column scales [K] (fp32), the row
+        # scales of x^T.
+        x_ptr, col_scale_ptr,
+        # Sizes.
+        M, K,
+        # Strides of x, in elements.
+        stride_m, stride_k,
+        # Meta-parameters: x's dtype (nvfp4_math.load_f32); BLOCK_C columns per program,
+        # walked down all M rows in steps of BLOCK_M (one program per column: no atomics,
+        # no partial maxima to combine, the same bits on every run).
+        X_KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < K
+
+    # Element-wise maxima of the tiles, reduced across rows once at the end (max on
+    # integers: any order gives the same bits).
+    amax_bits = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.int32)
+    for m0 in range(0, M, BLOCK_M):
+        rows = m0 + tl.arange(0, BLOCK_M)
+        x = nm.load_f32(x_ptr + nm.offsets_2d(rows, cols, stride_m, stride_k),
+                        (rows < M)[:, None] & col_ok[None, :], X_KIND)
+        amax_bits = tl.maximum(amax_bits, nm.abs_bits(x))
+    tl.store(col_scale_ptr + cols, _scale_of(tl.max(amax_bits, axis=0)), mask=col_ok)
+
+
+@triton.jit
+def _quantize_fp8_row_col_kernel(
+        # Pointers: the input x [M, K]; the rowwise copy: codes [M, K] (uint8) and row
+        # scales [M] (fp32, written here); the columnwise copy, x^T's rows: codes [K, M]
+        # (uint8) and column scales [K] (fp32, read: _column_scale_kernel wrote them).
+        x_ptr, row_data_ptr, row_scale_ptr, col_data_ptr, col_scale_ptr,
+        # Sizes.
+        M, K,
+        # Strides of x, in elements.
+        stride_m, stride_k,
+        # Meta-parameters: x's dtype (nvfp4_math.load_f32); BLOCK_R rows per program,
+        # walked along K in steps of BLOCK_K (twice: the row amaxes, then the encodings).
+        X_KIND: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < M
+
+    amax_bits = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        x = nm.load_f32(x_ptr + nm.offsets_2d(rows, cols, stride_m, stride_k),
+                        row_ok[:, None] & (cols < K)[None, :], X_KIND)
+        amax_bits = tl.maximum(amax_bits, nm.abs_bits(x))
+    row_scale = _scale_of(tl.max(amax_bits, axis=1))
+    tl.store(row_scale_ptr + rows, row_scale, mask=row_ok)
+    row_scale = tl.broadcast_to(row_scale[:, None], [BLOCK_R, BLOCK_K])
+
+    # Each tile of x (its second read, from L2) gives both copies: the rowwise codes
+    # stored row-major, the columnwise codes transposed into x^T's rows (runs of BLOCK_R
+    # consecutive bytes).
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        col_ok = cols < K
+        mask = row_ok[:, None] & col_ok[None, :]
+        x = nm.load_f32(x_ptr + nm.offsets_2d(rows, cols, stride_m, stride_k), mask, X_KIND)
+        byte = _e4m3_bytes(x, row_scale)
+        tl.store(row_data_ptr + nm.offsets_2d(rows, cols, K, 1), byte.to(tl.uint8),
+                 mask=mask)
+        col_scale = tl.load(col_scale_ptr + cols, mask=col_ok, other=1.0)
+        byte = _e4m3_bytes(x, tl.broadcast_to(col_scale[None, :], [BLOCK_R, BLOCK_K]))
+        tl.store(col_data_ptr + nm.offsets_2d(cols, rows, M, 1), tl.trans(byte.to(tl.uint8)),
+                 mask=tl.trans(mask))
+
+
+def row_col_blocks(m, k):
+    """``((BLOCK_M, BLOCK_C), (BLOCK_R, BLOCK_K), (warps, warps))``: the tiles of the
+    column-scale and the fused kernel of ``quantize_fp8_row_col`` for x [m, k].
+
+    GPU, column scales: 512 x 16. A program per 16 columns (32 bytes of a bf16 row: one
+    full sector per row, 64 for fp32) keeps K / 16 programs busy (64 at K = 1024, half of
+    an H100; a wider stripe would leave more SMs idle), and the 512 rows per step give
+    each of the 8 warps 32 elements, 16 KiB of loads in flight per program.
+    GPU, fused: 32 x 128, 4 warps (32 elements per thread, like the other quantizers). 32
+    rows make each transposed run of the columnwise codes 32 bytes, one full sector, so
+    its stores waste no bandwidth while M / 32 programs (256 at M = 8192) stay enough to
+    fill the GPU; taller tiles halve that. The rowwise stores write 128-byte runs.
+    Interpreter: tiles sized to the small test shapes, smaller than them in both dims so
+    the tests walk several tiles and partial ones (bits never depend on the tiling).
+    """
+    if interpreting():
+        return ((min(32, triton.next_power_of_2(max(m, 1))),
+                 min(16, triton.next_power_of_2(max(k, 1)))),
+                (min(16, triton.next_power_of_2(max(m, 1))),
+                 min(64, triton.next_power_of_2(max(k, 1)))), (4, 4))
+    return (512, 16), (32, 128), (8, 4)
+
+
+def quantize_fp8_row_col(x):
+    """Both per-row E4M3 layouts of a 2-D ``x [M, K]`` (fp32, bf16 or fp16, any strides):
+    ``(row_data float8_e4m3fn [M, K], row_scale fp32 [M, 1], col_data float8_e4m3fn
+    [K, M], col_scale fp32 [K, 1])``, bit for bit ``quantize_fp8(x)`` and
+    ``quantize_fp8(x.t().contiguous())``, in two launches (the column scales, then both
+    encodings) and without a transposed copy of x. A row or column with no elements gets
+    scale 1, as in ``quantize_fp8``.
+    """
+    if x.dim() != 2:
+        raise ValueError(f"quantize_fp8_row_col expects a 2-D tensor; got shape "
+                         f"{tuple(x.shape)}")
+    view, kind = input_view(x)
+    m, k = x.shape
+    row_data = torch.empty(m, k, dtype=torch.uint8, device=x.device)
+    row_scale = torch.empty(m, 1, dtype=torch.float32, device=x.device)
+    col_data = torch.empty(k, m, dtype=torch.uint8, device=x.device)
+    col_scale = torch.empty(k, 1, dtype=torch.float32, device=x.device)
+    (block_m, block_c), (block_r, block_k), (warps_c, warps_r) = row_col_blocks(m, k)
+    # Empty x: the kernels still write the scales of the rows (or columns) it has, 1 each
+    # (their loops over the missing dimension do nothing), so there is no fill launch.
+    if k > 0:
+        _column_scale_kernel[(triton.cdiv(k, block_c),)](
+            x_ptr=view, col_scale_ptr=col_scale, M=m, K=k,
+            stride_m=view.stride(0), stride_k=view.stride(1),
+            X_KIND=kind, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=warps_c,
+            **launch_options())
+    if m > 0:
+        _quantize_fp8_row_col_kernel[(triton.cdiv(m, block_r),)](
+            x_ptr=view, row_data_ptr=row_data, row_scale_ptr=row_scale,
+            col_data_ptr=col_data, col_scale_ptr=col_scale, M=m, K=k,
+            stride_m=view.stride(0), stride_k=view.stride(1),
+            X_KIND=kind, BLOCK_R=block_r, BLOCK_K=block_k, num_warps=warps_r,
+            **launch_options())
+    e4m3 = torch.float8_e4m3fn
+    return row_data.view(e4m3), row_scale, col_data.view(e4m3), col_scale
 
 
 @triton.jit

@@ -208,10 +208,19 @@ def gemm_dequant_mm(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=None,
     """Candidate (b); same operands as ``gemm_fused``."""
     a = dequantize(a_data, a_scale, None, torch.bfloat16)      # e2m1 * s_b, exact
     b = dequantize(b_data, b_scale, None, torch.bfloat16)
-    if a.is_cuda:
-        acc = torch.mm(a, b.t(), out_dtype=torch.float32)
+    return gemm_values(a, a_amax, b, b_amax, bias, out_dtype)
+
+
+def gemm_values(a_values, a_amax, b_values, b_amax, bias=None, out_dtype=torch.bfloat16):
+    """The GEMM of (b) on operands already dequantized (``e2m1 * s_b`` in bf16, no global
+    scale: what the quantizers write in values mode, or ``dequantize(..., None, bf16)``):
+    ``a [M, K] @ b [N, K]^T`` in FP32 (``torch.mm`` with FP32 output on a GPU, so nothing
+    is rounded before alpha), then one epilogue launch: alpha, bias, one rounding.
+    ``b`` may be a transposed view (dgrad multiplies by W's values as they are)."""
+    if a_values.is_cuda:
+        acc = torch.mm(a_values, b_values.t(), out_dtype=torch.float32)
     else:
-        acc = a.float() @ b.float().t()
+        acc = a_values.float() @ b_values.float().t()
     m, n = acc.shape
     out = torch.empty(m, n, dtype=out_dtype, device=acc.device)
     if out.numel() == 0:
@@ -227,6 +236,12 @@ def gemm_dequant_mm(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=None,
                            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4,
                            **launch_options())
     return out
+
+
+def dequantize_values(data, scale):
+    """The bf16 values (``e2m1 * s_b``, no global scale) of a packed operand, for
+    ``gemm_values``: one launch."""
+    return dequantize(data, scale, None, torch.bfloat16)
 
 
 # ----------------------------------------------------------------------------------

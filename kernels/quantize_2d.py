@@ -14,6 +14,13 @@ column's 16 codes of a tile into the 8 bytes (one int64) they occupy in the tran
 copy. Rounding is RNE (the recipe) or SR; with SR the random word of element ``(n, k)``
 is that of the rowwise flat index ``n * K + k``, and the columnwise copy is still the
 transpose of the rowwise codes (it is not a separate SR draw of ``W^T``).
+
+**Values mode** (``values=True``, the constexpr ``VALUES``): the rowwise copy is written as
+its block-dequantized values ``e2m1(q) * f32(s_b)`` in bf16 ``[N, K]`` (exact, no global
+scale), bit for bit ``dequantize.dequantize(data, scale, None, torch.bfloat16)`` of the
+packed copy, for the Hopper GEMM emulation. There is no columnwise copy in this mode:
+with 16x16 tiles the values of ``W^T`` are exactly the transpose (the caller uses
+``.t()``).
 """
 
 import torch
@@ -23,6 +30,7 @@ import triton.language as tl
 from lowprec.checks import as_uint64
 
 from . import nvfp4_math as nm
+from .dequantize import block_value_bits
 from .amax import amax_row_col
 from .config import input_view, launch_options, tile_config
 
@@ -31,7 +39,8 @@ from .config import input_view, launch_options, tile_config
 def _quantize_2d_kernel(
         # Pointers: the weight w [N, K]; its amax (fp32 [1]) and where each copy's goes;
         w_ptr, amax_ptr, amax_out_ptr, col_amax_out_ptr,
-        # the rowwise copy: codes [N, K/2] and scales [N, K/16] (uint8);
+        # the rowwise copy: codes [N, K/2] and scales [N, K/16] (uint8), or when VALUES
+        # the bf16 values [N, K] (as int16) and an unread scale pointer;
         row_data_ptr, row_scale_ptr,
         # the transposed copy (read when COL): int64 words of 16 codes and scales.
         col_words_ptr, col_scale_ptr,
@@ -42,9 +51,10 @@ def _quantize_2d_kernel(
         # Stochastic rounding: the Philox key and the counter offset.
         seed: tl.uint64, offset: tl.uint64,
         # Meta-parameters: w's dtype (nvfp4_math.load_f32); the transposed copy or not; SR
-        # or RNE; the tile (16 * CHUNKS rows by BLOCK_K columns).
+        # or RNE; the tile (16 * CHUNKS rows by BLOCK_K columns); values mode (bf16
+        # block-dequantized values of the rowwise copy, COL off).
         W_KIND: tl.constexpr, COL: tl.constexpr, STOCHASTIC: tl.constexpr,
-        CHUNKS: tl.constexpr, BLOCK_K: tl.constexpr):
+        CHUNKS: tl.constexpr, BLOCK_K: tl.constexpr, VALUES: tl.constexpr = False):
     ROWS: tl.constexpr = 16 * CHUNKS
     TILES_K: tl.constexpr = BLOCK_K // 16
     pid_n = tl.program_id(0)
@@ -75,16 +85,23 @@ def _quantize_2d_kernel(
         words = tl.reshape(nm.philox_words(seed, counters), [CHUNKS, 16, TILES_K, 16])
     codes = nm.encode_codes(abs_tiles, tiles, enc[:, None, :, None], words, STOCHASTIC)
 
-    # Rowwise copy: codes packed along K, the tile scale on each of its rows.
-    data = nm.pack_pairs(tl.reshape(codes, [ROWS, BLOCK_K]), ROWS, BLOCK_K)
-    half = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
-    tl.store(row_data_ptr + rows[:, None].to(tl.int64) * (K // 2) + half[None, :], data,
-             mask=row_ok[:, None] & (half < K // 2)[None, :])
-    row_scales = tl.reshape(tl.broadcast_to(s_byte[:, None, :], [CHUNKS, 16, TILES_K]),
-                            [ROWS, TILES_K])
-    tile_col = pid_k * TILES_K + tl.arange(0, TILES_K)
-    tl.store(row_scale_ptr + rows[:, None].to(tl.int64) * (K // 16) + tile_col[None, :],
-             row_scales.to(tl.uint8), mask=row_ok[:, None] & (tile_col < K // 16)[None, :])
+    if VALUES:
+        # Rowwise values [N, K]: each code times its tile's scale.
+        bits = tl.reshape(block_value_bits(codes, s_byte[:, None, :, None]), [ROWS, BLOCK_K])
+        tl.store(row_data_ptr + rows[:, None].to(tl.int64) * K + cols[None, :],
+                 bits.to(tl.int16), mask=row_ok[:, None] & col_ok[None, :])
+    else:
+        # Rowwise copy: codes packed along K, the tile scale on each of its rows.
+        data = nm.pack_pairs(tl.reshape(codes, [ROWS, BLOCK_K]), ROWS, BLOCK_K)
+        half = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+        tl.store(row_data_ptr + rows[:, None].to(tl.int64) * (K // 2) + half[None, :], data,
+                 mask=row_ok[:, None] & (half < K // 2)[None, :])
+        row_scales = tl.reshape(tl.broadcast_to(s_byte[:, None, :], [CHUNKS, 16, TILES_K]),
+                                [ROWS, TILES_K])
+        tile_col = pid_k * TILES_K + tl.arange(0, TILES_K)
+        tl.store(row_scale_ptr + rows[:, None].to(tl.int64) * (K // 16) + tile_col[None, :],
+                 row_scales.to(tl.uint8),
+                 mask=row_ok[:, None] & (tile_col < K // 16)[None, :])
 
     if COL:
         # Columnwise copy [K, N/2]: the 16 codes of column k in a tile are its 8 bytes.
@@ -98,21 +115,33 @@ def _quantize_2d_kernel(
         tl.store(col_scale_ptr + out, col_scales.to(tl.uint8), mask=out_ok)
 
 
-def quantize_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0, amax=None):
+def quantize_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0, amax=None,
+                tile=None, amax_tile=None, values=False):
     """16x16-tile NVFP4 of a 2-D ``w [N, K]`` (N, K multiples of 16; not validated here).
 
     Returns ``(row, col)``: each ``(data uint8, scale float8_e4m3fn, amax fp32 0-d)``;
     ``col`` (the quantized ``W^T``, shapes ``[K, N/2]`` and ``[K, N/16]``) is None unless
     ``columnwise``. The two copies share the global amax (measured when ``amax`` is None).
+    ``tile``, ``amax_tile``: None for today's launches, or the ``variants.Launch`` of a
+    named variant for this kernel and for the amax kernel (same bits).
+    ``values``: ``row`` is ``(values bfloat16 [N, K], empty float8_e4m3fn [0], amax)``
+    (module docstring); needs ``columnwise=False`` (ValueError otherwise).
     """
+    if values and columnwise:
+        raise ValueError("quantize_2d(values=True) produces the rowwise values only: pass "
+                         "columnwise=False (W^T's values are the transpose, .t())")
     n, k = w.shape
     dev = w.device
     if amax is None:
-        amax = amax_row_col(w)[0:1]
+        amax = amax_row_col(w, tile=amax_tile)[0:1]
     amax = amax.detach().to(device=dev, dtype=torch.float32).reshape(1)
     u8 = torch.uint8
-    row_data = torch.empty(n, k // 2, dtype=u8, device=dev)
-    row_scale = torch.empty(n, k // 16, dtype=u8, device=dev)
+    if values:
+        row_data = torch.empty(n, k, dtype=torch.bfloat16, device=dev)
+        row_scale = torch.empty(0, dtype=u8, device=dev)
+    else:
+        row_data = torch.empty(n, k // 2, dtype=u8, device=dev)
+        row_scale = torch.empty(n, k // 16, dtype=u8, device=dev)
     amax_out = torch.empty((), dtype=torch.float32, device=dev)
     col_amax_out = torch.empty((), dtype=torch.float32, device=dev) if columnwise else None
     col_data = torch.empty(k, n // 2, dtype=u8, device=dev) if columnwise else None
@@ -123,18 +152,25 @@ def quantize_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0, amax=
                 out.copy_(torch.where(torch.isfinite(amax[0]), amax[0], float("nan")))
     else:
         view, kind = input_view(w)
-        chunks, block_k, warps = tile_config(n, k)
+        if tile is None:
+            chunks, block_k, warps = tile_config(n, k)
+            options = dict(num_warps=warps, **launch_options())
+        else:
+            chunks, block_k, options = tile.chunks, tile.block_k, tile.options()
         grid = (triton.cdiv(n, 16 * chunks), triton.cdiv(k, block_k))
+        # Values mode: bf16 values written as int16 bits; the pointers it does not use
+        # are given that same tensor.
+        row_arg = row_data.view(torch.int16) if values else row_data
         _quantize_2d_kernel[grid](
             w_ptr=view, amax_ptr=amax, amax_out_ptr=amax_out,
             col_amax_out_ptr=col_amax_out if columnwise else amax_out,
-            row_data_ptr=row_data, row_scale_ptr=row_scale,
-            col_words_ptr=col_data.view(torch.int64) if columnwise else row_data,
-            col_scale_ptr=col_scale if columnwise else row_scale,
+            row_data_ptr=row_arg, row_scale_ptr=row_arg if values else row_scale,
+            col_words_ptr=col_data.view(torch.int64) if columnwise else row_arg,
+            col_scale_ptr=col_scale if columnwise else (row_arg if values else row_scale),
             N=n, K=k, stride_n=view.stride(0), stride_k=view.stride(1),
             seed=as_uint64(seed), offset=as_uint64(offset),
             W_KIND=kind, COL=columnwise, STOCHASTIC=bool(stochastic),
-            CHUNKS=chunks, BLOCK_K=block_k, num_warps=warps, **launch_options())
+            CHUNKS=chunks, BLOCK_K=block_k, VALUES=bool(values), **options)
     e4m3 = torch.float8_e4m3fn
     row = (row_data, row_scale.view(e4m3), amax_out)
     col = (col_data, col_scale.view(e4m3), col_amax_out) if columnwise else None

@@ -22,6 +22,17 @@ blocks the tile's rows into 16-column groups; the columnwise copy blocks its col
 16-row chunks, applies the RHT across each chunk (an in-register butterfly), and packs a
 chunk's 16 codes of one column into the 8 contiguous bytes (one int64) they occupy in
 the transposed copy, so the transpose costs no extra pass.
+
+**Values mode** (``row_values`` / ``col_values``, the constexprs ``ROW_VALUES`` /
+``COL_VALUES``, per copy): instead of codes and E4M3 scales, the copy is written as its
+block-dequantized values ``e2m1(q) * f32(s_b)`` in
+bf16, without the global scale (exact: at most 6 significant bits), bit for bit what
+``dequantize.dequantize(data, scale, None, torch.bfloat16)`` gives for the packed copy
+(every NaN the canonical one). The Hopper GEMM emulation reads them directly and skips
+its dequantize launches. Rowwise: ``[M, K]``; columnwise: ``[K, M_pad]`` (a padded token
+holds what dequantizing its packed code gives: +0, or NaN in a NaN block). The codes,
+scales and random words are those of the packed mode; only the stores differ, and with
+both False the kernel is the packed one.
 """
 
 import torch
@@ -32,6 +43,7 @@ from lowprec.checks import as_uint64
 from lowprec.reference import padded16
 
 from . import nvfp4_math as nm
+from .dequantize import block_value_bits
 from .amax import amax_row_col
 from .config import input_view, interpreting, launch_options, quarter_signs, tile_config
 
@@ -42,10 +54,12 @@ def _quantize_row_col_kernel(
         x_ptr, signs_ptr,
         # the amax each copy is encoded with (fp32 [1]) and where each copy's amax goes;
         row_amax_ptr, col_amax_ptr, row_amax_out_ptr, col_amax_out_ptr,
-        # the rowwise copy: codes [M, K/2] and scales [M, K/16] (uint8);
+        # the rowwise copy: codes [M, K/2] and scales [M, K/16] (uint8), or when VALUES
+        # the bf16 values [M, K] (as int16) and an unread scale pointer;
         row_data_ptr, row_scale_ptr,
         # the columnwise copy of x^T: codes as int64 words of 16 codes [K, col_blocks]
-        # and scales [K, col_blocks].
+        # and scales [K, col_blocks], or when VALUES the bf16 values [K, M_pad] (as int16)
+        # and an unread scale pointer.
         col_words_ptr, col_scale_ptr,
         # Sizes: x is [M, K]; col_blocks = M_pad / 16.
         M, K, col_blocks,
@@ -54,10 +68,12 @@ def _quantize_row_col_kernel(
         # Stochastic rounding: the Philox key and each copy's counter offset.
         seed: tl.uint64, row_offset: tl.uint64, col_offset: tl.uint64,
         # Meta-parameters: x's dtype (nvfp4_math.load_f32); which copies; RHT and SR per
-        # copy; the tile (16 * CHUNKS rows by BLOCK_K columns); hardware bf16 rounding.
+        # copy; the tile (16 * CHUNKS rows by BLOCK_K columns); hardware bf16 rounding;
+        # values mode (bf16 block-dequantized values instead of codes and scales).
         X_KIND: tl.constexpr, ROW: tl.constexpr, COL: tl.constexpr, COL_RHT: tl.constexpr,
         ROW_SR: tl.constexpr, COL_SR: tl.constexpr,
-        CHUNKS: tl.constexpr, BLOCK_K: tl.constexpr, HW_BF16: tl.constexpr):
+        CHUNKS: tl.constexpr, BLOCK_K: tl.constexpr, HW_BF16: tl.constexpr,
+        ROW_VALUES: tl.constexpr = False, COL_VALUES: tl.constexpr = False):
     ROWS: tl.constexpr = 16 * CHUNKS
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -85,13 +101,19 @@ def _quantize_row_col_kernel(
             counters = counters.to(tl.uint64) + row_offset.to(tl.uint64)
             words = tl.reshape(nm.philox_words(seed, counters), [ROWS, BLOCK_K // 16, 16])
         codes = nm.encode_codes(abs_blocks, blocks, enc[:, :, None], words, ROW_SR)
-        data = nm.pack_pairs(tl.reshape(codes, [ROWS, BLOCK_K]), ROWS, BLOCK_K)
-        half = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
-        tl.store(row_data_ptr + rows[:, None].to(tl.int64) * (K // 2) + half[None, :], data,
-                 mask=row_ok[:, None] & (half < K // 2)[None, :])
-        sixteenth = pid_k * (BLOCK_K // 16) + tl.arange(0, BLOCK_K // 16)
-        tl.store(row_scale_ptr + rows[:, None].to(tl.int64) * (K // 16) + sixteenth[None, :],
-                 s_byte.to(tl.uint8), mask=row_ok[:, None] & (sixteenth < K // 16)[None, :])
+        if ROW_VALUES:
+            bits = tl.reshape(block_value_bits(codes, s_byte[:, :, None]), [ROWS, BLOCK_K])
+            tl.store(row_data_ptr + rows[:, None].to(tl.int64) * K + cols[None, :],
+                     bits.to(tl.int16), mask=row_ok[:, None] & col_ok[None, :])
+        else:
+            data = nm.pack_pairs(tl.reshape(codes, [ROWS, BLOCK_K]), ROWS, BLOCK_K)
+            half = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+            tl.store(row_data_ptr + rows[:, None].to(tl.int64) * (K // 2) + half[None, :],
+                     data, mask=row_ok[:, None] & (half < K // 2)[None, :])
+            sixteenth = pid_k * (BLOCK_K // 16) + tl.arange(0, BLOCK_K // 16)
+            tl.store(row_scale_ptr + rows[:, None].to(tl.int64) * (K // 16)
+                     + sixteenth[None, :], s_byte.to(tl.uint8),
+                     mask=row_ok[:, None] & (sixteenth < K // 16)[None, :])
 
     if COL:
         amax = nm.canonical_amax(tl.load(col_amax_ptr))
@@ -115,11 +137,18 @@ def _quantize_row_col_kernel(
             w = nm.philox_words(seed, counters)                  # [CHUNKS, 4, BLOCK_K, 2, 2]
             words = tl.reshape(tl.permute(w, (0, 1, 3, 4, 2)), [CHUNKS, 16, BLOCK_K])
         codes = nm.encode_codes(abs_chunks, chunks, enc[:, None, :], words, COL_SR)
-        packed = nm.pack_column_words(codes, CHUNKS, BLOCK_K)
-        out = cols[None, :].to(tl.int64) * col_blocks + blk[:, None]
-        out_ok = (blk < col_blocks)[:, None] & col_ok[None, :]
-        tl.store(col_words_ptr + out, packed, mask=out_ok)
-        tl.store(col_scale_ptr + out, s_byte.to(tl.uint8), mask=out_ok)
+        if COL_VALUES:
+            # Element (m, k) of the tile is (k, m) of the [K, M_pad] values.
+            bits = tl.reshape(block_value_bits(codes, s_byte[:, None, :]), [ROWS, BLOCK_K])
+            out = cols[None, :].to(tl.int64) * (col_blocks * 16) + rows[:, None]
+            out_ok = (rows < col_blocks * 16)[:, None] & col_ok[None, :]
+            tl.store(col_words_ptr + out, bits.to(tl.int16), mask=out_ok)
+        else:
+            packed = nm.pack_column_words(codes, CHUNKS, BLOCK_K)
+            out = cols[None, :].to(tl.int64) * col_blocks + blk[:, None]
+            out_ok = (blk < col_blocks)[:, None] & col_ok[None, :]
+            tl.store(col_words_ptr + out, packed, mask=out_ok)
+            tl.store(col_scale_ptr + out, s_byte.to(tl.uint8), mask=out_ok)
 
 
 def _amax_operand(amax, device):
@@ -128,7 +157,8 @@ def _amax_operand(amax, device):
 
 def quantize_row_col(x, *, row=True, col=False, col_signs=None, row_stochastic=False,
                   col_stochastic=False, seed=0, row_offset=0, col_offset=0,
-                  row_amax=None, col_amax=None):
+                  row_amax=None, col_amax=None, tile=None, amax_tile=None, row_values=False,
+                  col_values=False):
     """Launch the fused kernel on a 2-D ``x [M, K]`` (any strides; no validation here).
 
     Args:
@@ -138,9 +168,16 @@ def quantize_row_col(x, *, row=True, col=False, col_signs=None, row_stochastic=F
             in [0, 2^64).
         row_amax, col_amax: global amaxes the caller has (fp32 scalar tensors; the
             columnwise one is that of RHT(x^T) when RHT is on); measured when None.
+        tile, amax_tile: None for today's launches (``config.tile_config``), or the
+            ``variants.Launch`` of a named variant (tile, warps, stages) for this kernel
+            and for the amax kernel; the bits do not depend on them.
+        row_values, col_values: write that copy as its bf16 block-dequantized values
+            (module docstring).
 
     Returns:
-        ``(row, col)``, each ``(data uint8, scale float8_e4m3fn, amax fp32 0-d)`` or None.
+        ``(row, col)``, each ``(data uint8, scale float8_e4m3fn, amax fp32 0-d)`` or None;
+        a copy in values mode is ``(values bfloat16, empty float8_e4m3fn [0], amax)``: rowwise
+        ``[M, K]``, columnwise ``[K, M_pad]``.
     """
     m, k = x.shape
     m_pad = padded16(m)
@@ -149,28 +186,24 @@ def quantize_row_col(x, *, row=True, col=False, col_signs=None, row_stochastic=F
     need_row_amax = row and row_amax is None
     need_col_amax = col and col_amax is None
     if need_row_amax or need_col_amax:
-        measured = amax_row_col(x, signs if need_col_amax else None)
+        measured = amax_row_col(x, signs if need_col_amax else None, tile=amax_tile)
         row_amax = measured[0:1] if need_row_amax else row_amax
         col_amax = measured[1:2] if need_col_amax else col_amax
     row_amax_in = _amax_operand(row_amax, dev) if row else None
     col_amax_in = _amax_operand(col_amax, dev) if col else None
 
-    u8 = torch.uint8
-    row_out = col_out = None
-    if row:
-        row_out = (torch.empty(m, k // 2, dtype=u8, device=dev),
-                   torch.empty(m, k // 16, dtype=u8, device=dev),
-                   torch.empty((), dtype=torch.float32, device=dev))
-    if col:
-        col_out = (torch.empty(k, m_pad // 2, dtype=u8, device=dev),
-                   torch.empty(k, m_pad // 16, dtype=u8, device=dev),
-                   torch.empty((), dtype=torch.float32, device=dev))
+    row_out = _outputs(m, k, dev, row_values) if row else None
+    col_out = _outputs(k, m_pad, dev, col_values) if col else None
 
     if x.numel() == 0:
         _finish_empty(row_out, row_amax_in, col_out, col_amax_in)
     else:
         view, kind = input_view(x)
-        chunks, block_k, warps = tile_config(m, k)
+        if tile is None:
+            chunks, block_k, warps = tile_config(m, k)
+            options = dict(num_warps=warps, **launch_options())
+        else:
+            chunks, block_k, options = tile.chunks, tile.block_k, tile.options()
         grid = (triton.cdiv(m, 16 * chunks), triton.cdiv(k, block_k))
         unused = view          # the pointer given for operands the meta-parameters switch off
         _quantize_row_col_kernel[grid](
@@ -179,22 +212,44 @@ def quantize_row_col(x, *, row=True, col=False, col_signs=None, row_stochastic=F
             col_amax_ptr=col_amax_in if col else unused,
             row_amax_out_ptr=row_out[2] if row else unused,
             col_amax_out_ptr=col_out[2] if col else unused,
-            row_data_ptr=row_out[0] if row else unused,
-            row_scale_ptr=row_out[1] if row else unused,
-            col_words_ptr=col_out[0].view(torch.int64) if col else unused,
-            col_scale_ptr=col_out[1] if col else unused,
+            row_data_ptr=_data_view(row_out, row_values, torch.uint8) if row else unused,
+            row_scale_ptr=row_out[1] if row and not row_values else unused,
+            col_words_ptr=_data_view(col_out, col_values, torch.int64) if col else unused,
+            col_scale_ptr=col_out[1] if col and not col_values else unused,
             M=m, K=k, col_blocks=m_pad // 16,
             stride_m=view.stride(0), stride_k=view.stride(1),
             seed=as_uint64(seed), row_offset=as_uint64(row_offset),
             col_offset=as_uint64(col_offset),
             X_KIND=kind, ROW=row, COL=col, COL_RHT=signs is not None,
             ROW_SR=bool(row and row_stochastic), COL_SR=bool(col and col_stochastic),
-            CHUNKS=chunks, BLOCK_K=block_k, HW_BF16=not interpreting(), num_warps=warps,
-            **launch_options())
+            CHUNKS=chunks, BLOCK_K=block_k, HW_BF16=not interpreting(),
+            ROW_VALUES=bool(row and row_values), COL_VALUES=bool(col and col_values),
+            **options)
 
     def finish(out):
         return None if out is None else (out[0], out[1].view(torch.float8_e4m3fn), out[2])
     return finish(row_out), finish(col_out)
+
+
+def _outputs(rows, cols, device, values):
+    """A copy's uninitialised (data, scale, amax) of an ``[rows, cols]`` quantization:
+    codes uint8 ``[rows, cols/2]`` and scales uint8 ``[rows, cols/16]``, or with
+    ``values`` bf16 ``[rows, cols]`` and a 0-element scale."""
+    f32 = torch.float32
+    if values:
+        return (torch.empty(rows, cols, dtype=torch.bfloat16, device=device),
+                torch.empty(0, dtype=torch.float8_e4m3fn, device=device),
+                torch.empty((), dtype=f32, device=device))
+    return (torch.empty(rows, cols // 2, dtype=torch.uint8, device=device),
+            torch.empty(rows, cols // 16, dtype=torch.uint8, device=device),
+            torch.empty((), dtype=f32, device=device))
+
+
+def _data_view(out, values, packed_dtype):
+    """The tensor the kernel writes a copy's data through: bf16 values as int16 bits, or
+    the codes as ``packed_dtype`` (the columnwise copy stores int64 words)."""
+    dtype = torch.int16 if values else packed_dtype
+    return out[0] if out[0].dtype == dtype else out[0].view(dtype)
 
 
 def _finish_empty(row_out, row_amax, col_out, col_amax):

@@ -31,6 +31,23 @@ BUILD_INFO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_build_in
 # The CUDA kernels are built for sm_90a, sm_100a and compute_90 PTX (csrc/nvcc_flags.txt).
 MIN_CAPABILITY = (9, 0)
 
+# Kernel variants of the CUDA ops: the ``variant`` argument of the op schemas (and of the
+# wrappers below), name -> index. Every variant gives the same bits as "baseline" (0,
+# the default); they differ in schedule or instruction sequence (csrc/quantize.cu):
+# "prefetch" keeps the next unit's (1x16) or tile's (fused) 16-byte loads in flight
+# while the current one is quantized; "fastenc" encodes with the fast E2M1 encoders of
+# csrc/nvfp4_math.h (same bits, fewer instructions); "prefetch_fastenc" does both. A
+# sweep on the GPU times each and keeps the fastest bit-exact one. quantize_nvfp4's
+# variants are those of its 1x16 kernel (block 16x16 runs the 16x16 baseline whatever the
+# index); quantize_row_col's those of the fused kernel (a rowwise-only call runs the 1x16
+# baseline); quantize_weight_2d's those of the 16x16 kernel. The counts match
+# csrc/ops.h; the ops (and their fakes) reject other indices.
+CUDA_VARIANTS = {
+    "quantize_nvfp4": {"baseline": 0, "prefetch": 1, "prefetch_fastenc": 2, "fastenc": 3},
+    "quantize_row_col": {"baseline": 0, "prefetch": 1, "prefetch_fastenc": 2, "fastenc": 3},
+    "quantize_weight_2d": {"baseline": 0, "fastenc": 1},
+}
+
 
 def _load():
     """None if the extension loaded and registered its ops, else why not."""
@@ -58,21 +75,46 @@ def _load():
     return None
 
 
+# quantize_weight_2d(values=True) gives W's values only (W^T's are their transpose): the
+# ValueError of every backend (kernels/backend.py; csrc/ops.h check_weight_values).
+WEIGHT_VALUES_ERROR = ("quantize_weight_2d(values=True) gives W's values only: pass "
+                       "columnwise=False and use .t() for W^T (exactly its values)")
+
+
+def check_weight_values(columnwise, values):
+    """Raises ValueError for ``values`` with ``columnwise`` (as the op itself does)."""
+    if values and columnwise:
+        raise ValueError(WEIGHT_VALUES_ERROR)
+
+
+def check_variant(op, variant):
+    """Raises ValueError unless ``variant`` indexes a kernel variant of ``op``
+    (``CUDA_VARIANTS``), as the op itself does."""
+    count = len(CUDA_VARIANTS[op])
+    if not 0 <= variant < count:
+        raise ValueError(f"{op}: variant must be in [0, {count}); got {variant}")
+
+
 def _register_fakes():
     """Shapes and dtypes of every op's outputs, for FakeTensor tracing (torch.compile)."""
 
     @torch.library.register_fake("lowprec_C::quantize_nvfp4")
-    def _(x, block_rows, rht_mask, stochastic, seed, offset, amax):
+    def _(x, block_rows, rht_mask, stochastic, seed, offset, amax, variant=0):
+        check_variant("quantize_nvfp4", variant)
         return empty_nvfp4(x, x.shape[:-1], x.shape[-1])
 
     @torch.library.register_fake("lowprec_C::quantize_row_col")
     def _(x, rht_mask, rowwise, columnwise, row_stochastic, col_stochastic, seed, row_offset,
-          col_offset, row_amax, col_amax):
-        return empty_row_col(x, rowwise, columnwise)
+          col_offset, row_amax, col_amax, variant=0, row_values=False, col_values=False):
+        check_variant("quantize_row_col", variant)
+        return empty_row_col(x, rowwise, columnwise, row_values=row_values,
+                             col_values=col_values)
 
     @torch.library.register_fake("lowprec_C::quantize_weight_2d")
-    def _(w, columnwise, stochastic, seed, offset, amax):
-        return empty_weight_2d(w, columnwise)
+    def _(w, columnwise, stochastic, seed, offset, amax, variant=0, values=False):
+        check_variant("quantize_weight_2d", variant)
+        check_weight_values(columnwise, values)
+        return empty_weight_2d(w, columnwise, values=values)
 
     @torch.library.register_fake("lowprec_C::block_dequantize_nvfp4")
     def _(data, scale):
@@ -158,20 +200,28 @@ def _amax_or_none(amax, device):
 
 
 def quantize_nvfp4(x, *, block="1x16", rht_signs=None, stochastic=False, seed=0, offset=0,
-                   amax=None):
-    """Same contract as ``lowprec.reference.quantize_nvfp4`` (inputs validated by ops.py)."""
+                   amax=None, variant=0):
+    """Same contract as ``lowprec.reference.quantize_nvfp4`` (inputs validated by ops.py);
+    ``variant``: the CUDA kernel variant (``CUDA_VARIANTS``; same bits)."""
     data, scale, amax_out = torch.ops.lowprec_C.quantize_nvfp4(
         x.detach(), 16 if block == "16x16" else 1, sign_mask(rht_signs), bool(stochastic),
-        as_int64(seed), as_int64(offset), amax)
+        as_int64(seed), as_int64(offset), amax, int(variant))
     return data, scale, amax_out
 
 
 def quantize_row_col(x, *, rht_signs=None, rowwise=True, columnwise=True,
                      row_stochastic=False, col_stochastic=False, seed=0, row_offset=0,
-                     col_offset=0, row_amax=None, col_amax=None):
+                     col_offset=0, row_amax=None, col_amax=None, variant=0, row_values=False,
+                     col_values=False):
     """Same contract as ``lowprec.reference.quantize_row_col`` (inputs validated by
     ``lowprec.ops.quantize_row_col``): both copies from one read on CUDA, two loops on CPU.
     Returns ``(row, col)``, each a ``(data, scale, amax)`` triple, or None if not asked for.
+    ``variant``: the CUDA kernel variant (``CUDA_VARIANTS``; same bits).
+
+    ``row_values`` / ``col_values`` (values mode, every variant): that copy is ``(values
+    bfloat16, empty float8_e4m3fn [0], amax)``, the values ``e2m1(q) * s_b`` of the packed
+    copy (no global scale; exact; every NaN the canonical one), rowwise ``[M, K]``,
+    columnwise ``[K, M_pad]``: ``reference.as_values`` of the packed triple.
     """
     # [..., K] -> [M, K]: the rowwise copy has the contract's shape [M, K] on every backend.
     x2d = x.detach().reshape(math.prod(x.shape[:-1]), x.shape[-1])
@@ -179,16 +229,23 @@ def quantize_row_col(x, *, rht_signs=None, rowwise=True, columnwise=True,
         x2d, sign_mask(rht_signs), bool(rowwise), bool(columnwise),
         bool(row_stochastic), bool(col_stochastic), as_int64(seed), as_int64(row_offset),
         as_int64(col_offset), _amax_or_none(row_amax, x.device),
-        _amax_or_none(col_amax, x.device))
+        _amax_or_none(col_amax, x.device), int(variant), bool(row_values), bool(col_values))
     return (tuple(out[:3]) if rowwise else None), (tuple(out[3:]) if columnwise else None)
 
 
-def quantize_weight_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0, amax=None):
+def quantize_weight_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0, amax=None,
+                       variant=0, values=False):
     """Same contract as ``lowprec.reference.quantize_weight_2d`` (inputs validated by
-    ``lowprec.ops.quantize_weight_2d``): W and W^T, 16x16 tiles, from one read."""
+    ``lowprec.ops.quantize_weight_2d``): W and W^T, 16x16 tiles, from one read.
+    ``variant``: the CUDA kernel variant (``CUDA_VARIANTS``; same bits).
+
+    ``values=True`` (values mode; needs ``columnwise=False``, ValueError otherwise): ``row``
+    is ``(values bfloat16 [N, K], empty float8_e4m3fn [0], amax)``, ``reference.as_values``
+    of the packed W; W^T's values are its transpose."""
+    check_weight_values(columnwise, values)
     out = torch.ops.lowprec_C.quantize_weight_2d(
         w.detach(), bool(columnwise), bool(stochastic), as_int64(seed), as_int64(offset),
-        _amax_or_none(amax, w.device))
+        _amax_or_none(amax, w.device), int(variant), bool(values))
     return tuple(out[:3]), (tuple(out[3:]) if columnwise else None)
 
 

@@ -47,3 +47,14 @@ from lowprec.grouped import grouped_linear  # noqa: E402
 from lowprec.moe import GroupedExperts, register_experts_adapter  # noqa: E402
 
 __all__ += ["GroupedExperts", "grouped_linear", "register_experts_adapter"]
+
+# Stochastic-rounding keys: the per-layer call counts a resumed run restores.
+from lowprec.sr_keys import load_state_dict as load_sr_state_dict  # noqa: E402
+from lowprec.sr_keys import state_dict as sr_state_dict  # noqa: E402
+
+__all__ += ["load_sr_state_dict", "sr_state_dict"]
+
+# Gradient accumulation: quantize each weight once per step.
+from lowprec.weight_reuse import reusing_weight_copies  # noqa: E402
+
+__all__ += ["reusing_weight_copies"]

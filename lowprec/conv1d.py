@@ -95,7 +95,8 @@ class Conv1D(RecipeMixin, nn.Module):
         if not self.recipe.quantized:
             size_out = x.shape[:-1] + (self.nf,)
             return torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight).view(size_out)
-        return linear_forward(x, self.weight.t(), self.bias, self._layer_config, self.lowprec_name)
+        return linear_forward(x, self.weight.t(), self.bias, self._layer_config,
+                              self.lowprec_name, self._sr_stream, self._weight_copies)
 
     def extra_repr(self):
         return f"nf={self.nf}, nx={self.nx}, recipe={self.recipe}"

@@ -16,9 +16,11 @@ What is per expert, and why:
   quantization independent of which other tokens were routed elsewhere.
 * wgrad contracts over the expert's own tokens, padded to a multiple of 16 per expert
   (NUMERICS 10); an expert that got no tokens has a zero weight gradient.
-* Stochastic rounding: each expert's call draws its own Philox key, in expert order
-  (``lowprec.linear_layer``'s rule; empty experts draw one too, so the stream does not depend
-  on the routing).
+* Stochastic rounding: each expert's call takes a key from its own stream
+  (``sr_streams[e]``, ``lowprec.sr_keys``; ``GroupedExperts`` holds one per expert and
+  projection), so an expert's keys depend neither on the routing nor on the order the
+  experts run in; an empty expert takes one too. Without ``sr_streams`` every expert
+  takes the next key of ``lowprec.linear``'s shared stream, in expert order.
 
 Autograd runs over ``lowprec.linear``'s custom ops, one forward/backward pair per
 expert; the expert weights are split with ``unbind`` so the backward writes each
@@ -44,6 +46,7 @@ import numbers
 
 import torch
 
+from lowprec import sr_keys
 from lowprec.linear_layer import DEFAULT_RECIPE, check_nvfp4_shape, linear
 from lowprec.recipe import Recipe
 
@@ -82,7 +85,7 @@ def _check(x, weight, counts, name):
                         f"{bad[0]!r} in {list(counts)!r:.80}")
 
 
-def grouped_linear(x, weight, counts, *, recipe=None, name=None):
+def grouped_linear(x, weight, counts, *, recipe=None, name=None, sr_streams=None):
     """Run expert e's linear layer (``weight[e]``) on its ``counts[e]`` rows of ``x``.
 
     Args:
@@ -93,6 +96,8 @@ def grouped_linear(x, weight, counts, *, recipe=None, name=None):
             grouped_linear over the same routing, see the module docstring).
         recipe: a ``lowprec.Recipe`` for every expert; None means ``Recipe()``.
         name: names the layer in error messages.
+        sr_streams: E ``lowprec.sr_keys.SRStream``, expert e's SR keys from the e-th;
+            None: ``lowprec.linear``'s shared stream.
 
     Returns:
         ``[T, N]`` in x's dtype (the autocast dtype under autocast).
@@ -125,6 +130,10 @@ def grouped_linear(x, weight, counts, *, recipe=None, name=None):
         if sum(sizes) != x.shape[0]:
             raise ValueError(f"grouped_linear{label}: counts {sizes} must be >= 0 and sum "
                              f"to the {x.shape[0]} rows of x; they sum to {sum(sizes)}")
-    outputs = [linear(rows, w, recipe=recipe)
-               for rows, w in zip(x.split(sizes), weight.unbind(0))]
+    streams = sr_streams or [sr_keys.FUNCTIONAL] * weight.shape[0]
+    if len(streams) != weight.shape[0]:
+        raise ValueError(f"grouped_linear{label}: sr_streams must hold one stream per "
+                         f"expert ({weight.shape[0]}); got {len(streams)}")
+    outputs = [linear(rows, w, recipe=recipe, sr_stream=stream)
+               for rows, w, stream in zip(x.split(sizes), weight.unbind(0), streams)]
     return torch.cat(outputs)

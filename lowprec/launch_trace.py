@@ -11,8 +11,9 @@ fully installed, and records every kernel the real run would launch:
   Triton kernel launch (``JITFunction.run``, or the interpreter's) recorded instead of
   run.
 * the CUDA extension's ops (``lowprec_C::*``) launch what ``csrc/cuda_ops.cpp`` launches:
-  a memset of the amax words and the amax pass when no amax is given, then the
-  quantize kernel (``CUDA_EXTENSION_LAUNCHES``).
+  the amax pass when no amax is given (it stores per-block partials into uninitialised
+  scratch: no memset), then the quantize kernel, which reduces the partials in its
+  prologue (``CUDA_EXTENSION_LAUNCHES``).
 
 Bytes: each launch reads or writes its tensor arguments and outputs once (distinct
 tensors, a view counted as the tensor it views), i.e. its compulsory traffic.
@@ -45,21 +46,25 @@ HOST_SYNC = {"aten::_local_scalar_dense"}
 
 
 def _amax_launches(amax_given):
-    """memset + amax pass, unless the caller gave every amax (csrc/cuda_ops.cpp)."""
-    return [] if amax_given else ["memset(amax words)", "amax"]
+    """The amax pass (no memset: its partials go to uninitialised scratch), unless the
+    caller gave every amax (csrc/cuda_ops.cpp)."""
+    return [] if amax_given else ["amax"]
 
 
-# Kernels each op of the CUDA extension launches, from its arguments (cuda_ops.cpp).
+# Kernels each op of the CUDA extension launches, from its arguments (cuda_ops.cpp,
+# schemas in bindings.cpp); neither the kernel variant (default 0) nor values mode (the
+# trailing row_values / col_values / values, default False: the same kernels, other
+# stores) changes a launch.
 CUDA_EXTENSION_LAUNCHES = {
     "lowprec_C::quantize_nvfp4":
-        lambda x, block_rows, rht_mask, stochastic, seed, offset, amax:
+        lambda x, block_rows, rht_mask, stochastic, seed, offset, amax, variant=0:
         _amax_launches(amax is not None) + ["quantize_nvfp4"],
     "lowprec_C::quantize_weight_2d":
-        lambda w, columnwise, stochastic, seed, offset, amax:
+        lambda w, columnwise, stochastic, seed, offset, amax, variant=0, values=False:
         _amax_launches(amax is not None) + ["quantize_weight_2d"],
     "lowprec_C::quantize_row_col":
         lambda x, rht_mask, rowwise, columnwise, row_sr, col_sr, seed, row_offset,
-        col_offset, row_amax, col_amax:
+        col_offset, row_amax, col_amax, variant=0, row_values=False, col_values=False:
         _amax_launches((not rowwise or row_amax is not None) and
                        (not columnwise or col_amax is not None)) + ["quantize_row_col"],
 }
@@ -121,8 +126,7 @@ class _Recorder(TorchDispatchMode):
             out = func(*args, **kwargs)
             x = args[0]
             for kernel in CUDA_EXTENSION_LAUNCHES[name](*args, **kwargs):
-                nbytes = (8 if kernel.startswith("memset") else
-                          _nbytes(x) if kernel == "amax" else _nbytes(args, out))
+                nbytes = _nbytes(x) if kernel == "amax" else _nbytes(args, out)
                 self.trace.launches.append(Launch(f"cuda:{kernel}", nbytes))
             return out
         if name.startswith("lowprec::triton_"):
@@ -151,15 +155,12 @@ def _as_if_on_gpu(capability):
     # The steady state: the FP8 GEMM's unit scale was made by an earlier call (a real
     # tensor: under the fake mode it would be made, and launched, on every call).
     unit_scale = {torch.device("cpu"): torch.ones((), dtype=torch.float32)}
-    # The SR key comes from torch's CPU generator (no device work); under the fake mode
-    # it would have no value, so any fixed key stands in.
     # ``t.is_cuda`` branches in the kernels' host code take their GPU side.
     with mock.patch.object(FakeTensor, "is_cuda", property(lambda self: True)), \
             mock.patch("torch.cuda.is_available", return_value=True), \
             mock.patch("torch.cuda.get_device_capability", return_value=capability), \
             mock.patch.dict(backends._TABLES, {torch.device("cpu"): table}), \
-            mock.patch.dict(fp8._ONES, unit_scale), \
-            mock.patch.object(linear_layer, "draw_key", lambda: 12345):
+            mock.patch.dict(fp8._ONES, unit_scale):
         yield
 
 

@@ -21,7 +21,8 @@ wgrad        dW = dY^T X         dY^T: RHT, 1x16, SR         X^T: RHT, 1x16 RNE
 * wgrad contracts over the token dim M, which is arbitrary: X^T and dY^T are padded
   with zero columns to a multiple of 16 (NUMERICS 10).
 * FP8 quantizes each operand per row along the contraction dim (NUMERICS 9), so the
-  wgrad operands are the rows of X^T and dY^T. FP8 rounds to nearest (no SR).
+  wgrad operands are the rows of X^T and dY^T; a tensor needed in both layouts goes
+  through one ``quantize_fp8_row_col`` call. FP8 rounds to nearest (no SR).
 * What the backward keeps: the quantized X^T of wgrad (an NVFP4 or FP8 copy, 0.56 or
   1 byte per element), never X itself, unless wgrad is ``"bf16"``; nothing of X^T when
   W needs no gradient. W is a Parameter and is kept as it is; dgrad's quantized W^T
@@ -30,20 +31,16 @@ wgrad        dW = dY^T X         dY^T: RHT, 1x16, SR         X^T: RHT, 1x16 RNE
   a weight's ``_version`` does not see every change (FSDP2 preserves it across its
   all-gathers, ``.data`` writes bypass it), so reuse across micro-batches would need the
   caller to say when the weight changed.
-* Stochastic rounding: each forward that will need SR draws one 64-bit Philox key from
-  torch's default CPU generator (``draw_key``; ``lowprec::draw_seed`` when compiled, the
-  same draw). Its backward uses counters
-  ``[0, ceil(M*N/4))`` for dY (dgrad) and the next ``ceil(N*Mp/4)`` for dY^T (wgrad),
-  so the two SR copies of one call never share a word, and calls never share a key
-  except by a 64-bit collision (probability below n^2 / 2^65 for n calls).
-  ``torch.manual_seed`` therefore fixes every SR word, restoring torch's RNG state
-  with a checkpoint resumes the same stream, and non-reentrant activation checkpointing
-  (``use_reentrant=False``) replays the same keys because it restores the CPU RNG state
-  before recomputing. Inference (no gradient needed) draws nothing, so evaluating a
-  model never shifts training's stream. A consequence: reentrant checkpointing, whose
-  first forward runs without grad, draws nothing there, and its recomputation draws
-  the keys that the layers after it drew in the forward: still deterministic, but
-  those keys are shared, so use the non-reentrant kind.
+* Stochastic rounding: each forward that will need SR takes one 64-bit Philox key from
+  its layer's ``SRStream`` (``lowprec.sr_keys``: the run's seed, the layer's name and the
+  layer's own call count; ``lowprec::next_sr_key`` when compiled, the same key). Its
+  backward uses counters ``[0, ceil(M*N/4))`` for dY (dgrad) and the next
+  ``ceil(N*Mp/4)`` for dY^T (wgrad), so the two SR copies of one call never share a
+  word. Keys do not depend on the order in which layers run (eager and compiled runs
+  draw the same), ``torch.manual_seed`` fixes them, a resumed run restores the counts
+  (``lowprec.sr_state_dict``), and activation checkpointing draws the words of the same
+  run without it. Inference (no gradient needed) draws nothing, so evaluating a model
+  never shifts training's stream.
 
 Two entries, one computation: eager calls run ``_LinearFunction`` (an
 ``autograd.Function`` calling the device's kernel table, no op dispatch of its own,
@@ -51,10 +48,8 @@ which is what keeps the host's cost per layer near ``nn.Linear``'s); under
 ``torch.compile`` the same ``_forward``/``_backward`` run inside the custom ops
 ``lowprec::linear_fwd``/``linear_bwd``, because the Python-level quantization needs
 ``seed.item()``, which would break a graph, while a custom op is opaque to dynamo, so
-fullgraph compilation works. The seed is drawn by a custom op of its own, tagged
-``nondeterministic_seeded``, rather than by ``torch.randint`` in the graph: inductor
-replaces in-graph ``randint`` with its own generator, which would make compiled runs
-draw other keys than eager ones; the custom op draws the same keys in both.
+fullgraph compilation works. The key comes from ``lowprec::next_sr_key``, an op that
+advances the layer's count as the eager path does.
 
 A recipe that is ``"bf16"`` for all three GEMMs quantizes nothing and is exactly
 ``F.linear`` (same kernels, so the same bits as ``nn.Linear``).
@@ -68,17 +63,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowprec import ops, reference
+from lowprec import ops, reference, sr_keys
 from lowprec.backends import kernel_table
 from lowprec.formats import FP8Tensor, NVFP4Tensor
 from lowprec.recipe import NVFP4_BLOCK, Recipe, shape_problem
 
 DEFAULT_RECIPE = Recipe()
 
-# The seed is a 64-bit Philox key; torch.randint covers [-2^63, 2^63 - 1) in int64,
-# which the ops read as the unsigned value.
-SEED_LOW, SEED_HIGH = -(1 << 63), (1 << 63) - 1
-MASK64 = (1 << 64) - 1
 
 
 def check_nvfp4_shape(weight_shape, recipe, name=None):
@@ -147,8 +138,19 @@ def layer_config(recipe):
 # arguments ``lowprec.ops`` would pass them.
 # ----------------------------------------------------------------------------------
 
+class NVFP4Values(NamedTuple):
+    """An NVFP4 GEMM operand as its bf16 values ``e2m1 * s_b`` (no global scale; exact,
+    NUMERICS 8) and its global amax: what a values-mode quantizer writes for a GEMM that
+    multiplies values (the Hopper emulation, ``KernelTable.nvfp4_values``). ``values`` is
+    laid out as the packed copy would be (rows along the GEMM's output dim); it may be a
+    transposed view (dgrad's W^T of a 16x16-scaled W)."""
+    values: torch.Tensor
+    amax: torch.Tensor
+
+
 def quantize_rows_and_cols(t, row_precision, col_precision, rht, signs, stochastic=False,
-                           seed=0, row_offset=0, col_offset=None, kernels=None):
+                           seed=0, row_offset=0, col_offset=None, kernels=None,
+                           row_values=False, col_values=False):
     """(operand along t's rows, operand along t's columns), each for its own precision.
 
     The NVFP4 copies come from one ``quantize_row_col`` call: the rowwise copy (fprop's X,
@@ -159,6 +161,8 @@ def quantize_rows_and_cols(t, row_precision, col_precision, rht, signs, stochast
     ``ceil(C*M_pad/4)`` for the columnwise one (``col_offset`` None). FP8 quantizes each
     operand along its contraction dim (NUMERICS 9); a precision of None means the copy
     is not needed. ``kernels``: the device's ``KernelTable`` (looked up when None).
+    ``row_values`` / ``col_values``: that NVFP4 copy as ``NVFP4Values`` (values mode; only
+    where ``kernels.nvfp4_values``), for a copy a GEMM reads right away.
     """
     kernels = kernels or kernel_table(t.device)
     row_nv, col_nv = row_precision == NVFP4, col_precision == NVFP4
@@ -167,39 +171,64 @@ def quantize_rows_and_cols(t, row_precision, col_precision, rht, signs, stochast
         if col_offset is None:
             col_offset = reference.counters_used(t.numel())
         rht_signs = (signs or reference.DEFAULT_SIGN_VECTOR) if rht else None
+        row_values, col_values = row_values and row_nv, col_values and col_nv
+        values = {"row_values": True, "col_values": col_values} if row_values else \
+            {"col_values": True} if col_values else {}
         row, col = kernels.quantize_row_col(
             t, rht_signs=rht_signs, rowwise=row_nv, columnwise=col_nv,
             row_stochastic=stochastic, col_stochastic=stochastic, seed=seed,
-            row_offset=row_offset, col_offset=col_offset, row_amax=None, col_amax=None)
+            row_offset=row_offset, col_offset=col_offset, row_amax=None, col_amax=None,
+            **values)
         m, k = t.shape
-        rows = NVFP4Tensor(*row, (m, k)) if row_nv else None
-        cols = NVFP4Tensor(*col, (k, reference.padded16(m)), rht_signs=rht_signs) \
-            if col_nv else None
-    if row_precision == FP8:
-        rows = _fp8(t, kernels)
-    if col_precision == FP8:
-        cols = _fp8(t.t().contiguous(), kernels)
+        if row_nv:
+            rows = NVFP4Values(row[0], row[2]) if row_values else NVFP4Tensor(*row, (m, k))
+        if col_nv:
+            cols = (NVFP4Values(col[0], col[2]) if col_values else
+                    NVFP4Tensor(*col, (k, reference.padded16(m)), rht_signs=rht_signs))
+    if FP8 in (row_precision, col_precision):
+        rows_fp8, cols_fp8 = _fp8_copies(t, row_precision == FP8, col_precision == FP8,
+                                         kernels)
+        rows = rows if rows_fp8 is None else rows_fp8
+        cols = cols if cols_fp8 is None else cols_fp8
     return rows, cols
 
 
-def _fp8(t, kernels):
-    return FP8Tensor(*kernels.quantize_fp8(t), t.shape)
+def _fp8_copies(t, rows, cols, kernels):
+    """FP8 copies of t along its rows and (as t^T) along its columns, where asked: both
+    from one ``quantize_fp8_row_col`` call (two launches, no transpose copy)."""
+    m, k = t.shape
+    if rows and cols:
+        row_data, row_scale, col_data, col_scale = kernels.quantize_fp8_row_col(t)
+        return FP8Tensor(row_data, row_scale, (m, k)), FP8Tensor(col_data, col_scale, (k, m))
+    if rows:
+        return FP8Tensor(*kernels.quantize_fp8(t), (m, k)), None
+    if cols:
+        return None, FP8Tensor(*kernels.quantize_fp8(t.t().contiguous()), (k, m))
+    return None, None
 
 
-def quantize_weight(weight, fprop, dgrad, weight_2d, kernels=None):
+def quantize_weight(weight, fprop, dgrad, weight_2d, kernels=None, values=False):
     """(fprop's W, dgrad's W^T) for the GEMMs' precisions, from as few calls as the
     formats allow; None where not needed.
 
     NVFP4: with ``weight_2d`` the W^T copy holds exactly the transposed codes and 16x16
     tile scales of W (NUMERICS 5), so fprop and dgrad multiply by one quantized W, both
     copies from one read; without it both are 1x16 quantizations (one fused call), W^T's
-    along N. FP8: W per row along K for fprop, W^T per row along N for dgrad.
+    along N. FP8: W per row along K for fprop, W^T per row along N for dgrad (both from
+    one call when both are FP8). ``values`` (only where ``kernels.nvfp4_values``): the
+    16x16-scaled copies as ``NVFP4Values``, W^T as the transposed view of W's values
+    (exactly its values, NUMERICS 5).
     """
     kernels = kernels or kernel_table(weight.device)
     row_nv, col_nv = fprop == NVFP4, dgrad == NVFP4
     qw = qwt = None
     if row_nv or col_nv:
-        if weight_2d:
+        if weight_2d and values:
+            row, _ = kernels.quantize_weight_2d(weight, columnwise=False, stochastic=False,
+                                                seed=0, offset=0, amax=None, values=True)
+            qw = NVFP4Values(row[0], row[2]) if row_nv else None
+            qwt = NVFP4Values(row[0].t(), row[2]) if col_nv else None
+        elif weight_2d:
             # The kernel always writes the rowwise copy: W^T's tiles are made from it.
             row, col = kernels.quantize_weight_2d(weight, columnwise=col_nv, stochastic=False,
                                                   seed=0, offset=0, amax=None)
@@ -209,10 +238,10 @@ def quantize_weight(weight, fprop, dgrad, weight_2d, kernels=None):
         else:
             qw, qwt = quantize_rows_and_cols(weight, fprop, dgrad, False, None,
                                              kernels=kernels)
-    if fprop == FP8:
-        qw = _fp8(weight, kernels)
-    if dgrad == FP8:
-        qwt = _fp8(weight.t().contiguous(), kernels)
+    if FP8 in (fprop, dgrad):
+        qw_fp8, qwt_fp8 = _fp8_copies(weight, fprop == FP8, dgrad == FP8, kernels)
+        qw = qw if qw_fp8 is None else qw_fp8
+        qwt = qwt if qwt_fp8 is None else qwt_fp8
     return qw, qwt
 
 
@@ -228,8 +257,19 @@ def quantized_gemm(qa, qb, bias, precision, out_dtype, kernels):
     if precision == FP8:
         return kernels.fp8_gemm(qa.data, qa.scale, qb.data, qb.scale, bias=bias,
                                 out_dtype=out_dtype)
+    if kernels.nvfp4_values:
+        a, b = _as_values(qa, kernels), _as_values(qb, kernels)
+        return kernels.nvfp4_gemm_values(a.values, a.amax, b.values, b.amax, bias=bias,
+                                         out_dtype=out_dtype)
     return kernels.nvfp4_gemm(qa.data, qa.scale, qa.amax, qb.data, qb.scale, qb.amax,
                               bias=bias, out_dtype=out_dtype)
+
+
+def _as_values(q, kernels):
+    """An NVFP4 operand as values: packed ones (the saved X^T) are dequantized here."""
+    if isinstance(q, NVFP4Values):
+        return q
+    return NVFP4Values(kernels.dequantize_values(q.data, q.scale), q.amax)
 
 
 def fprop_gemm(x, qx, weight, qw, bias, precision, kernels=None):
@@ -266,18 +306,52 @@ def wgrad_gemm(grad, qgt, saved_x, weight_dtype, precision, kernels=None):
 # compiled graphs from the custom ops below. Same functions, so the same bits.
 # ----------------------------------------------------------------------------------
 
-def _forward(x, weight, bias, cfg, kernels, need_dx, need_dw):
+class WeightCopies:
+    """A layer's quantized weight copies kept across calls while the caller promises the
+    weight does not change (``lowprec.reusing_weight_copies``: the micro-batches of one
+    gradient-accumulation step, as Transformer Engine's ``is_first_microbatch``). A
+    copy is taken again when the weight is another tensor, its ``_version`` moved (an
+    in-place change), the layer's recipe changed, or dgrad's copy is missing."""
+
+    def __init__(self):
+        self.key = self.copies = None
+
+    @staticmethod
+    def _key(weight, cfg):
+        # A view (Conv1D multiplies by weight.t(), a new view per call) stands for its base.
+        base = weight if weight._base is None else weight._base
+        return id(base), weight.shape, weight.stride(), weight._version, cfg
+
+    def get(self, weight, cfg, need_dx):
+        if self.key == self._key(weight, cfg) and (self.copies[1] is not None
+                                                   or not need_dx):
+            return self.copies
+        return None
+
+    def put(self, weight, cfg, copies):
+        self.key, self.copies = self._key(weight, cfg), copies
+
+
+def _forward(x, weight, bias, cfg, kernels, need_dx, need_dw, reuse=None):
     """(Y, wgrad's X^T or None, dgrad's W^T or None).
 
     X is quantized by one call that makes both of its copies (fprop's rowwise one, and
     wgrad's X^T when W needs a gradient); W by one call that makes fprop's copy and,
     when X needs a gradient, dgrad's W^T, which the backward then reuses rather than
-    reading W again.
+    reading W again. ``reuse``: the layer's ``WeightCopies`` (eager calls inside
+    ``reusing_weight_copies``), whose copies stand in for W's quantization.
     """
+    values = kernels.nvfp4_values      # X^T is kept for the backward: always packed
     qx, qxt = quantize_rows_and_cols(x, cfg.fprop, cfg.wgrad if need_dw else None,
-                                     cfg.signs is not None, cfg.signs, kernels=kernels)
-    qw, qwt = quantize_weight(weight, cfg.fprop, cfg.dgrad if need_dx else None,
-                              cfg.weight_2d, kernels)
+                                     cfg.signs is not None, cfg.signs, kernels=kernels,
+                                     row_values=values)
+    copies = reuse.get(weight, cfg, need_dx) if reuse is not None else None
+    if copies is None:
+        copies = quantize_weight(weight, cfg.fprop, cfg.dgrad if need_dx else None,
+                                 cfg.weight_2d, kernels, values=values)
+        if reuse is not None:
+            reuse.put(weight, cfg, copies)
+    qw, qwt = copies
     y = fprop_gemm(x, qx, weight, qw, bias, cfg.fprop, kernels)
     return y, qxt, qwt
 
@@ -286,9 +360,11 @@ def _backward(grad, weight, x, qxt, qwt, seed, cfg, kernels, need_dx, need_dw):
     """(dX or None, dW or None). dY is quantized by one call for both GEMMs: SR words at
     counters [0, ceil(M*N/4)) for dgrad's rowwise copy and the next ``ceil(N*M_pad/4)``
     for wgrad's dY^T. ``x`` is read only by a BF16 wgrad, ``qxt`` by a quantized one."""
+    values = kernels.nvfp4_values
     qg, qgt = quantize_rows_and_cols(grad, cfg.dgrad if need_dx else None,
                                      cfg.wgrad if need_dw else None, cfg.signs is not None,
-                                     cfg.signs, cfg.stochastic, seed, kernels=kernels)
+                                     cfg.signs, cfg.stochastic, seed, kernels=kernels,
+                                     row_values=values, col_values=values)
     dx = dgrad_gemm(grad, qg, weight, qwt, cfg.dgrad, kernels) if need_dx else None
     dw = wgrad_gemm(grad, qgt, x if cfg.wgrad == BF16 else qxt, weight.dtype, cfg.wgrad,
                     kernels) if need_dw else None
@@ -299,9 +375,17 @@ def _backward(grad, weight, x, qxt, qwt, seed, cfg, kernels, need_dx, need_dw):
 # autograd saves, and what custom ops take and return).
 
 def _operand_tensors(q):
+    if isinstance(q, NVFP4Values):
+        # dgrad's W^T: W's values [N, K] (contiguous; the operand is their transpose).
+        return q.values.t(), q.values.new_empty(0, dtype=torch.float8_e4m3fn), q.amax
     if isinstance(q, NVFP4Tensor):
         return q.data, q.scale, q.amax
     return q.data, q.scale, q.scale.new_empty(0)
+
+
+def _weight_values(cfg, kernels):
+    """Whether dgrad's saved W^T is W's values (values mode, 16x16 scaling)."""
+    return kernels.nvfp4_values and cfg.dgrad == NVFP4 and cfg.weight_2d
 
 
 def _operand(tensors, precision, shape, block, rht_signs):
@@ -317,20 +401,15 @@ def _saved_x_operand(tensors, cfg, grad, weight):
                     "1x16", cfg.signs)
 
 
-def draw_key():
-    """One 64-bit Philox key from torch's default CPU generator, as an unsigned int."""
-    return int(torch.randint(SEED_LOW, SEED_HIGH, (), dtype=torch.int64)) & MASK64
-
-
 class _LinearFunction(torch.autograd.Function):
     """The eager path: one Python call per forward and per backward, no op dispatch of
     its own; the kernels come from the table resolved for the device."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, cfg, kernels, seed, need_dx, need_dw):
+    def forward(ctx, x, weight, bias, cfg, kernels, seed, need_dx, need_dw, reuse):
         x = x.contiguous()
         with torch.autocast(x.device.type, enabled=False):
-            y, qxt, qwt = _forward(x, weight, bias, cfg, kernels, need_dx, need_dw)
+            y, qxt, qwt = _forward(x, weight, bias, cfg, kernels, need_dx, need_dw, reuse)
         ctx.cfg, ctx.kernels, ctx.seed = cfg, kernels, seed
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.qwt = qwt        # made from the W the forward read; autograd keeps W unchanged
@@ -354,29 +433,12 @@ class _LinearFunction(torch.autograd.Function):
                                need_dx, need_dw)
         # The bias gradient is a plain reduction (as in the compiled path).
         db = grad_y.sum(0).to(ctx.bias_dtype) if need_db else None
-        return dx, dw, db, None, None, None, None, None
+        return dx, dw, db, None, None, None, None, None, None
 
 
 # ----------------------------------------------------------------------------------
 # Custom ops (opaque to torch.compile): the compiled path.
 # ----------------------------------------------------------------------------------
-
-@torch.library.custom_op("lowprec::draw_seed", mutates_args=(),
-                         tags=(torch.Tag.nondeterministic_seeded,))
-def draw_seed(anchor: torch.Tensor) -> torch.Tensor:
-    """One 64-bit Philox key from torch's default CPU generator (int64 0-d CPU tensor).
-
-    ``anchor`` is not read: the data dependency keeps the draw after the tensor it is
-    made for, i.e. in program order, in a compiled graph too. The same draw as
-    ``draw_key``, so eager and compiled runs take the same keys.
-    """
-    return torch.randint(SEED_LOW, SEED_HIGH, (), dtype=torch.int64)
-
-
-@draw_seed.register_fake
-def _draw_seed_fake(anchor):
-    return torch.empty((), dtype=torch.int64)
-
 
 def _op_config(fprop, dgrad, wgrad, rht, stochastic, weight_2d, signs):
     return _config(fprop, dgrad, wgrad, rht, tuple(signs) or None, stochastic, weight_2d)
@@ -424,8 +486,14 @@ def _linear_fwd_fake(x, weight, bias, seed, fprop, dgrad, wgrad, rht, stochastic
     m_saved = m if wgrad == FP8 else reference.padded16(m)
     saved_x = (_saved_like(x, wgrad, k, m_saved) if need_dw and wgrad != BF16
                else _empty_saved(x))
-    saved_w = (_saved_like(x, dgrad, k, n) if need_dx and dgrad != BF16
-               else _empty_saved(x))
+    cfg = _op_config(fprop, dgrad, wgrad, rht, stochastic, weight_2d, signs)
+    if need_dx and _weight_values(cfg, kernel_table(x.device)):
+        saved_w = (x.new_empty(n, k, dtype=torch.bfloat16),
+                   x.new_empty(0, dtype=torch.float8_e4m3fn),
+                   x.new_empty((), dtype=torch.float32))
+    else:
+        saved_w = (_saved_like(x, dgrad, k, n) if need_dx and dgrad != BF16
+                   else _empty_saved(x))
     return (y, *saved_x, *saved_w)
 
 
@@ -439,17 +507,19 @@ def _linear_bwd(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tensor | None
     """``_backward`` as an op: (dX, dW), an empty tensor for a gradient not needed."""
     grad = grad.contiguous()
     cfg = _op_config(fprop, dgrad, wgrad, rht, stochastic, weight_2d, signs)
-    seed_value = 0 if seed is None else int(seed.item()) & MASK64
+    seed_value = 0 if seed is None else int(seed.item()) & sr_keys.MASK64
+    kernels = kernel_table(grad.device)
     n, k = weight.shape
     qxt = qwt = None
     if need_dw and cfg.wgrad != BF16:
         qxt = _saved_x_operand((x_data, x_scale, x_amax), cfg, grad, weight)
     if need_dx and cfg.dgrad != BF16:
-        qwt = _operand((w_data, w_scale, w_amax), cfg.dgrad, (k, n),
-                       "16x16" if cfg.weight_2d else "1x16", None)
+        qwt = (NVFP4Values(w_data.t(), w_amax) if _weight_values(cfg, kernels) else
+               _operand((w_data, w_scale, w_amax), cfg.dgrad, (k, n),
+                        "16x16" if cfg.weight_2d else "1x16", None))
     with torch.autocast(grad.device.type, enabled=False):
-        dx, dw = _backward(grad, weight, x, qxt, qwt, seed_value, cfg,
-                           kernel_table(grad.device), need_dx, need_dw)
+        dx, dw = _backward(grad, weight, x, qxt, qwt, seed_value, cfg, kernels, need_dx,
+                           need_dw)
     return (grad.new_empty(0) if dx is None else dx,
             weight.new_empty(0) if dw is None else dw)
 
@@ -505,9 +575,12 @@ def _compute_input(x):
     return x
 
 
-def linear_forward(x, weight, bias, cfg, name):
+def linear_forward(x, weight, bias, cfg, name, stream, reuse=None):
     """The layer's call. ``cfg``: a ``LayerConfig`` whose recipe was checked against the
-    weight's shape where it was set (``RecipeMixin``) or by ``linear``."""
+    weight's shape where it was set (``RecipeMixin``) or by ``linear``; ``stream``: the
+    ``SRStream`` whose next key an SR backward uses; ``reuse``: the layer's
+    ``WeightCopies`` inside ``reusing_weight_copies`` (eager calls; a compiled graph
+    quantizes W on every call)."""
     if not cfg.quantized:
         return F.linear(x, weight, bias)
     if x.dim() == 0 or x.shape[-1] != weight.shape[1]:
@@ -522,25 +595,28 @@ def linear_forward(x, weight, bias, cfg, name):
     needs_sr = cfg.stochastic and ((need_dx and cfg.dgrad is NVFP4) or
                                    (need_dw and cfg.wgrad is NVFP4))
     if torch.compiler.is_compiling():
-        seed = draw_seed(x2d.detach()) if needs_sr else None
+        seed = sr_keys.next_sr_key(stream.counts, stream.id) if needs_sr else None
         signs = list(cfg.signs) if cfg.signs is not None else []
         y, *_ = torch.ops.lowprec.linear_fwd(
             x2d, weight, bias, seed, cfg.fprop.value, cfg.dgrad.value, cfg.wgrad.value,
             cfg.signs is not None, cfg.stochastic, cfg.weight_2d, signs, need_dx, need_dw)
     else:
-        seed = draw_key() if needs_sr else 0
+        seed = stream.next_key() if needs_sr else 0
         y = _LinearFunction.apply(x2d, weight, bias, cfg, kernel_table(x2d.device), seed,
-                                  need_dx, need_dw)
+                                  need_dx, need_dw, reuse)
     return y.reshape(*x.shape[:-1], weight.shape[0])
 
 
-def linear(x, weight, bias=None, *, recipe=None):
+def linear(x, weight, bias=None, *, recipe=None, sr_stream=None):
     """``F.linear`` with each GEMM in the precision of ``recipe`` (NUMERICS 7).
 
     Args:
         x: ``[..., K]`` float tensor (any number of leading dims, any token count).
         weight: ``[N, K]``; bias: ``[N]`` or None.
         recipe: a ``lowprec.Recipe``; None means the NVFP4 defaults (``Recipe()``).
+        sr_stream: the ``lowprec.sr_keys.SRStream`` whose next key a stochastically
+            rounded backward uses; None: the one stream of all calls that give none
+            (``sr_keys.FUNCTIONAL``, whose keys depend on the calls' order).
 
     Returns:
         ``[..., N]`` in x's dtype (the autocast dtype under autocast).
@@ -555,17 +631,29 @@ def linear(x, weight, bias=None, *, recipe=None):
         raise ValueError(f"linear needs x [..., K] and weight [N, K]; got x "
                          f"{tuple(x.shape)} and weight {tuple(weight.shape)}")
     check_nvfp4_shape(weight.shape, recipe)
-    return linear_forward(x, weight, bias, layer_config(recipe), None)
+    return linear_forward(x, weight, bias, layer_config(recipe), None,
+                          sr_stream or sr_keys.FUNCTIONAL)
 
 
-class RecipeMixin:
+class RecipeMixin(sr_keys.NamedStreams):
     """The validated ``recipe`` attribute of a module that multiplies by one linear weight.
 
     ``None`` means ``DEFAULT_RECIPE``; a recipe whose NVFP4 GEMMs the weight cannot take
     (NUMERICS 10) is refused when set, naming the layer by ``lowprec_name`` or, before
     ``convert`` names it, by ``_unnamed_label()``. Subclasses give ``linear_shape``:
     ``(N, K)`` of the weight as ``linear`` multiplies by it.
+
+    Setting ``lowprec_name`` also keys the layer's stochastic-rounding stream by it
+    (``lowprec.sr_keys``); before, the stream is keyed by the order of construction.
     """
+
+    def _named_streams(self):
+        if "_sr_stream" not in self.__dict__:       # made with the layer's first name
+            self._sr_stream = sr_keys.SRStream()
+        return [(self._sr_stream, "")]
+
+    # The layer's WeightCopies while ``reusing_weight_copies`` is active, else None.
+    _weight_copies = None
 
     @property
     def recipe(self):
@@ -627,7 +715,8 @@ class Linear(RecipeMixin, nn.Linear):
         return plain
 
     def forward(self, x):
-        return linear_forward(x, self.weight, self.bias, self._layer_config, self.lowprec_name)
+        return linear_forward(x, self.weight, self.bias, self._layer_config, self.lowprec_name,
+                              self._sr_stream, self._weight_copies)
 
     def extra_repr(self):
         return f"{super().extra_repr()}, recipe={self.recipe}"

@@ -30,6 +30,7 @@ error; they are also a negligible share of the FLOPs (E x H per token).
 import torch
 from torch import nn
 
+from lowprec import sr_keys
 from lowprec.grouped import grouped_linear
 from lowprec.linear_layer import DEFAULT_RECIPE, check_nvfp4_shape
 from lowprec.recipe import Recipe
@@ -164,7 +165,7 @@ def experts_forward(module, hidden_states, top_k_index, top_k_weights, project):
     return out.index_add_(0, token, h.to(out.dtype))
 
 
-class GroupedExperts(nn.Module):
+class GroupedExperts(sr_keys.NamedStreams, nn.Module):
     """Drop-in experts module: ``forward(hidden [T, H], top_k_index, top_k_weights)``.
 
     ``recipes`` maps ``"gate_up_proj"`` and ``"down_proj"`` to a ``lowprec.Recipe`` (one
@@ -188,10 +189,18 @@ class GroupedExperts(nn.Module):
         self.act_fn = original.act_fn
         # Kept outside _modules (not a child: no duplicate parameters or state_dict keys).
         self.__dict__["original"] = original
+        # One SR stream per projection and expert, keyed by name once convert names the
+        # module (lowprec.sr_keys).
+        self._sr = {tensor: [sr_keys.SRStream() for _ in range(self.num_experts)]
+                    for tensor in ConcatenatedGateUp.tensors}
         self.lowprec_name = None
         self._recipes = {}
         self.train(original.training)
         self.set_recipes(recipes or {})
+
+    def _named_streams(self):
+        return [(stream, f".{tensor}[{e}]") for tensor, streams in self._sr.items()
+                for e, stream in enumerate(streams)]
 
     @property
     def recipes(self):
@@ -245,7 +254,7 @@ class GroupedExperts(nn.Module):
 
     def _project(self, tensor, x, sizes):
         return grouped_linear(x, getattr(self, tensor), sizes, recipe=self._recipes[tensor],
-                              name=self._tensor_name(tensor))
+                              name=self._tensor_name(tensor), sr_streams=self._sr[tensor])
 
     def extra_repr(self):
         recipes = ", ".join(f"{k}={v}" for k, v in self._recipes.items())

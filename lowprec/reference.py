@@ -361,7 +361,8 @@ def pad_rows16(x2d):
 
 def quantize_row_col(x, *, rht_signs=None, rowwise=True, columnwise=True,
                      row_stochastic=False, col_stochastic=False, seed=0, row_offset=0,
-                     col_offset=0, row_amax=None, col_amax=None):
+                     col_offset=0, row_amax=None, col_amax=None, row_values=False,
+                     col_values=False):
     """The two NVFP4 copies of an activation or gradient ``x [..., K]`` (seen as [M, K]).
 
     The spec of the fused row+col kernels, as two plain quantizations:
@@ -374,6 +375,9 @@ def quantize_row_col(x, *, rht_signs=None, rowwise=True, columnwise=True,
       copy; the RHT runs along M).
 
     Returns ``(row, col)``, each a ``(data, scale, amax)`` triple or None if not asked for.
+    With ``row_values`` / ``col_values`` that copy is ``as_values`` of its triple:
+    ``(values bf16 [M, K]
+    or [K, M_pad], empty float8_e4m3fn [0], amax)``.
     """
     x2d = x.reshape(-1, x.shape[-1])
     row = col = None
@@ -384,17 +388,31 @@ def quantize_row_col(x, *, rht_signs=None, rowwise=True, columnwise=True,
         col = quantize_nvfp4(pad_rows16(x2d).t().contiguous(), rht_signs=rht_signs,
                              stochastic=col_stochastic, seed=seed, offset=col_offset,
                              amax=col_amax)
+    if row_values and row is not None:
+        row = as_values(row)
+    if col_values and col is not None:
+        col = as_values(col)
     return row, col
 
 
-def quantize_weight_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0, amax=None):
+def quantize_weight_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0, amax=None,
+                       values=False):
     """16x16-scaled NVFP4 of a weight ``w [N, K]`` and of ``w^T`` (NUMERICS 5).
 
     ``row`` is ``quantize_nvfp4(w, block="16x16", ...)``. ``col`` is the quantized ``W^T``
     (codes ``[K, N/2]``, scales ``[K, N/16]``, the same amax): its codes and tile scales
     are the transpose of ``row``'s, so fprop and dgrad multiply by one quantized W (with
     SR too: it is not a second draw). Returns ``(row, col)``; col is None unless asked.
+
+    ``values=True`` (needs ``columnwise=False``; W^T's values are the transpose): ``row``
+    is ``as_values`` of the packed row, ``(values bf16 [N, K], empty e4m3 [0], amax)``.
     """
+    if values:
+        if columnwise:
+            raise ValueError("quantize_weight_2d(values=True) needs columnwise=False")
+        row, _ = quantize_weight_2d(w, columnwise=False, stochastic=stochastic, seed=seed,
+                                    offset=offset, amax=amax)
+        return as_values(row), None
     row = quantize_nvfp4(w, block="16x16", stochastic=stochastic, seed=seed, offset=offset,
                          amax=amax)
     if not columnwise:
@@ -406,6 +424,16 @@ def quantize_weight_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0
     tile_scales = scale[0::16, :]                                    # [N/16, K/16]
     col_scale = tile_scales.t().repeat_interleave(16, dim=0).contiguous()
     return row, (col_data, col_scale, amax_out)
+
+
+def as_values(triple):
+    """The values-mode form of a packed ``(data, scale, amax)``: ``(values, empty, amax)``
+    with ``values`` = ``e2m1(q) * s_b`` in bf16 (exact, no global scale, every NaN the
+    canonical one) and ``empty`` a 0-element float8_e4m3fn tensor (NUMERICS 8: what the
+    emulated GEMM multiplies)."""
+    data, scale, amax = triple
+    values = canonicalize_nan(block_dequantize_nvfp4(data, scale).to(torch.bfloat16))
+    return values, scale.new_empty((0,)), amax
 
 
 def dequantize_nvfp4(data, scale, amax, dtype=torch.float32):
@@ -452,6 +480,15 @@ def quantize_fp8_rowwise(x):
     scale = row_amax / _f32(E4M3_MAX)
     scale = canonicalize_nan(torch.where(row_amax == 0, _f32(1.0), scale))
     return e4m3_round(x / scale), scale
+
+
+def quantize_fp8_row_col(x):
+    """Both FP8 layouts of a 2-D ``x [M, K]``: x per row along K and x^T per row along M
+    (x per column), each ``quantize_fp8_rowwise``.
+
+    Returns (row_data [M, K], row_scale [M, 1], col_data [K, M], col_scale [K, 1]).
+    """
+    return (*quantize_fp8_rowwise(x), *quantize_fp8_rowwise(x.t().contiguous()))
 
 
 def dequantize_fp8(data, scale, dtype=torch.float32):

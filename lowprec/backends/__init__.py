@@ -13,6 +13,12 @@ A backend without it implements the ops it defines as ``"<backend>:<op>"``. A ba
 define ``function_for(op, capability)`` too: the function a ``KernelTable`` holds for
 ``op`` (default: the module's ``op``), for a backend whose op functions would otherwise
 decide per call.
+
+Kernel variants (``lowprec.kernels.variants``): where the committed winners file names a
+variant other than the baseline for an op, backend, GPU capability and input dtype, the
+function taken for ``backend="auto"`` (and by name) is resolved once to that variant, and
+its implementation name carries a ``[variant <dtype>=<name>]`` suffix. Without winners
+the functions are today's, unchanged.
 """
 
 import importlib
@@ -36,7 +42,7 @@ AUTO_ORDER = {
 }
 
 OPS = ("quantize_nvfp4", "quantize_row_col", "quantize_weight_2d", "dequantize_nvfp4",
-       "quantize_fp8", "nvfp4_gemm", "fp8_gemm")
+       "quantize_fp8", "quantize_fp8_row_col", "nvfp4_gemm", "fp8_gemm")
 
 
 def _load(name):
@@ -71,11 +77,31 @@ def device_facts(device):
 
 
 def implementation(name, module, op, capability):
-    """The name of what backend ``name`` runs for ``op`` at ``capability``, or None."""
+    """The name of what backend ``name`` runs for ``op`` at ``capability``, or None; with
+    the winning variant's name when it is not the baseline (see ``with_variants``)."""
     namer = getattr(module, "implementation", None)
     if namer is not None:
-        return namer(op, capability)
-    return f"{name}:{op}" if hasattr(module, op) else None
+        found = namer(op, capability)
+    else:
+        found = f"{name}:{op}" if hasattr(module, op) else None
+    variants = _variants() if found is not None and capability is not None else None
+    return found + variants.label(op, name, capability) if variants else found
+
+
+def _variants():
+    """``lowprec.kernels.variants``, or None in a build without the kernels package."""
+    try:
+        from lowprec.kernels import variants
+    except ImportError:
+        return None
+    return variants
+
+
+def with_variants(name, op, capability, function):
+    """``function`` (backend ``name``'s ``op``), or the entry running the winning variants
+    at ``capability`` (resolved once; ValueError naming an unknown variant)."""
+    variants = _variants() if capability is not None else None
+    return variants.resolve(op, name, capability, function) if variants else function
 
 
 def choose(op, device_type, capability, installed=False):
@@ -115,7 +141,7 @@ def get(name, op, device):
     device_type, capability = device_facts(device)
     if name == "auto":
         name, _ = choose(op, device_type, capability)
-        return getattr(_load(name)[0], op)
+        return with_variants(name, op, capability, getattr(_load(name)[0], op))
     module, reason = _load(name)
     if module is not None:
         reason = module.availability(device_type)
@@ -125,7 +151,7 @@ def get(name, op, device):
         where = ("" if capability is None else
                  f" on compute capability {capability[0]}.{capability[1]}")
         raise NotImplementedError(f"backend={name!r} does not implement {op}{where}")
-    return getattr(module, op)
+    return with_variants(name, op, capability, getattr(module, op))
 
 
 class KernelTable:
@@ -135,7 +161,10 @@ class KernelTable:
     calls backend functions directly: no registry look-up, no capability query and no
     argument check per call (the layer's arguments are checked where it is built).
     ``names`` holds what ``lowprec info --dispatch`` prints for each op. An op no
-    backend can run here is a function that raises the reason when called.
+    backend can run here is a function that raises the reason when called. Where the
+    winners file (``lowprec.kernels.variants``) names a variant for this capability, the
+    op's function is that variant's (or a per-dtype dict dispatch), resolved here once;
+    an unknown variant name there is a ValueError naming it.
     """
 
     def __init__(self, device, installed=False, capability=None):
@@ -149,11 +178,35 @@ class KernelTable:
                 name, self.names[op] = choose(op, device_type, capability, installed)
                 module = _load(name)[0]
                 function_for = getattr(module, "function_for", None)
-                setattr(self, op, function_for(op, capability) if function_for
-                        else getattr(module, op))
+                function = (function_for(op, capability) if function_for
+                            else getattr(module, op))
+                setattr(self, op, with_variants(name, op, capability, function))
             except RuntimeError as err:
                 self.names[op] = f"none ({err})"
                 setattr(self, op, _raiser(err))
+        self._values_mode(device_type, capability, installed)
+
+    def _values_mode(self, device_type, capability, installed):
+        """``nvfp4_values``: whether the NVFP4 GEMM here multiplies bf16 values (Hopper's
+        emulation: dequantize, mm, epilogue) and the quantizers can write them directly
+        (values mode), so the layer asks for values and skips the dequantize launches.
+        Then ``nvfp4_gemm_values`` and ``dequantize_values`` (for a packed operand, e.g.
+        the saved X^T) are the GEMM's two halves."""
+        self.nvfp4_values = False
+        try:
+            gemm_backend, _ = choose("nvfp4_gemm", device_type, capability, installed)
+            quantizers = {choose(op, device_type, capability, installed)[0]
+                          for op in ("quantize_row_col", "quantize_weight_2d")}
+        except RuntimeError:
+            return
+        values_gemm = getattr(_load(gemm_backend)[0], "values_gemm", None)
+        halves = values_gemm(capability) if values_gemm else None
+        if halves is None or not all(getattr(_load(name)[0], "QUANTIZE_VALUES", False)
+                                     for name in quantizers):
+            return
+        self.nvfp4_gemm_values, self.dequantize_values = halves
+        self.nvfp4_values = True
+        self.names["nvfp4_gemm"] += " (operands: the quantizers' bf16 values)"
 
 
 def _raiser(err):

@@ -20,6 +20,7 @@ IMPLEMENTATIONS = {"quantize_nvfp4": "cpu:quantize_nvfp4",
                    "quantize_weight_2d": "cpu:quantize_weight_2d",
                    "dequantize_nvfp4": "cpu:dequantize",
                    "quantize_fp8": "cpu:quantize_fp8",
+                   "quantize_fp8_row_col": "cpu:quantize_fp8(x)+quantize_fp8(x^T copy)",
                    "nvfp4_gemm": "cpu:dequantize+torch.matmul(fp32)",
                    "fp8_gemm": "reference:fp8_gemm"}
 
@@ -50,6 +51,10 @@ def dequantize_nvfp4(data, scale, amax, dtype=torch.float32):
 
 def quantize_fp8(x):
     return _C.quantize_fp8(x)
+
+
+def quantize_fp8_row_col(x):
+    return (*_C.quantize_fp8(x), *_C.quantize_fp8(x.t().contiguous()))
 
 
 nvfp4_gemm = _C.nvfp4_gemm

@@ -1,6 +1,8 @@
 """The CUDA C++ kernels of csrc/ (quantize.cu) as a backend.
 
-Quantization runs in the CUDA kernels. ``nvfp4_gemm`` is the native block-scaled FP4
+Quantization runs in the CUDA kernels, packed or in values mode (a copy written as its
+bf16 block-dequantized values, for the Hopper GEMM emulation: ``QUANTIZE_VALUES``).
+``nvfp4_gemm`` is the native block-scaled FP4
 GEMM of Blackwell (``lowprec.blackwell``, through torch's ``scaled_mm``). Everything
 else (dequantization, FP8, the NVFP4 GEMM on Hopper) is not implemented here:
 ``backend="auto"`` takes it from the Triton backend, never from the reference.
@@ -12,6 +14,9 @@ from lowprec import _C, blackwell
 
 MIN_CAPABILITY = _C.MIN_CAPABILITY
 QUANTIZE_OPS = ("quantize_nvfp4", "quantize_row_col", "quantize_weight_2d")
+# The quantizers take row_values / col_values (quantize_row_col) and values
+# (quantize_weight_2d), in every kernel variant: see lowprec.backends.KernelTable.nvfp4_values.
+QUANTIZE_VALUES = True
 NATIVE_FP4_GEMM = "torch:scaled_mm(nvfp4)"
 # What runs, per call, for the shapes the native GEMM cannot take (the Triton backend's).
 SHAPE_FALLBACK = "dequant+torch.mm"

@@ -4,6 +4,7 @@ from lowprec.reference import (  # noqa: F401  (re-exported as this backend's op
     dequantize_nvfp4,
     fp8_gemm,
     nvfp4_gemm,
+    quantize_fp8_row_col,
     quantize_fp8_rowwise as quantize_fp8,
     quantize_nvfp4,
     quantize_row_col,

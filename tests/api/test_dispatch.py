@@ -20,6 +20,7 @@ HOPPER = {
     "quantize_weight_2d": "cuda:quantize_weight_2d",
     "dequantize_nvfp4": "triton:dequantize",
     "quantize_fp8": "triton:quantize_fp8",
+    "quantize_fp8_row_col": "triton:quantize_fp8_row_col",
     "nvfp4_gemm": "dequant+torch.mm",
     "fp8_gemm": "torch:_scaled_mm",
 }

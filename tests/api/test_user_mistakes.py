@@ -248,16 +248,17 @@ def test_disabled_is_exactly_f_linear_and_restores_the_recipes():
     assert after == before
 
 
-def test_disabled_draws_nothing_from_the_rng_stream():
+def test_disabled_takes_no_sr_key():
     model = lowprec.convert(net())
     x = torch.randn(6, 32, requires_grad=True)
-    # Outside, a training forward of an SR recipe draws a key (so the check can fail).
-    state = torch.get_rng_state()
+    # Outside, a training forward of an SR recipe takes a key (so the check can fail).
+    counts = lowprec.sr_state_dict(model)
     model(x).sum().backward()
-    assert not torch.equal(torch.get_rng_state(), state)
-    state = torch.get_rng_state()
+    assert lowprec.sr_state_dict(model) != counts
+    counts, state = lowprec.sr_state_dict(model), torch.get_rng_state()
     with lowprec.disabled(model):
         model(x).sum().backward()
+    assert lowprec.sr_state_dict(model) == counts
     assert torch.equal(torch.get_rng_state(), state)
 
 

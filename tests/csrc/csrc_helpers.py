@@ -7,10 +7,58 @@ what changes bits: heavy tails, exact zeros (both signs), values that underflow 
 scales, huge values near the top of the dtype, exact E2M1 grid points and ties.
 """
 
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+
+import pytest
 import torch
 from hypothesis import strategies as st
 
+from lowprec import _C
 from lowprec import reference as R
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+CSRC = os.path.join(ROOT, "csrc")
+SIM_DIR = os.path.join(os.path.dirname(__file__), "cuda_sim")
+SIM_SOURCES = [os.path.join(CSRC, "quantize.cu"), os.path.join(SIM_DIR, "sim_api.cpp")]
+SIM_DEPENDS = SIM_SOURCES + [os.path.join(CSRC, f) for f in ("nvfp4_math.h", "quantize_cuda.h")] + [
+    os.path.join(SIM_DIR, f) for f in ("sim.h", "cuda_runtime.h", "cuda_fp16.h")]
+
+
+def build_shared_library(name, sources, depends, extra_flags=()):
+    """``sources`` compiled as C++20 into build/cuda_sim/lib<name>_<digest>.so (once per
+    version of ``depends``), loaded with ctypes."""
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        pytest.fail(f"no C++ compiler ({compiler}) to build {name}")
+    digest = hashlib.sha256(b"".join(open(p, "rb").read() for p in depends)).hexdigest()[:16]
+    out_dir = os.path.join(ROOT, "build", "cuda_sim")
+    lib = os.path.join(out_dir, f"lib{name}_{digest}.so")
+    if not os.path.exists(lib):
+        os.makedirs(out_dir, exist_ok=True)
+        cmd = [compiler, "-std=c++20", "-O2", "-shared", "-fPIC", "-ffp-contract=off", "-Wall",
+               "-Wextra", "-Werror", "-Wno-unknown-pragmas", *extra_flags, f"-I{CSRC}",
+               "-x", "c++", *sources, "-o", lib + ".tmp"]
+        subprocess.run(cmd, check=True)
+        os.replace(lib + ".tmp", lib)
+    return ctypes.CDLL(lib)
+
+
+def build_sim():
+    """The CUDA simulator library (cuda_sim/: csrc/quantize.cu's kernels on CPU threads),
+    with the argument types of its entry points."""
+    handle = build_shared_library("quantize_sim", SIM_SOURCES, SIM_DEPENDS,
+                                  ("-pthread", f"-I{SIM_DIR}"))
+    p, i64, u64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_int
+    handle.sim_quantize.argtypes = ([p, i32, i64, i64, i32, i32, i32, u64, u64] + [p] * 7 +
+                                    [i32, p, i32])
+    handle.sim_rowcol.argtypes = ([p, i32, i64, i64, i32, i32, i32, i32, u64, u64, u64] + [p] * 8 +
+                                  [i32, i32, i32])
+    handle.sim_set_sms.argtypes = [i32]
+    return handle
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 FAMILIES = ("normal", "heavy", "zeros", "tiny", "huge", "grid", "underflow_blocks", "mixed")
@@ -101,3 +149,80 @@ def assert_bits_equal(actual, expected, what=""):
             first = tuple(bad[0].tolist()) if bad.numel() else ()
             raise AssertionError(f"{what} output {i}: {bad.shape[0]} elements differ; first at "
                                  f"{first}: {ca[first].item()} != {ce[first].item()}")
+
+
+# -- calling the CUDA simulator's entry points (tests/csrc/cuda_sim) --------------------
+
+TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+def _ptr(t):
+    return None if t is None else t.data_ptr()
+
+
+# What a values-mode output holds before the kernel runs: an element it fails to write
+# shows up as these bits (a NaN, which no value of the kernels has).
+UNWRITTEN = 0x7F5A
+
+
+def _outputs(rows, cols, values=False):
+    """A copy's buffers: codes and scales, or (values mode) bf16 values prefilled with
+    UNWRITTEN and an empty scale (the kernels do not touch it)."""
+    if values:
+        return (torch.full((rows, cols), UNWRITTEN, dtype=torch.int16).view(torch.bfloat16),
+                torch.empty(0, dtype=torch.uint8), torch.empty((), dtype=torch.float32))
+    return (torch.empty(rows, cols // 2, dtype=torch.uint8),
+            torch.empty(rows, cols // 16, dtype=torch.uint8), torch.empty((), dtype=torch.float32))
+
+
+def _triple(outs):
+    return outs[0], outs[1].view(torch.float8_e4m3fn), outs[2]
+
+
+def amax_tensor(value):
+    return None if value is None else torch.tensor(value, dtype=torch.float32)
+
+
+def sim_quantize(lib, x, *, block_rows=1, rht_signs=None, stochastic=False, seed=0, offset=0,
+                 amax=None, transposed=False, variant=0, partials=None, values=False):
+    """partials: a ctypes.c_int that receives how many amax partials were reduced.
+    values: the copy in values mode, ``(values bf16 [..., K], empty e4m3 [0], amax)``."""
+    x = x.contiguous()
+    cols = x.shape[-1]
+    rows = x.numel() // cols if cols else 0
+    out = _outputs(rows, cols, values)
+    t = _outputs(cols, rows) if transposed else (None, None, None)
+    err = lib.sim_quantize(_ptr(x), TYPES[x.dtype], rows, cols, block_rows,
+                           _C.sign_mask(rht_signs), int(stochastic), seed, offset, _ptr(amax),
+                           *map(_ptr, out), *map(_ptr, t), variant,
+                           None if partials is None else ctypes.byref(partials), int(values))
+    assert err == 0
+    lead = x.shape[:-1]
+    data, scale, am = _triple(out)
+    if values:
+        row = (data.reshape(*lead, cols), scale, am)
+    else:
+        row = (data.reshape(*lead, cols // 2), scale.reshape(*lead, cols // 16), am)
+    return row, (_triple(t) if transposed else None)
+
+
+def sim_rowcol(lib, x, *, rht_signs, rowwise, row_sr, col_sr, seed, row_offset, col_offset,
+               row_amax, col_amax, variant=0, row_values=False, col_values=False):
+    x2 = x.contiguous().reshape(-1, x.shape[-1])
+    rows, cols = x2.shape
+    padded = (rows + 15) // 16 * 16
+    row = _outputs(rows, cols, row_values) if rowwise else (None, None, None)
+    col = _outputs(cols, padded, col_values)
+    err = lib.sim_rowcol(_ptr(x2), TYPES[x.dtype], rows, cols, _C.sign_mask(rht_signs),
+                         int(rowwise), int(row_sr), int(col_sr), seed, row_offset, col_offset,
+                         _ptr(row_amax), _ptr(col_amax), *map(_ptr, row), *map(_ptr, col),
+                         variant, int(row_values), int(col_values))
+    assert err == 0
+    return (_triple(row) if rowwise else None), _triple(col)
+
+
+def padded_transpose(x):
+    x2 = x.reshape(-1, x.shape[-1])
+    padded = torch.zeros((x2.shape[0] + 15) // 16 * 16, x2.shape[1], dtype=x.dtype)
+    padded[:x2.shape[0]] = x2
+    return padded.T

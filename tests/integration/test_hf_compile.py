@@ -6,21 +6,21 @@ lowprec's custom ops either way, and ``aot_eager`` runs the traced graphs withou
 so the remaining ops sum in eager's order. Where the run itself is not deterministic
 across eager and compiled, it is made so: dropout is off (``eval()``: compiled code draws
 its masks with another generator); the loss is computed here (transformers' own loss
-path logs a warning that dynamo cannot trace, a graph break outside lowprec); and the
-recipe has no stochastic rounding (NVFP4 with RHT otherwise): the SR keys are drawn in
-the forward by ``lowprec::draw_seed``, whose anchors order the draws only along a chain
-of layers, so the compiled graph may draw the keys of layers reading the same input
-(q, k, v) in another order than eager and hand each one another's key (measured on
-Mixtral: gradients ~20% apart in relative norm; GPT-2, whose layers form a chain, is
-bit-exact with SR too).
+path logs a warning that dynamo cannot trace, a graph break outside lowprec). The
+default recipe runs, stochastic rounding included: each layer takes its SR keys from its
+own stream (docs/numerics.md 4.2), and both runs start from the same counts, so the
+layers reading one input (q, k, v; the experts) get the same keys compiled as eager.
+Under the earlier rule (keys drawn from torch's generator in call order) Mixtral's
+gradients came out ~20% apart in relative norm.
 
 inductor (slow test) compiles a whole training step, but its bits are not eager's: it
 fuses LayerNorm, softmax, GELU and the bias sums and rounds them otherwise (on GPT-2 the
 logits differ in the last bits, the gradients by ~1e-7 relative norm).
 
 Default run: GPT-2 (Conv1D) and Mixtral (grouped experts); the other families are slow.
-Mutations tried: SR on (Mixtral's gradients differ, see above); each grouped_linear
-making its own sizes from ``counts`` (inductor fails on the Mixtral training step).
+Mutations tried: every layer taking its keys from one shared stream (Mixtral's gradients
+differ); each grouped_linear making its own sizes from ``counts`` (inductor fails on the
+Mixtral training step).
 """
 
 import pytest
@@ -47,9 +47,8 @@ def dynamo_for_experts(capture_scalar_outputs):
 
 
 def converted(name):
-    """Dropout and SR off, see above."""
-    recipe = lowprec.Recipe(stochastic_rounding=False)
-    return lowprec.convert(hf_models.build(name, transformers), recipe=recipe).eval()
+    """The default recipe (SR on), dropout off, see above."""
+    return lowprec.convert(hf_models.build(name, transformers)).eval()
 
 
 def inputs(name):
@@ -63,10 +62,13 @@ def logits_and_loss(model, data):
     return logits, loss
 
 
-def step(model, fn, data):
-    """Logits and every gradient of one forward/backward, the SR keys fixed by the seed."""
+def step(model, fn, data, counts=None):
+    """Logits and every gradient of one forward/backward, the SR keys fixed by the seed
+    and the layers' SR counts (``counts``, from ``lowprec.sr_state_dict``)."""
     for p in model.parameters():
         p.grad = None
+    if counts is not None:
+        lowprec.load_sr_state_dict(model, counts)
     torch.manual_seed(5)
     logits, loss = fn(model, data)
     loss.backward()
@@ -79,9 +81,10 @@ def test_converted_model_compiles_without_graph_breaks_and_equals_eager(name):
     model, data = converted(name), inputs(name)
     explanation = torch._dynamo.explain(logits_and_loss)(model, data)
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
-    logits, grads = step(model, logits_and_loss, data)
+    counts = lowprec.sr_state_dict(model)
+    logits, grads = step(model, logits_and_loss, data, counts)
     compiled = torch.compile(logits_and_loss, fullgraph=True, backend="aot_eager")
-    logits_c, grads_c = step(model, compiled, data)
+    logits_c, grads_c = step(model, compiled, data, counts)
     assert torch.equal(logits, logits_c)
     assert grads.keys() == grads_c.keys() == {n for n, p in model.named_parameters()
                                               if p.requires_grad}

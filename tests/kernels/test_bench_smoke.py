@@ -18,6 +18,7 @@ SCRIPTS = {
     "bench_amax.py": "40x64",
     "bench_quantize_2d.py": "32x64",
     "bench_nvfp4_gemm.py": "40x32x64",
+    "sweep_variants.py": "40x64",     # every kernel variant against the reference
 }
 
 

@@ -7,16 +7,19 @@ they share; the oracle can.
 
 ``lowprec.linear`` is the reference here (its forward output and its backward's dX and
 dW in FP32); ``gemm_error`` must reproduce each of its three GEMMs with the recipe's
-switches. The SR key: each forward that needs SR draws one 64-bit Philox key from
-torch's CPU generator (``lowprec.linear_layer`` module docstring; dgrad at counter 0,
-wgrad after dgrad's words), so a ``SeedStream`` with that key, used for dgrad then
-wgrad, gives ``gemm_error`` the very same words.
+switches. The SR key: each forward that needs SR takes the next key of its SR stream
+(docs/numerics.md 4.2; dgrad at counter 0, wgrad after dgrad's words); the call here
+passes a fresh stream, and a copy of it taken before the call gives that key (the rule
+itself is tested against an independent oracle in tests/training/test_sr_keys.py), so a
+``SeedStream`` with that key, used for dgrad then wgrad, gives ``gemm_error`` the very
+same words.
 
 Mutants killed (each re-run, each fails a case below): ``gemm_error`` ignoring
 ``weight_2d`` (always 16x16) -> ``weight_2d=False``; ignoring a custom sign vector (TE's
 default signs) -> ``custom signs``; dgrad without SR -> every SR case's dX.
 """
 
+import copy
 import math
 
 import pytest
@@ -28,6 +31,7 @@ from lowprec.planner import gemm_error
 from lowprec.planner import stats as stats_module
 from lowprec.planner.stats import collect_stats
 from lowprec.recipe import Recipe
+from lowprec.sr_keys import SRStream
 
 M, K, N = 40, 64, 32          # M not a multiple of 16: wgrad pads the tokens
 SIGNS = (1, -1, -1, 1, 1, 1, -1, 1, -1, -1, 1, -1, 1, 1, -1, -1)
@@ -43,11 +47,7 @@ RECIPES = {
 }
 
 
-def the_key(seed):
-    """The Philox key ``lowprec.linear`` draws after ``torch.manual_seed(seed)``: one
-    ``torch.randint`` over int64, read as unsigned 64 bits (its module docstring)."""
-    torch.manual_seed(seed)
-    return int(torch.randint(-(1 << 63), (1 << 63) - 1, (), dtype=torch.int64)) % (1 << 64)
+
 
 
 def oracle(x, w, g, recipe, key):
@@ -117,11 +117,13 @@ def test_gemm_error_computes_what_lowprec_linear_computes(name):
     g = torch.randn(M, N, generator=gen)
 
     xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+    stream = SRStream("planner.wiring")
+    key = copy.deepcopy(stream)                 # the key the call below takes
     torch.manual_seed(1234)
-    y = lowprec.linear(xr, wr, recipe=recipe)
+    y = lowprec.linear(xr, wr, recipe=recipe, sr_stream=stream)
     y.backward(g)
 
-    seeds = gemm_error.SeedStream(the_key(1234))
+    seeds = gemm_error.SeedStream(key.next_key())
     assert torch.equal(gemm_error.fprop(x, w, recipe.fprop, recipe), y.detach())
     assert torch.equal(gemm_error.dgrad(g, w, recipe.dgrad, recipe, seeds), xr.grad)
     assert torch.equal(gemm_error.wgrad(g, x, recipe.wgrad, recipe, seeds), wr.grad)

@@ -22,7 +22,7 @@ class RecordingKernels:
     """
 
     QUANTIZE_OPS = ("quantize_nvfp4", "quantize_row_col", "quantize_weight_2d",
-                    "quantize_fp8")
+                    "quantize_fp8", "quantize_fp8_row_col")
 
     def __init__(self, table, calls):
         self._table, self.calls = table, calls

@@ -5,6 +5,7 @@ import torch
 import torch._dynamo
 from torch import nn
 
+from lowprec import sr_keys
 from lowprec.conversion import convert
 from lowprec.linear_layer import Linear
 from lowprec.recipe import Recipe
@@ -22,10 +23,13 @@ def mlp():
                          nn.ReLU(), Linear(48, 32, recipe=Recipe(fprop="fp8", dgrad="bf16")))
 
 
-def train_step(model, x):
-    """Loss and all gradients of one step, with the SR keys fixed by the seed."""
+def train_step(model, x, counts=None):
+    """Loss and all gradients of one step, with the SR keys fixed by the seed and the
+    layers' SR counts (``counts``, from ``sr_keys.state_dict``)."""
     for p in model.parameters():
         p.grad = None
+    if counts is not None:
+        sr_keys.load_state_dict(model, counts)
     x = x.clone().requires_grad_()
     torch.manual_seed(7)
     y = model(x)
@@ -43,19 +47,20 @@ def test_tiny_gpt_has_no_graph_breaks():
 
 def test_compiled_equals_eager_bit_for_bit():
     """Everything but the bias gradients is bit-identical: the quantized GEMMs run in
-    the custom ops either way, and the SR keys are drawn in the same order. The bias
+    the custom ops either way, and both runs start from the same SR counts. The bias
     gradient sum(dY, 0) is left to inductor to fuse, which may sum in another order:
     |db - db_eager| <= 2 gamma_M sum_m |dY[m]| with gamma_M = M u / (1 - M u)."""
     model = mlp()
     compiled = torch.compile(model, fullgraph=True)
     for tokens in (17, 40):                    # the second shape recompiles dynamic in M
         x = torch.randn(2, tokens, 32, generator=torch.Generator().manual_seed(tokens))
-        y, dx, grads = train_step(model, x)
-        y_c, dx_c, grads_c = train_step(compiled, x)
+        counts = sr_keys.state_dict(model)
+        y, dx, grads = train_step(model, x, counts)
+        y_c, dx_c, grads_c = train_step(compiled, x, counts)
         assert torch.equal(y, y_c) and torch.equal(dx, dx_c)
         m = 2 * tokens
         gamma = m * U32 / (1 - m * U32)
-        dys = iter(_output_grads(model, x))
+        dys = iter(_output_grads(model, x, counts))
         for name, grad in grads.items():
             if name.endswith("weight"):
                 assert torch.equal(grads_c[name], grad), name
@@ -64,12 +69,12 @@ def test_compiled_equals_eager_bit_for_bit():
                 assert ((grads_c[name] - grad).abs() <= bound).all(), name
 
 
-def _output_grads(model, x):
+def _output_grads(model, x, counts):
     """dY of each Linear in the eager model (its bias gradient is their column sum)."""
     outputs = []
     hooks = [m.register_full_backward_hook(lambda mod, gi, go: outputs.append(go[0]))
              for m in model if isinstance(m, Linear)]
-    train_step(model, x)
+    train_step(model, x, counts)
     for hook in hooks:
         hook.remove()
     return [g.reshape(-1, g.shape[-1]) for g in reversed(outputs)]

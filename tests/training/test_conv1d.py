@@ -11,6 +11,7 @@ import torch
 from lowprec.conv1d import Conv1D
 from lowprec.linear_layer import linear
 from lowprec.recipe import Recipe
+from lowprec.sr_keys import SRStream
 
 transformers = pytest.importorskip("transformers")
 HFConv1D = transformers.pytorch_utils.Conv1D
@@ -30,13 +31,15 @@ def test_conv1d_equals_linear_on_the_transposed_weight(recipe):
     torch.manual_seed(0)
     original = HFConv1D(48, 32)                         # nf = N = 48, nx = K = 32
     layer = Conv1D(original, recipe)
+    layer.lowprec_name = "h.0.attn.c_attn"
     x = torch.randn(3, 7, 32)
     out_grad = torch.randn(3, 7, 48)
     got = step(layer, x, layer.weight, layer.bias, out_grad)
     weight_t = layer.weight.detach().t().contiguous().requires_grad_()
     bias = layer.bias.detach().clone().requires_grad_()
-    want = step(lambda a: linear(a, weight_t, bias, recipe=recipe), x, weight_t, bias,
-                out_grad)
+    stream = SRStream("h.0.attn.c_attn")            # the same SR keys as the layer's
+    want = step(lambda a: linear(a, weight_t, bias, recipe=recipe, sr_stream=stream), x,
+                weight_t, bias, out_grad)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert torch.equal(got[2], want[2].t()) and torch.equal(got[3], want[3])
     assert not torch.equal(got[0], original(x))          # the recipe really quantizes

@@ -2,8 +2,9 @@
 
 What a data-parallel step computes: each rank runs the forward and backward of its
 half of the global batch, then the gradients are averaged. The one-process equivalent
-is therefore gradient accumulation over the ranks' halves, each half drawing its SR
-keys from that rank's RNG stream, then a division by the world size. With NVFP4 this
+is therefore gradient accumulation over the ranks' halves, each half taking its SR keys
+as that rank does (its run seed and its own SR counts), then a division by the world
+size. With NVFP4 this
 must hold bit for bit:
 
 * the quantizations see the same tensors (each rank's half, its own global amax);
@@ -27,6 +28,8 @@ import time
 
 import pytest
 import torch
+
+import lowprec
 import torch.multiprocessing as mp
 
 from . import dist_worker as W
@@ -36,18 +39,22 @@ from .tinygpt import loss_fn
 def one_process_accumulating(recipe):
     model = W.build(recipe)
     opt = torch.optim.AdamW(model.parameters(), lr=W.LR)
-    streams = []
+    # Each rank's RNG state (its run seed) and SR counts, swapped in for its half.
+    streams, counts = [], []
     for rank in range(W.WORLD):
         torch.manual_seed(W.rank_seed(rank))
         streams.append(torch.get_rng_state())
+        counts.append(lowprec.sr_state_dict(model))
     losses = [[] for _ in range(W.WORLD)]
     for tokens in W.batches():
         opt.zero_grad()
         for rank, half in enumerate(tokens.chunk(W.WORLD)):
             torch.set_rng_state(streams[rank])
+            lowprec.load_sr_state_dict(model, counts[rank])
             loss = loss_fn(model, half)
             loss.backward()
             streams[rank] = torch.get_rng_state()
+            counts[rank] = lowprec.sr_state_dict(model)
             losses[rank].append(loss.detach())
         for p in model.parameters():
             p.grad.div_(W.WORLD)

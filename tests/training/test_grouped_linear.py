@@ -23,6 +23,10 @@ from lowprec.grouped import grouped_linear
 from lowprec.linear_layer import linear
 from lowprec.moe import ConcatenatedGateUp, GroupedExperts, experts_adapter, route
 from lowprec.recipe import Recipe
+from lowprec import sr_keys
+from lowprec.sr_keys import SRStream
+
+from . import sr_oracle
 
 RECIPES = [Recipe(), Recipe(wgrad="fp8"), Recipe(fprop="fp8", dgrad="bf16"),
            Recipe.uniform("bf16")]
@@ -40,12 +44,18 @@ def run(fn, x, weight, out_grad, seed=11):
     return y.detach(), x.grad, weight.grad
 
 
+def expert_streams(n):
+    """Fresh SR streams for n experts (their keys depend only on the names)."""
+    return [SRStream(f"experts[{e}]") for e in range(n)]
+
+
 def per_expert(counts, recipe):
-    """The reference: one lowprec.linear per expert on its rows, in expert order."""
+    """The reference: one lowprec.linear per expert on its rows, each with the stream of
+    its expert."""
     def fn(x, weight):
         outs, start = [], 0
-        for e, n in enumerate(counts):
-            outs.append(linear(x[start:start + n], weight[e], recipe=recipe))
+        for e, (n, stream) in enumerate(zip(counts, expert_streams(len(counts)))):
+            outs.append(linear(x[start:start + n], weight[e], recipe=recipe, sr_stream=stream))
             start += n
         return torch.cat(outs)
     return fn
@@ -58,7 +68,8 @@ def test_grouped_equals_per_expert_linears(recipe, counts):
     x = torch.randn(sum(counts), 32, generator=gen)
     weight = torch.randn(4, 48, 32, generator=gen) * 0.1
     out_grad = torch.randn(sum(counts), 48, generator=gen)
-    got = run(lambda a, w: grouped_linear(a, w, torch.tensor(counts), recipe=recipe),
+    got = run(lambda a, w: grouped_linear(a, w, torch.tensor(counts), recipe=recipe,
+                                          sr_streams=expert_streams(len(counts))),
               x, weight, out_grad)
     want = run(per_expert(counts, recipe), x, weight, out_grad)
     for g, w in zip(got, want):
@@ -100,8 +111,9 @@ def test_compiled_grouped_linear_has_no_graph_break_and_equals_eager(capture_sca
     for counts in COUNTS:
         rows, counts = sum(counts), torch.tensor(counts)
         args = (x[:rows], weight, out_grad[:rows])
-        got = run(lambda a, w: compiled(a, w, counts), *args)
-        want = run(lambda a, w: grouped_linear(a, w, counts), *args)
+        got = run(lambda a, w: compiled(a, w, counts, sr_streams=expert_streams(4)), *args)
+        want = run(lambda a, w: grouped_linear(a, w, counts, sr_streams=expert_streams(4)),
+                   *args)
         for g, w in zip(got, want):
             assert torch.equal(g, w)
     torch._dynamo.reset()
@@ -142,6 +154,7 @@ def test_grouped_experts_equal_a_per_expert_composition_of_linears():
     assert experts_adapter(experts) is ConcatenatedGateUp
     recipes = {"gate_up_proj": Recipe(), "down_proj": Recipe(wgrad="fp8")}
     grouped = GroupedExperts(experts, recipes)
+    grouped.lowprec_name = "moe"            # its streams: moe.<projection>[<expert>]
     hidden = torch.randn(9, 32, generator=torch.Generator().manual_seed(1))
     index, weights = routing(9)
     out_grad = torch.randn(9, 32, generator=torch.Generator().manual_seed(2))
@@ -150,15 +163,17 @@ def test_grouped_experts_equal_a_per_expert_composition_of_linears():
         """Expert by expert (rows (slot, token) ordered), gate_up for all, then down."""
         rows = [[(s, t) for s in range(2) for t in range(9) if index[t, s] == e]
                 for e in range(4)]
-        up = [linear(h[[t for _, t in r]], experts.gate_up_proj[e], recipe=recipes[
-            "gate_up_proj"]) for e, r in enumerate(rows)]
+        up = [linear(h[[t for _, t in r]], experts.gate_up_proj[e],
+                     recipe=recipes["gate_up_proj"], sr_stream=SRStream(f"moe.gate_up_proj[{e}]"))
+              for e, r in enumerate(rows)]
         out = torch.zeros_like(h)
         mids = []
         for e, r in enumerate(rows):
             gate, lin = up[e].chunk(2, dim=-1)
             mids.append(torch.nn.functional.silu(gate) * lin)
         for e, r in enumerate(rows):
-            y = linear(mids[e], experts.down_proj[e], recipe=recipes["down_proj"])
+            y = linear(mids[e], experts.down_proj[e], recipe=recipes["down_proj"],
+                       sr_stream=SRStream(f"moe.down_proj[{e}]"))
             y = y * torch.stack([weights[t, s] for s, t in r]).reshape(-1, 1)
             out = out.index_add(0, torch.tensor([t for _, t in r], dtype=torch.long), y)
         return out
@@ -211,7 +226,9 @@ def test_grouped_experts_compile_fullgraph_and_equal_eager(capture_scalar_output
         index, weights = routing(tokens, seed=tokens)
         out_grad = torch.randn(tokens, 32, generator=torch.Generator().manual_seed(1))
         results = []
+        counts = sr_keys.state_dict(grouped)     # both runs from the same SR counts
         for fn in (grouped, compiled):
+            sr_keys.load_state_dict(grouped, counts)
             h = hidden.clone().requires_grad_()
             experts.gate_up_proj.grad = experts.down_proj.grad = None
             torch.manual_seed(5)
@@ -336,24 +353,21 @@ def test_grouped_experts_built_directly_run_the_adapters_layout_checks(make, mes
 
 @pytest.mark.parametrize("counts", [[3, 0, 5, 0], [8, 0, 0, 0], [0, 0, 0, 8]])
 def test_the_sr_stream_does_not_depend_on_routing(kernel_calls, counts):
-    """Each expert call draws its SR key from torch's generator, an empty one included,
-    in expert order: after a forward, the generator has made exactly E draws, and each
-    expert's dY (0 rows for an empty one) is quantized with its own key, whatever the
-    routing. Expected keys come from a fresh generator, not from lowprec.
-    Mutation tried: no key drawn for an expert with no rows (this test fails)."""
-    from lowprec.linear_layer import MASK64, SEED_HIGH, SEED_LOW
+    """Each expert's call takes the next key of its own stream, an empty expert
+    included: expert e's dY (0 rows for an empty one) is quantized with call 0 of
+    stream e, whatever the routing, and each stream has counted exactly one call.
+    Expected keys come from tests/training/sr_oracle.py, not from lowprec.
+    Mutation tried: no key taken for an expert with no rows (this test fails)."""
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(sum(counts), 32, generator=gen, requires_grad=True)
     weight = torch.randn(len(counts), 16, 32, generator=gen, requires_grad=True)
+    streams = [SRStream(f"routing.expert{e}") for e in range(len(counts))]
     torch.manual_seed(11)
-    y = grouped_linear(x, weight, counts)
-    after_forward = torch.get_rng_state()
+    y = grouped_linear(x, weight, counts, sr_streams=streams)
     y.backward(torch.ones_like(y))
 
-    torch.manual_seed(11)
-    keys = [int(torch.randint(SEED_LOW, SEED_HIGH, (), dtype=torch.int64)) & MASK64
-            for _ in counts]
-    assert torch.equal(after_forward, torch.get_rng_state())
+    keys = [sr_oracle.key(f"routing.expert{e}", 0, 11) for e in range(len(counts))]
+    assert [stream.state()["calls"] for stream in streams] == [1] * len(counts)
     used = [kwargs["seed"] for op, kwargs, _ in kernel_calls
             if op == "quantize_row_col" and kwargs["row_stochastic"]]
-    assert sorted(used) == sorted(keys)
+    assert sorted(used) == sorted(keys)     # the backward runs the experts in any order

@@ -5,14 +5,17 @@ every backend installed) at a layer of the 355M GPT (8192 tokens, 1024 -> 4096),
 autocast, FP32 master weights. Each kernel the layer would launch is named, so a change
 that adds one fails here with the list.
 
-The counts are ceilings at what the code does now. Issue 20's targets are lower (nvfp4
-<= 12, fp8 <= 10; bytes <= 1.5x bf16): what is left is listed in bench/KERNELS.md.
-Mutations tried: quantizing W^T again in the backward (nvfp4: 26 launches, fails);
-the FP8 GEMM's scaling as separate multiplies (fp8: 19, fails).
+The counts are ceilings at what the code does now. Issue 20's targets: fp8 <= 10 holds
+for a Linear without bias (the bias costs FP8 the three launches it costs BF16: its
+epilogue, sum and cast); nvfp4 is 13 without bias (11 for a micro-batch that reuses
+its weight's copies, tests/training/test_weight_reuse.py), above the target of 12; bytes
+<= 1.5x bf16 is missed by both (what is left is listed in bench/KERNELS.md).
+Mutations tried: quantizing W^T again in the backward (fails);
+the FP8 GEMM's scaling as separate multiplies (fails); FP8 layouts made by
+transpose + two casts (fp8: 16, fails).
 """
 
 import pytest
-import torch
 
 from lowprec import launch_trace
 from lowprec.recipe import Recipe
@@ -20,12 +23,12 @@ from lowprec.recipe import Recipe
 M, K, N = 8192, 1024, 4096
 
 # The most launches and MiB one forward+backward may take.
-CEILINGS = {"bf16": (8, 377), "nvfp4": (23, 1156), "fp8": (16, 1009)}
+CEILINGS = {"bf16": (8, 377), "nvfp4": (15, 1058), "fp8": (13, 817)}
 RECIPES = {"bf16": Recipe.uniform("bf16"), "nvfp4": Recipe(), "fp8": Recipe.uniform("fp8")}
 
 
-def traced(mode):
-    setup, step = launch_trace.linear_step(M, K, N, RECIPES[mode])
+def traced(mode, bias=True):
+    setup, step = launch_trace.linear_step(M, K, N, RECIPES[mode], bias=bias)
     return launch_trace.trace(step, setup, capability=(9, 0))
 
 
@@ -56,11 +59,24 @@ def test_the_baseline_is_what_nn_linear_launches_under_autocast():
 
 def test_the_quantized_paths_launch_what_the_kernel_table_names():
     nvfp4 = traced("nvfp4").by_kernel()
-    # X and dY: one fused quantize each; W: one 2-D quantize making W and W^T; every
-    # NVFP4 GEMM on Hopper is dequantize A and B, a bf16 mm into FP32, the epilogue.
+    # X and dY: one fused quantize each; W: one 2-D quantize; each after its amax pass
+    # (no memset). Every NVFP4 GEMM on Hopper is a bf16 mm into FP32 and the epilogue, on
+    # the values the quantizers wrote; only the saved X^T is dequantized (for wgrad).
     assert nvfp4["cuda:quantize_row_col"] == 2 and nvfp4["cuda:quantize_weight_2d"] == 1
-    assert nvfp4["triton:_dequantize_kernel"] == 6 and nvfp4["aten::mm"] == 3
+    assert nvfp4["cuda:amax"] == 3 and not any("memset" in k for k in nvfp4)
+    assert nvfp4["triton:_dequantize_kernel"] == 1 and nvfp4["aten::mm"] == 3
     assert nvfp4["triton:_epilogue_kernel"] == 3
     fp8 = traced("fp8").by_kernel()
-    assert fp8["triton:_quantize_fp8_kernel"] == 6 and fp8["aten::_scaled_mm"] == 3
-    assert "aten::mul" not in fp8 and "aten::ones" not in fp8
+    # X, W and dY: both FP8 layouts from one column-scale pass and one fused cast each.
+    assert fp8["triton:_column_scale_kernel"] == 3
+    assert fp8["triton:_quantize_fp8_row_col_kernel"] == 3 and fp8["aten::_scaled_mm"] == 3
+    assert not {"aten::mul", "aten::ones", "aten::clone"} & set(fp8)
+
+
+def test_without_bias():
+    """Without bias (Llama-style): fp8 at most 10 launches, issue 20's target (3 x 2
+    casts, 3 GEMMs, wgrad's FP32 scaling epilogue); nvfp4 13 (3 amax, 3 quantize, 3 mm,
+    3 epilogues, X^T's dequantize)."""
+    fp8, nvfp4 = traced("fp8", bias=False), traced("nvfp4", bias=False)
+    assert fp8.count <= 10, fp8.by_kernel()
+    assert nvfp4.count <= 13, nvfp4.by_kernel()

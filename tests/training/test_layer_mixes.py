@@ -7,8 +7,8 @@ RNE; FP8 per row along K), dgrad ``dX = dY W`` (dY 1x16 SR at counters [0, ...),
 transposed 2-D copy; FP8 per row along N), wgrad ``dW = dY^T X`` (both RHT'd with TE's
 signs along the zero-padded tokens, dY^T with SR after dgrad's counters; FP8 per row
 along M); a "bf16" GEMM is the plain product in the inputs' dtype (FP32 here). The SR
-key is the one ``lowprec.linear`` draws from torch's CPU generator (one per call that
-needs SR). The reference GEMM is the CPU backends' formula term for term, so every
+key is the first of the layer's stream (``sr_oracle``: the run seed, the layer's name,
+call 0). The reference GEMM is the CPU backends' formula term for term, so every
 comparison is bit-exact.
 
 Mutants caught: ``conv1d.py`` ``not recipe.quantized`` -> ``recipe.fprop == "bf16"``
@@ -27,6 +27,9 @@ from lowprec import reference as ref
 from lowprec.conv1d import Conv1D
 from lowprec.grouped import grouped_linear
 from lowprec.recipe import Recipe
+from lowprec.sr_keys import SRStream
+
+from . import sr_oracle
 
 M, K, N = 40, 32, 48            # M not a multiple of 16: wgrad pads the tokens
 SIGNS = ref.DEFAULT_SIGN_VECTOR
@@ -39,12 +42,10 @@ MIXES = [Recipe(fprop="bf16", dgrad="nvfp4", wgrad="nvfp4"),
          Recipe(fprop="bf16", dgrad="nvfp4", wgrad="fp8")]
 
 
-def keys(seed, count):
-    """The Philox keys ``count`` SR-needing calls draw after ``torch.manual_seed(seed)``:
-    one ``torch.randint`` over int64 each, read as unsigned 64 bits."""
-    torch.manual_seed(seed)
-    return [int(torch.randint(-(1 << 63), (1 << 63) - 1, (), dtype=torch.int64)) % (1 << 64)
-            for _ in range(count)]
+def first_key(label, seed=21):
+    """The key of the first SR-needing call of the layer (stream) named ``label`` after
+    ``torch.manual_seed(seed)``."""
+    return sr_oracle.key(label, 0, seed)
 
 
 def fp8(t):
@@ -119,11 +120,12 @@ class GPT2Conv1D(nn.Module):
 def test_linear_runs_each_gemm_in_its_own_precision(recipe):
     x, w, b, g = data()
     layer = lowprec.Linear(K, N, recipe=recipe)
+    layer.lowprec_name = "mixes.linear"
     with torch.no_grad():
         layer.weight.copy_(w)
         layer.bias.copy_(b)
     y, dx = run(layer, x, g)
-    want = oracle(x, w, b, g, recipe, keys(21, 1)[0])
+    want = oracle(x, w, b, g, recipe, first_key("mixes.linear"))
     assert_bits(y, want[0], "Y")
     assert_bits(dx, want[1], "dX")
     assert_bits(layer.weight.grad, want[2], "dW")
@@ -139,8 +141,9 @@ def test_conv1d_runs_each_gemm_in_its_own_precision(recipe):
         original.weight.copy_(w.t())
         original.bias.copy_(b)
     layer = Conv1D(original, recipe)
+    layer.lowprec_name = "mixes.conv1d"
     y, dx = run(layer, x.reshape(4, 10, K), g.reshape(4, 10, N))    # 3-D, as in GPT-2
-    want = oracle(x, w, b, g, recipe, keys(21, 1)[0])
+    want = oracle(x, w, b, g, recipe, first_key("mixes.conv1d"))
     assert_bits(y.reshape(M, N), want[0], "Y")
     assert_bits(dx.reshape(M, K), want[1], "dX")
     assert_bits(layer.weight.grad.t(), want[2], "dW")
@@ -148,16 +151,18 @@ def test_conv1d_runs_each_gemm_in_its_own_precision(recipe):
 
 @pytest.mark.parametrize("recipe", MIXES, ids=str)
 def test_grouped_linear_runs_each_gemm_in_its_own_precision(recipe):
-    """Two experts over 13 and 27 rows: each is a linear layer drawing its own key, in
-    expert order."""
+    """Two experts over 13 and 27 rows: each is a linear layer taking the first key of
+    its own stream."""
     x, _, _, g = data()
     gen = torch.Generator().manual_seed(5)
     weight = torch.randn(2, N, K, generator=gen) / 4
     counts = [13, 27]
     wr = weight.clone().requires_grad_()
-    y, dx = run(lambda a: grouped_linear(a, wr, torch.tensor(counts), recipe=recipe), x, g)
+    streams = [SRStream("mixes.expert0"), SRStream("mixes.expert1")]
+    y, dx = run(lambda a: grouped_linear(a, wr, torch.tensor(counts), recipe=recipe,
+                                         sr_streams=streams), x, g)
     starts = [0, counts[0], M]
-    for e, key in enumerate(keys(21, 2)):
+    for e, key in enumerate([first_key("mixes.expert0"), first_key("mixes.expert1")]):
         rows = slice(starts[e], starts[e + 1])
         want = oracle(x[rows], weight[e], None, g[rows], recipe, key)
         assert_bits(y[rows], want[0], f"Y of expert {e}")
@@ -171,7 +176,7 @@ def test_the_mixes_quantize_what_they_say():
     x, w, b, g = data()
     plain = oracle(x, w, b, g, Recipe.uniform("bf16"), 0)
     for recipe in MIXES:
-        got = oracle(x, w, b, g, recipe, keys(21, 1)[0])
+        got = oracle(x, w, b, g, recipe, first_key("mixes.linear"))
         for gemm, a, p in zip(("fprop", "dgrad", "wgrad"), got, plain):
             assert torch.equal(a, p) == (getattr(recipe, gemm) == "bf16"), (recipe, gemm)
 

@@ -14,10 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowprec import backends, reference
-from lowprec.linear_layer import MASK64, SEED_HIGH, SEED_LOW, Linear, linear
+from lowprec.linear_layer import Linear, linear
 from lowprec.recipe import PRECISIONS, Recipe
+from lowprec.sr_keys import SRStream
+
+from . import sr_oracle
 
 TORCH_SEED = 20240607
+STREAM = "numerics.linear"     # the SR stream run_linear's calls take their keys from
 U32 = 2.0 ** -24                      # FP32 unit roundoff
 
 
@@ -28,9 +32,10 @@ def reference_backend(monkeypatch):
 
 
 def expected_seed(torch_seed):
-    """The key the first SR-using forward after ``torch.manual_seed`` draws."""
-    torch.manual_seed(torch_seed)
-    return torch.randint(SEED_LOW, SEED_HIGH, (), dtype=torch.int64).item() & MASK64
+    """The key the first SR-using call of ``run_linear``'s stream takes after
+    ``torch.manual_seed(torch_seed)`` (the rule of docs/numerics.md, computed by
+    ``sr_oracle``)."""
+    return sr_oracle.key(STREAM, 0, torch_seed)
 
 
 # -- the reference composition, GEMM by GEMM ------------------------------------------
@@ -84,7 +89,7 @@ def run_linear(x, w, b, g, recipe):
     w = w.clone().requires_grad_()
     b = None if b is None else b.clone().requires_grad_()
     torch.manual_seed(TORCH_SEED)
-    y = linear(x, w, b, recipe=recipe)
+    y = linear(x, w, b, recipe=recipe, sr_stream=SRStream(STREAM))
     y.backward(g)
     return y.detach(), x.grad, w.grad, None if b is None else b.grad
 

@@ -5,6 +5,7 @@ import io
 import pytest
 import torch
 
+import lowprec
 from lowprec.conversion import convert
 
 from .tinygpt import TinyGPT, markov_batches, optimizer_steps
@@ -83,7 +84,7 @@ def test_resumed_run_continues_bit_identically():
     model, opt, first = trained(seed=3, n_steps=3)
     buffer = io.BytesIO()
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                "rng": torch.get_rng_state()}, buffer)
+                "rng": torch.get_rng_state(), "sr": lowprec.sr_state_dict(model)}, buffer)
     buffer.seek(0)
     state = torch.load(buffer)
     torch.manual_seed(999)                             # a fresh process, other state
@@ -91,7 +92,8 @@ def test_resumed_run_continues_bit_identically():
     resumed_opt = torch.optim.AdamW(resumed.parameters(), lr=1e-2)
     resumed.load_state_dict(state["model"])
     resumed_opt.load_state_dict(state["opt"])
-    torch.set_rng_state(state["rng"])
+    torch.set_rng_state(state["rng"])          # the run seed (torch.initial_seed) too
+    lowprec.load_sr_state_dict(resumed, state["sr"])
     rest = optimizer_steps(resumed, resumed_opt, BATCHES[3:6])
     assert_same_run(straight, (resumed, resumed_opt, first + rest))
 
@@ -108,9 +110,10 @@ def test_activation_checkpointing_replays_the_same_keys(sr_calls):
 def test_inference_draws_no_random_numbers():
     model = small_gpt()
     tokens = BATCHES[0][:, :-1]
-    state = torch.get_rng_state()
+    state, counts = torch.get_rng_state(), lowprec.sr_state_dict(model)
     with torch.no_grad():
         model(tokens)
     model.requires_grad_(False)
     model(tokens)                                      # grad mode on, nothing to train
     assert torch.equal(torch.get_rng_state(), state)
+    assert lowprec.sr_state_dict(model) == counts      # no SR key taken

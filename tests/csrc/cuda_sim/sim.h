@@ -32,6 +32,9 @@ struct uint4 {
   unsigned x, y, z, w;
 };
 inline float4 make_float4(float a, float b, float c, float d) { return float4{a, b, c, d}; }
+inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) {
+  return uint4{a, b, c, d};
+}
 
 using cudaError_t = int;
 constexpr cudaError_t cudaSuccess = 0;
@@ -40,9 +43,13 @@ using cudaStream_t = void*;
 enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount };
 
 // A "GPU" of 2 SMs holding 1 block each: grids stay tiny, so every kernel's grid-stride
-// loop runs many iterations per block.
+// loop runs many iterations per block. A test may ask for more SMs (sim::sms), e.g. for
+// amax launches with more partials than a block has threads.
+namespace sim {
+inline int sms = 2;
+}
 inline cudaError_t cudaGetDevice(int* device) { *device = 0; return cudaSuccess; }
-inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr, int) { *value = 2; return cudaSuccess; }
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr, int) { *value = sim::sms; return cudaSuccess; }
 template <typename Kernel>
 cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, Kernel, int, size_t) {
   *blocks = 1;
