@@ -36,6 +36,11 @@ How instructions are attributed to elements (SASS counted per thread):
   over top-level loops of the longest hot path of one iteration over the elements a
   thread handles per iteration; the code outside the loops is left out.
 
+Triton rows also cover the values-mode instances (ROW_VALUES / COL_VALUES, VALUES) and
+the FP8 two-layout cast's kernels (``_column_scale_kernel``,
+``_quantize_fp8_row_col_kernel``) at today's launch and at each FP8 variant's
+(kernels/variants.py); ``regs`` is ``cuobjdump -res-usage``'s REG.
+
 Bounds (H200): memory, 3.4e12 B/s over the fewest bytes per element; issue, 132 SMs x 4
 schedulers x 1.98e9 warp-instructions/s x 32 threads over instructions per element.
 """
@@ -358,7 +363,54 @@ def triton_specs():
                  out_ptr="*i16", M="i32", N="i32", stride_acc="i32"),
             dict(HAS_BIAS=True, BIAS_KIND=1, OUT_KIND=1, BLOCK_M=16, BLOCK_N=256), 4, 1,
             16 * 256 // 128),
+        **values_specs(specs),
+        **fp8_specs(),
     }
+
+
+def values_specs(specs):
+    """Values mode (issue 20): the quantizers writing bf16 block-dequantized values
+    instead of codes and scales (constexprs ROW_VALUES / COL_VALUES, VALUES)."""
+    row = specs["quantize_row_col row RNE"]
+    both = specs["quantize_row_col row+col RHT RNE"]
+    two_d = specs["quantize_2d row+col"]
+    return {
+        "quantize_row_col row RNE, values": (
+            row[0], row[1], dict(row[2], ROW_VALUES=True), *row[3:]),
+        "quantize_row_col row+col RHT RNE, values": (
+            both[0], both[1], dict(both[2], ROW_VALUES=True, COL_VALUES=True), *both[3:]),
+        # values=True needs columnwise=False: W's values only (W^T is their .t()).
+        "quantize_2d row RNE, values": (
+            two_d[0], two_d[1], dict(two_d[2], COL=False, VALUES=True), *two_d[3:]),
+    }
+
+
+def fp8_specs():
+    """The FP8 two-layout cast's kernels at today's GPU launch (kernels/fp8.py's
+    row_col_blocks), quantize_fp8 at its launch (num_stages: Triton's default, as
+    launched), then every FP8 variant's changed kernels (kernels/variants.py). Elements
+    per thread: per loop step (both kernels loop; the code outside the loops is left
+    out, as for quantize_fp8)."""
+    from lowprec.kernels import variants as V
+    out = {}
+    for label, spec in V._fp8_aot_specs().items():
+        kernel, variant = label.split(" / ")
+        launch = V.FP8_BASE[kernel] if variant == V.BASELINE else None
+        if launch is None:
+            launch = V.FP8_LAUNCHES.get(variant) or getattr(
+                V.FP8_ROW_COL_LAUNCHES[variant], "column" if kernel == V.FP8_COLUMN else "fused")
+        tile = f"{launch.block_r}x{launch.block_k} w{launch.num_warps}"
+        name = kernel if variant == V.BASELINE else f"{kernel} {variant}"
+        out[f"{name} ({tile})"] = spec
+    return out
+
+
+def _registers(tool, cubin):
+    """(registers, local + stack bytes) of the one kernel in ``cubin``."""
+    text = subprocess.run([tool, "-res-usage", cubin], check=True, capture_output=True,
+                          text=True).stdout
+    usage = {k: int(v) for k, v in re.findall(r"(REG|STACK|LOCAL):(\d+)", text)}
+    return usage.get("REG"), usage.get("LOCAL", 0) + usage.get("STACK", 0)
 
 
 def triton_table():
@@ -390,10 +442,12 @@ def triton_table():
                                   text=True).stdout
             (insns,) = parse_sass(sass).values()
             facts = program_facts(insns)
+            regs, local = _registers(tool, cubin)
             rows.append(dict(backend="triton", kernel=label, path=facts["path"],
                              min_path=facts["min_path"],
                              per_thread=per_thread, per_elem=facts["path"] / per_thread,
-                             loops=facts["loops"], spilled=_spills(insns)))
+                             loops=facts["loops"], spilled=_spills(insns) or local > 0,
+                             regs=regs, warps=warps))
     return rows
 
 
@@ -404,6 +458,14 @@ def triton_table():
 NVFP4 = 0.5 + 1 / 16          # codes + one E4M3 scale per 16 elements
 # kernel label prefix -> (fewest bytes per element, formula)
 BYTES = [
+    # Values mode first (their labels extend the packed ones').
+    ("quantize_row_col row RNE, values", 4.0, "bf16 in 2 + bf16 values out 2"),
+    ("quantize_row_col row+col RHT RNE, values", 6.0, "bf16 in 2 + 2 x bf16 values out 2"),
+    ("quantize_2d row RNE, values", 4.0, "bf16 in 2 + bf16 values out 2"),
+    ("fp8 _column_scale_kernel", 2.0, "bf16 in 2 (+ 4/M scale)"),
+    ("fp8 _quantize_fp8_row_col_kernel", 4.0,
+     "bf16 in 2 + 2 x e4m3 out 1 (+ 4/K + 4/M scales; 4/K read)"),
+    ("fp8 _quantize_fp8_kernel", 3.0, "bf16 in 2 + e4m3 out 1 (+ 4/K scale)"),
     ("rowwise", 2 + NVFP4, "bf16 in 2 + codes 0.5 + scales 1/16"),
     ("quantize_row_col row RNE", 2 + NVFP4, "bf16 in 2 + codes 0.5 + scales 1/16"),
     ("quantize_row_col row SR", 2 + NVFP4, "bf16 in 2 + codes 0.5 + scales 1/16"),
@@ -488,16 +550,16 @@ def main(argv=None):
         print("kernel_sass: nothing to count on this machine")
         return 0
     g = 1e9
-    print(f"{'backend':7s} {'kernel':40s} {'B/el':>6s} {'SASS':>5s} {'/thr':>4s} {'SASS/el':>7s} "
+    print(f"{'backend':7s} {'kernel':60s} {'B/el':>6s} {'SASS':>5s} {'/thr':>4s} {'SASS/el':>7s} "
           f"{'min':>5s} {'mem Gel/s':>9s} {'issue Gel/s':>11s} {'binds':>6s} {'meas Gel/s':>10s} "
-          f"{'of bound':>8s} {'spill':>5s}")
+          f"{'of bound':>8s} {'spill':>5s} {'regs':>4s}")
     for r in rows:
         meas = f"{r['measured'] / g:10.0f}" if "measured" in r else f"{'-':>10s}"
         share = f"{r['of_bound']:8.0%}" if "measured" in r else f"{'-':>8s}"
-        print(f"{r['backend']:7s} {r['kernel']:40s} {r['bytes']:6.4g} {r['path']:5d} "
+        print(f"{r['backend']:7s} {r['kernel']:60s} {r['bytes']:6.4g} {r['path']:5d} "
               f"{r['per_thread']:4d} {r['per_elem']:7.1f} {r['min_path']:5d} {r['mem_bound'] / g:9.0f} "
               f"{r['issue_bound'] / g:11.0f} {r['binds']:>6s} {meas} {share} "
-              f"{'yes' if r['spilled'] else 'no':>5s}")
+              f"{'yes' if r['spilled'] else 'no':>5s} {r.get('regs') or '-':>4}")
     print("SASS: longest hot path (min: shortest; per loop iteration for CUDA and quantize_fp8, per program "
           "otherwise), per thread; /thr: elements per thread in it; bounds: H200, copy "
           "3.4e12 B/s, issue 132x4x1.98e9x32 thread-instructions/s; measured: run1 of "

@@ -1,7 +1,8 @@
 """Sweep every kernel variant: prove its bits, time the exact ones, keep the fastest.
 
 Issue 21, item 3. For each op of ``lowprec.kernels.variants`` (quantize_row_col RNE and
-SR, quantize_nvfp4 rowwise, quantize_weight_2d, amax, quantize_fp8) and each backend
+SR, quantize_nvfp4 rowwise, quantize_weight_2d, amax, quantize_fp8, quantize_fp8_row_col)
+and each backend
 that runs here (triton; cuda with its ``_C.CUDA_VARIANTS``), every candidate runs on
 random data (never zeros; a few special values: large outliers, bf16/fp16 subnormals,
 -0.0 runs, an all-zero 16x16 block), and
@@ -50,7 +51,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import common  # noqa: E402
 
 REFERENCE_ELEMENTS = 1 << 16          # check against the reference up to this size
-OPS = ("quantize_row_col", "amax", "quantize_weight_2d", "quantize_nvfp4", "quantize_fp8")
+OPS = ("quantize_row_col", "amax", "quantize_weight_2d", "quantize_nvfp4", "quantize_fp8",
+       "quantize_fp8_row_col")
 SMOKE_CAPABILITY = "0.0"              # the winners key of a smoke run (no GPU has it)
 DTYPE_NAMES = {"bfloat16": torch.bfloat16, "float16": torch.float16,
                "float32": torch.float32}
@@ -113,6 +115,8 @@ def modes(op, m, k, given):
         return {"rht": lambda x: dict(rht_signs=signs)}
     if op == "quantize_fp8":
         return {"rowwise": lambda x: {}}
+    if op == "quantize_fp8_row_col":
+        return {"both layouts": lambda x: {}}
     raise ValueError(f"unknown op {op!r}")
 
 
@@ -127,6 +131,8 @@ def nbytes(op, m, k, element_size):
         return read + 2 * m * k * 9 // 16
     if op == "amax":
         return read
+    if op == "quantize_fp8_row_col":                       # two e4m3 copies + fp32 scales
+        return read + 2 * m * k + 4 * (m + k)
     return read + m * k + 4 * m                            # quantize_fp8: e4m3 + fp32/row
 
 
@@ -146,6 +152,8 @@ def reference(op, x, kwargs):
         return torch.stack([R.tensor_amax(x), R.tensor_amax(col.to(torch.float32))])
     if op == "quantize_fp8":
         return R.quantize_fp8_rowwise(x)
+    if op == "quantize_fp8_row_col":
+        return R.quantize_fp8_row_col(x)
     raise ValueError(f"unknown op {op!r}")
 
 

@@ -79,8 +79,11 @@ def _quantize_fp8_kernel(
         tl.store(data_ptr + nm.offsets_2d(rows, cols, K, 1), byte.to(tl.uint8), mask=mask)
 
 
-def quantize_fp8(x):
-    """Per-row E4M3 of ``x [..., K]``: ``(data float8_e4m3fn [..., K], scale fp32 [..., 1])``."""
+def quantize_fp8(x, tile=None):
+    """Per-row E4M3 of ``x [..., K]``: ``(data float8_e4m3fn [..., K], scale fp32 [..., 1])``.
+
+    ``tile``: a launch variant (``variants.Fp8Launch``: ``block_r``, ``block_k``,
+    ``options()``) instead of today's tile; the bits never depend on it."""
     k = x.shape[-1]
     x2 = x.reshape(-1, k) if x.dim() != 2 else x
     r = x2.shape[0]
@@ -88,15 +91,19 @@ def quantize_fp8(x):
     scale = torch.empty(r, 1, dtype=torch.float32, device=x.device)
     if x2.numel() > 0:
         view, kind = input_view(x2)
-        if interpreting():
-            block_r = min(64, triton.next_power_of_2(r))
-            block_k = min(1024, triton.next_power_of_2(k))
+        if tile is not None:
+            block_r, block_k, options = tile.block_r, tile.block_k, tile.options()
         else:
-            block_r, block_k = 4, 512
+            options = dict(num_warps=4, **launch_options())
+            if interpreting():
+                block_r = min(64, triton.next_power_of_2(r))
+                block_k = min(1024, triton.next_power_of_2(k))
+            else:
+                block_r, block_k = 4, 512
         _quantize_fp8_kernel[(triton.cdiv(r, block_r),)](
             x_ptr=view, data_ptr=data, scale_ptr=scale, R=r, K=k,
             stride_r=view.stride(0), stride_k=view.stride(1),
-            X_KIND=kind, BLOCK_R=block_r, BLOCK_K=block_k, num_warps=4, **launch_options())
+            X_KIND=kind, BLOCK_R=block_r, BLOCK_K=block_k, **options)
     elif k == 0:
         scale.fill_(1.0)
     lead = x.shape[:-1]
@@ -196,13 +203,18 @@ def row_col_blocks(m, k):
     return (512, 16), (32, 128), (8, 4)
 
 
-def quantize_fp8_row_col(x):
+def quantize_fp8_row_col(x, tile=None):
     """Both per-row E4M3 layouts of a 2-D ``x [M, K]`` (fp32, bf16 or fp16, any strides):
     ``(row_data float8_e4m3fn [M, K], row_scale fp32 [M, 1], col_data float8_e4m3fn
     [K, M], col_scale fp32 [K, 1])``, bit for bit ``quantize_fp8(x)`` and
     ``quantize_fp8(x.t().contiguous())``, in two launches (the column scales, then both
     encodings) and without a transposed copy of x. A row or column with no elements gets
     scale 1, as in ``quantize_fp8``.
+
+    ``tile``: a launch variant (``variants.Fp8RowColLaunch``: ``column`` and ``fused``,
+    each a launch with ``block_r`` (rows per step / per program), ``block_k`` (columns
+    per program / per step) and ``options()``, or None for today's) instead of
+    ``row_col_blocks``' tiles; the bits never depend on it.
     """
     if x.dim() != 2:
         raise ValueError(f"quantize_fp8_row_col expects a 2-D tensor; got shape "
@@ -214,21 +226,27 @@ def quantize_fp8_row_col(x):
     col_data = torch.empty(k, m, dtype=torch.uint8, device=x.device)
     col_scale = torch.empty(k, 1, dtype=torch.float32, device=x.device)
     (block_m, block_c), (block_r, block_k), (warps_c, warps_r) = row_col_blocks(m, k)
+    options_c = dict(num_warps=warps_c, **launch_options())
+    options_r = dict(num_warps=warps_r, **launch_options())
+    if tile is not None and tile.column is not None:
+        block_m, block_c, options_c = tile.column.block_r, tile.column.block_k, \
+            tile.column.options()
+    if tile is not None and tile.fused is not None:
+        block_r, block_k, options_r = tile.fused.block_r, tile.fused.block_k, \
+            tile.fused.options()
     # Empty x: the kernels still write the scales of the rows (or columns) it has, 1 each
     # (their loops over the missing dimension do nothing), so there is no fill launch.
     if k > 0:
         _column_scale_kernel[(triton.cdiv(k, block_c),)](
             x_ptr=view, col_scale_ptr=col_scale, M=m, K=k,
             stride_m=view.stride(0), stride_k=view.stride(1),
-            X_KIND=kind, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=warps_c,
-            **launch_options())
+            X_KIND=kind, BLOCK_M=block_m, BLOCK_C=block_c, **options_c)
     if m > 0:
         _quantize_fp8_row_col_kernel[(triton.cdiv(m, block_r),)](
             x_ptr=view, row_data_ptr=row_data, row_scale_ptr=row_scale,
             col_data_ptr=col_data, col_scale_ptr=col_scale, M=m, K=k,
             stride_m=view.stride(0), stride_k=view.stride(1),
-            X_KIND=kind, BLOCK_R=block_r, BLOCK_K=block_k, num_warps=warps_r,
-            **launch_options())
+            X_KIND=kind, BLOCK_R=block_r, BLOCK_K=block_k, **options_r)
     e4m3 = torch.float8_e4m3fn
     return row_data.view(e4m3), row_scale, col_data.view(e4m3), col_scale
 

@@ -7,9 +7,11 @@ into ``winners.json`` beside this file, committed with the results.
 
 * **Candidates** (``names``, ``candidates``): for each op of ``VARIANT_OPS``
   (``quantize_row_col``, ``quantize_nvfp4``, ``quantize_weight_2d``, ``amax``,
-  ``quantize_fp8``) and backend, ``"baseline"`` (exactly today's function) plus
+  ``quantize_fp8``, ``quantize_fp8_row_col``) and backend, ``"baseline"`` (exactly
+  today's function) plus
   - triton: the launch variants of ``TRITON_LAUNCHES`` (another tile, more warps, or the
-    persistent amax kernel), each a ``Launch`` the launchers take as ``tile=``;
+    persistent amax kernel), each a ``Launch`` (FP8: ``Fp8Launch``, ``Fp8RowColLaunch``)
+    the launchers take as ``tile=``;
   - cuda: the names of ``lowprec._C.CUDA_VARIANTS[op]`` (name -> the ``variant`` int of
     the CUDA op), when the extension's Python side defines it.
   Each candidate is a callable with the backend op's signature (for ``amax``:
@@ -42,7 +44,7 @@ WINNERS_FORMAT = "lowprec-variant-winners/1"
 BASELINE = "baseline"
 # Ops with named variants; any other op of lowprec.backends.OPS has its baseline only.
 VARIANT_OPS = ("quantize_row_col", "quantize_nvfp4", "quantize_weight_2d", "amax",
-               "quantize_fp8")
+               "quantize_fp8", "quantize_fp8_row_col")
 BACKENDS = ("triton", "cuda")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # Triton quantizers that measure an amax themselves when none is given.
@@ -73,6 +75,27 @@ class Launch(NamedTuple):
         device = torch.device(device)
         sms = _sm_count(device.index or 0) if device.type == "cuda" else 1
         return max(1, sms * self.programs_per_sm)
+
+
+class Fp8Launch(NamedTuple):
+    """How an FP8 kernel of kernels/fp8.py launches: ``block_r`` rows by ``block_k``
+    columns per program (``_quantize_fp8_kernel``: rows per program, K per step; the
+    fused row/col kernel: the same), or for ``_column_scale_kernel`` ``block_r`` rows
+    per step down M (its BLOCK_M) by ``block_k`` columns per program (its BLOCK_C);
+    ``num_warps``, ``num_stages`` (None: Triton's default)."""
+    block_r: int
+    block_k: int
+    num_warps: int
+    num_stages: Optional[int] = None
+
+    options = Launch.options
+
+
+class Fp8RowColLaunch(NamedTuple):
+    """The two launches of ``quantize_fp8_row_col``: the column-scale kernel's and the
+    fused kernel's ``Fp8Launch`` (None: today's tile for that kernel)."""
+    column: Optional[Fp8Launch] = None
+    fused: Optional[Fp8Launch] = None
 
 
 @functools.lru_cache(maxsize=None)
@@ -107,12 +130,38 @@ AMAX_LAUNCHES = {
     "persistent": Launch(1, 256, 8, programs_per_sm=2),
     "persistent_t16x128w4": Launch(1, 128, 4, programs_per_sm=4),
 }
+# FP8 rowwise cast (baseline 4 x 512, 4 warps: R/4 programs, 16 elements per thread per
+# step, two passes over K whose second read should come from L2). The variants change the
+# rows in flight per program and the load run length along K.
+FP8_LAUNCHES = {
+    "r8x512w8": Fp8Launch(8, 512, 8),      # twice the rows per program, same per thread
+    "r16x256w4": Fp8Launch(16, 256, 4),    # 32 per thread per step, R/16 programs
+    "r2x1024w4": Fp8Launch(2, 1024, 4),    # 2 KiB row runs, twice the programs
+}
+# FP8 both layouts: _column_scale_kernel (baseline 512 x 16, 8 warps: only K/16
+# programs, 64 at K = 1024) then the fused kernel (baseline 32 x 128, 4 warps). "c..."
+# variants change the column pass only, "r..." the fused kernel only.
+_BASE_COLUMN = Fp8Launch(512, 16, 8)
+FP8_ROW_COL_LAUNCHES = {
+    "c512x8w8": Fp8RowColLaunch(column=Fp8Launch(512, 8, 8)),     # K/8 programs, 16-B rows
+    "c256x8w4": Fp8RowColLaunch(column=Fp8Launch(256, 8, 4)),     # K/8 smaller CTAs
+    "c256x32w8": Fp8RowColLaunch(column=Fp8Launch(256, 32, 8)),   # 64-B rows, K/32 programs
+    "c1024x16w8": Fp8RowColLaunch(column=Fp8Launch(1024, 16, 8)),  # 64 loads per thread
+    # The fused baseline holds 32 elements per thread at 157 registers (sm_90 build: 3
+    # CTAs, 12 warps per SM); 16 per thread halves that.
+    "r32x128w8": Fp8RowColLaunch(fused=Fp8Launch(32, 128, 8)),    # 16 per thread
+    "r64x64w8": Fp8RowColLaunch(fused=Fp8Launch(64, 64, 8)),      # 16, 64-B column runs
+    "r64x128w8": Fp8RowColLaunch(fused=Fp8Launch(64, 128, 8)),    # 32, 64-B column runs
+    "c512x8w8_r32x128w8": Fp8RowColLaunch(column=Fp8Launch(512, 8, 8),
+                                          fused=Fp8Launch(32, 128, 8)),
+}
 TRITON_LAUNCHES = {
     "quantize_row_col": ROW_COL_LAUNCHES,
     "quantize_nvfp4": ROW_COL_LAUNCHES,
     "quantize_weight_2d": WEIGHT_2D_LAUNCHES,
     "amax": AMAX_LAUNCHES,
-    "quantize_fp8": {},      # kernels/fp8.py: no variants yet
+    "quantize_fp8": FP8_LAUNCHES,
+    "quantize_fp8_row_col": FP8_ROW_COL_LAUNCHES,
 }
 
 
@@ -328,8 +377,50 @@ def _weight_2d_entry(variant, amax_variant):
     return quantize_weight_2d
 
 
+@torch.library.custom_op("lowprec::triton_variant_quantize_fp8", mutates_args=())
+def _fp8_op(x: Tensor, variant: str) -> Tuple[Tensor, Tensor]:
+    from .fp8 import quantize_fp8
+    return quantize_fp8(x, tile=_launches("quantize_fp8", variant, BASELINE)[0])
+
+
+@_fp8_op.register_fake
+def _(x, variant):
+    return (x.new_empty(x.shape, dtype=torch.float8_e4m3fn),
+            x.new_empty(*x.shape[:-1], 1, dtype=torch.float32))
+
+
+def _fp8_entry(variant, amax_variant):
+    def quantize_fp8(x):
+        return torch.ops.lowprec.triton_variant_quantize_fp8(x.detach(), variant)
+    quantize_fp8.variant = (variant, amax_variant)
+    return quantize_fp8
+
+
+@torch.library.custom_op("lowprec::triton_variant_quantize_fp8_row_col", mutates_args=())
+def _fp8_row_col_op(x: Tensor, variant: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    from .fp8 import quantize_fp8_row_col
+    return quantize_fp8_row_col(
+        x, tile=_launches("quantize_fp8_row_col", variant, BASELINE)[0])
+
+
+@_fp8_row_col_op.register_fake
+def _(x, variant):
+    m, k = x.shape
+    e4m3, f32 = torch.float8_e4m3fn, torch.float32
+    return (x.new_empty(m, k, dtype=e4m3), x.new_empty(m, 1, dtype=f32),
+            x.new_empty(k, m, dtype=e4m3), x.new_empty(k, 1, dtype=f32))
+
+
+def _fp8_row_col_entry(variant, amax_variant):
+    def quantize_fp8_row_col(x):
+        return torch.ops.lowprec.triton_variant_quantize_fp8_row_col(x.detach(), variant)
+    quantize_fp8_row_col.variant = (variant, amax_variant)
+    return quantize_fp8_row_col
+
+
 TRITON_ENTRIES = {"quantize_row_col": _row_col_entry, "quantize_nvfp4": _nvfp4_entry,
-                  "quantize_weight_2d": _weight_2d_entry}
+                  "quantize_weight_2d": _weight_2d_entry, "quantize_fp8": _fp8_entry,
+                  "quantize_fp8_row_col": _fp8_row_col_entry}
 
 
 # ----------------------------------------------------------------------------------
@@ -481,11 +572,62 @@ AOT_KERNELS = {
     "quantize_weight_2d": ["quantize_2d row+col"],
     "amax": ["amax row+col RHT"],
 }
+FP8_COLUMN = "fp8 _column_scale_kernel"
+FP8_FUSED = "fp8 _quantize_fp8_row_col_kernel"
+FP8_ROWWISE = "fp8 _quantize_fp8_kernel"
+
+
+def fp8_spec(kernel, launch):
+    """(kernel, signature, constexprs, num_warps, num_stages, elements per thread per
+    loop step) of an FP8 kernel (``FP8_COLUMN``, ``FP8_FUSED`` or ``FP8_ROWWISE``; bf16
+    in, unit stride along K) launched as ``launch`` (an ``Fp8Launch``)."""
+    from . import fp8
+    per_step = launch.block_r * launch.block_k // (32 * launch.num_warps)
+    stages = launch.num_stages or 3
+    if kernel == FP8_COLUMN:
+        return (fp8._column_scale_kernel,
+                dict(x_ptr="*i16", col_scale_ptr="*fp32", M="i32", K="i32", stride_m="i32"),
+                dict(stride_k=1, X_KIND=1, BLOCK_M=launch.block_r, BLOCK_C=launch.block_k),
+                launch.num_warps, stages, per_step)
+    if kernel == FP8_FUSED:
+        return (fp8._quantize_fp8_row_col_kernel,
+                dict(x_ptr="*i16", row_data_ptr="*u8", row_scale_ptr="*fp32",
+                     col_data_ptr="*u8", col_scale_ptr="*fp32", M="i32", K="i32",
+                     stride_m="i32"),
+                dict(stride_k=1, X_KIND=1, BLOCK_R=launch.block_r, BLOCK_K=launch.block_k),
+                launch.num_warps, stages, per_step)
+    if kernel == FP8_ROWWISE:
+        return (fp8._quantize_fp8_kernel,
+                dict(x_ptr="*i16", data_ptr="*u8", scale_ptr="*fp32", R="i32", K="i32",
+                     stride_r="i32"),
+                dict(stride_k=1, X_KIND=1, BLOCK_R=launch.block_r, BLOCK_K=launch.block_k),
+                launch.num_warps, stages, per_step)
+    raise ValueError(f"unknown FP8 kernel {kernel!r}")
+
+
+# The GPU launches of kernels/fp8.py's baselines (row_col_blocks; quantize_fp8's 4 x 512).
+FP8_BASE = {FP8_ROWWISE: Fp8Launch(4, 512, 4), FP8_COLUMN: _BASE_COLUMN,
+            FP8_FUSED: Fp8Launch(32, 128, 4)}
+
+
+def _fp8_aot_specs():
+    """The FP8 kernels' specs: each baseline, then each variant's changed kernels."""
+    out = {f"{kernel} / {BASELINE}": fp8_spec(kernel, launch)
+           for kernel, launch in FP8_BASE.items()}
+    for name, launch in FP8_LAUNCHES.items():
+        out[f"{FP8_ROWWISE} / {name}"] = fp8_spec(FP8_ROWWISE, launch)
+    for name, pair in FP8_ROW_COL_LAUNCHES.items():
+        if pair.column is not None:
+            out[f"{FP8_COLUMN} / {name}"] = fp8_spec(FP8_COLUMN, pair.column)
+        if pair.fused is not None:
+            out[f"{FP8_FUSED} / {name}"] = fp8_spec(FP8_FUSED, pair.fused)
+    return out
 
 
 def aot_specs():
     """label -> (kernel, signature, constexprs, num_warps, num_stages, elements per thread)
-    of every Triton variant (kernels/aot.py's specs with each variant's launch)."""
+    of every Triton variant (kernels/aot.py's specs with each variant's launch; the FP8
+    kernels loop, so theirs is per loop step)."""
     from . import aot
     from .amax import _amax_persistent_kernel
     specs = aot._specs()
@@ -503,6 +645,7 @@ def aot_specs():
                     kernel, signature, dict(consts, CHUNKS=launch.chunks, BLOCK_K=launch.block_k),
                     launch.num_warps, launch.num_stages or 3,
                     16 * launch.chunks * launch.block_k // (32 * launch.num_warps))
+    out.update(_fp8_aot_specs())
     return out
 
 

@@ -18,6 +18,11 @@ wgrad        dW = dY^T X         dY^T: RHT, 1x16, SR         X^T: RHT, 1x16 RNE
   RHT'd columnwise copy, no transpose or pad copies in between); W through one
   ``quantize_weight_2d`` (or ``quantize_row_col`` without ``weight_2d``) in the forward,
   which makes fprop's W and dgrad's W^T from one read.
+* Where the NVFP4 GEMM multiplies bf16 values (Hopper's emulation: dequantize, mm,
+  epilogue; ``KernelTable.nvfp4_values``), the quantizers write those values directly
+  (values mode) for every operand a GEMM reads right away, so no dequantize runs
+  between them; only the X^T kept for the backward stays packed and is dequantized by
+  wgrad. The bits are those of the packed path (the values are exact).
 * wgrad contracts over the token dim M, which is arbitrary: X^T and dY^T are padded
   with zero columns to a multiple of 16 (NUMERICS 10).
 * FP8 quantizes each operand per row along the contraction dim (NUMERICS 9), so the

@@ -75,12 +75,15 @@ def test_registry_shape():
     for op, launches in V.TRITON_LAUNCHES.items():
         for name, launch in launches.items():
             assert name != V.BASELINE
+            if op.startswith("quantize_fp8"):       # tests/kernels/test_fp8_variants.py
+                continue
             for value in (launch.chunks, launch.block_k, launch.num_warps):
                 assert value & (value - 1) == 0, (op, name)     # powers of two
             assert launch.block_k >= 16 and launch.num_warps <= 16
     assert len(variants_of("quantize_row_col")) >= 3
     assert len(variants_of("amax")) >= 3
-    assert V.names("quantize_fp8", "triton") == (V.BASELINE,)
+    assert len(variants_of("quantize_fp8")) >= 3
+    assert len(variants_of("quantize_fp8_row_col")) >= 3
     assert all(callable(f) for f in V.candidates("quantize_weight_2d", "triton").values())
 
 
@@ -222,7 +225,12 @@ def test_every_variant_compiles_for_hopper_without_spills():
     facts = json.loads(out.stdout.strip().splitlines()[-1])
     expected = sum(len(keys) * (1 + len(V.TRITON_LAUNCHES[op]))
                    for op, keys in V.AOT_KERNELS.items())
+    # FP8: each kernel's baseline, then each kernel a variant changes.
+    expected += len(V.FP8_BASE) + len(V.FP8_LAUNCHES) + sum(
+        (pair.column is not None) + (pair.fused is not None)
+        for pair in V.FP8_ROW_COL_LAUNCHES.values())
     assert len(facts) == expected
+    assert any(name.startswith(V.FP8_FUSED) for name in facts)
     for name, f in facts.items():
         assert f["spill"] == 0, (name, f)             # no local memory in any variant
         assert f["ld_v4"], (name, f)                  # 16-byte loads kept
