@@ -3,9 +3,9 @@
 For this machine (CUDA tensors when a GPU is visible, else CPU tensors), or for a GPU of a
 given compute capability with lowprec fully installed (CUDA extension built, Triton
 present), so that what a Hopper or Blackwell GPU would run can be read, and tested,
-without one. The names come from the backends' own ``implementation`` functions, which
-their op functions dispatch on, e.g. ``cuda:quantize_row_col``, ``dequant+torch.mm``,
-``torch:_scaled_mm``.
+without one. The names are those of the ``KernelTable`` the training layer resolves, from the
+backends' own ``implementation`` functions, which their op functions dispatch on, e.g.
+``cuda:quantize_row_col``, ``dequant+torch.mm``, ``torch:_scaled_mm``.
 """
 
 import json
@@ -40,13 +40,11 @@ def table(capability=None):
         device_type, installed = "cuda", True
         where = (f"CUDA tensors on a compute capability {capability[0]}.{capability[1]} GPU, "
                  f"lowprec fully installed (CUDA extension built, Triton present)")
-    ops = {}
-    for op in backends.OPS:
-        try:
-            ops[op] = backends.choose(op, device_type, capability, installed=installed)[1]
-        except RuntimeError as err:
-            ops[op] = f"none ({err})"
-    return where, ops
+    # The kernel table the training layer resolves (its names: what each op runs, with
+    # the winning variant and, on Hopper, that the NVFP4 GEMM takes the quantizers' values).
+    kernels = backends.KernelTable(torch.device(device_type), installed=installed,
+                                   capability=capability)
+    return where, dict(kernels.names)
 
 
 def format_table(where, ops):

@@ -21,7 +21,8 @@ HOPPER = {
     "dequantize_nvfp4": "triton:dequantize",
     "quantize_fp8": "triton:quantize_fp8",
     "quantize_fp8_row_col": "triton:quantize_fp8_row_col",
-    "nvfp4_gemm": "dequant+torch.mm",
+    # The quantizers write the values the emulated GEMM multiplies (values mode).
+    "nvfp4_gemm": "dequant+torch.mm (operands: the quantizers' bf16 values)",
     "fp8_gemm": "torch:_scaled_mm",
 }
 # The native FP4 GEMM needs K % 32 == 0; other shapes take Hopper's, and the name says so.
