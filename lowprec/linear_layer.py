@@ -177,13 +177,11 @@ def quantize_rows_and_cols(t, row_precision, col_precision, rht, signs, stochast
             col_offset = reference.counters_used(t.numel())
         rht_signs = (signs or reference.DEFAULT_SIGN_VECTOR) if rht else None
         row_values, col_values = row_values and row_nv, col_values and col_nv
-        values = {"row_values": True, "col_values": col_values} if row_values else \
-            {"col_values": True} if col_values else {}
         row, col = kernels.quantize_row_col(
             t, rht_signs=rht_signs, rowwise=row_nv, columnwise=col_nv,
             row_stochastic=stochastic, col_stochastic=stochastic, seed=seed,
             row_offset=row_offset, col_offset=col_offset, row_amax=None, col_amax=None,
-            **values)
+            row_values=row_values, col_values=col_values)
         m, k = t.shape
         if row_nv:
             rows = NVFP4Values(row[0], row[2]) if row_values else NVFP4Tensor(*row, (m, k))
