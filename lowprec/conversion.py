@@ -1,9 +1,9 @@
 """convert / unconvert: swap a model's weight matmuls for lowprec's and back.
 
-What is converted, what stays untouched and the default plan are described in
-``lowprec.discovery``, which finds the layers, makes the default plan and applies plans;
-with a budget, ``lowprec.planner.make_plan`` chooses the precisions. This module sits
-above both.
+What is converted and what stays untouched is described in ``lowprec.discovery``, which
+finds the layers (once per call), the default plan in ``lowprec.policy``, applying a
+plan in ``lowprec.module_swap``; with a budget, ``lowprec.planner.make_plan`` chooses the
+precisions. This module sits above them all.
 
 Every planned layer becomes a lowprec module (a BF16 one quantizes nothing), so applying
 another plan later only changes recipes: parameters, their optimizer state and the module
@@ -15,20 +15,14 @@ import warnings
 
 from lowprec import planner
 from lowprec.conv1d import Conv1D
-from lowprec.discovery import (
-    FILTER_SIGNATURE,
-    apply_plan,
-    candidate_layers,
-    check_weight_dtype,
-    complete_plan,
-    default_plan,
-    swap_module,
-)
+from lowprec.discovery import FILTER_SIGNATURE, find_layers
 from lowprec.linear_layer import Linear
-from lowprec.moe import ROUTER_REASON, GroupedExperts, experts_adapter
+from lowprec.module_swap import apply_plan, swap_module
+from lowprec.moe import ROUTER_REASON, GroupedExperts
+from lowprec.names import shape_problem
 from lowprec.plan import Plan
 from lowprec.planner import options
-from lowprec.recipe import Recipe, shape_problem
+from lowprec.policy import complete_plan, default_plan
 
 
 def _original(module):
@@ -50,11 +44,13 @@ def convert(model, budget=None, *, recipe=None, calibration=None, optimizer=None
 
     Args:
         model: an ``nn.Module``.
-        budget: None for the default plan (``lowprec.discovery``); else hand planning to
+        budget: None for the default plan (``lowprec.policy``); else hand planning to
             ``lowprec.planner.make_plan`` under this budget (needs ``calibration``);
             each expert projection is one planning unit (all its experts alike).
         recipe: the base recipe (its switches, and the precisions the default plan
-            gives); None means ``Recipe()`` (NUMERICS 7).
+            gives); None means ``Recipe()`` (NUMERICS 7). With ``plan``: None applies
+            each ``LayerPlan.recipe`` as it is, a recipe gives its switches to the
+            plan's precisions.
         calibration, optimizer, loss_fn: passed to the planner with ``budget`` (and
             refused without one); ``loss_fn(model, batch) -> scalar tensor``, default
             the model's own output (``lowprec.planner.default_loss``).
@@ -90,42 +86,27 @@ def convert(model, budget=None, *, recipe=None, calibration=None, optimizer=None
         raise TypeError(f"convert got {', '.join(planner_inputs)} but no budget: they are "
                         f"only used to plan under a budget (budget=...); pass one, or leave "
                         f"them out for {instead}")
-    options.check_recipe(recipe)
+    found = find_layers(model, filter_fn)          # once: plan, planner and warnings
     if budget is not None:
-        budget = options.check_plan_options(budget=budget, **plan_kwargs)
-        if calibration is None:
-            raise ValueError("convert(budget=...) plans from measurements: pass "
-                             "calibration=<an iterable of batches>")
-        options.check_calibration(calibration, "convert")
-        candidates = candidate_layers(model, filter_fn)
-        for name, module, forced in candidates:
-            # Before the statistics, which take minutes on a real model.
-            if forced is None:
-                check_weight_dtype(name, _candidate_weight(name, module), planned=True)
-        plan = planner.make_plan(model, budget=budget, calibration=calibration,
-                                 optimizer=optimizer, loss_fn=loss_fn,
-                                 recipe=Recipe() if recipe is None else recipe,
-                                 candidates=candidates, **plan_kwargs)
-        plan = complete_plan(plan, model, filter_fn)
+        # make_plan checks the budget, the recipe and every other planning input before
+        # any work (the statistics take minutes on a real model), so convert does not.
+        planned = planner.make_plan(model, budget=budget, calibration=calibration,
+                                    optimizer=optimizer, loss_fn=loss_fn, recipe=recipe,
+                                    candidates=found.candidates(), **plan_kwargs)
+        plan = complete_plan(planned, found)
         _warn_nothing_quantized(plan, "the planner's plan")
-    elif plan is None:
-        plan = default_plan(model, recipe, filter_fn)
-        _warn_nothing_quantized(plan, "the default plan")
+    else:
+        options.check_recipe(recipe)
+        if plan is None:
+            plan = default_plan(found, recipe)
+            _warn_nothing_quantized(plan, "the default plan")
     if not isinstance(plan, Plan):
         raise TypeError(f"plan must be a lowprec.Plan; got {type(plan).__name__}")
-    _warn_unplanned(model, plan, filter_fn)
+    _warn_unplanned(found, plan)
     model = apply_plan(model, plan, recipe)
     model.lowprec_plan = plan
     _warn_untouched(plan)
     return model
-
-
-def _candidate_weight(name, module):
-    """The weight of a candidate layer (an expert projection: ``<experts>.<tensor>``)."""
-    adapter = experts_adapter(module)
-    if adapter is None:
-        return module.weight
-    return getattr(module, name.rpartition(".")[2])
 
 
 def _bf16_cause(layer):
@@ -161,9 +142,9 @@ def _warn_nothing_quantized(plan, which):
                   UserWarning, stacklevel=3)
 
 
-def _warn_unplanned(model, plan, filter_fn):
+def _warn_unplanned(found, plan):
     """Warn naming the model's linear layers ``plan`` leaves out (they stay as they are)."""
-    missing = [name for name, _, _ in candidate_layers(model, filter_fn) if name not in plan]
+    missing = [name for name, _, _ in found.candidates() if name not in plan]
     if missing:
         shown = ", ".join(missing[:10]) + (f", ... ({len(missing)} in all)"
                                            if len(missing) > 10 else "")

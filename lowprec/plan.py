@@ -17,7 +17,8 @@ import math
 import numbers
 import os
 
-from lowprec.recipe import GEMMS, PRECISIONS, Recipe
+from lowprec.names import GEMMS, PRECISIONS
+from lowprec.recipe import Recipe
 from lowprec.table import format_table
 
 PLAN_FORMAT_VERSION = 1
@@ -39,10 +40,11 @@ class LayerPlan:
             (``...experts.gate_up_proj``).
         shape: ``(out_features, in_features)``, i.e. the linear weight's (N, K) (one
             expert's for experts).
-        fprop, dgrad, wgrad: precisions, each in ``PRECISIONS``.
+        recipe: the layer's ``Recipe``: its three precisions, and the switches of the
+            recipe the plan was made with (in a plan file, ``meta["recipe"]``).
         reason: why these precisions (a forced BF16 says what forced it).
         flops_share: this layer's fraction of the multiply-adds per token of all the
-            plan's entries, in [0, 1], or None. ``convert``'s plans (``discovery``) count
+            plan's entries, in [0, 1], or None. ``convert``'s plans (``policy``) count
             every layer once per token; ``make_plan``'s own plan counts the tokens each
             layer saw in calibration (``BUDGET_SHARE_DEFINITION``).
         cost: the planner's cost of this choice (>= 0), or None.
@@ -57,9 +59,7 @@ class LayerPlan:
 
     name: str
     shape: tuple
-    fprop: str
-    dgrad: str
-    wgrad: str
+    recipe: Recipe
     reason: str
     flops_share: float | None = None
     cost: float | None = None
@@ -69,6 +69,10 @@ class LayerPlan:
     experts: list | None = None
 
     def __post_init__(self):
+        # The precisions are checked by Recipe itself; here only what a plan adds.
+        if not isinstance(self.recipe, Recipe):
+            raise TypeError(f"LayerPlan {self.name}: recipe must be a lowprec.Recipe; got "
+                            f"{type(self.recipe).__name__}")
         self.shape = tuple(int(d) for d in self.shape)
         if self.kind not in KINDS:
             raise ValueError(f"LayerPlan {self.name}: kind must be one of {KINDS}; got "
@@ -78,17 +82,13 @@ class LayerPlan:
         if len(self.shape) != 2:
             raise ValueError(f"LayerPlan {self.name}: shape must be (out_features, "
                              f"in_features); got {self.shape}")
-        for gemm in GEMMS:
-            value = getattr(self, gemm)
-            if value not in PRECISIONS:
-                raise ValueError(f"LayerPlan {self.name}: {gemm} must be one of "
-                                 f"{PRECISIONS}; got {value!r}")
-        if self.kind == "untouched" and self.precisions() != ("bf16",) * 3:
+        if self.kind == "untouched" and self.recipe.quantized:
             raise ValueError(f"LayerPlan {self.name} is untouched ({self.reason}); its "
                              f"GEMMs cannot be {self.precisions()}")
 
     def precisions(self):
-        return tuple(getattr(self, gemm) for gemm in GEMMS)
+        """``(fprop, dgrad, wgrad)`` of the layer's recipe."""
+        return self.recipe.precisions()
 
     def macs_per_token(self):
         """Multiply-adds per token of one GEMM: N*K, times top_k for experts."""
@@ -101,12 +101,6 @@ class LayerPlan:
         if self.experts:
             text = f"{self.experts[0]}x{text} top{self.experts[1]}"
         return text
-
-    def recipe(self, base):
-        """``base`` (its switches) with this layer's three precisions."""
-        if not isinstance(base, Recipe):
-            raise TypeError(f"LayerPlan.recipe takes a Recipe; got {type(base).__name__}")
-        return base.replace(fprop=self.fprop, dgrad=self.dgrad, wgrad=self.wgrad)
 
 
 @dataclasses.dataclass
@@ -143,6 +137,11 @@ class Plan:
 
     def __contains__(self, name):
         return name in self.layers
+
+    def base_recipe(self):
+        """The recipe the plan was made with (``meta["recipe"]``, else ``Recipe()``): its
+        switches are every layer's, and a plan file stores them only there."""
+        return _plan_switches(self.meta, "Plan")
 
     # -- summary and table ------------------------------------------------------------
 
@@ -181,7 +180,7 @@ class Plan:
                   "WD fp4/fp8", "cost", "reason")
         rows = [(layer.name, layer.shape_text(),
                  "" if layer.flops_share is None else f"{100 * layer.flops_share:.1f}%",
-                 layer.fprop, layer.dgrad, layer.wgrad,
+                 *layer.precisions(),
                  _stat_cell(layer.stats.get("ld")), _stat_cell(layer.stats.get("wd")),
                  "" if layer.cost is None else f"{layer.cost:.4g}", layer.reason)
                 for layer in self]
@@ -215,16 +214,22 @@ class Plan:
         """Valid JSON text of the plan.
 
         Raises TypeError naming a key JSON cannot hold, ValueError naming a NaN or
-        infinite number (JSON has none; Python's bare ``NaN`` token is not JSON) or a
-        field ``from_json`` would refuse (``_check_layer``: the one schema of both).
+        infinite number (JSON has none; Python's bare ``NaN`` token is not JSON), a
+        field ``from_json`` would refuse (``_check_layer``: the one schema of both), or
+        a layer whose recipe's switches are not the plan's (``base_recipe``): each
+        layer's entry holds its three precisions, ``meta["recipe"]`` the switches.
         """
         _check_json(self.meta, "meta")
+        switches = self.base_recipe()
         layers = []
         for layer in self:
-            _check_layer(layer, f"layers[{layer.name!r}]", "Plan")
-            entry = dataclasses.asdict(layer)
-            entry["shape"] = list(layer.shape)
-            layers.append(entry)
+            where = f"layers[{layer.name!r}]"
+            _check_layer(layer, where, "Plan")
+            if layer.recipe.switches() != switches.switches():
+                raise ValueError(f"Plan {where}: its recipe's switches ({layer.recipe}) are "
+                                 f"not the plan's (meta['recipe'], default Recipe()); a "
+                                 f"plan file holds one set of switches")
+            layers.append(_layer_to_json(layer))
         return json.dumps({"format": PLAN_FORMAT_VERSION, "meta": self.meta,
                            "layers": layers}, indent=indent, allow_nan=False)
 
@@ -258,9 +263,10 @@ class Plan:
                              f"{type(data['meta']).__name__} and "
                              f"{type(data['layers']).__name__}")
         _check_json(data["meta"], "meta", "plan JSON")
+        switches = _plan_switches(data["meta"], "plan JSON")
         layers, seen = [], set()
         for i, entry in enumerate(data["layers"]):
-            layer = _layer_from_json(entry, f"layers[{i}]")
+            layer = _layer_from_json(entry, f"layers[{i}]", switches)
             if layer.name in seen:
                 raise ValueError(f"plan JSON names layer {layer.name!r} twice "
                                  f"(again at layers[{i}])")
@@ -289,7 +295,13 @@ class Plan:
             raise ValueError(f"{os.fspath(path)}: {err}") from None
 
 
-# The JSON types of LayerPlan's fields (a field not listed here is not type-checked).
+# A layer's entry in a plan file: LayerPlan's fields, its recipe as the three precisions
+# (the switches are the plan's, in meta["recipe"]), in this order.
+_JSON_FIELDS = ("name", "shape", *GEMMS, "reason", "flops_share", "cost", "stats", "kind",
+                "block_list", "experts")
+_REQUIRED_JSON_FIELDS = ("name", "shape", *GEMMS, "reason")
+
+# The JSON types of those fields.
 _FIELD_TYPES = {"name": (str,), "reason": (str,), "fprop": (str,), "dgrad": (str,),
                 "wgrad": (str,), "flops_share": (int, float, type(None)),
                 "cost": (int, float, type(None)), "stats": (dict,), "shape": (list,),
@@ -297,20 +309,38 @@ _FIELD_TYPES = {"name": (str,), "reason": (str,), "fprop": (str,), "dgrad": (str
                 "experts": (list, type(None))}
 
 
-def _layer_from_json(entry, where):
-    """One LayerPlan from its JSON object, each field's type checked first."""
+def _plan_switches(meta, source):
+    """The recipe whose switches a plan's layers share: ``meta["recipe"]`` (the recipe
+    the plan was made with, as ``Recipe.to_dict``), else ``Recipe()``."""
+    if "recipe" not in meta:
+        return Recipe()
+    try:
+        return Recipe.from_dict(meta["recipe"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{source} meta['recipe'] must be a recipe (Recipe.to_dict): "
+                         f"{err}") from None
+
+
+def _layer_to_json(layer):
+    entry = {}
+    for key in _JSON_FIELDS:
+        entry[key] = getattr(layer.recipe if key in GEMMS else layer, key)
+    entry["shape"] = list(layer.shape)
+    return entry
+
+
+def _layer_from_json(entry, where, switches):
+    """One LayerPlan from its JSON object, each field's type checked first; its recipe is
+    ``switches`` with the entry's precisions."""
     if not isinstance(entry, dict):
         raise ValueError(f"plan JSON {where} must be an object; got {entry!r:.80}")
-    fields = dataclasses.fields(LayerPlan)
-    required = [f.name for f in fields if f.default is dataclasses.MISSING
-                and f.default_factory is dataclasses.MISSING]
-    missing = [key for key in required if key not in entry]
-    unknown = [key for key in entry if key not in {f.name for f in fields}]
+    missing = [key for key in _REQUIRED_JSON_FIELDS if key not in entry]
+    unknown = [key for key in entry if key not in _JSON_FIELDS]
     if missing or unknown:
         raise ValueError(f"plan JSON {where} ({entry.get('name')!r}): missing fields "
                          f"{missing}, unknown fields {unknown}")
     for key, value in entry.items():
-        types = _FIELD_TYPES.get(key, (object,))
+        types = _FIELD_TYPES[key]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise ValueError(f"plan JSON {where} ({entry.get('name')!r}): {key} must be "
                              f"{' or '.join(t.__name__ for t in types)}; "
@@ -324,10 +354,12 @@ def _layer_from_json(entry, where):
         # Before LayerPlan's int() turns "3" into 3 or fails without naming the field.
         raise ValueError(f"plan JSON {where} ({entry['name']!r}): experts must be two "
                          f"ints [E, top_k]; got {experts!r:.80}")
+    fields = {key: value for key, value in entry.items() if key not in GEMMS}
     try:
-        layer = LayerPlan(**entry)
+        recipe = switches.replace(**{gemm: entry[gemm] for gemm in GEMMS})
+        layer = LayerPlan(recipe=recipe, **fields)
     except ValueError as err:
-        raise ValueError(f"plan JSON {where}: {err}") from None
+        raise ValueError(f"plan JSON {where} ({entry['name']!r}): {err}") from None
     _check_layer(layer, where, "plan JSON")
     return layer
 

@@ -88,10 +88,14 @@ class Recipe:
         """True if any GEMM is quantized (a recipe that is all ``"bf16"`` is not)."""
         return self.precisions() != ("bf16",) * 3
 
-    @property
-    def backward_sr(self):
-        """True if the backward draws stochastic-rounding words (needs a seed)."""
-        return self.stochastic_rounding and (self.dgrad == "nvfp4" or self.wgrad == "nvfp4")
+    def switches(self):
+        """``{name: value}`` of the NVFP4 switches and the sign vector: what a plan's
+        layers share (a plan file stores them once, beside the per-layer precisions)."""
+        return {name: getattr(self, name) for name in (*SWITCHES, "sign_vector")}
+
+    def with_precisions_of(self, other):
+        """This recipe's switches with ``other``'s three precisions."""
+        return self.replace(**dict(zip(GEMMS, other.precisions())))
 
     # -- serialisation ----------------------------------------------------------------
 

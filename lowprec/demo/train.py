@@ -21,8 +21,9 @@ import time
 import torch
 
 import lowprec
-from lowprec.discovery import default_plan
+from lowprec.discovery import find_layers
 from lowprec.planner import options
+from lowprec.policy import default_plan
 from lowprec.demo import corpus as corpus_mod
 from lowprec.demo.model import GPT, GPTConfig
 from lowprec.demo.report import find_spikes
@@ -234,8 +235,8 @@ def convert_planned(model, ctx):
 def convert_all_nvfp4(model, ctx):
     """Every linear layer in the recipe, the BF16 blocks of the default plan included."""
     recipe = ctx.get("recipe") or lowprec.Recipe()
-    layers = [lowprec.LayerPlan(name, tuple(module.weight.shape),
-                                *(("bf16",) * 3 if forced else recipe.precisions()),
+    bf16 = recipe.replace(fprop="bf16", dgrad="bf16", wgrad="bf16")
+    layers = [lowprec.LayerPlan(name, tuple(module.weight.shape), bf16 if forced else recipe,
                                 reason=forced or "every layer NVFP4 (no BF16 layers)")
               for name, module, forced in lowprec.candidate_layers(model)]
     plan = lowprec.Plan(layers, {"planner": "all layers", "recipe": recipe.to_dict()})
@@ -303,7 +304,7 @@ def run_demo(preset="cpu", steps=None, budget=None, seed=0, device=None, progres
         changes.update(steps=steps, eval_every=min(train_cfg.eval_every, steps))
     train_cfg = dataclasses.replace(train_cfg, **changes)
     if budget is None:
-        share = default_plan(build_model(model_cfg, seed, "cpu")).summary()["nvfp4"]
+        share = default_plan(find_layers(build_model(model_cfg, seed, "cpu"))).summary()["nvfp4"]
         budget = default_budget(share)
     budget = options.check_budget(budget)
     corpus = corpus_mod.load()

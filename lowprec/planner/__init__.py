@@ -12,7 +12,9 @@ from lowprec.planner.controller import Replanner
 from lowprec.planner.cost import DeviceCost, device_cost, gemm_flops
 from lowprec.planner.ilp import (BudgetError, Choice, NoSolverError, PlannerError, Solution,
                                  budget_range, solve)
-from lowprec.planner.stats import LayerStats, collect_stats, default_loss
+from lowprec.planner.layer_stats import LayerStats
+from lowprec.planner.loss import default_loss
+from lowprec.planner.stats import collect_stats
 
 __all__ = [
     "BudgetError", "Choice", "DeviceCost", "LayerStats", "NoSolverError", "PlannerError",

@@ -23,7 +23,7 @@ class OptionError(ValueError):
     """An option of convert / the planner / the CLI is malformed (names the value)."""
 
 
-def _number(value, name):
+def as_number(value, name):
     """``value`` as a Python float: int/float, numpy scalars and 0-d tensors or arrays
     are accepted; bools, strings, None and tensors with more than one element are not."""
     if hasattr(value, "item") and hasattr(value, "dtype"):       # torch or numpy
@@ -45,7 +45,7 @@ def check_budget(budget, budget_kind="nvfp4_fraction"):
     """
     check_budget_kind(budget_kind)
     try:
-        value = _number(budget, "budget")
+        value = as_number(budget, "budget")
     except OptionError as err:
         raise BudgetError(f"budget must be a finite number; got {budget!r}") from err
     if not math.isfinite(value):
@@ -94,7 +94,7 @@ def check_time_limit(time_limit):
     """Seconds the ILP solver may take: None (no limit) or a finite number > 0."""
     if time_limit is None:
         return None
-    value = _number(time_limit, "time_limit")
+    value = as_number(time_limit, "time_limit")
     if not (math.isfinite(value) and value > 0):
         raise OptionError(f"time_limit must be a positive number of seconds; got "
                           f"{time_limit!r}")
@@ -103,7 +103,7 @@ def check_time_limit(time_limit):
 
 def check_gap(gap):
     """Relative MIP gap at which the solver may stop: a finite number >= 0."""
-    value = _number(gap, "gap")
+    value = as_number(gap, "gap")
     if not (math.isfinite(value) and value >= 0):
         raise OptionError(f"gap must be a finite number >= 0; got {gap!r}")
     return value

@@ -19,18 +19,20 @@ three metrics weigh alike unless ``weights`` says otherwise; BF16 costs 0.
 Distributed. Every rank gathers statistics on its own batches; the sums are all-reduced,
 rank 0 solves and broadcasts the plan as JSON (or the error it hit), and every rank
 decodes the same bytes, so all ranks hold the identical plan (or raise the same error).
+A single process returns the solver's plan as it is.
 """
 
 import json
 import math
 
-from lowprec.discovery import candidate_layers
+from lowprec.discovery import candidate_layers, candidate_weight, check_weight_dtype
+from lowprec.names import GEMMS
 from lowprec.plan import LayerPlan, Plan
 from lowprec.planner import ilp, options, pulp_compat
 from lowprec.planner.cost import device_cost, gemm_flops
 from lowprec.planner.distributed import broadcast_text, rebuild_error, resolve_group
 from lowprec.planner.stats import DEFAULT_NOISE_SCALE, DEFAULT_SEED, collect_stats
-from lowprec.recipe import GEMMS
+from lowprec.recipe import Recipe
 
 DEFAULT_GEMM_GROUPS = (("fprop", "dgrad"), ("wgrad",))
 OBJECTIVES = ("snip", "relative_error")
@@ -40,11 +42,8 @@ ERRORS = {"BudgetError": ilp.BudgetError, "NoSolverError": pulp_compat.NoSolverE
           "PlannerError": ilp.PlannerError}
 
 
-def _candidates(model, candidates):
-    return list(candidates) if candidates is not None else candidate_layers(model)
-
-
-def _check_groups(gemm_groups):
+def check_gemm_groups(gemm_groups):
+    """``gemm_groups`` as a tuple of tuples; ValueError unless it splits ``GEMMS``."""
     groups = tuple(tuple(g) for g in gemm_groups)
     flat = [gemm for g in groups for gemm in g]
     if sorted(flat) != sorted(GEMMS) or any(not g for g in groups):
@@ -53,8 +52,11 @@ def _check_groups(gemm_groups):
     return groups
 
 
-def _units(candidates, ties):
-    """``[(unit_name, [member names])]`` in model order; tie groups become one unit."""
+def decision_units(candidates, ties):
+    """``[(unit_name, [member names])]`` in model order; tie groups become one unit.
+
+    ValueError naming a tied layer that is not a candidate or is in two groups.
+    """
     names = [name for name, _, _ in candidates]
     known = set(names)
     owner = {}
@@ -112,7 +114,7 @@ def _previous_precision(previous, members, group):
     layers = getattr(previous, "layers", {})
     if any(m not in layers for m in members):
         return None
-    precisions = {getattr(layers[m], gemm) for m in members for gemm in group}
+    precisions = {getattr(layers[m].recipe, gemm) for m in members for gemm in group}
     return precisions.pop() if len(precisions) == 1 else None
 
 
@@ -203,7 +205,7 @@ def _sensitivity_ranks(choices):
 
 
 def _plan_from(solution, candidates, units, groups, layer_stats, forced, choices,
-               objective, dev, meta):
+               objective, dev, recipe, meta):
     by_key = {c.key: c for c in choices}
     unit_of = {m: (unit, members) for unit, members in units for m in members}
     total = sum(c.flops for c in choices)
@@ -231,20 +233,63 @@ def _plan_from(solution, candidates, units, groups, layer_stats, forced, choices
         summary["objective"] = {"+".join(g): dict(by_key[(unit, "+".join(g))].cost)
                                 for g in groups}
         layers.append(LayerPlan(name=name, shape=tuple(stats.shape),
-                                fprop=precision["fprop"], dgrad=precision["dgrad"],
-                                wgrad=precision["wgrad"], reason=reason,
+                                recipe=recipe.replace(**precision), reason=reason,
                                 flops_share=3 * per_gemm / total if total else 0.0,
                                 cost=dev.relative_time(layer_flops), stats=summary))
     return Plan(layers, meta)
 
 
-def _objective_name(objective):
+def check_objective(objective):
+    """The objective's name (a callable's ``__name__``); ValueError for an unknown one."""
     if callable(objective):
         return getattr(objective, "__name__", "custom")
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES} or a callable; "
                          f"got {objective!r}")
     return objective
+
+
+def check_make_plan_options(model, *, budget, candidates=None, budget_kind="nvfp4_fraction",
+                            ties=None, recipe=None, time_limit=10.0, gap=0.0,
+                            gemm_groups=DEFAULT_GEMM_GROUPS, objective="snip",
+                            **_judged_later):
+    """Check every option of ``make_plan`` that can be judged without statistics.
+
+    ``make_plan`` calls it first, and ``Replanner`` at construction (its first re-plan
+    can come 1,000+ steps into training). Other keyword arguments are accepted and left
+    to their owners, so callers can pass their whole option dict.
+
+    Returns:
+        ``(budget as a float, candidates)``: the candidate list (default
+        ``discovery.candidate_layers(model)``), which the ties are checked against.
+
+    Raises:
+        BudgetError / OptionError / TypeError / ValueError naming the value.
+    """
+    budget = options.check_plan_options(budget=budget, budget_kind=budget_kind, ties=ties,
+                                        recipe=recipe, time_limit=time_limit, gap=gap)
+    check_objective(objective)
+    check_gemm_groups(gemm_groups)
+    candidates = list(candidates) if candidates is not None else candidate_layers(model)
+    if not candidates:
+        raise ValueError("the model has no candidate linear layers to plan")
+    decision_units(candidates, ties)
+    return budget, candidates
+
+
+def _check_calibration(calibration):
+    if calibration is None:
+        raise ValueError("the planner measures the model on calibration batches: pass "
+                         "calibration=<an iterable of batches>")
+    options.check_calibration(calibration, "the planner")
+
+
+def _check_weight_dtypes(candidates):
+    """A free candidate may get a quantized recipe: refuse a weight dtype the quantized
+    GEMMs cannot take now, not after minutes of statistics."""
+    for name, module, forced in candidates:
+        if forced is None:
+            check_weight_dtype(name, candidate_weight(name, module), planned=True)
 
 
 def make_plan(model, *, budget, calibration, optimizer=None, loss_fn=None, recipe=None,
@@ -291,38 +336,46 @@ def make_plan(model, *, budget, calibration, optimizer=None, loss_fn=None, recip
         precisions, relative time cost and the reason; ``meta`` holds the budget, what
         was achieved, the solver's status and timings, the device costs and their source.
 
-    Raises:
+    Raises (the options, the calibration and the candidates' weight dtypes are checked
+    before any statistics):
         ilp.BudgetError (a ValueError) naming the reachable range; NoSolverError;
         PlannerError; TypeError/ValueError naming ``loss_fn`` when it does not fit the
         batches; FloatingPointError for a non-finite loss or statistic (naming the batch
         and layer). In a distributed run every rank raises the same error.
     """
-    budget = options.check_plan_options(budget=budget, budget_kind=budget_kind, ties=ties,
-                                        recipe=recipe, time_limit=time_limit, gap=gap)
-    _objective_name(objective)
-    _check_groups(gemm_groups)
-    candidates = _candidates(model, candidates)
-    if not candidates:
-        raise ValueError("the model has no candidate linear layers to plan")
-    _units(candidates, ties)                      # check the ties before measuring
+    budget, candidates = check_make_plan_options(
+        model, budget=budget, candidates=candidates, budget_kind=budget_kind, ties=ties,
+        recipe=recipe, time_limit=time_limit, gap=gap, gemm_groups=gemm_groups,
+        objective=objective)
+    _check_calibration(calibration)
+    _check_weight_dtypes(candidates)
+    recipe = Recipe() if recipe is None else recipe
     group, rank, _ = resolve_group(process_group)
     collected = collect_stats(model, candidates, calibration, loss_fn=loss_fn,
                               optimizer=optimizer, recipe=recipe, num_batches=num_batches,
                               noise_scale=noise_scale, seed=seed, progress=progress,
                               process_group=group)
+
+    def solve():
+        return plan_from_stats(
+            candidates, collected, budget=budget, budget_kind=budget_kind, ties=ties,
+            gemm_groups=gemm_groups, objective=objective, weights=weights,
+            previous=previous, switch_penalty=switch_penalty, device=device,
+            results_dir=results_dir, solver=solver, time_limit=time_limit, gap=gap,
+            recipe=recipe, extra_meta={"noise_scale": noise_scale, "seed": seed})
+
+    if group is None:
+        return solve()
+    return _solved_on_rank_0(solve, group, rank)
+
+
+def _solved_on_rank_0(solve, group, rank):
+    """Rank 0 solves; every rank gets the identical plan (or error) as JSON text."""
     text = None
     if rank == 0:
         try:
-            plan = plan_from_stats(
-                candidates, collected, budget=budget, budget_kind=budget_kind, ties=ties,
-                gemm_groups=gemm_groups, objective=objective, weights=weights,
-                previous=previous, switch_penalty=switch_penalty, device=device,
-                results_dir=results_dir, solver=solver, time_limit=time_limit, gap=gap,
-                recipe=recipe, extra_meta={"noise_scale": noise_scale, "seed": seed})
-            text = json.dumps({"ok": True, "plan": plan.to_json()})
+            text = json.dumps({"ok": True, "plan": solve().to_json()})
         except Exception as err:           # noqa: BLE001  (every rank raises it below)
-            if group is None:
-                raise
             text = json.dumps({"ok": False, "type": type(err).__name__, "message": str(err)})
     envelope = json.loads(broadcast_text(text, group))
     if not envelope["ok"]:
@@ -340,12 +393,12 @@ def plan_from_stats(candidates, collected, *, budget, budget_kind="nvfp4_fractio
     ``make_plan`` without the measuring; the arguments mean the same. Useful to compare
     objectives on one set of statistics.
     """
-    objective_name = _objective_name(objective)
+    objective_name = check_objective(objective)
     weights = {**{g: 1.0 for g in GEMMS}, **(weights or {})}
     if set(weights) != set(GEMMS):
         raise ValueError(f"weights keys must be {GEMMS}; got {sorted(weights)}")
-    groups = _check_groups(gemm_groups)
-    units = _units(candidates, ties)
+    groups = check_gemm_groups(gemm_groups)
+    units = decision_units(candidates, ties)
     dev = device_cost(device, results_dir)
     layer_stats = collected.layers
     forced = _forced_reasons(candidates, layer_stats)
@@ -377,7 +430,7 @@ def plan_from_stats(candidates, collected, *, budget, budget_kind="nvfp4_fractio
         "switch_penalty": switch_penalty, "switched": switched if previous else None,
         "pulp": pulp_compat.PULP_VERSION, **(extra_meta or {}),
     }
-    if recipe is not None and hasattr(recipe, "to_dict"):
-        meta["recipe"] = recipe.to_dict()
+    recipe = Recipe() if recipe is None else recipe
+    meta["recipe"] = recipe.to_dict()
     return _plan_from(solution, candidates, units, groups, layer_stats, forced, choices,
-                      objective, dev, meta)
+                      objective, dev, recipe, meta)

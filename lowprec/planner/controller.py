@@ -7,7 +7,7 @@
         opt.step()
         replanner.step()            # re-plans when due: within 2% of training time
 
-Applying a plan only changes each ``lowprec.Linear``'s recipe (``discovery.apply_plan``,
+Applying a plan only changes each ``lowprec.Linear``'s recipe (``module_swap.apply_plan``,
 as ``lowprec.convert(model, plan=...)`` does on a converted model): parameters (the
 master weights), their ``.grad`` and the optimizer's state are the same objects with the
 same values afterwards, and the statistics pass restores the caller's RNG state, so
@@ -21,12 +21,11 @@ import inspect
 import math
 import time
 
-from lowprec.discovery import apply_plan, candidate_layers
+from lowprec.module_swap import apply_plan
 from lowprec.plan import Plan
 from lowprec.planner import options
-from lowprec.planner.budget import OptionError, _number
-from lowprec.planner.builder import (DEFAULT_GEMM_GROUPS, _check_groups, _objective_name,
-                                     _units, make_plan)
+from lowprec.planner.budget import OptionError, as_number
+from lowprec.planner.builder import check_make_plan_options, make_plan
 from lowprec.planner.distributed import broadcast_text, resolve_group
 
 # every="auto": re-planning may take at most this share of training time.
@@ -59,7 +58,7 @@ class Replanner:
         optimizer, loss_fn: as in ``make_plan``.
         switch_penalty: objective units per GEMM group that changes vs the current plan
             (damps flip-flopping between near-equal choices).
-        apply: ``apply(model, plan) -> model``; default ``lowprec.discovery.apply_plan``.
+        apply: ``apply(model, plan) -> model``; default ``lowprec.module_swap.apply_plan``.
         on_plan: optional callback ``on_plan(step, plan)`` after each re-plan.
         plan_kwargs: anything else ``make_plan`` takes (``ties``, ``budget_kind``, ...).
 
@@ -88,8 +87,8 @@ class Replanner:
                 raise TypeError(f"Replanner: {name} must be a callable or None; got "
                                 f"{value!r:.80}")
         switch_penalty = _check_switch_penalty(switch_penalty)
-        _check_plan_kwargs(model, plan_kwargs)
-        budget = options.check_plan_options(budget=budget, **plan_kwargs)
+        _check_plan_kwargs(plan_kwargs)
+        budget, _ = check_make_plan_options(model, budget=budget, **plan_kwargs)
         self.model = model
         self.every = every
         self.budget = budget
@@ -178,11 +177,18 @@ class Replanner:
         return plan
 
     def _recipe(self):
-        """The base recipe: the one given, else the first converted layer's (switches)."""
+        """The base recipe: the one given, else the first converted layer's (switches).
+
+        The plan's layers carry its switches, and applying the plan gives them to every
+        layer, so re-planning keeps the switches the model was converted with.
+        """
         if self.recipe is not None:
             return self.recipe
         for module in self.model.modules():
             recipe = getattr(module, "recipe", None)
+            recipes = getattr(module, "recipes", None)          # GroupedExperts
+            if recipe is None and isinstance(recipes, dict) and recipes:
+                recipe = next(iter(recipes.values()))
             if recipe is not None:
                 return recipe
         return None
@@ -232,15 +238,15 @@ def _check_calibration(calibration):
 
 
 def _check_switch_penalty(switch_penalty):
-    value = _number(switch_penalty, "switch_penalty")
+    value = as_number(switch_penalty, "switch_penalty")
     if not (math.isfinite(value) and value >= 0):
         raise OptionError(f"switch_penalty must be a finite number >= 0 (objective units "
                           f"per GEMM group that changes); got {switch_penalty!r}")
     return value
 
 
-def _check_plan_kwargs(model, plan_kwargs):
-    """Unknown options, and those that need the model (ties, groups, objective)."""
+def _check_plan_kwargs(plan_kwargs):
+    """Refuse the options Replanner sets itself and those make_plan does not take."""
     own = sorted(set(plan_kwargs) & set(_SET_BY_REPLANNER))
     if own:
         raise TypeError(f"Replanner sets {own} itself (previous: the current plan); do not "
@@ -249,10 +255,3 @@ def _check_plan_kwargs(model, plan_kwargs):
     if unknown:
         raise TypeError(f"Replanner got unknown keyword argument(s) {unknown}; the options "
                         f"it passes on to make_plan are {_PASSED_ON}")
-    _check_groups(plan_kwargs.get("gemm_groups", DEFAULT_GEMM_GROUPS))
-    _objective_name(plan_kwargs.get("objective", "snip"))
-    if plan_kwargs.get("ties") is not None:
-        options.check_ties(plan_kwargs["ties"])
-        candidates = plan_kwargs.get("candidates")
-        _units(list(candidates) if candidates is not None else candidate_layers(model),
-               plan_kwargs["ties"])

@@ -8,6 +8,7 @@ pickling is involved and every rank decodes the same bytes into the same plan or
 import builtins
 
 import torch
+import torch.distributed as dist
 
 
 def resolve_group(process_group):
@@ -16,7 +17,6 @@ def resolve_group(process_group):
     ``process_group="auto"`` uses the default group when torch.distributed is
     initialised with more than one rank; ``None`` forces single-process planning.
     """
-    import torch.distributed as dist
     if process_group is None or not (dist.is_available() and dist.is_initialized()):
         return None, 0, 1
     group = dist.group.WORLD if process_group == "auto" else process_group
@@ -27,7 +27,6 @@ def resolve_group(process_group):
 
 
 def _device_for(group):
-    import torch.distributed as dist
     backend = dist.get_backend(group)
     return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" \
         else torch.device("cpu")
@@ -37,7 +36,6 @@ def all_reduce_sum(tensor, group):
     """Sum ``tensor`` over the ranks of ``group`` (returns a new CPU float64 tensor)."""
     if group is None:
         return tensor
-    import torch.distributed as dist
     buf = tensor.to(device=_device_for(group), dtype=torch.float64).contiguous()
     dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group)
     return buf.cpu()
@@ -47,7 +45,6 @@ def broadcast_text(text, group, src_rank=0):
     """Send ``text`` (str on ``src_rank``, ignored elsewhere) to every rank; returns it."""
     if group is None:
         return text
-    import torch.distributed as dist
     device = _device_for(group)
     src = dist.get_global_rank(group, src_rank) if group is not dist.group.WORLD else src_rank
     is_src = dist.get_rank(group) == src_rank
@@ -90,7 +87,6 @@ def agree(active, failure, group, known=None):
         if failure is not None:
             raise failure
         return active
-    import torch.distributed as dist
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     flags = torch.zeros(world, dtype=torch.float64)
     flags[rank] = 2.0 if failure is not None else 1.0 if active else 0.0

@@ -35,8 +35,6 @@ from lowprec.linear_layer import (
     rht_sign_vector,
     wgrad_gemm,
 )
-# stats asks here whether NVFP4 can take a layer's shape.
-from lowprec.recipe import shape_problem as nvfp4_shape_problem  # noqa: F401
 
 QUANTIZED = ("nvfp4", "fp8")
 

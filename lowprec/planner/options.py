@@ -1,9 +1,11 @@
 """Checks of the planner's and convert's options, run before any work.
 
 Gathering statistics takes seconds to minutes and a demo trains for minutes, so a budget
-of 2 or a misspelt budget kind must fail at once, not after the work. ``convert``,
-``make_plan``, ``Replanner`` and the ``lowprec`` command call ``check_plan_options``
-first; the ILP calls ``check_budget`` again on what reaches it. Every error names the
+of 2 or a misspelt budget kind must fail at once, not after the work. ``make_plan``
+(``builder.check_make_plan_options``, which ``Replanner`` runs at construction and
+``convert`` leaves to ``make_plan``) and the ``lowprec`` command call
+``check_plan_options`` first; ``ilp.solve``, a public entry point of its own, checks the
+budget it is given as it turns it into an exact fraction. Every error names the
 offending value. The numeric checks and the errors live in ``budget.py`` (torch-free,
 for the ILP) and are re-exported here; this module imports nothing else of the planner.
 """

@@ -12,16 +12,17 @@ from torch import nn
 
 import lowprec
 from lowprec.plan import LayerPlan, Plan
+from lowprec.recipe import Recipe
 
 
 def sample_plan():
     return Plan([
-        LayerPlan("blocks.0.fc", (32, 32), "nvfp4", "nvfp4", "bf16", "planned",
+        LayerPlan("blocks.0.fc", (32, 32), Recipe(wgrad="bf16"), "planned",
                   flops_share=0.5, cost=0.3, stats={"ld": {"nvfp4": 1e-3}},
                   block_list="blocks"),
-        LayerPlan("moe.experts.down_proj", (32, 64), "nvfp4", "nvfp4", "nvfp4", "planned",
+        LayerPlan("moe.experts.down_proj", (32, 64), Recipe.uniform("nvfp4"), "planned",
                   flops_share=0.25, kind="experts", experts=[8, 2]),
-        LayerPlan("head", (16, 32), "bf16", "bf16", "bf16", "forced", flops_share=0.25),
+        LayerPlan("head", (16, 32), Recipe.uniform("bf16"), "forced", flops_share=0.25),
     ], {"budget": 0.5, "list": [1, 2.5]})
 
 
@@ -35,6 +36,23 @@ def test_save_then_load_gives_the_same_plan(tmp_path):
     assert Plan.load(str(path)) == plan
     assert json.loads(path.read_text())["layers"][1]["experts"] == [8, 2]
 
+
+
+def test_a_plan_file_holds_the_switches_once():
+    """A layer's entry holds its three precisions, ``meta["recipe"]`` the switches every
+    layer's recipe shares; a layer with other switches cannot be written."""
+    base = Recipe(rht=False)
+    plan = Plan([LayerPlan("fc", (32, 32), base.replace(wgrad="bf16"), "planned")],
+                {"recipe": base.to_dict()})
+    text = plan.to_json()
+    assert Plan.from_json(text) == plan
+    assert Plan.from_json(text)["fc"].recipe == Recipe(wgrad="bf16", rht=False)
+    assert sorted(json.loads(text)["layers"][0]) == sorted(
+        ["name", "shape", "fprop", "dgrad", "wgrad", "reason", "flops_share", "cost",
+         "stats", "kind", "block_list", "experts"])
+    plan["fc"].recipe = Recipe(wgrad="bf16")                 # RHT on: not the plan's
+    with pytest.raises(ValueError, match=r"layers\['fc'\]: its recipe's switches"):
+        plan.to_json()
 
 @pytest.mark.parametrize("as_path", [True, False])
 def test_from_json_given_a_path_says_to_use_load(tmp_path, as_path):
@@ -148,7 +166,7 @@ def test_to_json_refuses_the_same_entries(case):
 
 def test_a_block_list_that_is_the_model_itself():
     """discovery names the root list "" (a model that is an nn.ModuleList)."""
-    plan = Plan([LayerPlan("0.fc", (32, 32), "nvfp4", "nvfp4", "nvfp4", "default recipe",
+    plan = Plan([LayerPlan("0.fc", (32, 32), Recipe.uniform("nvfp4"), "default recipe",
                            block_list="")])
     assert Plan.from_json(plan.to_json()) == plan
 

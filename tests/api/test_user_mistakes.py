@@ -55,7 +55,7 @@ def loss_fn(model, batch):
 
 
 def quantized_names(model):
-    return {layer.name for layer in model.lowprec_plan if layer.fprop != "bf16"}
+    return {layer.name for layer in model.lowprec_plan if layer.recipe.fprop != "bf16"}
 
 
 # -- filter_fn takes (module, fqn), torchao's order -------------------------------------
@@ -162,8 +162,8 @@ def test_no_warning_when_some_layer_is_quantized_or_the_plan_is_given():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         lowprec.convert(net())
-        bf16 = lowprec.Plan([lowprec.LayerPlan(name, tuple(m.weight.shape), "bf16", "bf16",
-                                               "bf16", "by hand")
+        bf16 = lowprec.Plan([lowprec.LayerPlan(name, tuple(m.weight.shape),
+                                               Recipe.uniform("bf16"), "by hand")
                              for name, m, _ in lowprec.candidate_layers(net())])
         lowprec.convert(net(), plan=bf16)           # a plan given on purpose: no warning
 

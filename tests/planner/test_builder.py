@@ -10,6 +10,7 @@ import pytest
 from lowprec.plan import LayerPlan, Plan
 from lowprec.planner import LayerStats, plan_from_stats
 from lowprec.planner.stats import CollectedStats
+from lowprec.recipe import Recipe
 
 STATS = {   # deliberately unlike each other per precision, so a swap shows
     "a": {"ld": {"nvfp4": 4.0, "fp8": 1.0}, "dx": {"nvfp4": 0.2, "fp8": 0.05},
@@ -59,8 +60,8 @@ def test_each_layers_ilp_cost_is_its_statistics_normalised():
 
 def previous_plan():
     """a had three different precisions (split groups); b NVFP4 throughout."""
-    return Plan([LayerPlan("a", SHAPES["a"], "nvfp4", "fp8", "bf16", "before"),
-                 LayerPlan("b", SHAPES["b"], "nvfp4", "nvfp4", "nvfp4", "before")])
+    return Plan([LayerPlan("a", SHAPES["a"], Recipe(dgrad="fp8", wgrad="bf16"), "before"),
+                 LayerPlan("b", SHAPES["b"], Recipe.uniform("nvfp4"), "before")])
 
 
 def test_switch_penalty_with_split_groups_keeps_each_gemm():

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowprec.discovery import candidate_layers
-from lowprec.planner.stats import FIELDS, collect_stats
+from lowprec.planner.layer_stats import FIELDS
+from lowprec.planner.stats import collect_stats
 
 H, I = 32, 32
 

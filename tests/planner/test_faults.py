@@ -2,9 +2,9 @@
 that do not fit, planner inputs without a budget. Each error names what is wrong.
 
 Mutants these tests were run against (each caught):
-- ``stats._loss`` calling ``loss_fn`` without the try/except (raw TypeError from deep in
+- ``loss.checked_loss`` calling ``loss_fn`` without the try/except (raw TypeError from deep in
   the model or ``F.cross_entropy``): the two loss_fn-shape tests fail.
-- ``stats._one_batch`` without the non-finite loss check, and ``_check_finite`` returning
+- ``stats._one_batch`` without the non-finite loss check, and ``check_finite`` returning
   at once: ``test_nan_loss_names_the_batch`` / ``test_non_finite_layer_statistics_...``
   get a plan instead of an error.
 - ``Plan.to_json`` without ``_check_json``'s float check: bare ``NaN`` in the text.
@@ -24,7 +24,8 @@ import torch.nn.functional as F
 import lowprec
 from lowprec.plan import LayerPlan, Plan
 from lowprec.planner import collect_stats, make_plan
-from lowprec.planner.stats import FIELDS, finalize
+from lowprec.planner.layer_stats import FIELDS, finalize
+from lowprec.recipe import Recipe
 
 XY_HINT = r"loss_fn=lambda m, b: F\.cross_entropy\(m\(b\[0\]\), b\[1\]\)"
 
@@ -133,9 +134,9 @@ def test_finalize_refuses_non_finite_sums():
 
 
 def sample_plan():
-    return Plan([LayerPlan("fc1", (32, 32), "nvfp4", "nvfp4", "bf16", "planned",
+    return Plan([LayerPlan("fc1", (32, 32), Recipe(wgrad="bf16"), "planned",
                            flops_share=0.5, cost=0.3, stats={"ld": {"nvfp4": 1e-3}}),
-                 LayerPlan("fc2", (16, 32), "bf16", "bf16", "bf16", "forced")],
+                 LayerPlan("fc2", (16, 32), Recipe.uniform("bf16"), "forced")],
                 {"budget": 0.5})
 
 
@@ -207,11 +208,11 @@ def test_convert_refuses_planner_inputs_without_a_budget(kwargs):
 
 def test_convert_warns_naming_layers_a_plan_leaves_out():
     model = net()
-    plan = Plan([LayerPlan("fc2", (16, 32), "bf16", "bf16", "bf16", "hand-made")])
+    plan = Plan([LayerPlan("fc2", (16, 32), Recipe.uniform("bf16"), "hand-made")])
     with pytest.warns(UserWarning, match=r"no entry for 1 linear layer.*: fc1;"):
         lowprec.convert(model, plan=plan)
     assert type(model.fc1) is nn.Linear and type(model.fc2) is lowprec.Linear
     with warnings.catch_warnings():
         warnings.simplefilter("error")                   # a full plan: no warning
-        lowprec.convert(net(), plan=Plan([*plan, LayerPlan("fc1", (32, 32), "bf16", "bf16",
-                                                           "bf16", "x")]))
+        lowprec.convert(net(), plan=Plan([*plan, LayerPlan("fc1", (32, 32),
+                                                           Recipe.uniform("bf16"), "x")]))

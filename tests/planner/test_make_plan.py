@@ -12,7 +12,7 @@ pytest.importorskip("lowprec.plan")
 
 def nvfp4_fraction(plan):
     """NVFP4 share of all planned GEMM FLOPs, from the LayerPlans alone."""
-    return sum(layer.flops_share * [layer.fprop, layer.dgrad, layer.wgrad].count("nvfp4") / 3
+    return sum(layer.flops_share * layer.precisions().count("nvfp4") / 3
                for layer in plan)
 
 
@@ -24,7 +24,7 @@ def test_plan_meets_budget_and_explains_every_layer(tiny_mlp, mlp_batches, mlp_l
     assert plan["head"].reason.startswith("forced bf16") and "N=10" in plan["head"].reason
     for layer in plan:
         assert layer.reason and layer.flops_share > 0 and layer.cost is not None
-        assert layer.fprop == layer.dgrad           # W's quantized copy is shared
+        assert layer.recipe.fprop == layer.recipe.dgrad    # W's quantized copy is shared
         if layer.name != "head":
             assert layer.reason.startswith("ILP: ")
             assert set(layer.stats["ld"]) == set(layer.stats["wd"]) == {"nvfp4", "fp8"}
@@ -136,3 +136,39 @@ def test_convert_with_budget_end_to_end(mlp_loss):
     loss = model(*batches[0])
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_convert_finds_the_layers_once_and_keeps_the_plan_in_memory(
+        tiny_mlp, mlp_batches, mlp_loss, monkeypatch):
+    """One ``convert(budget=...)`` call walks the model for its weight matmuls once (the
+    plan, the planner's candidates and the warnings share them), and a single-process
+    plan goes from the solver to the model as it is, never through JSON text.
+
+    Mutants caught: ``_warn_unplanned`` calling ``candidate_layers(model)`` again
+    (2 walks); ``make_plan`` returning ``Plan.from_json(plan.to_json())`` without a
+    process group (the patched JSON calls raise).
+    """
+    lowprec = pytest.importorskip("lowprec")
+    from lowprec import discovery
+    from lowprec.plan import Plan
+
+    walks = []
+    walk = discovery.weight_matmuls
+
+    def counted(*args, **kwargs):
+        walks.append(1)
+        return walk(*args, **kwargs)
+
+    def no_json(*args, **kwargs):
+        raise AssertionError("a single-process plan went through JSON")
+
+    monkeypatch.setattr(discovery, "weight_matmuls", counted)
+    monkeypatch.setattr(Plan, "to_json", no_json)
+    monkeypatch.setattr(Plan, "from_json", classmethod(no_json))
+    model = lowprec.convert(tiny_mlp, budget=0.5, calibration=mlp_batches,
+                            loss_fn=mlp_loss, progress=False)
+    assert len(walks) == 1
+    assert model.lowprec_plan["fc1"].recipe == model.fc1.recipe
+    walks.clear()
+    lowprec.convert(model, plan=model.lowprec_plan)              # applying: one walk too
+    assert len(walks) == 1

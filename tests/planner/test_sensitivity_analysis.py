@@ -1,4 +1,5 @@
-"""The estimators of experiments/planner/analyze_sensitivity.py (the planner's validation).
+"""The estimators of lowprec.experiments.planner.analyze_sensitivity (the planner's
+validation).
 
 Expected values are worked by hand here, not taken from the code under test. Mutations
 tried: ranks without tie averaging (test_spearman_with_ties fails), out_of_fold fitting
@@ -6,22 +7,17 @@ on every unit (test_out_of_fold_never_sees_the_held_out_block fails), nnls allow
 negative weight (test_nnls_keeps_weights_non_negative fails).
 """
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-PATH = Path(__file__).resolve().parents[2] / "experiments" / "planner" / "analyze_sensitivity.py"
+from lowprec.experiments.planner import analyze_sensitivity, sensitivity
 
 
 @pytest.fixture(scope="module")
 def analysis():
-    spec = importlib.util.spec_from_file_location("analyze_sensitivity_under_test", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return analyze_sensitivity
 
 
 def test_spearman_of_monotone_and_reversed(analysis):
@@ -68,10 +64,6 @@ def test_out_of_fold_never_sees_the_held_out_block(analysis):
 def test_sensitivity_and_analysis_run_end_to_end(analysis, tmp_path):
     """sensitivity.py's short-horizon mode on the smoke preset, then the analysis: every
     unit and format measured per seed, and a report with every statistic's row."""
-    spec = importlib.util.spec_from_file_location("sensitivity_under_test",
-                                                  PATH.parent / "sensitivity.py")
-    sensitivity = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sensitivity)
     record = sensitivity.main(["--preset", "smoke", "--seeds", "2", "--horizon", "2",
                                "--checkpoint", "3", "--out", str(tmp_path)])
     # 2 blocks x 4 linears x 2 groups x 2 formats + the high-precision run, per seed

@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 
 from lowprec.planner import gemm_error
-from lowprec.planner.stats import collect_stats, default_loss
+from lowprec.planner.loss import default_loss
+from lowprec.planner.stats import collect_stats
 from lowprec.recipe import Recipe
 
 M, K, N = 128, 64, 32

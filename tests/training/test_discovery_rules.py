@@ -1,7 +1,8 @@
-"""The default plan's structural rules (``lowprec.discovery``), one small model each
-(issue 22, mutants #5): a tied LM head names its embedding; a block list's name is a
-whole path component (``blocks`` does not hold ``blocks2``); a block list's children
-share one class; the linear router of a ``ModuleList``-of-experts layout stays BF16.
+"""The default plan's structural rules (``lowprec.discovery``, ``lowprec.policy``), one
+small model each (issue 22, mutants #5): a tied LM head names its embedding; a block
+list's name is a whole path component (``blocks`` does not hold ``blocks2``); a block
+list's children share one class; the linear router of a ``ModuleList``-of-experts
+layout stays BF16.
 
 Mutants caught (each applied by hand to a copy of discovery.py, each fails one test):
 the tied-to-embedding reason never set; the block-list prefix without its dot; the
@@ -11,8 +12,9 @@ one-class check of a block list removed; ``_is_linear_router`` without its
 
 from torch import nn
 
-from lowprec.discovery import default_plan
+from lowprec.discovery import find_layers
 from lowprec.moe import ROUTER_REASON
+from lowprec.policy import default_plan
 
 D = 32
 
@@ -38,7 +40,7 @@ def test_a_tied_lm_head_names_its_embedding():
             self.lm_head = nn.Linear(D, 64, bias=False)
             self.lm_head.weight = self.embed.weight            # tied
 
-    plan = default_plan(LM())
+    plan = default_plan(find_layers(LM()))
     head = plan["lm_head"]
     assert head.precisions() == ("bf16",) * 3
     assert head.reason.endswith("; weight tied to embedding 'embed'"), head.reason
@@ -54,7 +56,7 @@ def test_a_block_list_name_is_a_whole_path_component():
             self.blocks = nn.ModuleList([Block() for _ in range(3)])
             self.blocks2 = Block()
 
-    plan = default_plan(Model())
+    plan = default_plan(find_layers(Model()))
     outside = plan["blocks2.fc"]
     assert outside.block_list is None
     assert outside.reason == "outside the repeated block lists (e.g. LM head)"
@@ -70,7 +72,7 @@ def test_a_list_of_blocks_of_different_classes_is_no_block_list():
             super().__init__()
             self.layers = nn.ModuleList([Block(), Block(), OtherBlock()])
 
-    plan = default_plan(Model())
+    plan = default_plan(find_layers(Model()))
     assert plan.meta["block_lists"] == {}
     for layer in plan:
         assert layer.block_list is None
@@ -79,7 +81,7 @@ def test_a_list_of_blocks_of_different_classes_is_no_block_list():
     # the same list with one class is a block list with a BF16 tail
     same = nn.Module()
     same.layers = nn.ModuleList([Block(), Block(), Block()])
-    assert default_plan(same)["layers.2.fc"].precisions() == ("bf16",) * 3
+    assert default_plan(find_layers(same))["layers.2.fc"].precisions() == ("bf16",) * 3
 
 
 def test_the_linear_router_of_a_module_list_of_experts_stays_bf16():
@@ -102,7 +104,7 @@ def test_the_linear_router_of_a_module_list_of_experts_stays_bf16():
             super().__init__()
             self.blocks = nn.ModuleList([MoE() for _ in range(4)])
 
-    plan = default_plan(Model())
+    plan = default_plan(find_layers(Model()))
     router = plan["blocks.0.gate"]
     assert router.reason == ROUTER_REASON
     assert router.precisions() == ("bf16",) * 3
@@ -110,4 +112,4 @@ def test_the_linear_router_of_a_module_list_of_experts_stays_bf16():
     # not a router: a linear of the same shape whose parent holds no experts
     plain = nn.Module()
     plain.blocks = nn.ModuleList([nn.Sequential(nn.Linear(D, 16)) for _ in range(4)])
-    assert default_plan(plain)["blocks.0.0"].reason == "default recipe"
+    assert default_plan(find_layers(plain))["blocks.0.0"].reason == "default recipe"

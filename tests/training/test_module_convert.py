@@ -51,7 +51,7 @@ def test_from_linear_and_to_linear_share_the_parameters():
 # -- convert / unconvert ----------------------------------------------------------------
 
 def precisions(plan):
-    return {layer.name: layer.fprop for layer in plan}
+    return {layer.name: layer.recipe.fprop for layer in plan}
 
 
 @pytest.mark.parametrize("n_blocks, n_bf16", [(1, 1), (4, 1), (7, 1), (10, 2), (13, 2),
@@ -101,7 +101,7 @@ def test_bad_shapes_and_filtered_layers_stay_bf16_with_the_reason():
     assert "K=20" in plan["0"].reason and "N=40" in plan["1"].reason
     assert "K=40" in plan["2"].reason
     assert plan["3"].reason == "filtered"
-    assert [layer.fprop for layer in plan] == ["bf16"] * 4 + ["nvfp4"]
+    assert [layer.recipe.fprop for layer in plan] == ["bf16"] * 4 + ["nvfp4"]
     forced = {name: reason for name, _, reason in candidate_layers(model)}
     assert forced["4"] is None and forced["3"] is None     # no filter given here
     text = str(plan)
@@ -145,7 +145,7 @@ def test_unconvert_restores_plain_linears_with_the_same_parameters():
 
 def test_a_lone_linear_is_converted_and_returned():
     layer = convert(nn.Linear(32, 32))
-    assert type(layer) is Linear and layer.lowprec_plan[""].fprop == "nvfp4"
+    assert type(layer) is Linear and layer.lowprec_plan[""].recipe.fprop == "nvfp4"
     assert type(unconvert(layer)) is nn.Linear
 
 
@@ -159,9 +159,10 @@ def test_applying_a_plan_again_only_changes_recipes():
     opt_state = {id(p): {k: v.clone() for k, v in opt.state[p].items()} for p in params}
 
     replan = Plan.from_json(model.lowprec_plan.to_json())
-    replan.layers["blocks.0.fc1"] = LayerPlan("blocks.0.fc1", (128, 32), "fp8", "nvfp4",
-                                              "bf16", reason="re-planned")
-    replan.layers["blocks.1.qkv"].fprop = "nvfp4"
+    replan.layers["blocks.0.fc1"] = LayerPlan("blocks.0.fc1", (128, 32),
+                                              Recipe(fprop="fp8", wgrad="bf16"),
+                                              reason="re-planned")
+    replan["blocks.1.qkv"].recipe = replan["blocks.1.qkv"].recipe.replace(fprop="nvfp4")
     convert(model, plan=replan, recipe=Recipe(rht=False))
 
     assert all(modules[name] is m for name, m in model.named_modules())
@@ -175,16 +176,16 @@ def test_applying_a_plan_again_only_changes_recipes():
 
 def test_a_bad_plan_changes_nothing():
     model = TinyGPT(vocab=16, d_model=32, n_blocks=2, n_heads=2)
-    plan = Plan([LayerPlan("blocks.0.qkv", (96, 32), "nvfp4", "nvfp4", "nvfp4", "x"),
-                 LayerPlan("blocks.0.nope", (32, 32), "bf16", "bf16", "bf16", "x")])
+    plan = Plan([LayerPlan("blocks.0.qkv", (96, 32), Recipe.uniform("nvfp4"), "x"),
+                 LayerPlan("blocks.0.nope", (32, 32), Recipe.uniform("bf16"), "x")])
     with pytest.raises(KeyError, match="blocks.0.nope"):
         convert(model, plan=plan)
     assert type(model.blocks[0].qkv) is nn.Linear
-    wrong = Plan([LayerPlan("blocks.0.qkv", (32, 96), "bf16", "bf16", "bf16", "x")])
+    wrong = Plan([LayerPlan("blocks.0.qkv", (32, 96), Recipe.uniform("bf16"), "x")])
     with pytest.raises(ValueError, match=r"\(32, 96\).*\(96, 32\)"):
         convert(model, plan=wrong)
     with pytest.raises(TypeError, match="LayerNorm"):
-        convert(model, plan=Plan([LayerPlan("ln", (1, 1), "bf16", "bf16", "bf16", "x")]))
+        convert(model, plan=Plan([LayerPlan("ln", (1, 1), Recipe.uniform("bf16"), "x")]))
 
 
 def test_budget_needs_calibration_and_calls_the_planner(monkeypatch):
@@ -198,7 +199,7 @@ def test_budget_needs_calibration_and_calls_the_planner(monkeypatch):
     def make_plan(model, *, budget, calibration, optimizer, loss_fn, recipe, candidates):
         seen.update(budget=budget, calibration=calibration, recipe=recipe,
                     names=[name for name, _, _ in candidates])
-        return Plan([LayerPlan("head", (16, 32), "fp8", "fp8", "fp8", "planned")],
+        return Plan([LayerPlan("head", (16, 32), Recipe.uniform("fp8"), "planned")],
                     {"budget": budget})
 
     monkeypatch.setattr(lowprec.planner, "make_plan", make_plan, raising=False)
@@ -214,10 +215,10 @@ def test_budget_needs_calibration_and_calls_the_planner(monkeypatch):
 
 def sample_plan():
     return Plan([
-        LayerPlan("blocks.0.qkv", (96, 32), "nvfp4", "nvfp4", "fp8", "planned",
+        LayerPlan("blocks.0.qkv", (96, 32), Recipe(wgrad="fp8"), "planned",
                   flops_share=0.75, cost=0.125,
                   stats={"ld": {"nvfp4": 1.5e-3, "fp8": 2.0e-4}, "wd": {"nvfp4": 0.1}}),
-        LayerPlan("head", (16, 32), "bf16", "bf16", "bf16", "outside the blocks",
+        LayerPlan("head", (16, 32), Recipe.uniform("bf16"), "outside the blocks",
                   flops_share=0.25),
     ], meta={"budget": 0.75, "objective": "ld+wd", "device": "cpu", "list": [1, 2.5]})
 
@@ -243,7 +244,7 @@ def test_plan_refuses_keys_json_would_change():
 
 def test_plan_container_summary_and_table():
     plan = sample_plan()
-    assert len(plan) == 2 and "head" in plan and plan["head"].fprop == "bf16"
+    assert len(plan) == 2 and "head" in plan and plan["head"].recipe.fprop == "bf16"
     assert [layer.name for layer in plan] == ["blocks.0.qkv", "head"]
     with pytest.raises(KeyError, match="'nope'.*blocks.0.qkv"):
         plan["nope"]
@@ -262,11 +263,11 @@ def test_plan_container_summary_and_table():
 
 def test_layer_plan_validates_and_makes_recipes():
     with pytest.raises(ValueError, match="dgrad.*'int4'"):
-        LayerPlan("x", (16, 16), "bf16", "int4", "bf16", "r")
-    layer = LayerPlan("x", [16, 32], "fp8", "bf16", "nvfp4", "r")
+        LayerPlan("x", (16, 16), Recipe(fprop="bf16", dgrad="int4", wgrad="bf16"), "r")
+    layer = LayerPlan("x", [16, 32], Recipe(fprop="fp8", dgrad="bf16", wgrad="nvfp4"), "r")
     assert layer.shape == (16, 32)
-    assert layer.recipe(Recipe(weight_2d=False)) == Recipe(fprop="fp8", dgrad="bf16",
-                                                           weight_2d=False)
+    assert Recipe(weight_2d=False).with_precisions_of(layer.recipe) == \
+        Recipe(fprop="fp8", dgrad="bf16", weight_2d=False)
 
 
 def test_experts_with_a_shape_nvfp4_cannot_take_stay_bf16_and_convert():
@@ -293,4 +294,4 @@ def test_experts_with_a_shape_nvfp4_cannot_take_stay_bf16_and_convert():
     assert "K=24" in plan["experts.down_proj"].reason
     assert plan["experts.down_proj"].precisions() == ("bf16",) * 3
     assert plan["experts.gate_up_proj"].experts == [16, 2]
-    assert plan["gate"].reason == ROUTER_REASON and plan["gate"].fprop == "bf16"
+    assert plan["gate"].reason == ROUTER_REASON and plan["gate"].recipe.fprop == "bf16"

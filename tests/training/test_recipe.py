@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import lowprec
-from lowprec.discovery import default_plan
+from lowprec.discovery import find_layers
+from lowprec.policy import default_plan
 from lowprec.recipe import Recipe, shape_problem
 from lowprec.reference import DEFAULT_SIGN_VECTOR
 
@@ -16,15 +17,14 @@ def test_defaults_are_numerics_section_7():
     assert r.precisions() == ("nvfp4", "nvfp4", "nvfp4")
     assert r.rht and r.stochastic_rounding and r.weight_2d
     assert r.sign_vector is None
-    assert r.quantized and r.backward_sr
+    assert r.quantized
 
 
 def test_uniform_and_replace():
     assert Recipe.uniform("fp8").precisions() == ("fp8",) * 3
     assert not Recipe.uniform("bf16").quantized
     r = Recipe().replace(wgrad="bf16", stochastic_rounding=False)
-    assert r.precisions() == ("nvfp4", "nvfp4", "bf16") and not r.backward_sr
-    assert Recipe(dgrad="fp8", wgrad="fp8").backward_sr is False
+    assert r.precisions() == ("nvfp4", "nvfp4", "bf16") and not r.stochastic_rounding
 
 
 @pytest.mark.parametrize("field, value, error, words", [
@@ -80,7 +80,7 @@ def test_shape_problem_is_the_one_rule_for_quantized_shapes(n, k, bad):
     problem = shape_problem(n, k)
     assert problem is None if bad is None else bad in problem
     model = torch.nn.Sequential(torch.nn.Linear(k, n))
-    plan = default_plan(model)
+    plan = default_plan(find_layers(model))
     if bad:
         assert plan["0"].reason == problem
     else:

@@ -58,7 +58,7 @@ def sr_calls(kernel_calls):
 
 def test_no_two_sr_quantizations_share_a_random_word(sr_calls):
     model, _, _ = trained(seed=1, n_steps=2)
-    nvfp4_layers = sum(layer.fprop == "nvfp4" for layer in model.lowprec_plan)
+    nvfp4_layers = sum(layer.recipe.fprop == "nvfp4" for layer in model.lowprec_plan)
     # dgrad and wgrad of each NVFP4 layer, each step (a layer whose input needs no
     # gradient, none here, would skip dgrad)
     assert len(sr_calls()) == 2 * nvfp4_layers * 2
