@@ -1,6 +1,7 @@
 """Triton kernels for lowprec, installed as ``lowprec.kernels`` (the ``triton`` backend).
 
-One op per file:
+One op per file, each a kernel and its launcher (layer "kernels" of
+docs/architecture.md: they import the torch-free core and each other, nothing above):
 
 * ``nvfp4_math``     element math of NUMERICS 2-6 in integer / FP32 arithmetic
 * ``amax``           max|x| and max|RHT(x^T)| in one read
@@ -9,11 +10,13 @@ One op per file:
 * ``dequantize``     NVFP4 -> fp32 / bf16 / fp16
 * ``nvfp4_gemm``     NVFP4 GEMM for Hopper (candidates and dispatch)
 * ``fp8``            per-row E4M3 quantization and the FP8 GEMM
-* ``backend``        torch.library custom ops and the backend entry points
+* ``config``         tiles and launch options; ``launches`` the named launch variants
 * ``aot``            compile for sm_90 without a GPU: spills, SASS per element
 
-The entry points for the training layer are re-exported here; importing this package
-does not import Triton.
+Above them, in the backends layer: ``backend``, the Triton backend (the one adapter from
+these launchers to the backend interface, as torch.library custom ops), and
+``variants``, the variant names, the sweep's candidates and the committed winners.
+Importing this package does not import Triton.
 """
 
 import sys
@@ -49,15 +52,3 @@ def _step_aside():
 
 if __name__ == "kernels":
     _step_aside()
-
-_EXPORTS = ("quantize_row_col", "quantize_weight_2d")
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        from . import backend
-        return getattr(backend, name)
-    raise AttributeError(f"module 'lowprec.kernels' has no attribute {name!r}")
-
-
-__all__ = list(_EXPORTS)

@@ -97,7 +97,7 @@ def amax_row_col(x, rht_signs=None, tile=None):
 
     ``rht_signs`` is the fp32 device tensor of s_j / 4 (see ``config.quarter_signs``).
     ``tile``: None for today's launch (``config.tile_config``), or a
-    ``variants.Launch`` (a named variant: its tile, warps, stages and, when
+    ``launches.Launch`` (a named variant: its tile, warps, stages and, when
     ``programs_per_sm`` is set, the persistent kernel).
     """
     m, k = x.shape

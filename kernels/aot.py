@@ -24,6 +24,13 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from .amax import _amax_kernel
+from .dequantize import _dequantize_kernel
+from .fp8 import _quantize_fp8_kernel
+from .nvfp4_gemm import _epilogue_kernel, _gemm_kernel
+from .quantize_2d import _quantize_2d_kernel
+from .quantize_row_col import _quantize_row_col_kernel
+
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 # Integer arguments the runtime sees as multiples of 16 (it specializes on that), hinted
 # the same way here so that loads vectorize as they will on the GPU.
@@ -32,13 +39,6 @@ ALIGNED_INTS = {"M", "N", "K", "R", "stride_m", "stride_n", "stride_r", "col_blo
 
 def _specs():
     """name -> (kernel, signature, constexprs, num_warps, num_stages, elements per thread)."""
-    from .amax import _amax_kernel
-    from .dequantize import _dequantize_kernel
-    from .fp8 import _quantize_fp8_kernel
-    from .nvfp4_gemm import _epilogue_kernel, _gemm_kernel
-    from .quantize_row_col import _quantize_row_col_kernel
-    from .quantize_2d import _quantize_2d_kernel
-
     q1 = dict(x_ptr="*i16", M="i32", K="i32", stride_m="i32", signs_ptr="*fp32",
               row_amax_ptr="*fp32", col_amax_ptr="*fp32", row_amax_out_ptr="*fp32",
               col_amax_out_ptr="*fp32", row_data_ptr="*u8", row_scale_ptr="*u8",

@@ -1,17 +1,22 @@
-"""The Triton backend: ``torch.library`` custom ops over the kernels, and the entry points
-the backend registry (``lowprec.backends``) calls for ``backend="triton"``.
+"""The Triton backend: the one adapter from the Triton kernels of this package to the
+backend interface (``lowprec.backends``; ``backend="triton"``).
 
 Every op is a ``torch.library.custom_op`` in the ``lowprec`` namespace (prefixed
-``triton_``) with a fake implementation, so ``torch.compile`` traces through them without
-graph breaks. The quantizers hand their input to the kernels with its strides (stride 0,
-as compile may hand over for a gradient, included); the other ops call ``.contiguous()``.
-The op schemas carry 64-bit seeds and offsets as signed int64 (the
-schema's ``int``); the wrappers here map [0, 2^64) onto it and back.
+``triton_``) with a fake implementation (the shapes of ``lowprec.shapes``), so
+``torch.compile`` traces through them without graph breaks. The quantizers hand their
+input to the kernels with its strides (stride 0, as compile may hand over for a
+gradient, included); the other ops call ``.contiguous()``. The op schemas carry 64-bit
+seeds and offsets as signed int64 (the schema's ``int``); the entry points map [0, 2^64)
+onto it and back.
 
-The registry ops: ``quantize_nvfp4``, ``quantize_row_col`` (activations / gradients, the
-fused kernel), ``quantize_weight_2d`` (weights, 16x16 tiles, both layouts from one read),
-``dequantize_nvfp4``, ``quantize_fp8``, ``quantize_fp8_row_col`` (both FP8 layouts of a
-2-D operand, two launches), ``nvfp4_gemm``, ``fp8_gemm``.
+The entry points below have the signatures of ``lowprec.reference``'s ops and return the
+same named results (``lowprec.copies``): ``quantize_nvfp4``, ``quantize_row_col``
+(activations / gradients, the fused kernel), ``quantize_weight_2d`` (weights, 16x16
+tiles, both layouts from one read), ``dequantize_nvfp4``, ``quantize_fp8``,
+``quantize_fp8_row_col`` (both FP8 layouts of a 2-D operand, two launches),
+``nvfp4_gemm``, ``fp8_gemm``. The quantizers also take ``variant`` (and those that measure
+an amax, ``amax_variant``): the name of a launch variant of ``lowprec.kernels.launches``
+(same bits), which ``lowprec.kernels.variants`` binds when a winner names one.
 
 CPU tensors run only in Triton's interpreter (``TRITON_INTERPRET=1`` before the kernels
 are imported); ``availability`` says why not otherwise.
@@ -23,19 +28,21 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
+from triton.runtime.interpreter import InterpretedFunction
 
-from lowprec.checks import as_int64
-from lowprec.formats import absent_nvfp4, empty_nvfp4, empty_row_col, empty_weight_2d
+from lowprec import shapes
+from lowprec.backends.tensors import absent, amax_operand, empty_outputs, row_col, sign_list
+from lowprec.checks import as_int64, weight_values
+from lowprec.copies import FP8Copy, FP8RowCol, NVFP4Copy
 
-
-try:
-    import triton  # noqa: F401
-    _TRITON_MISSING = None
-except ImportError as err:  # the registry reports this through availability()
-    _TRITON_MISSING = f"triton is not installed ({err}); pip install triton"
-
-E4M3, F32 = torch.float8_e4m3fn, torch.float32
-
+# The kernel modules are called through their module (``row_col_kernel.quantize_row_col``),
+# so that a test replacing a launcher sees every call.
+from . import dequantize as dequantize_kernel
+from . import fp8 as fp8_kernels
+from . import nvfp4_gemm as gemm_kernels
+from . import quantize_2d as tile_kernel
+from . import quantize_row_col as row_col_kernel
+from .launches import BASELINE, tiles
 
 # bf16 loads and stores: Ampere and newer.
 MIN_CAPABILITY = (8, 0)
@@ -53,16 +60,14 @@ QUANTIZE_NAMES = {"quantize_nvfp4": "triton:quantize_nvfp4",
 def implementation(op, capability):
     """What this backend runs for ``op`` on a GPU of ``capability`` (None: CPU tensors, in
     the interpreter); None where it does not implement ``op`` (see lowprec.backends)."""
-    if _TRITON_MISSING or (capability is not None and capability < MIN_CAPABILITY):
+    if capability is not None and capability < MIN_CAPABILITY:
         return None
     if op in QUANTIZE_NAMES:
         return QUANTIZE_NAMES[op]
     if op == "nvfp4_gemm":
-        from . import nvfp4_gemm
-        return nvfp4_gemm.CANDIDATE_NAMES[nvfp4_gemm.DEFAULT_CANDIDATE]
+        return gemm_kernels.CANDIDATE_NAMES[gemm_kernels.DEFAULT_CANDIDATE]
     if op == "fp8_gemm":
-        from . import fp8
-        return fp8.gemm_implementation(capability)
+        return fp8_kernels.gemm_implementation(capability)
     return None
 
 
@@ -72,27 +77,22 @@ def function_for(op, capability):
     once (the ops below decide on every call, for callers of the public API); for the
     rest, the entry points below."""
     if op == "fp8_gemm":
-        from .fp8 import gemm_for
-        return gemm_for(capability)
+        return fp8_kernels.gemm_for(capability)
     if op == "nvfp4_gemm":
-        from .nvfp4_gemm import nvfp4_gemm as gemm
-        return gemm
+        return gemm_kernels.nvfp4_gemm
     return globals()[op]
 
 
 def values_gemm(capability):
     """``(gemm_values, dequantize_values)`` where this backend's NVFP4 GEMM at
     ``capability`` is the dequantize + mm emulation (see ``KernelTable``), else None."""
-    from . import nvfp4_gemm
-    if {nvfp4_gemm.DEFAULT_CANDIDATE, *nvfp4_gemm.DISPATCH.values()} != {"dequant_mm"}:
+    if {gemm_kernels.DEFAULT_CANDIDATE, *gemm_kernels.DISPATCH.values()} != {"dequant_mm"}:
         return None        # another candidate for some shape: packed operands
-    return nvfp4_gemm.gemm_values, nvfp4_gemm.dequantize_values
+    return gemm_kernels.gemm_values, gemm_kernels.dequantize_values
 
 
 def availability(device_type):
     """None when the Triton kernels can run on tensors of ``device_type``, else why not."""
-    if _TRITON_MISSING:
-        return _TRITON_MISSING
     if device_type == "cuda":
         if not torch.cuda.is_available():
             return "no CUDA device is visible to torch"
@@ -105,19 +105,11 @@ def availability(device_type):
         if os.environ.get("TRITON_INTERPRET") != "1":
             return ("Triton runs on CPU tensors only in its interpreter: set "
                     "TRITON_INTERPRET=1 before lowprec.kernels is imported")
-        from triton.runtime.interpreter import InterpretedFunction
-        from .quantize_row_col import _quantize_row_col_kernel
-        if not isinstance(_quantize_row_col_kernel, InterpretedFunction):
+        if not isinstance(row_col_kernel._quantize_row_col_kernel, InterpretedFunction):
             return ("TRITON_INTERPRET=1 was set after the Triton kernels were compiled for "
                     "the GPU; set it before lowprec.kernels is imported")
         return None
     return f"Triton kernels do not run on {device_type} tensors"
-
-
-def _scalar_or_none(amax, device):
-    if amax is None:
-        return None
-    return torch.as_tensor(amax, dtype=F32, device=device).detach().reshape(())
 
 
 # ----------------------------------------------------------------------------------
@@ -126,34 +118,38 @@ def _scalar_or_none(amax, device):
 
 @torch.library.custom_op("lowprec::triton_quantize_nvfp4", mutates_args=())
 def _quantize_nvfp4_op(x: Tensor, block: str, rht_signs: Optional[List[int]],
-                       stochastic: bool, seed: int, offset: int,
-                       amax: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
-    from .quantize_row_col import quantize_row_col
-    from .quantize_2d import quantize_2d
+                       stochastic: bool, seed: int, offset: int, amax: Optional[Tensor],
+                       variant: str = BASELINE, amax_variant: str = BASELINE
+                       ) -> Tuple[Tensor, Tensor, Tensor]:
+    tile, amax_tile = tiles("quantize_nvfp4", variant, amax_variant)
     k = x.shape[-1]
     lead = x.shape[:-1]
     x2 = x.reshape(math.prod(lead), k)   # a view when it can be: the kernels take any strides
     if block == "16x16":
         if rht_signs is not None:       # ops.quantize_nvfp4 refuses it; never drop the signs
             raise ValueError("block='16x16' with rht_signs is not supported")
-        (data, scale, amax_out), _ = quantize_2d(x2, columnwise=False, stochastic=stochastic,
-                                                 seed=seed, offset=offset, amax=amax)
+        (data, scale, amax_out), _ = tile_kernel.quantize_2d(
+            x2, columnwise=False, stochastic=stochastic, seed=seed, offset=offset, amax=amax,
+            tile=tile, amax_tile=amax_tile)
     elif rht_signs is None:
-        (data, scale, amax_out), _ = quantize_row_col(x2, row=True, row_stochastic=stochastic,
-                                                   seed=seed, row_offset=offset, row_amax=amax)
+        (data, scale, amax_out), _ = row_col_kernel.quantize_row_col(
+            x2, rowwise=True, row_stochastic=stochastic, seed=seed, row_offset=offset,
+            row_amax=amax, tile=tile, amax_tile=amax_tile)
     else:
         # RHT along the last dim = the fused kernel's columnwise copy of x2^T (a strided
         # view, no copy): its "M" is our K (a multiple of 16, so no padding), and its flat
         # SR index k*M_pad + m is our row-major index.
-        _, (data, scale, amax_out) = quantize_row_col(
-            x2.t(), row=False, col=True, col_signs=rht_signs, col_stochastic=stochastic,
-            seed=seed, col_offset=offset, col_amax=amax)
+        _, (data, scale, amax_out) = row_col_kernel.quantize_row_col(
+            x2.t(), rowwise=False, columnwise=True, rht_signs=rht_signs,
+            col_stochastic=stochastic, seed=seed, col_offset=offset, col_amax=amax,
+            tile=tile, amax_tile=amax_tile)
     return data.reshape(*lead, k // 2), scale.reshape(*lead, k // 16), amax_out
 
 
 @_quantize_nvfp4_op.register_fake
-def _(x, block, rht_signs, stochastic, seed, offset, amax):
-    return empty_nvfp4(x, x.shape[:-1], x.shape[-1])
+def _(x, block, rht_signs, stochastic, seed, offset, amax, variant=BASELINE,
+      amax_variant=BASELINE):
+    return empty_outputs(x, shapes.nvfp4(x.shape[:-1], x.shape[-1]))
 
 
 @torch.library.custom_op("lowprec::triton_quantize_row_col", mutates_args=())
@@ -161,47 +157,51 @@ def _quantize_row_col_op(x: Tensor, rht_signs: Optional[List[int]], rowwise: boo
                          columnwise: bool, row_stochastic: bool, col_stochastic: bool,
                          seed: int, row_offset: int, col_offset: int,
                          row_amax: Optional[Tensor], col_amax: Optional[Tensor],
-                         row_values: bool = False, col_values: bool = False
+                         row_values: bool = False, col_values: bool = False,
+                         variant: str = BASELINE, amax_variant: str = BASELINE
                          ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    from .quantize_row_col import quantize_row_col
-    row, col = quantize_row_col(x, row=rowwise, col=columnwise, col_signs=rht_signs,
-                             row_stochastic=row_stochastic, col_stochastic=col_stochastic,
-                             seed=seed, row_offset=row_offset, col_offset=col_offset,
-                             row_amax=row_amax, col_amax=col_amax,
-                             row_values=row_values, col_values=col_values)
-    row = row or absent_nvfp4(x)
-    col = col or absent_nvfp4(x)
-    return (*row, *col)
+    tile, amax_tile = tiles("quantize_row_col", variant, amax_variant)
+    row, col = row_col_kernel.quantize_row_col(
+        x, rowwise=rowwise, columnwise=columnwise, rht_signs=rht_signs,
+        row_stochastic=row_stochastic, col_stochastic=col_stochastic, seed=seed,
+        row_offset=row_offset, col_offset=col_offset, row_amax=row_amax, col_amax=col_amax,
+        tile=tile, amax_tile=amax_tile, row_values=row_values, col_values=col_values)
+    return (*(row or absent(x)), *(col or absent(x)))
 
 
 @_quantize_row_col_op.register_fake
 def _(x, rht_signs, rowwise, columnwise, row_stochastic, col_stochastic, seed, row_offset,
-      col_offset, row_amax, col_amax, row_values=False, col_values=False):
-    return empty_row_col(x, rowwise, columnwise, row_values=row_values,
-                         col_values=col_values)
+      col_offset, row_amax, col_amax, row_values=False, col_values=False, variant=BASELINE,
+      amax_variant=BASELINE):
+    return empty_outputs(x, shapes.row_col(*x.shape, rowwise, columnwise, row_values,
+                                           col_values))
 
 
 @torch.library.custom_op("lowprec::triton_quantize_weight_2d", mutates_args=())
 def _quantize_weight_2d_op(w: Tensor, columnwise: bool, stochastic: bool, seed: int,
-                           offset: int, amax: Optional[Tensor], values: bool = False
+                           offset: int, amax: Optional[Tensor], values: bool = False,
+                           variant: str = BASELINE, amax_variant: str = BASELINE
                            ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    from .quantize_2d import quantize_2d
-    row, col = quantize_2d(w, columnwise=columnwise, stochastic=stochastic,
-                           seed=seed, offset=offset, amax=amax, values=values)
-    return (*row, *(col or absent_nvfp4(w)))
+    tile, amax_tile = tiles("quantize_weight_2d", variant, amax_variant)
+    row, col = tile_kernel.quantize_2d(w, columnwise=columnwise, stochastic=stochastic,
+                                       seed=seed, offset=offset, amax=amax, tile=tile,
+                                       amax_tile=amax_tile, values=values)
+    return (*row, *(col or absent(w)))
 
 
 @_quantize_weight_2d_op.register_fake
-def _(w, columnwise, stochastic, seed, offset, amax, values=False):
-    return empty_weight_2d(w, columnwise, values=values)
+def _(w, columnwise, stochastic, seed, offset, amax, values=False, variant=BASELINE,
+      amax_variant=BASELINE):
+    weight_values(columnwise, values)
+    return empty_outputs(w, shapes.weight_2d(*w.shape, columnwise, values))
 
 
 @torch.library.custom_op("lowprec::triton_dequantize_nvfp4", mutates_args=())
 def _dequantize_nvfp4_op(data: Tensor, scale: Tensor, amax: Tensor, dtype: torch.dtype) -> Tensor:
-    from .dequantize import dequantize
     lead, half = data.shape[:-1], data.shape[-1]
-    out = dequantize(data.contiguous().reshape(-1, half),
-                     scale.contiguous().reshape(-1, scale.shape[-1]), amax, dtype)
+    out = dequantize_kernel.dequantize(data.contiguous().reshape(-1, half),
+                                       scale.contiguous().reshape(-1, scale.shape[-1]),
+                                       amax, dtype)
     return out.reshape(*lead, 2 * half)
 
 
@@ -211,35 +211,32 @@ def _(data, scale, amax, dtype):
 
 
 @torch.library.custom_op("lowprec::triton_quantize_fp8", mutates_args=())
-def _quantize_fp8_op(x: Tensor) -> Tuple[Tensor, Tensor]:
-    from .fp8 import quantize_fp8 as impl
-    return impl(x)
+def _quantize_fp8_op(x: Tensor, variant: str = BASELINE) -> Tuple[Tensor, Tensor]:
+    return fp8_kernels.quantize_fp8(x, tile=tiles("quantize_fp8", variant)[0])
 
 
 @_quantize_fp8_op.register_fake
-def _(x):
-    return x.new_empty(x.shape, dtype=E4M3), x.new_empty(*x.shape[:-1], 1, dtype=F32)
+def _(x, variant=BASELINE):
+    return empty_outputs(x, shapes.fp8(x.shape[:-1], x.shape[-1]))
 
 
 @torch.library.custom_op("lowprec::triton_quantize_fp8_row_col", mutates_args=())
-def _quantize_fp8_row_col_op(x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    from .fp8 import quantize_fp8_row_col as impl
-    return impl(x)
+def _quantize_fp8_row_col_op(x: Tensor, variant: str = BASELINE
+                             ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    return fp8_kernels.quantize_fp8_row_col(x, tile=tiles("quantize_fp8_row_col", variant)[0])
 
 
 @_quantize_fp8_row_col_op.register_fake
-def _(x):
-    m, k = x.shape
-    return (x.new_empty(m, k, dtype=E4M3), x.new_empty(m, 1, dtype=F32),
-            x.new_empty(k, m, dtype=E4M3), x.new_empty(k, 1, dtype=F32))
+def _(x, variant=BASELINE):
+    return empty_outputs(x, shapes.fp8_row_col(*x.shape))
 
 
 @torch.library.custom_op("lowprec::triton_nvfp4_gemm", mutates_args=())
 def _nvfp4_gemm_op(a_data: Tensor, a_scale: Tensor, a_amax: Tensor, b_data: Tensor,
                    b_scale: Tensor, b_amax: Tensor, bias: Optional[Tensor],
                    out_dtype: torch.dtype) -> Tensor:
-    from .nvfp4_gemm import nvfp4_gemm as impl
-    return impl(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=bias, out_dtype=out_dtype)
+    return gemm_kernels.nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale, b_amax,
+                                   bias=bias, out_dtype=out_dtype)
 
 
 @_nvfp4_gemm_op.register_fake
@@ -250,9 +247,9 @@ def _(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias, out_dtype):
 @torch.library.custom_op("lowprec::triton_fp8_gemm", mutates_args=())
 def _fp8_gemm_op(a_data: Tensor, a_scale: Tensor, b_data: Tensor, b_scale: Tensor,
                  bias: Optional[Tensor], out_dtype: torch.dtype) -> Tensor:
-    from .fp8 import fp8_gemm as impl
-    return impl(a_data.contiguous(), a_scale.contiguous(), b_data.contiguous(),
-                b_scale.contiguous(), bias=bias, out_dtype=out_dtype)
+    return fp8_kernels.fp8_gemm(a_data.contiguous(), a_scale.contiguous(),
+                                b_data.contiguous(), b_scale.contiguous(), bias=bias,
+                                out_dtype=out_dtype)
 
 
 @_fp8_gemm_op.register_fake
@@ -261,27 +258,65 @@ def _(a_data, a_scale, b_data, b_scale, bias, out_dtype):
 
 
 # ----------------------------------------------------------------------------------
-# Registry entry points (signatures of lowprec.backends.reference)
+# Entry points (signatures of lowprec.reference's ops, plus the variant names)
 # ----------------------------------------------------------------------------------
 
 def quantize_nvfp4(x, *, block="1x16", rht_signs=None, stochastic=False, seed=0, offset=0,
-                   amax=None):
-    signs = None if rht_signs is None else [int(s) for s in rht_signs]
-    return torch.ops.lowprec.triton_quantize_nvfp4(
-        x.detach(), block, signs, bool(stochastic), as_int64(seed), as_int64(offset),
-        _scalar_or_none(amax, x.device))
+                   amax=None, variant=BASELINE, amax_variant=BASELINE):
+    return NVFP4Copy(*torch.ops.lowprec.triton_quantize_nvfp4(
+        x.detach(), block, sign_list(rht_signs), bool(stochastic), as_int64(seed),
+        as_int64(offset), amax_operand(amax, x.device), variant, amax_variant))
+
+
+def quantize_row_col(x, *, rht_signs=None, rowwise=True, columnwise=True,
+                     row_stochastic=False, col_stochastic=False, seed=0, row_offset=0,
+                     col_offset=0, row_amax=None, col_amax=None, row_values=False,
+                     col_values=False, variant=BASELINE, amax_variant=BASELINE):
+    """``lowprec.reference.quantize_row_col`` (inputs validated by
+    ``lowprec.ops.quantize_row_col``), bit for bit: the fused kernel, one read of ``x``
+    (``[..., K]``, any strides; bf16, fp16 or fp32) for both copies, plus one amax read
+    when an amax is not given. Returns ``RowCol`` of ``NVFP4Copy`` (data uint8, scale
+    float8_e4m3fn, amax fp32 0-d), None for a copy not asked for.
+
+    ``row_values`` / ``col_values``: that copy is ``(values bfloat16, empty float8_e4m3fn
+    [0], amax)``, the values being ``dequantize(data, scale, None, torch.bfloat16)`` of the
+    packed copy (rowwise ``[M, K]``, columnwise ``[K, M_pad]``), written by the same single
+    launch.
+    """
+    out = torch.ops.lowprec.triton_quantize_row_col(
+        x.detach().reshape(math.prod(x.shape[:-1]), x.shape[-1]), sign_list(rht_signs),
+        bool(rowwise), bool(columnwise), bool(row_stochastic), bool(col_stochastic),
+        as_int64(seed), as_int64(row_offset), as_int64(col_offset),
+        amax_operand(row_amax, x.device), amax_operand(col_amax, x.device),
+        bool(row_values), bool(col_values), variant, amax_variant)
+    return row_col(out, rowwise, columnwise)
+
+
+def quantize_weight_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0, amax=None,
+                       values=False, variant=BASELINE, amax_variant=BASELINE):
+    """``lowprec.reference.quantize_weight_2d`` (inputs validated by
+    ``lowprec.ops.quantize_weight_2d``): W and W^T, 16x16 tiles, from one read.
+
+    ``values=True`` (needs ``columnwise=False``, ValueError otherwise): the rowwise copy is
+    ``(values bfloat16 [N, K], empty float8_e4m3fn [0], amax)``, the bf16 dequantization
+    of the packed W without the global scale; W^T's values are its transpose."""
+    weight_values(columnwise, values)
+    out = torch.ops.lowprec.triton_quantize_weight_2d(
+        w.detach(), bool(columnwise), bool(stochastic), as_int64(seed), as_int64(offset),
+        amax_operand(amax, w.device), bool(values), variant, amax_variant)
+    return row_col(out, True, columnwise)
 
 
 def dequantize_nvfp4(data, scale, amax, dtype=torch.float32):
     return torch.ops.lowprec.triton_dequantize_nvfp4(data, scale, amax.detach(), dtype)
 
 
-def quantize_fp8(x):
-    return torch.ops.lowprec.triton_quantize_fp8(x.detach())
+def quantize_fp8(x, *, variant=BASELINE):
+    return FP8Copy(*torch.ops.lowprec.triton_quantize_fp8(x.detach(), variant))
 
 
-def quantize_fp8_row_col(x):
-    return torch.ops.lowprec.triton_quantize_fp8_row_col(x.detach())
+def quantize_fp8_row_col(x, *, variant=BASELINE):
+    return FP8RowCol(*torch.ops.lowprec.triton_quantize_fp8_row_col(x.detach(), variant))
 
 
 def nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=None,
@@ -292,43 +327,3 @@ def nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=None,
 
 def fp8_gemm(a_data, a_scale, b_data, b_scale, bias=None, out_dtype=torch.bfloat16):
     return torch.ops.lowprec.triton_fp8_gemm(a_data, a_scale, b_data, b_scale, bias, out_dtype)
-
-
-def quantize_row_col(x, *, rht_signs=None, rowwise=True, columnwise=True,
-                     row_stochastic=False, col_stochastic=False, seed=0, row_offset=0,
-                     col_offset=0, row_amax=None, col_amax=None, row_values=False,
-                     col_values=False):
-    """Same contract as ``lowprec.reference.quantize_row_col`` (inputs validated by
-    ``lowprec.ops.quantize_row_col``), bit for bit: the fused kernel, one read of ``x``
-    (``[..., K]``, any strides; bf16, fp16 or fp32) for both copies, plus one amax read
-    when an amax is not given. Returns ``(row, col)``, each ``(data uint8, scale
-    float8_e4m3fn, amax fp32 0-d)`` or None for a copy not asked for.
-
-    ``row_values`` / ``col_values``: that copy is ``(values bfloat16, empty float8_e4m3fn
-    [0], amax)``, the values being ``dequantize(data, scale, None, torch.bfloat16)`` of the packed copy
-    (rowwise ``[M, K]``, columnwise ``[K, M_pad]``), written by the same single launch.
-    """
-    signs = None if rht_signs is None else [int(s) for s in rht_signs]
-    out = torch.ops.lowprec.triton_quantize_row_col(
-        x.detach().reshape(math.prod(x.shape[:-1]), x.shape[-1]), signs, bool(rowwise),
-        bool(columnwise), bool(row_stochastic), bool(col_stochastic), as_int64(seed),
-        as_int64(row_offset), as_int64(col_offset), _scalar_or_none(row_amax, x.device),
-        _scalar_or_none(col_amax, x.device), bool(row_values), bool(col_values))
-    return (tuple(out[:3]) if rowwise else None), (tuple(out[3:]) if columnwise else None)
-
-
-def quantize_weight_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0, amax=None,
-                       values=False):
-    """Same contract as ``lowprec.reference.quantize_weight_2d`` (inputs validated by
-    ``lowprec.ops.quantize_weight_2d``): W and W^T, 16x16 tiles, from one read.
-
-    ``values=True`` (needs ``columnwise=False``, ValueError otherwise): ``row`` is
-    ``(values bfloat16 [N, K], empty float8_e4m3fn [0], amax)``, the bf16 dequantization
-    of the packed W without the global scale; W^T's values are its transpose."""
-    if values and columnwise:
-        raise ValueError("quantize_weight_2d(values=True) gives W's values only: pass "
-                         "columnwise=False and use .t() for W^T (exactly its values)")
-    out = torch.ops.lowprec.triton_quantize_weight_2d(
-        w.detach(), bool(columnwise), bool(stochastic), as_int64(seed), as_int64(offset),
-        _scalar_or_none(amax, w.device), bool(values))
-    return tuple(out[:3]), (tuple(out[3:]) if columnwise else None)

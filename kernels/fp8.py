@@ -82,7 +82,7 @@ def _quantize_fp8_kernel(
 def quantize_fp8(x, tile=None):
     """Per-row E4M3 of ``x [..., K]``: ``(data float8_e4m3fn [..., K], scale fp32 [..., 1])``.
 
-    ``tile``: a launch variant (``variants.Fp8Launch``: ``block_r``, ``block_k``,
+    ``tile``: a launch variant (``launches.Fp8Launch``: ``block_r``, ``block_k``,
     ``options()``) instead of today's tile; the bits never depend on it."""
     k = x.shape[-1]
     x2 = x.reshape(-1, k) if x.dim() != 2 else x
@@ -211,7 +211,7 @@ def quantize_fp8_row_col(x, tile=None):
     encodings) and without a transposed copy of x. A row or column with no elements gets
     scale 1, as in ``quantize_fp8``.
 
-    ``tile``: a launch variant (``variants.Fp8RowColLaunch``: ``column`` and ``fused``,
+    ``tile``: a launch variant (``launches.Fp8RowColLaunch``: ``column`` and ``fused``,
     each a launch with ``block_r`` (rows per step / per program), ``block_k`` (columns
     per program / per step) and ``options()``, or None for today's) instead of
     ``row_col_blocks``' tiles; the bits never depend on it.

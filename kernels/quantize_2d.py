@@ -27,7 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from lowprec.checks import as_uint64
+from lowprec.checks import as_uint64, weight_values
+from lowprec.copies import NVFP4Copy, RowCol
 
 from . import nvfp4_math as nm
 from .dequantize import block_value_bits
@@ -119,17 +120,15 @@ def quantize_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0, amax=
                 tile=None, amax_tile=None, values=False):
     """16x16-tile NVFP4 of a 2-D ``w [N, K]`` (N, K multiples of 16; not validated here).
 
-    Returns ``(row, col)``: each ``(data uint8, scale float8_e4m3fn, amax fp32 0-d)``;
+    Returns ``RowCol`` of ``NVFP4Copy`` (data uint8, scale float8_e4m3fn, amax fp32 0-d);
     ``col`` (the quantized ``W^T``, shapes ``[K, N/2]`` and ``[K, N/16]``) is None unless
     ``columnwise``. The two copies share the global amax (measured when ``amax`` is None).
-    ``tile``, ``amax_tile``: None for today's launches, or the ``variants.Launch`` of a
+    ``tile``, ``amax_tile``: None for today's launches, or the ``launches.Launch`` of a
     named variant for this kernel and for the amax kernel (same bits).
     ``values``: ``row`` is ``(values bfloat16 [N, K], empty float8_e4m3fn [0], amax)``
     (module docstring); needs ``columnwise=False`` (ValueError otherwise).
     """
-    if values and columnwise:
-        raise ValueError("quantize_2d(values=True) produces the rowwise values only: pass "
-                         "columnwise=False (W^T's values are the transpose, .t())")
+    weight_values(columnwise, values)
     n, k = w.shape
     dev = w.device
     if amax is None:
@@ -172,6 +171,6 @@ def quantize_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0, amax=
             W_KIND=kind, COL=columnwise, STOCHASTIC=bool(stochastic),
             CHUNKS=chunks, BLOCK_K=block_k, VALUES=bool(values), **options)
     e4m3 = torch.float8_e4m3fn
-    row = (row_data, row_scale.view(e4m3), amax_out)
-    col = (col_data, col_scale.view(e4m3), col_amax_out) if columnwise else None
-    return row, col
+    row = NVFP4Copy(row_data, row_scale.view(e4m3), amax_out)
+    col = NVFP4Copy(col_data, col_scale.view(e4m3), col_amax_out) if columnwise else None
+    return RowCol(row, col)

@@ -40,7 +40,8 @@ import triton
 import triton.language as tl
 
 from lowprec.checks import as_uint64
-from lowprec.reference import padded16
+from lowprec.copies import NVFP4Copy, RowCol
+from lowprec.shapes import padded16
 
 from . import nvfp4_math as nm
 from .dequantize import block_value_bits
@@ -155,45 +156,45 @@ def _amax_operand(amax, device):
     return amax.detach().to(device=device, dtype=torch.float32).reshape(1)
 
 
-def quantize_row_col(x, *, row=True, col=False, col_signs=None, row_stochastic=False,
-                  col_stochastic=False, seed=0, row_offset=0, col_offset=0,
-                  row_amax=None, col_amax=None, tile=None, amax_tile=None, row_values=False,
-                  col_values=False):
+def quantize_row_col(x, *, rowwise=True, columnwise=False, rht_signs=None,
+                     row_stochastic=False, col_stochastic=False, seed=0, row_offset=0,
+                     col_offset=0, row_amax=None, col_amax=None, tile=None, amax_tile=None,
+                     row_values=False, col_values=False):
     """Launch the fused kernel on a 2-D ``x [M, K]`` (any strides; no validation here).
 
     Args:
-        row, col: which copies to produce.
-        col_signs: the 16 RHT signs for the columnwise copy, or None for no RHT.
+        rowwise, columnwise: which copies to produce.
+        rht_signs: the 16 RHT signs for the columnwise copy, or None for no RHT.
         row_stochastic, col_stochastic: SR per copy; seed, row_offset, col_offset: ints
             in [0, 2^64).
         row_amax, col_amax: global amaxes the caller has (fp32 scalar tensors; the
             columnwise one is that of RHT(x^T) when RHT is on); measured when None.
         tile, amax_tile: None for today's launches (``config.tile_config``), or the
-            ``variants.Launch`` of a named variant (tile, warps, stages) for this kernel
+            ``launches.Launch`` of a named variant (tile, warps, stages) for this kernel
             and for the amax kernel; the bits do not depend on them.
         row_values, col_values: write that copy as its bf16 block-dequantized values
             (module docstring).
 
     Returns:
-        ``(row, col)``, each ``(data uint8, scale float8_e4m3fn, amax fp32 0-d)`` or None;
+        ``RowCol`` of ``NVFP4Copy`` (data uint8, scale float8_e4m3fn, amax fp32 0-d) or None;
         a copy in values mode is ``(values bfloat16, empty float8_e4m3fn [0], amax)``: rowwise
         ``[M, K]``, columnwise ``[K, M_pad]``.
     """
     m, k = x.shape
     m_pad = padded16(m)
     dev = x.device
-    signs = quarter_signs(col_signs, dev) if (col and col_signs is not None) else None
-    need_row_amax = row and row_amax is None
-    need_col_amax = col and col_amax is None
+    signs = quarter_signs(rht_signs, dev) if (columnwise and rht_signs is not None) else None
+    need_row_amax = rowwise and row_amax is None
+    need_col_amax = columnwise and col_amax is None
     if need_row_amax or need_col_amax:
         measured = amax_row_col(x, signs if need_col_amax else None, tile=amax_tile)
         row_amax = measured[0:1] if need_row_amax else row_amax
         col_amax = measured[1:2] if need_col_amax else col_amax
-    row_amax_in = _amax_operand(row_amax, dev) if row else None
-    col_amax_in = _amax_operand(col_amax, dev) if col else None
+    row_amax_in = _amax_operand(row_amax, dev) if rowwise else None
+    col_amax_in = _amax_operand(col_amax, dev) if columnwise else None
 
-    row_out = _outputs(m, k, dev, row_values) if row else None
-    col_out = _outputs(k, m_pad, dev, col_values) if col else None
+    row_out = _outputs(m, k, dev, row_values) if rowwise else None
+    col_out = _outputs(k, m_pad, dev, col_values) if columnwise else None
 
     if x.numel() == 0:
         _finish_empty(row_out, row_amax_in, col_out, col_amax_in)
@@ -208,27 +209,31 @@ def quantize_row_col(x, *, row=True, col=False, col_signs=None, row_stochastic=F
         unused = view          # the pointer given for operands the meta-parameters switch off
         _quantize_row_col_kernel[grid](
             x_ptr=view, signs_ptr=signs if signs is not None else unused,
-            row_amax_ptr=row_amax_in if row else unused,
-            col_amax_ptr=col_amax_in if col else unused,
-            row_amax_out_ptr=row_out[2] if row else unused,
-            col_amax_out_ptr=col_out[2] if col else unused,
-            row_data_ptr=_data_view(row_out, row_values, torch.uint8) if row else unused,
-            row_scale_ptr=row_out[1] if row and not row_values else unused,
-            col_words_ptr=_data_view(col_out, col_values, torch.int64) if col else unused,
-            col_scale_ptr=col_out[1] if col and not col_values else unused,
+            row_amax_ptr=row_amax_in if rowwise else unused,
+            col_amax_ptr=col_amax_in if columnwise else unused,
+            row_amax_out_ptr=row_out[2] if rowwise else unused,
+            col_amax_out_ptr=col_out[2] if columnwise else unused,
+            row_data_ptr=_data_view(row_out, row_values, torch.uint8) if rowwise else unused,
+            row_scale_ptr=row_out[1] if rowwise and not row_values else unused,
+            col_words_ptr=(_data_view(col_out, col_values, torch.int64) if columnwise
+                           else unused),
+            col_scale_ptr=col_out[1] if columnwise and not col_values else unused,
             M=m, K=k, col_blocks=m_pad // 16,
             stride_m=view.stride(0), stride_k=view.stride(1),
             seed=as_uint64(seed), row_offset=as_uint64(row_offset),
             col_offset=as_uint64(col_offset),
-            X_KIND=kind, ROW=row, COL=col, COL_RHT=signs is not None,
-            ROW_SR=bool(row and row_stochastic), COL_SR=bool(col and col_stochastic),
+            X_KIND=kind, ROW=rowwise, COL=columnwise, COL_RHT=signs is not None,
+            ROW_SR=bool(rowwise and row_stochastic),
+            COL_SR=bool(columnwise and col_stochastic),
             CHUNKS=chunks, BLOCK_K=block_k, HW_BF16=not interpreting(),
-            ROW_VALUES=bool(row and row_values), COL_VALUES=bool(col and col_values),
+            ROW_VALUES=bool(rowwise and row_values),
+            COL_VALUES=bool(columnwise and col_values),
             **options)
 
     def finish(out):
-        return None if out is None else (out[0], out[1].view(torch.float8_e4m3fn), out[2])
-    return finish(row_out), finish(col_out)
+        return None if out is None else NVFP4Copy(out[0], out[1].view(torch.float8_e4m3fn),
+                                                  out[2])
+    return RowCol(finish(row_out), finish(col_out))
 
 
 def _outputs(rows, cols, device, values):

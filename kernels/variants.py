@@ -9,11 +9,13 @@ into ``winners.json`` beside this file, committed with the results.
   (``quantize_row_col``, ``quantize_nvfp4``, ``quantize_weight_2d``, ``amax``,
   ``quantize_fp8``, ``quantize_fp8_row_col``) and backend, ``"baseline"`` (exactly
   today's function) plus
-  - triton: the launch variants of ``TRITON_LAUNCHES`` (another tile, more warps, or the
-    persistent amax kernel), each a ``Launch`` (FP8: ``Fp8Launch``, ``Fp8RowColLaunch``)
-    the launchers take as ``tile=``;
-  - cuda: the names of ``lowprec._C.CUDA_VARIANTS[op]`` (name -> the ``variant`` int of
-    the CUDA op), when the extension's Python side defines it.
+  - triton: the launch variants of ``launches.TRITON_LAUNCHES`` (another tile, more warps,
+    or the persistent amax kernel), each a ``Launch`` (FP8: ``Fp8Launch``,
+    ``Fp8RowColLaunch``) the launchers take as ``tile=``; a candidate is the Triton
+    backend's own entry point with the names bound (``variant=``, ``amax_variant=``: one
+    custom op per kernel, the variant an argument);
+  - cuda: the names of ``lowprec.backends.extension.CUDA_VARIANTS[op]`` (name -> the
+    ``variant`` int of the CUDA op), bound the same way.
   Each candidate is a callable with the backend op's signature (for ``amax``:
   ``amax(x, rht_signs=None)`` -> the raw fp32 ``[2]`` of ``kernels.amax.amax_row_col``).
 * **Winners** (``winners``): ``{"winners": {op: {backend: {"9.0": {"bfloat16": name}}}}}``;
@@ -27,21 +29,26 @@ into ``winners.json`` beside this file, committed with the results.
   variant name in the winners file is a ``ValueError`` naming it.
 """
 
+import argparse
 import functools
 import json
-import math
 import os
-from typing import List, NamedTuple, Optional, Tuple
+import sys
 
 import torch
-from torch import Tensor
 
-from lowprec.checks import as_int64
+from lowprec.backends import extension
+
+from . import aot, fp8
+from . import backend as triton_backend
+from .amax import _amax_persistent_kernel, amax_row_col
+from .config import quarter_signs
+from .launches import (AMAX_LAUNCHES, BASELINE, FP8_LAUNCHES, FP8_ROW_COL_LAUNCHES,
+                       TRITON_LAUNCHES, Fp8Launch)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WINNERS_PATH = os.path.join(HERE, "winners.json")
 WINNERS_FORMAT = "lowprec-variant-winners/1"
-BASELINE = "baseline"
 # Ops with named variants; any other op of lowprec.backends.OPS has its baseline only.
 VARIANT_OPS = ("quantize_row_col", "quantize_nvfp4", "quantize_weight_2d", "amax",
                "quantize_fp8", "quantize_fp8_row_col")
@@ -51,131 +58,13 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 USES_AMAX = ("quantize_row_col", "quantize_nvfp4", "quantize_weight_2d")
 
 
-class Launch(NamedTuple):
-    """How a Triton variant launches: a tile of ``16 * chunks`` rows by ``block_k``
-    columns, ``num_warps``, ``num_stages`` (None: Triton's default) and, for a persistent
-    kernel, ``programs_per_sm`` (0: one program per tile)."""
-    chunks: int
-    block_k: int
-    num_warps: int
-    num_stages: Optional[int] = None
-    programs_per_sm: int = 0
-
-    def options(self):
-        """The launch keywords (FP contraction off on the GPU, as every launcher)."""
-        from .config import interpreting, launch_options
-        options = dict(num_warps=self.num_warps, **launch_options())
-        if self.num_stages is not None and not interpreting():
-            options["num_stages"] = self.num_stages
-        return options
-
-    def programs(self, device):
-        """Programs of a persistent grid: ``programs_per_sm`` per SM (the interpreter
-        counts as one SM, so small tests walk several tiles per program)."""
-        device = torch.device(device)
-        sms = _sm_count(device.index or 0) if device.type == "cuda" else 1
-        return max(1, sms * self.programs_per_sm)
-
-
-class Fp8Launch(NamedTuple):
-    """How an FP8 kernel of kernels/fp8.py launches: ``block_r`` rows by ``block_k``
-    columns per program (``_quantize_fp8_kernel``: rows per program, K per step; the
-    fused row/col kernel: the same), or for ``_column_scale_kernel`` ``block_r`` rows
-    per step down M (its BLOCK_M) by ``block_k`` columns per program (its BLOCK_C);
-    ``num_warps``, ``num_stages`` (None: Triton's default)."""
-    block_r: int
-    block_k: int
-    num_warps: int
-    num_stages: Optional[int] = None
-
-    options = Launch.options
-
-
-class Fp8RowColLaunch(NamedTuple):
-    """The two launches of ``quantize_fp8_row_col``: the column-scale kernel's and the
-    fused kernel's ``Fp8Launch`` (None: today's tile for that kernel)."""
-    column: Optional[Fp8Launch] = None
-    fused: Optional[Fp8Launch] = None
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(index):
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-# The 1x16 kernel (quantize_row_col, also quantize_nvfp4's launcher) is limited by
-# registers (145 per thread RNE, 197 SR at 16x256 over 4 warps: 2-3 CTAs per SM) and by
-# its columnwise stores (one int64 per column per 16-row tile). The variants trade
-# elements per thread for occupancy, or make each column's words contiguous (64 rows:
-# 4 int64 = one 32-byte sector per column).
-ROW_COL_LAUNCHES = {
-    "t16x256w8": Launch(1, 256, 8),     # half the elements per thread: ~100 / 128 regs
-    "t16x128w4": Launch(1, 128, 4),     # twice the CTAs, ~95 / 123 regs
-    "t32x128w8": Launch(2, 128, 8),     # 16-byte column runs
-    "t64x64w8": Launch(4, 64, 8),       # 32-byte column runs, ~121 / 128 regs
-}
-WEIGHT_2D_LAUNCHES = {
-    "t16x256w8": Launch(1, 256, 8),
-    "t16x128w4": Launch(1, 128, 4),
-    "t32x128w8": Launch(2, 128, 8),
-    "t64x64w8": Launch(4, 64, 8),
-}
-# The amax kernel is a pure read ending in two same-address atomics per 4096 elements;
-# fewer, larger programs or a persistent grid cut those.
-AMAX_LAUNCHES = {
-    "t16x256w8": Launch(1, 256, 8),
-    "t32x256w8": Launch(2, 256, 8),     # half the atomics
-    # Persistent: programs_per_sm is what fits at once (sm_90 build: 104 registers x 256
-    # threads -> 2 CTAs per SM; the 4-warp tile ~100 x 128 -> 4).
-    "persistent": Launch(1, 256, 8, programs_per_sm=2),
-    "persistent_t16x128w4": Launch(1, 128, 4, programs_per_sm=4),
-}
-# FP8 rowwise cast (baseline 4 x 512, 4 warps: R/4 programs, 16 elements per thread per
-# step, two passes over K whose second read should come from L2). The variants change the
-# rows in flight per program and the load run length along K.
-FP8_LAUNCHES = {
-    "r8x512w8": Fp8Launch(8, 512, 8),      # twice the rows per program, same per thread
-    "r16x256w4": Fp8Launch(16, 256, 4),    # 32 per thread per step, R/16 programs
-    "r2x1024w4": Fp8Launch(2, 1024, 4),    # 2 KiB row runs, twice the programs
-}
-# FP8 both layouts: _column_scale_kernel (baseline 512 x 16, 8 warps: only K/16
-# programs, 64 at K = 1024) then the fused kernel (baseline 32 x 128, 4 warps). "c..."
-# variants change the column pass only, "r..." the fused kernel only.
-_BASE_COLUMN = Fp8Launch(512, 16, 8)
-FP8_ROW_COL_LAUNCHES = {
-    "c512x8w8": Fp8RowColLaunch(column=Fp8Launch(512, 8, 8)),     # K/8 programs, 16-B rows
-    "c256x8w4": Fp8RowColLaunch(column=Fp8Launch(256, 8, 4)),     # K/8 smaller CTAs
-    "c256x32w8": Fp8RowColLaunch(column=Fp8Launch(256, 32, 8)),   # 64-B rows, K/32 programs
-    "c1024x16w8": Fp8RowColLaunch(column=Fp8Launch(1024, 16, 8)),  # 64 loads per thread
-    # The fused baseline holds 32 elements per thread at 157 registers (sm_90 build: 3
-    # CTAs, 12 warps per SM); 16 per thread halves that.
-    "r32x128w8": Fp8RowColLaunch(fused=Fp8Launch(32, 128, 8)),    # 16 per thread
-    "r64x64w8": Fp8RowColLaunch(fused=Fp8Launch(64, 64, 8)),      # 16, 64-B column runs
-    "r64x128w8": Fp8RowColLaunch(fused=Fp8Launch(64, 128, 8)),    # 32, 64-B column runs
-    "c512x8w8_r32x128w8": Fp8RowColLaunch(column=Fp8Launch(512, 8, 8),
-                                          fused=Fp8Launch(32, 128, 8)),
-}
-TRITON_LAUNCHES = {
-    "quantize_row_col": ROW_COL_LAUNCHES,
-    "quantize_nvfp4": ROW_COL_LAUNCHES,
-    "quantize_weight_2d": WEIGHT_2D_LAUNCHES,
-    "amax": AMAX_LAUNCHES,
-    "quantize_fp8": FP8_LAUNCHES,
-    "quantize_fp8_row_col": FP8_ROW_COL_LAUNCHES,
-}
-
-
 # ----------------------------------------------------------------------------------
 # Candidates
 # ----------------------------------------------------------------------------------
 
 def cuda_variants(op):
-    """{name: variant int} the CUDA extension offers for ``op`` ({} before it has any)."""
-    try:
-        from lowprec import _C
-    except Exception:
-        return {}
-    return dict(getattr(_C, "CUDA_VARIANTS", {}).get(op, {}))
+    """{name: variant int} the CUDA extension offers for ``op`` ({} for an op without)."""
+    return dict(extension.CUDA_VARIANTS.get(op, {}))
 
 
 def names(op, backend):
@@ -189,17 +78,20 @@ def names(op, backend):
     return (BASELINE,) + tuple(n for n in extra if n != BASELINE)
 
 
+# The adapter whose entry points take the variant names (the cuda and cpu backends share
+# the extension's; only CUDA tensors run its variants).
+ADAPTERS = {"triton": triton_backend, "cuda": extension}
+
+
 def _base_function(op, backend):
     """Today's function of ``op`` on ``backend`` (what the registry calls its baseline)."""
     if op == "amax":
         if backend != "triton":
             raise ValueError(f"no amax op on backend {backend!r}")
         return _triton_amax(None)
-    from lowprec import backends
-    module = backends._load(backend)[0]
-    if module is None or not hasattr(module, op):
+    if not hasattr(ADAPTERS.get(backend), op):
         raise ValueError(f"backend {backend!r} has no {op}")
-    return getattr(module, op)
+    return getattr(ADAPTERS[backend], op)
 
 
 def candidate(op, backend, name, amax=BASELINE, base=None):
@@ -216,11 +108,12 @@ def candidate(op, backend, name, amax=BASELINE, base=None):
     if name == BASELINE and (amax == BASELINE or backend != "triton" or op not in USES_AMAX):
         return base if base is not None else _base_function(op, backend)
     if backend == "cuda":
-        from lowprec import _C
-        return functools.partial(getattr(_C, op), variant=cuda_variants(op)[name])
+        return functools.partial(getattr(extension, op), variant=cuda_variants(op)[name])
     if op == "amax":
         return _triton_amax(AMAX_LAUNCHES[name])
-    return TRITON_ENTRIES[op](name, amax)
+    if op in USES_AMAX:
+        return functools.partial(getattr(triton_backend, op), variant=name, amax_variant=amax)
+    return functools.partial(getattr(triton_backend, op), variant=name)
 
 
 def candidates(op, backend, amax=BASELINE):
@@ -228,199 +121,12 @@ def candidates(op, backend, amax=BASELINE):
     return {name: candidate(op, backend, name, amax) for name in names(op, backend)}
 
 
-# ----------------------------------------------------------------------------------
-# Triton entry points of the variants (torch.library custom ops, as kernels/backend.py's,
-# with the variant names as arguments so that torch.compile traces through them)
-# ----------------------------------------------------------------------------------
-
-def _launches(op, variant, amax):
-    tile = None if variant == BASELINE else TRITON_LAUNCHES[op][variant]
-    amax_tile = None if amax == BASELINE else AMAX_LAUNCHES[amax]
-    return tile, amax_tile
-
-
-def _scalar_or_none(amax, device):
-    if amax is None:
-        return None
-    return torch.as_tensor(amax, dtype=torch.float32, device=device).detach().reshape(())
-
-
 def _triton_amax(launch):
     def amax(x, rht_signs=None):
         """(max|x|, max|RHT(x^T)|) raw fp32 [2] of a 2-D ``x`` (``rht_signs``: +-1)."""
-        from .amax import amax_row_col
-        from .config import quarter_signs
         signs = None if rht_signs is None else quarter_signs(rht_signs, x.device)
         return amax_row_col(x, signs, tile=launch)
     return amax
-
-
-@torch.library.custom_op("lowprec::triton_variant_quantize_row_col", mutates_args=())
-def _row_col_op(x: Tensor, variant: str, amax_variant: str, rht_signs: Optional[List[int]],
-                rowwise: bool, columnwise: bool, row_stochastic: bool, col_stochastic: bool,
-                seed: int, row_offset: int, col_offset: int, row_amax: Optional[Tensor],
-                col_amax: Optional[Tensor], row_values: bool = False, col_values: bool = False
-                ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    from lowprec.formats import absent_nvfp4
-    from .quantize_row_col import quantize_row_col
-    tile, amax_tile = _launches("quantize_row_col", variant, amax_variant)
-    row, col = quantize_row_col(x, row=rowwise, col=columnwise, col_signs=rht_signs,
-                                row_stochastic=row_stochastic, col_stochastic=col_stochastic,
-                                seed=seed, row_offset=row_offset, col_offset=col_offset,
-                                row_amax=row_amax, col_amax=col_amax, tile=tile,
-                                amax_tile=amax_tile, row_values=row_values,
-                                col_values=col_values)
-    return (*(row or absent_nvfp4(x)), *(col or absent_nvfp4(x)))
-
-
-@_row_col_op.register_fake
-def _(x, variant, amax_variant, rht_signs, rowwise, columnwise, row_stochastic,
-      col_stochastic, seed, row_offset, col_offset, row_amax, col_amax, row_values=False,
-      col_values=False):
-    from lowprec.formats import empty_row_col
-    return empty_row_col(x, rowwise, columnwise, row_values=row_values,
-                         col_values=col_values)
-
-
-def _row_col_entry(variant, amax):
-    def quantize_row_col(x, *, rht_signs=None, rowwise=True, columnwise=True,
-                         row_stochastic=False, col_stochastic=False, seed=0, row_offset=0,
-                         col_offset=0, row_amax=None, col_amax=None, row_values=False,
-                         col_values=False):
-        signs = None if rht_signs is None else [int(s) for s in rht_signs]
-        out = torch.ops.lowprec.triton_variant_quantize_row_col(
-            x.detach().reshape(math.prod(x.shape[:-1]), x.shape[-1]), variant, amax, signs,
-            bool(rowwise), bool(columnwise), bool(row_stochastic), bool(col_stochastic),
-            as_int64(seed), as_int64(row_offset), as_int64(col_offset),
-            _scalar_or_none(row_amax, x.device), _scalar_or_none(col_amax, x.device),
-            bool(row_values), bool(col_values))
-        return (tuple(out[:3]) if rowwise else None), (tuple(out[3:]) if columnwise else None)
-    quantize_row_col.variant = (variant, amax)
-    return quantize_row_col
-
-
-@torch.library.custom_op("lowprec::triton_variant_quantize_nvfp4", mutates_args=())
-def _nvfp4_op(x: Tensor, variant: str, amax_variant: str, block: str,
-              rht_signs: Optional[List[int]], stochastic: bool, seed: int, offset: int,
-              amax: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
-    from .quantize_row_col import quantize_row_col
-    from .quantize_2d import quantize_2d
-    tile, amax_tile = _launches("quantize_nvfp4", variant, amax_variant)
-    k = x.shape[-1]
-    lead = x.shape[:-1]
-    x2 = x.reshape(math.prod(lead), k)
-    if block == "16x16":     # as kernels/backend.py's op, with the variant's launches
-        if rht_signs is not None:
-            raise ValueError("block='16x16' with rht_signs is not supported")
-        (data, scale, amax_out), _ = quantize_2d(x2, columnwise=False, stochastic=stochastic,
-                                                 seed=seed, offset=offset, amax=amax,
-                                                 tile=tile, amax_tile=amax_tile)
-    elif rht_signs is None:
-        (data, scale, amax_out), _ = quantize_row_col(
-            x2, row=True, row_stochastic=stochastic, seed=seed, row_offset=offset,
-            row_amax=amax, tile=tile, amax_tile=amax_tile)
-    else:
-        _, (data, scale, amax_out) = quantize_row_col(
-            x2.t(), row=False, col=True, col_signs=rht_signs, col_stochastic=stochastic,
-            seed=seed, col_offset=offset, col_amax=amax, tile=tile, amax_tile=amax_tile)
-    return data.reshape(*lead, k // 2), scale.reshape(*lead, k // 16), amax_out
-
-
-@_nvfp4_op.register_fake
-def _(x, variant, amax_variant, block, rht_signs, stochastic, seed, offset, amax):
-    from lowprec.formats import empty_nvfp4
-    return empty_nvfp4(x, x.shape[:-1], x.shape[-1])
-
-
-def _nvfp4_entry(variant, amax_variant):
-    def quantize_nvfp4(x, *, block="1x16", rht_signs=None, stochastic=False, seed=0,
-                       offset=0, amax=None):
-        signs = None if rht_signs is None else [int(s) for s in rht_signs]
-        return torch.ops.lowprec.triton_variant_quantize_nvfp4(
-            x.detach(), variant, amax_variant, block, signs, bool(stochastic),
-            as_int64(seed), as_int64(offset), _scalar_or_none(amax, x.device))
-    quantize_nvfp4.variant = (variant, amax_variant)
-    return quantize_nvfp4
-
-
-@torch.library.custom_op("lowprec::triton_variant_quantize_weight_2d", mutates_args=())
-def _weight_2d_op(w: Tensor, variant: str, amax_variant: str, columnwise: bool,
-                  stochastic: bool, seed: int, offset: int, amax: Optional[Tensor],
-                  values: bool = False
-                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    from lowprec.formats import absent_nvfp4
-    from .quantize_2d import quantize_2d
-    tile, amax_tile = _launches("quantize_weight_2d", variant, amax_variant)
-    row, col = quantize_2d(w, columnwise=columnwise, stochastic=stochastic, seed=seed,
-                           offset=offset, amax=amax, tile=tile, amax_tile=amax_tile,
-                           values=values)
-    return (*row, *(col or absent_nvfp4(w)))
-
-
-@_weight_2d_op.register_fake
-def _(w, variant, amax_variant, columnwise, stochastic, seed, offset, amax, values=False):
-    from lowprec.formats import empty_weight_2d
-    return empty_weight_2d(w, columnwise, values=values)
-
-
-def _weight_2d_entry(variant, amax_variant):
-    def quantize_weight_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0,
-                           amax=None, values=False):
-        if values and columnwise:
-            raise ValueError("quantize_weight_2d(values=True) gives W's values only: pass "
-                             "columnwise=False and use .t() for W^T (exactly its values)")
-        out = torch.ops.lowprec.triton_variant_quantize_weight_2d(
-            w.detach(), variant, amax_variant, bool(columnwise), bool(stochastic),
-            as_int64(seed), as_int64(offset), _scalar_or_none(amax, w.device), bool(values))
-        return tuple(out[:3]), (tuple(out[3:]) if columnwise else None)
-    quantize_weight_2d.variant = (variant, amax_variant)
-    return quantize_weight_2d
-
-
-@torch.library.custom_op("lowprec::triton_variant_quantize_fp8", mutates_args=())
-def _fp8_op(x: Tensor, variant: str) -> Tuple[Tensor, Tensor]:
-    from .fp8 import quantize_fp8
-    return quantize_fp8(x, tile=_launches("quantize_fp8", variant, BASELINE)[0])
-
-
-@_fp8_op.register_fake
-def _(x, variant):
-    return (x.new_empty(x.shape, dtype=torch.float8_e4m3fn),
-            x.new_empty(*x.shape[:-1], 1, dtype=torch.float32))
-
-
-def _fp8_entry(variant, amax_variant):
-    def quantize_fp8(x):
-        return torch.ops.lowprec.triton_variant_quantize_fp8(x.detach(), variant)
-    quantize_fp8.variant = (variant, amax_variant)
-    return quantize_fp8
-
-
-@torch.library.custom_op("lowprec::triton_variant_quantize_fp8_row_col", mutates_args=())
-def _fp8_row_col_op(x: Tensor, variant: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    from .fp8 import quantize_fp8_row_col
-    return quantize_fp8_row_col(
-        x, tile=_launches("quantize_fp8_row_col", variant, BASELINE)[0])
-
-
-@_fp8_row_col_op.register_fake
-def _(x, variant):
-    m, k = x.shape
-    e4m3, f32 = torch.float8_e4m3fn, torch.float32
-    return (x.new_empty(m, k, dtype=e4m3), x.new_empty(m, 1, dtype=f32),
-            x.new_empty(k, m, dtype=e4m3), x.new_empty(k, 1, dtype=f32))
-
-
-def _fp8_row_col_entry(variant, amax_variant):
-    def quantize_fp8_row_col(x):
-        return torch.ops.lowprec.triton_variant_quantize_fp8_row_col(x.detach(), variant)
-    quantize_fp8_row_col.variant = (variant, amax_variant)
-    return quantize_fp8_row_col
-
-
-TRITON_ENTRIES = {"quantize_row_col": _row_col_entry, "quantize_nvfp4": _nvfp4_entry,
-                  "quantize_weight_2d": _weight_2d_entry, "quantize_fp8": _fp8_entry,
-                  "quantize_fp8_row_col": _fp8_row_col_entry}
 
 
 # ----------------------------------------------------------------------------------
@@ -581,7 +287,6 @@ def fp8_spec(kernel, launch):
     """(kernel, signature, constexprs, num_warps, num_stages, elements per thread per
     loop step) of an FP8 kernel (``FP8_COLUMN``, ``FP8_FUSED`` or ``FP8_ROWWISE``; bf16
     in, unit stride along K) launched as ``launch`` (an ``Fp8Launch``)."""
-    from . import fp8
     per_step = launch.block_r * launch.block_k // (32 * launch.num_warps)
     stages = launch.num_stages or 3
     if kernel == FP8_COLUMN:
@@ -606,7 +311,7 @@ def fp8_spec(kernel, launch):
 
 
 # The GPU launches of kernels/fp8.py's baselines (row_col_blocks; quantize_fp8's 4 x 512).
-FP8_BASE = {FP8_ROWWISE: Fp8Launch(4, 512, 4), FP8_COLUMN: _BASE_COLUMN,
+FP8_BASE = {FP8_ROWWISE: Fp8Launch(4, 512, 4), FP8_COLUMN: Fp8Launch(512, 16, 8),
             FP8_FUSED: Fp8Launch(32, 128, 4)}
 
 
@@ -628,8 +333,6 @@ def aot_specs():
     """label -> (kernel, signature, constexprs, num_warps, num_stages, elements per thread)
     of every Triton variant (kernels/aot.py's specs with each variant's launch; the FP8
     kernels loop, so theirs is per loop step)."""
-    from . import aot
-    from .amax import _amax_persistent_kernel
     specs = aot._specs()
     out = {}
     for op, keys in AOT_KERNELS.items():
@@ -652,7 +355,6 @@ def aot_specs():
 def aot_facts():
     """{label: registers, spills (LOCAL + STACK), SASS main path, per element, 16-byte
     loads, cp.async} of every Triton variant compiled for sm_90."""
-    from . import aot
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "0")
     facts = {}
     for label_, (fn, sig, consts, warps, stages, per_thread) in aot_specs().items():
@@ -667,8 +369,6 @@ def aot_facts():
 
 
 def main(argv=None):
-    import argparse
-    import sys
     parser = argparse.ArgumentParser(description="sm_90 compile facts of every variant")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)

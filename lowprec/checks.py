@@ -1,11 +1,9 @@
-"""Argument checks shared by every entry point (ops.py, the C++ and Triton backends'
-training-layer entry points): one function per kind of argument, each raising an error
-that names the argument and its value. Imports nothing of lowprec, so any layer may use
-it."""
+"""Argument checks shared by every entry point (ops.py, the backend adapters, the
+training layer): one function per kind of argument, each raising an error that names the
+argument and its value. Torch-free and importing nothing of lowprec, so every layer, the
+kernels included, takes them from here."""
 
 import numbers
-
-import torch
 
 
 def sign_vector(signs, name="sign_vector"):
@@ -15,14 +13,11 @@ def sign_vector(signs, name="sign_vector"):
     +1 or -1. Bools (``True == 1`` in Python), strings and nested lists are refused rather
     than coerced.
     """
-    if isinstance(signs, torch.Tensor):
-        ok_kind = signs.dim() == 1 and signs.dtype != torch.bool
-        entries = signs.tolist() if ok_kind else None
-    elif isinstance(signs, (list, tuple)):
-        entries = list(signs)
-        ok_kind = all(isinstance(s, numbers.Real) and not isinstance(s, bool) for s in entries)
-    else:
-        ok_kind, entries = False, None
+    # A tensor (or array) is judged by its ``tolist()``: a bool tensor gives bools, a 2-D
+    # one nested lists and a 0-d one a scalar, all refused below like their list forms.
+    entries = signs.tolist() if hasattr(signs, "tolist") else signs
+    ok_kind = isinstance(entries, (list, tuple)) and all(
+        isinstance(s, numbers.Real) and not isinstance(s, bool) for s in entries)
     if not ok_kind or len(entries) != 16 or any(s not in (1, -1) for s in entries):
         raise ValueError(f"{name} must be 16 entries of +1/-1 (ints, a flat list or a 1-D "
                          f"tensor); got {signs!r}")
@@ -52,3 +47,15 @@ def uint64(value, name):
 def as_uint64(value):
     """An int64 (or any int) as the uint64 in [0, 2**64) with the same low 64 bits."""
     return int(value) % UINT64_SPAN
+
+
+# quantize_weight_2d(values=True) gives W's values only (W^T's are their transpose): the
+# ValueError of every backend, the C++ ops' included (csrc/ops.h check_weight_values).
+WEIGHT_VALUES_ERROR = ("quantize_weight_2d(values=True) gives W's values only: pass "
+                       "columnwise=False and use .t() for W^T (exactly its values)")
+
+
+def weight_values(columnwise, values):
+    """Raises ValueError for quantize_weight_2d's ``values`` with ``columnwise``."""
+    if values and columnwise:
+        raise ValueError(WEIGHT_VALUES_ERROR)

@@ -2,7 +2,9 @@
 
 ``NVFP4Tensor`` and ``FP8Tensor`` are plain holders of the tensors a GEMM reads (no
 ``torch.Tensor`` subclassing): the data, the block scales in plain row-major layout and
-the global FP32 amax, plus the facts needed to interpret them.
+the global FP32 amax, plus the facts needed to interpret them (logical shape, block,
+RHT signs). The backends return the bare named copies of ``lowprec.copies``; the output
+shapes every backend's fake kernel promises are ``lowprec.shapes``'.
 """
 
 import torch
@@ -82,55 +84,3 @@ class FP8Tensor:
 
     def __repr__(self):
         return f"FP8Tensor(shape={tuple(self.shape)}, device={self.device})"
-
-
-# ----------------------------------------------------------------------------------
-# Output shapes of the quantize ops, for their fake (meta) kernels: every backend's op
-# registers its fake with these, so all of them promise torch.compile the same shapes.
-# ----------------------------------------------------------------------------------
-
-def empty_nvfp4(like, rows_shape, k):
-    """Uninitialised ``(data uint8 [*rows, k/2], scale e4m3 [*rows, k/16], amax fp32 0-d)``."""
-    return (like.new_empty((*rows_shape, k // 2), dtype=torch.uint8),
-            like.new_empty((*rows_shape, k // 16), dtype=torch.float8_e4m3fn),
-            like.new_empty((), dtype=torch.float32))
-
-
-def absent_nvfp4(like):
-    """The placeholder triple of a copy not asked for (ops return tensors, never None)."""
-    return (like.new_empty((0,), dtype=torch.uint8),
-            like.new_empty((0,), dtype=torch.float8_e4m3fn),
-            like.new_empty((), dtype=torch.float32))
-
-
-def empty_values(like, rows, cols):
-    """Uninitialised values-mode triple: ``(values bf16 [rows, cols], empty e4m3 [0]
-    where the scale would be, amax fp32 0-d)``."""
-    return (like.new_empty((rows, cols), dtype=torch.bfloat16),
-            like.new_empty((0,), dtype=torch.float8_e4m3fn),
-            like.new_empty((), dtype=torch.float32))
-
-
-def empty_row_col(x2d, rowwise, columnwise, row_values=False, col_values=False):
-    """Outputs of quantize_row_col on ``x2d [M, K]``: rowwise ``[M, K]``, columnwise
-    ``[K, padded16(M)]``, each a triple (placeholders for a copy not asked for); a copy
-    in values mode is its bf16 values (``empty_values``)."""
-    m, k = x2d.shape
-
-    def empty(rows, cols, values):
-        return empty_values(x2d, rows, cols) if values else empty_nvfp4(x2d, (rows,), cols)
-    row = empty(m, k, row_values) if rowwise else absent_nvfp4(x2d)
-    col = empty(k, reference.padded16(m), col_values) if columnwise else absent_nvfp4(x2d)
-    return row + col
-
-
-def empty_weight_2d(w, columnwise, values=False):
-    """Outputs of quantize_weight_2d on ``w [N, K]``: W ``[N, K]`` and W^T ``[K, N]``;
-    with ``values``, W's bf16 values ``[N, K]`` only (``columnwise`` must be False)."""
-    n, k = w.shape
-    if values:
-        if columnwise:
-            raise ValueError("quantize_weight_2d(values=True) needs columnwise=False")
-        return empty_values(w, n, k) + absent_nvfp4(w)
-    col = empty_nvfp4(w, (k,), n) if columnwise else absent_nvfp4(w)
-    return empty_nvfp4(w, (n,), k) + col

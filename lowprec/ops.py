@@ -9,7 +9,7 @@ import numbers
 
 import torch
 
-from lowprec import backends, checks, reference
+from lowprec import backends, checks, reference, shapes
 from lowprec.formats import FP8Tensor, NVFP4Tensor
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -164,7 +164,7 @@ def quantize_row_col(x, *, rowwise=True, columnwise=True, rht=False, sign_vector
                     seed=seed, row_offset=row_offset, col_offset=col_offset,
                     row_amax=_amax_tensor(row_amax, x.device),
                     col_amax=_amax_tensor(col_amax, x.device))
-    m_pad = reference.padded16(m)
+    m_pad = shapes.padded16(m)
     row_t = None if row is None else NVFP4Tensor(*row, (m, k))
     col_t = None if col is None else NVFP4Tensor(*col, (k, m_pad), rht_signs=signs)
     return row_t, col_t

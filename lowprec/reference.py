@@ -2,7 +2,9 @@
 
 Every other backend (Triton, CUDA C++, the CPU build of the C++ math) is tested
 bit for bit against the functions here, so this module is written for clarity and
-for exactness, never for speed. It imports nothing but torch.
+for exactness, never for speed. It imports nothing but torch and lowprec's torch-free
+core: the padding rule (``lowprec.shapes``), the named results every backend returns
+(``lowprec.copies``) and the one check of values mode (``lowprec.checks``).
 
 Load-bearing details (each one changes bits if "simplified"):
 
@@ -32,6 +34,10 @@ Load-bearing details (each one changes bits if "simplified"):
 """
 
 import torch
+
+from lowprec.checks import weight_values
+from lowprec.copies import FP8Copy, FP8RowCol, NVFP4Copy, RowCol
+from lowprec.shapes import padded16
 
 FLT_MAX = torch.finfo(torch.float32).max
 E4M3_MAX = 448.0
@@ -319,7 +325,7 @@ def quantize_nvfp4(x, *, block="1x16", rht_signs=None, stochastic=False, seed=0,
         amax: FP32 global amax the caller already has (of the RHT'd tensor if RHT).
 
     Returns:
-        (data uint8 [..., K/2], scale float8_e4m3fn [..., K/16], amax FP32 0-d)
+        NVFP4Copy (data uint8 [..., K/2], scale float8_e4m3fn [..., K/16], amax FP32 0-d)
     """
     if rht_signs is not None:
         x = rht(x, rht_signs)
@@ -332,9 +338,10 @@ def quantize_nvfp4(x, *, block="1x16", rht_signs=None, stochastic=False, seed=0,
     s_enc = global_encode_scale(amax)
     if x.numel() == 0:
         shape = x.shape[:-1]
-        return (torch.empty(*shape, x.shape[-1] // 2, dtype=torch.uint8, device=x.device),
-                torch.empty(*shape, x.shape[-1] // 16, dtype=torch.float8_e4m3fn,
-                            device=x.device), amax)
+        return NVFP4Copy(
+            torch.empty(*shape, x.shape[-1] // 2, dtype=torch.uint8, device=x.device),
+            torch.empty(*shape, x.shape[-1] // 16, dtype=torch.float8_e4m3fn,
+                        device=x.device), amax)
     block_amax = _block_amax_16x16(x) if block == "16x16" else _block_amax_1x16(x)
     scales = block_scales(block_amax, s_enc)
     enc = block_encode_scales(scales, s_enc).repeat_interleave(16, dim=-1)
@@ -344,13 +351,7 @@ def quantize_nvfp4(x, *, block="1x16", rht_signs=None, stochastic=False, seed=0,
         codes = e2m1_round_stochastic(v, words, sign_source=x)
     else:
         codes = e2m1_round_rne(v, sign_source=x)
-    return pack_codes(codes), scales, amax
-
-
-def padded16(n):
-    """``n`` rounded up to a multiple of 16: the row count M_pad of a columnwise copy
-    (NUMERICS 10), also the token padding of wgrad's blocks."""
-    return -(-n // 16) * 16
+    return NVFP4Copy(pack_codes(codes), scales, amax)
 
 
 def pad_rows16(x2d):
@@ -374,7 +375,7 @@ def quantize_row_col(x, *, rht_signs=None, rowwise=True, columnwise=True,
       ``[K, M_pad/2]``, scale ``[K, M_pad/16]`` (the SR index is that of the ``[K, M_pad]``
       copy; the RHT runs along M).
 
-    Returns ``(row, col)``, each a ``(data, scale, amax)`` triple or None if not asked for.
+    Returns ``RowCol(rowwise, columnwise)``, each an ``NVFP4Copy`` or None if not asked for.
     With ``row_values`` / ``col_values`` that copy is ``as_values`` of its triple:
     ``(values bf16 [M, K]
     or [K, M_pad], empty float8_e4m3fn [0], amax)``.
@@ -392,7 +393,7 @@ def quantize_row_col(x, *, rht_signs=None, rowwise=True, columnwise=True,
         row = as_values(row)
     if col_values and col is not None:
         col = as_values(col)
-    return row, col
+    return RowCol(row, col)
 
 
 def quantize_weight_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0, amax=None,
@@ -402,28 +403,28 @@ def quantize_weight_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0
     ``row`` is ``quantize_nvfp4(w, block="16x16", ...)``. ``col`` is the quantized ``W^T``
     (codes ``[K, N/2]``, scales ``[K, N/16]``, the same amax): its codes and tile scales
     are the transpose of ``row``'s, so fprop and dgrad multiply by one quantized W (with
-    SR too: it is not a second draw). Returns ``(row, col)``; col is None unless asked.
+    SR too: it is not a second draw). Returns ``RowCol(row, col)``; col is None unless
+    asked.
 
     ``values=True`` (needs ``columnwise=False``; W^T's values are the transpose): ``row``
     is ``as_values`` of the packed row, ``(values bf16 [N, K], empty e4m3 [0], amax)``.
     """
+    weight_values(columnwise, values)
     if values:
-        if columnwise:
-            raise ValueError("quantize_weight_2d(values=True) needs columnwise=False")
         row, _ = quantize_weight_2d(w, columnwise=False, stochastic=stochastic, seed=seed,
                                     offset=offset, amax=amax)
-        return as_values(row), None
+        return RowCol(as_values(row), None)
     row = quantize_nvfp4(w, block="16x16", stochastic=stochastic, seed=seed, offset=offset,
                          amax=amax)
     if not columnwise:
-        return row, None
+        return RowCol(row, None)
     data, scale, amax_out = row
     col_data = pack_codes(unpack_codes(data).t().contiguous())
     # row's scale holds each tile's scale on its 16 rows; W^T holds it on its 16 columns'
     # rows, i.e. the tile grid transposed and repeated along the new rows.
     tile_scales = scale[0::16, :]                                    # [N/16, K/16]
     col_scale = tile_scales.t().repeat_interleave(16, dim=0).contiguous()
-    return row, (col_data, col_scale, amax_out)
+    return RowCol(row, NVFP4Copy(col_data, col_scale, amax_out))
 
 
 def as_values(triple):
@@ -433,7 +434,7 @@ def as_values(triple):
     emulated GEMM multiplies)."""
     data, scale, amax = triple
     values = canonicalize_nan(block_dequantize_nvfp4(data, scale).to(torch.bfloat16))
-    return values, scale.new_empty((0,)), amax
+    return NVFP4Copy(values, scale.new_empty((0,)), amax)
 
 
 def dequantize_nvfp4(data, scale, amax, dtype=torch.float32):
@@ -471,24 +472,26 @@ def nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=None,
 def quantize_fp8_rowwise(x):
     """E4M3 with one FP32 scale per row: scale = amax_row / 448 (zero row: 1).
 
-    Returns (data float8_e4m3fn [..., K], scale FP32 [..., 1]).
+    Returns FP8Copy (data float8_e4m3fn [..., K], scale FP32 [..., 1]).
     """
     x = x.to(torch.float32)
     if x.numel() == 0:
-        return x.to(torch.float8_e4m3fn), torch.ones(*x.shape[:-1], 1, device=x.device)
+        return FP8Copy(x.to(torch.float8_e4m3fn),
+                       torch.ones(*x.shape[:-1], 1, device=x.device))
     row_amax = x.abs().amax(dim=-1, keepdim=True)
     scale = row_amax / _f32(E4M3_MAX)
     scale = canonicalize_nan(torch.where(row_amax == 0, _f32(1.0), scale))
-    return e4m3_round(x / scale), scale
+    return FP8Copy(e4m3_round(x / scale), scale)
 
 
 def quantize_fp8_row_col(x):
     """Both FP8 layouts of a 2-D ``x [M, K]``: x per row along K and x^T per row along M
     (x per column), each ``quantize_fp8_rowwise``.
 
-    Returns (row_data [M, K], row_scale [M, 1], col_data [K, M], col_scale [K, 1]).
+    Returns FP8RowCol (rowwise_data [M, K], rowwise_scale [M, 1], columnwise_data [K, M],
+    columnwise_scale [K, 1]).
     """
-    return (*quantize_fp8_rowwise(x), *quantize_fp8_rowwise(x.t().contiguous()))
+    return FP8RowCol(*quantize_fp8_rowwise(x), *quantize_fp8_rowwise(x.t().contiguous()))
 
 
 def dequantize_fp8(data, scale, dtype=torch.float32):

@@ -2,8 +2,13 @@
 
 A backend is a module that defines ``availability(device_type)`` (None when it can run
 on tensors of that device type, else the reason it cannot) and any of the op functions
-of ``lowprec.backends.reference`` with the same signatures. Modules are imported lazily,
-so a missing Triton or a broken compiled extension never breaks ``import lowprec``.
+of ``lowprec.backends.reference`` with the same signatures and the same named results
+(``lowprec.copies``). Each backend's op functions come from one adapter: the reference
+itself, the Triton backend ``lowprec.kernels.backend``, and for ``cpu`` and ``cuda``
+``lowprec.backends.extension`` (the compiled extension's ops, one schema for both
+devices). No backend module imports another (docs/architecture.md, the layer table).
+Modules are imported lazily, so a missing Triton or a broken compiled extension never
+breaks ``import lowprec``.
 
 A backend may also define ``implementation(op, capability)``: the name of the code it runs
 for ``op`` on a GPU of compute capability ``capability`` (``(major, minor)``; None for CPU
@@ -55,6 +60,8 @@ def _load(name):
     except ModuleNotFoundError as err:
         if err.name == BACKEND_MODULES[name]:
             return None, f"the {name} backend is not part of this build of lowprec"
+        if err.name == "triton":     # the triton backend's kernels, the cuda one's GEMM
+            return None, f"triton is not installed ({err}); pip install triton"
         return None, f"the {name} backend cannot be imported: {err}"
     except Exception as err:  # a broken extension must be reported, not raised
         return None, f"the {name} backend failed to import: {type(err).__name__}: {err}"
@@ -89,7 +96,8 @@ def implementation(name, module, op, capability):
 
 
 def _variants():
-    """``lowprec.kernels.variants``, or None in a build without the kernels package."""
+    """``lowprec.kernels.variants``, or None in a build without the kernels package (or
+    without Triton). Imported here, on first use, like the backends themselves."""
     try:
         from lowprec.kernels import variants
     except ImportError:

@@ -3,17 +3,24 @@
 Quantization runs in C++ over the same element math as the CUDA kernels and equals the
 reference bit for bit. The NVFP4 GEMM is one C++ op that dequantizes (exact), multiplies
 with ``at::matmul`` in FP32 and applies alpha once: the reference's arithmetic, so also
-its bits on the same machine.
+its bits on the same machine. The ops come through the extension's one adapter,
+``lowprec.backends.extension``.
 """
 
 import torch
 
-from lowprec import _C, reference
-from lowprec.reference import fp8_gemm  # noqa: F401  (the GEMM is torch.matmul either way)
+from lowprec import reference
+from lowprec.backends import extension
+from lowprec.copies import FP8RowCol
 
-quantize_row_col = _C.quantize_row_col
-quantize_weight_2d = _C.quantize_weight_2d
-
+# This backend's ops: the extension's, on CPU tensors; the FP8 GEMM is the reference's
+# (torch.matmul either way).
+quantize_nvfp4 = extension.quantize_nvfp4
+quantize_row_col = extension.quantize_row_col
+quantize_weight_2d = extension.quantize_weight_2d
+quantize_fp8 = extension.quantize_fp8
+nvfp4_gemm = extension.nvfp4_gemm
+fp8_gemm = reference.fp8_gemm
 
 IMPLEMENTATIONS = {"quantize_nvfp4": "cpu:quantize_nvfp4",
                    "quantize_row_col": "cpu:quantize_row_col",
@@ -31,30 +38,17 @@ def implementation(op, capability):
 
 
 def availability(device_type):
-    if _C.REASON is not None:
-        return _C.REASON
+    if extension.REASON is not None:
+        return extension.REASON
     if device_type != "cpu":
         return f"the cpu backend runs on CPU tensors only; got device type {device_type!r}"
     return None
 
 
-def quantize_nvfp4(x, *, block="1x16", rht_signs=None, stochastic=False, seed=0, offset=0,
-                   amax=None):
-    return _C.quantize_nvfp4(x, block=block, rht_signs=rht_signs, stochastic=stochastic,
-                             seed=seed, offset=offset, amax=amax)
-
-
 def dequantize_nvfp4(data, scale, amax, dtype=torch.float32):
-    return reference.apply_global_decode_scale(_C.block_dequantize_nvfp4(data, scale), amax,
-                                               dtype)
-
-
-def quantize_fp8(x):
-    return _C.quantize_fp8(x)
+    return reference.apply_global_decode_scale(extension.block_dequantize_nvfp4(data, scale),
+                                               amax, dtype)
 
 
 def quantize_fp8_row_col(x):
-    return (*_C.quantize_fp8(x), *_C.quantize_fp8(x.t().contiguous()))
-
-
-nvfp4_gemm = _C.nvfp4_gemm
+    return FP8RowCol(*quantize_fp8(x), *quantize_fp8(x.t().contiguous()))

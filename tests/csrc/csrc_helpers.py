@@ -17,8 +17,8 @@ import pytest
 import torch
 from hypothesis import strategies as st
 
-from lowprec import _C
 from lowprec import reference as R
+from lowprec.backends import extension
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CSRC = os.path.join(ROOT, "csrc")
@@ -193,8 +193,8 @@ def sim_quantize(lib, x, *, block_rows=1, rht_signs=None, stochastic=False, seed
     out = _outputs(rows, cols, values)
     t = _outputs(cols, rows) if transposed else (None, None, None)
     err = lib.sim_quantize(_ptr(x), TYPES[x.dtype], rows, cols, block_rows,
-                           _C.sign_mask(rht_signs), int(stochastic), seed, offset, _ptr(amax),
-                           *map(_ptr, out), *map(_ptr, t), variant,
+                           extension.sign_mask(rht_signs), int(stochastic), seed, offset,
+                           _ptr(amax), *map(_ptr, out), *map(_ptr, t), variant,
                            None if partials is None else ctypes.byref(partials), int(values))
     assert err == 0
     lead = x.shape[:-1]
@@ -213,7 +213,7 @@ def sim_rowcol(lib, x, *, rht_signs, rowwise, row_sr, col_sr, seed, row_offset, 
     padded = (rows + 15) // 16 * 16
     row = _outputs(rows, cols, row_values) if rowwise else (None, None, None)
     col = _outputs(cols, padded, col_values)
-    err = lib.sim_rowcol(_ptr(x2), TYPES[x.dtype], rows, cols, _C.sign_mask(rht_signs),
+    err = lib.sim_rowcol(_ptr(x2), TYPES[x.dtype], rows, cols, extension.sign_mask(rht_signs),
                          int(rowwise), int(row_sr), int(col_sr), seed, row_offset, col_offset,
                          _ptr(row_amax), _ptr(col_amax), *map(_ptr, row), *map(_ptr, col),
                          variant, int(row_values), int(col_values))

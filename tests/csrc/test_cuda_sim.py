@@ -17,8 +17,8 @@ from csrc_helpers import (UINT64, amax_tensor, assert_bits_equal, build_sim, flo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lowprec import _C
 from lowprec import reference as R
+from lowprec.backends import extension
 
 SETTINGS = settings(max_examples=30, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -33,9 +33,9 @@ def sim():
 SIGNS = st.sampled_from([None, R.DEFAULT_SIGN_VECTOR])
 AMAXES = st.sampled_from([None, 0.0, 1.0, 3.0e38, float("inf"), float("nan")])
 # Every kernel variant (same bits by contract) runs in the tests below.
-NVFP4_VARIANTS = st.sampled_from(sorted(_C.CUDA_VARIANTS["quantize_nvfp4"].values()))
-ROW_COL_VARIANTS = st.sampled_from(sorted(_C.CUDA_VARIANTS["quantize_row_col"].values()))
-TILE_VARIANTS = st.sampled_from(sorted(_C.CUDA_VARIANTS["quantize_weight_2d"].values()))
+NVFP4_VARIANTS = st.sampled_from(sorted(extension.CUDA_VARIANTS["quantize_nvfp4"].values()))
+ROW_COL_VARIANTS = st.sampled_from(sorted(extension.CUDA_VARIANTS["quantize_row_col"].values()))
+TILE_VARIANTS = st.sampled_from(sorted(extension.CUDA_VARIANTS["quantize_weight_2d"].values()))
 
 
 @SETTINGS
@@ -62,8 +62,8 @@ def test_16x16_kernel_equals_reference(sim, x, signs, stochastic, seed, offset, 
                             **kwargs)
     assert_bits_equal(row, R.quantize_nvfp4(x, block="16x16", **kwargs), "16x16 kernel")
     if transposed:
-        _, cpu_col = _C.quantize_weight_2d(x, stochastic=stochastic, seed=seed, offset=offset,
-                                           amax=amax_tensor(amax))
+        _, cpu_col = extension.quantize_weight_2d(x, stochastic=stochastic, seed=seed,
+                                                  offset=offset, amax=amax_tensor(amax))
         assert_bits_equal(col, cpu_col, "16x16 transposed copy")
         assert torch.equal(R.unpack_codes(col[0]), R.unpack_codes(row[0]).T)
 
@@ -100,7 +100,7 @@ def wide_sim(sim):
 
 
 @pytest.mark.slow  # 10-20 s each: two launches of 300 x 256 simulated threads
-@pytest.mark.parametrize("variant", sorted(_C.CUDA_VARIANTS["quantize_nvfp4"].values()))
+@pytest.mark.parametrize("variant", sorted(extension.CUDA_VARIANTS["quantize_nvfp4"].values()))
 def test_1x16_reduces_more_partials_than_threads(wide_sim, variant):
     x = make_values((4800, 256), torch.bfloat16, "heavy", 7)   # 76800 units: 300 blocks
     x[4799, 200] = 1.0e30                                        # the amax, in the last block
@@ -108,18 +108,18 @@ def test_1x16_reduces_more_partials_than_threads(wide_sim, variant):
     got, _ = sim_quantize(wide_sim, x, rht_signs=R.DEFAULT_SIGN_VECTOR, variant=variant,
                           partials=used)
     assert used.value == 300
-    assert_bits_equal(got, _C.quantize_nvfp4(x, rht_signs=R.DEFAULT_SIGN_VECTOR),
+    assert_bits_equal(got, extension.quantize_nvfp4(x, rht_signs=R.DEFAULT_SIGN_VECTOR),
                       f"1x16 kernel, variant {variant}, 300 partials")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", sorted(_C.CUDA_VARIANTS["quantize_row_col"].values()))
+@pytest.mark.parametrize("variant", sorted(extension.CUDA_VARIANTS["quantize_row_col"].values()))
 def test_fused_reduces_more_partials_than_threads(wide_sim, variant):
     x = make_values((4800, 256), torch.bfloat16, "heavy", 8)   # 300 tiles of 64x64
     x[4790, 3] = -2.0e30
     kwargs = dict(rht_signs=R.DEFAULT_SIGN_VECTOR, seed=3, row_offset=1, col_offset=2)
     row, col = sim_rowcol(wide_sim, x, rowwise=True, row_sr=False, col_sr=True,
                           row_amax=None, col_amax=None, variant=variant, **kwargs)
-    c_row, c_col = _C.quantize_row_col(x, col_stochastic=True, **kwargs)
+    c_row, c_col = extension.quantize_row_col(x, col_stochastic=True, **kwargs)
     assert_bits_equal(row, c_row, f"fused kernel, variant {variant}, rowwise")
     assert_bits_equal(col, c_col, f"fused kernel, variant {variant}, columnwise")

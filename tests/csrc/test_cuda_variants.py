@@ -1,6 +1,6 @@
 """The CUDA kernel variants (issue 21), as far as a machine without a GPU can check them.
 
-* ``_C.CUDA_VARIANTS`` (read by the GPU sweep) has the agreed shape, and its indices are
+* ``extension.CUDA_VARIANTS`` (read by the GPU sweep) has the agreed shape, and its indices are
   exactly those the op schemas accept: through the fake kernels under FakeTensorMode (what
   ``torch.compile`` traces) and through the CPU kernels (which check the same counts as
   the CUDA ops, csrc/ops.h); an index past the end is a ValueError on both.
@@ -31,6 +31,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from lowprec import _C
 from lowprec import reference as R
+from lowprec.backends import extension
 
 CHECK_SOURCE = os.path.join(os.path.dirname(__file__), "fastenc_check.cpp")
 OPS = ("quantize_nvfp4", "quantize_row_col", "quantize_weight_2d")
@@ -42,8 +43,8 @@ S = R.DEFAULT_SIGN_VECTOR
 # ----------------------------------------------------------------------------------
 
 def test_variant_registry_shape():
-    assert set(_C.CUDA_VARIANTS) == set(OPS)
-    for op, variants in _C.CUDA_VARIANTS.items():
+    assert set(extension.CUDA_VARIANTS) == set(OPS)
+    for op, variants in extension.CUDA_VARIANTS.items():
         assert variants["baseline"] == 0, op
         assert sorted(variants.values()) == list(range(len(variants))), op
         assert all(isinstance(n, str) and n.isidentifier() for n in variants), op
@@ -60,7 +61,7 @@ def _op_args(op, x, variant):
 
 @pytest.mark.parametrize("op", OPS)
 def test_every_variant_index_passes_the_schema_and_the_fake_kernel(op):
-    count = len(_C.CUDA_VARIANTS[op])
+    count = len(extension.CUDA_VARIANTS[op])
     with FakeTensorMode():
         x = torch.empty(32, 48, dtype=torch.bfloat16)
         fn = getattr(torch.ops.lowprec_C, op)
@@ -81,21 +82,21 @@ def test_cpu_ops_accept_exactly_the_registered_variants(op):
     x = make_values((32, 48), torch.bfloat16, "heavy", 0)
     fn = getattr(torch.ops.lowprec_C, op)
     expected = fn(*_op_args(op, x, 0))
-    for variant in range(1, len(_C.CUDA_VARIANTS[op])):
+    for variant in range(1, len(extension.CUDA_VARIANTS[op])):
         assert_bits_equal(fn(*_op_args(op, x, variant)), expected, f"{op} variant {variant}")
     with pytest.raises(ValueError, match="variant"):
-        fn(*_op_args(op, x, len(_C.CUDA_VARIANTS[op])))
+        fn(*_op_args(op, x, len(extension.CUDA_VARIANTS[op])))
 
 
 def test_python_wrappers_pass_the_variant():
     x = make_values((32, 48), torch.bfloat16, "heavy", 1)
-    for name, variant in _C.CUDA_VARIANTS["quantize_row_col"].items():
-        assert_bits_equal(_C.quantize_row_col(x, rht_signs=S, variant=variant)[1],
-                          _C.quantize_row_col(x, rht_signs=S)[1], name)
+    for name, variant in extension.CUDA_VARIANTS["quantize_row_col"].items():
+        assert_bits_equal(extension.quantize_row_col(x, rht_signs=S, variant=variant)[1],
+                          extension.quantize_row_col(x, rht_signs=S)[1], name)
     with pytest.raises(ValueError, match="variant"):
-        _C.quantize_nvfp4(x, variant=len(_C.CUDA_VARIANTS["quantize_nvfp4"]))
+        extension.quantize_nvfp4(x, variant=len(extension.CUDA_VARIANTS["quantize_nvfp4"]))
     with pytest.raises(ValueError, match="variant"):
-        _C.quantize_weight_2d(x, variant=len(_C.CUDA_VARIANTS["quantize_weight_2d"]))
+        extension.quantize_weight_2d(x, variant=len(extension.CUDA_VARIANTS["quantize_weight_2d"]))
 
 
 # ----------------------------------------------------------------------------------
@@ -167,14 +168,14 @@ def test_every_1x16_and_16x16_variant_in_the_simulator(sim, dtype, stochastic):
     x = _hard_case(dtype, 3)[:64]
     rows, cols = x.shape
     seed, offset = 2 ** 64 - 3, 2 ** 32 - 5
-    cases = [(1, v, S) for v in _C.CUDA_VARIANTS["quantize_nvfp4"].values()] + [
-        (16, v, None) for v in _C.CUDA_VARIANTS["quantize_weight_2d"].values()]
+    cases = [(1, v, S) for v in extension.CUDA_VARIANTS["quantize_nvfp4"].values()] + [
+        (16, v, None) for v in extension.CUDA_VARIANTS["quantize_weight_2d"].values()]
     for block_rows, variant, signs in cases:
         got, _ = sim_quantize(sim, x, block_rows=block_rows, rht_signs=signs,
                               stochastic=stochastic, seed=seed, offset=offset, variant=variant)
-        expected = _C.quantize_nvfp4(x, block="16x16" if block_rows == 16 else "1x16",
-                                     rht_signs=signs, stochastic=stochastic, seed=seed,
-                                     offset=offset)
+        expected = extension.quantize_nvfp4(x, block="16x16" if block_rows == 16 else "1x16",
+                                            rht_signs=signs, stochastic=stochastic, seed=seed,
+                                            offset=offset)
         assert_bits_equal(got, expected, f"block_rows {block_rows}, variant {variant}")
 
 
@@ -184,8 +185,8 @@ def test_every_fused_variant_in_the_simulator(sim, dtype, stochastic):
     x = _hard_case(dtype, 4)
     kwargs = dict(rht_signs=S, row_stochastic=stochastic, col_stochastic=stochastic, seed=77,
                   row_offset=2 ** 64 - 1, col_offset=12345)
-    c_row, c_col = _C.quantize_row_col(x, **kwargs)
-    for name, variant in _C.CUDA_VARIANTS["quantize_row_col"].items():
+    c_row, c_col = extension.quantize_row_col(x, **kwargs)
+    for name, variant in extension.CUDA_VARIANTS["quantize_row_col"].items():
         row, col = sim_rowcol(sim, x, rht_signs=S, rowwise=True, row_sr=stochastic,
                               col_sr=stochastic, seed=77, row_offset=2 ** 64 - 1,
                               col_offset=12345, row_amax=None, col_amax=None, variant=variant)
@@ -284,13 +285,13 @@ def test_every_variant_on_the_gpu(cuda_ops, shape, dtype, sr):
     x.view(-1)[::997] = 0.0
     kwargs = dict(rht_signs=S, stochastic=sr, seed=2 ** 64 - 3, offset=2 ** 32 - 5)
     expected = cuda_ops.quantize_nvfp4(x, **kwargs)                       # the CPU build
-    for name, variant in _C.CUDA_VARIANTS["quantize_nvfp4"].items():
+    for name, variant in extension.CUDA_VARIANTS["quantize_nvfp4"].items():
         got = cuda_ops.quantize_nvfp4(x.cuda(), variant=variant, **kwargs)
         assert_bits_equal(_cpu(got), expected, f"quantize_nvfp4 {name}")
     rc = dict(rht_signs=S, row_stochastic=sr, col_stochastic=sr, seed=123, row_offset=5,
               col_offset=2 ** 40)
     c_row, c_col = cuda_ops.quantize_row_col(x, **rc)
-    for name, variant in _C.CUDA_VARIANTS["quantize_row_col"].items():
+    for name, variant in extension.CUDA_VARIANTS["quantize_row_col"].items():
         row, col = cuda_ops.quantize_row_col(x.cuda(), variant=variant, **rc)
         assert_bits_equal(_cpu(row), c_row, f"quantize_row_col {name}, rowwise")
         assert_bits_equal(_cpu(col), c_col, f"quantize_row_col {name}, columnwise")
@@ -299,7 +300,7 @@ def test_every_variant_on_the_gpu(cuda_ops, shape, dtype, sr):
     else:
         w = x.reshape(-1, x.shape[-1])[:4096]
     c_row, c_col = cuda_ops.quantize_weight_2d(w, stochastic=sr, seed=9, offset=1)
-    for name, variant in _C.CUDA_VARIANTS["quantize_weight_2d"].items():
+    for name, variant in extension.CUDA_VARIANTS["quantize_weight_2d"].items():
         row, col = cuda_ops.quantize_weight_2d(w.cuda(), stochastic=sr, seed=9, offset=1,
                                                variant=variant)
         assert_bits_equal(_cpu(row), c_row, f"quantize_weight_2d {name}, rowwise")

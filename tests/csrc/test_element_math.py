@@ -9,8 +9,9 @@ import torch
 
 from csrc_helpers import assert_bits_equal
 
-from lowprec import _C
+from lowprec import checks
 from lowprec import reference as R
+from lowprec.backends import extension
 
 OPS = torch.ops.lowprec_C
 
@@ -24,7 +25,7 @@ PHILOX_KNOWN = [  # NUMERICS 4.1
 
 @pytest.mark.parametrize("seed,counter,words", PHILOX_KNOWN)
 def test_philox_known_answers(seed, counter, words):
-    got = OPS.philox(_C.as_int64(seed), torch.tensor([_C.as_int64(counter)]))
+    got = OPS.philox(checks.as_int64(seed), torch.tensor([checks.as_int64(counter)]))
     assert tuple(got[0].tolist()) == words
 
 
@@ -36,7 +37,7 @@ def test_philox_equals_reference_on_random_keys_and_counters():
     lo = torch.tensor([c & 0xFFFFFFFF for c in unsigned])
     hi = torch.tensor([(c >> 32) & 0xFFFFFFFF for c in unsigned])
     for seed in (0, 1, 0xDEADBEEFCAFEF00D, 2 ** 64 - 1, 2 ** 32 + 17):
-        got = OPS.philox(_C.as_int64(seed), counters)
+        got = OPS.philox(checks.as_int64(seed), counters)
         assert torch.equal(got, R.philox4x32_10(seed, lo, hi)), hex(seed)
 
 
@@ -119,7 +120,7 @@ def _rht_inputs():
                                    (1, -1) * 8, (-1, 1, 1, -1) * 4])
 def test_rht_equals_reference(dtype, signs):
     x = _rht_inputs().to(dtype)
-    assert_bits_equal(OPS.rht(x, _C.sign_mask(signs)), R.rht(x, signs), f"rht {dtype}")
+    assert_bits_equal(OPS.rht(x, extension.sign_mask(signs)), R.rht(x, signs), f"rht {dtype}")
 
 
 def test_rht_of_all_zero_chunks_for_every_sign_pattern():
@@ -129,7 +130,30 @@ def test_rht_of_all_zero_chunks_for_every_sign_pattern():
     negative = ((patterns[:, None] >> torch.arange(16)) & 1).bool()
     x = torch.where(negative, torch.tensor(-0.0), torch.tensor(0.0))
     for signs in (R.DEFAULT_SIGN_VECTOR, (1,) * 16, (-1,) * 16):
-        assert_bits_equal(OPS.rht(x, _C.sign_mask(signs)), R.rht(x, signs), str(signs))
+        assert_bits_equal(OPS.rht(x, extension.sign_mask(signs)), R.rht(x, signs), str(signs))
+
+
+def _down_the_columns(chunks, cols=16):
+    """x [16 * R, cols] whose column segments x[16r:16r+16, c] are the chunks (rows of
+    ``chunks``, in order): the layout a columnwise copy's RHT reads."""
+    n = chunks.shape[0] // cols * cols
+    return chunks[:n].reshape(-1, cols, 16).transpose(1, 2).reshape(-1, cols)
+
+
+@pytest.mark.parametrize("signs", [R.DEFAULT_SIGN_VECTOR, (1,) * 16, (-1,) * 16])
+def test_columnwise_rht_equals_reference(signs):
+    """The columnwise copy's RHT (rht16_to_bf16_columns: down a tile's 16 columns at once)
+    on the chunks above and on every sign pattern of zero, through quantize_row_col's
+    codes, whose sign nibbles show a zero's sign. Mutation: the all-zero case's sign
+    taken as +0 (fails)."""
+    patterns = torch.arange(1 << 16)
+    negative = ((patterns[:, None] >> torch.arange(16)) & 1).bool()
+    zeros = torch.where(negative, torch.tensor(-0.0), torch.tensor(0.0))
+    for chunks in (_rht_inputs(), zeros):
+        x = _down_the_columns(chunks)
+        _, col = extension.quantize_row_col(x, rht_signs=signs, rowwise=False, columnwise=True)
+        expected = R.quantize_nvfp4(x.T.contiguous(), rht_signs=signs)
+        assert_bits_equal(col, expected, f"columnwise RHT {signs}")
 
 
 def test_one_sixth_constant_is_the_references():

@@ -14,6 +14,7 @@ from csrc_helpers import assert_bits_equal, make_values
 
 from lowprec import _C
 from lowprec import reference as R
+from lowprec.backends import extension
 
 pytestmark = pytest.mark.gpu
 
@@ -57,7 +58,7 @@ def test_quantize_cuda_equals_reference_and_triton(cuda_backend, triton_backend,
     x = make_values(shape, dtype, "heavy", 0)
     x.view(-1)[::997] = 0.0
     small = x.numel() <= 1 << 16
-    expected = R.quantize_nvfp4(x, **variant) if small else _C.quantize_nvfp4(x, **variant)
+    expected = R.quantize_nvfp4(x, **variant) if small else extension.quantize_nvfp4(x, **variant)
     device_variant = dict(variant)
     if "amax" in variant:
         device_variant["amax"] = variant["amax"].cuda()
@@ -76,7 +77,7 @@ def test_rowwise_columnwise_cuda_equals_triton_and_reference(cuda_backend, trito
     kwargs = dict(rht_signs=S, row_stochastic=sr, col_stochastic=sr, seed=123, row_offset=5)
     row, col = cuda_backend.quantize_row_col(x.cuda(), **kwargs)
     t_row, t_col = triton_backend.quantize_row_col(x.cuda(), **kwargs)
-    c_row, c_col = _C.quantize_row_col(x, **kwargs)  # CPU build == reference
+    c_row, c_col = extension.quantize_row_col(x, **kwargs)  # CPU build == reference
     assert_bits_equal(cpu(row), c_row, "cuda rowwise")
     assert_bits_equal(cpu(col), c_col, "cuda columnwise")
     assert_bits_equal(cpu(t_row), c_row, "triton rowwise")
@@ -91,7 +92,7 @@ def test_weight_2d_cuda_equals_triton_and_cpu(cuda_backend, triton_backend, shap
     w = make_values(shape, torch.bfloat16, "heavy", 2)
     row, col = cuda_backend.quantize_weight_2d(w.cuda())
     t_row, t_col = triton_backend.quantize_weight_2d(w.cuda())
-    c_row, c_col = _C.quantize_weight_2d(w)
+    c_row, c_col = extension.quantize_weight_2d(w)
     for got in ((row, col), (t_row, t_col)):
         assert_bits_equal(cpu(got[0]), c_row, "2-D rowwise")
         assert_bits_equal(cpu(got[1]), c_col, "2-D columnwise")

@@ -22,8 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from lowprec import _C, launch_trace
+from lowprec import _C, checks, launch_trace
 from lowprec import reference as R
+from lowprec.backends import extension
 
 S = R.DEFAULT_SIGN_VECTOR
 E4M3 = torch.float8_e4m3fn
@@ -97,8 +98,8 @@ def test_cpu_row_col_values_are_those_of_the_packed_copies(x, signs, rowwise, co
     kwargs = dict(rht_signs=signs, rowwise=rowwise, columnwise=columnwise, row_stochastic=row_sr,
                   col_stochastic=col_sr, seed=seed, row_offset=row_offset,
                   col_offset=col_offset, row_amax=_amax(row_amax), col_amax=_amax(col_amax))
-    row, col = _C.quantize_row_col(x, row_values=row_values, col_values=col_values, **kwargs)
-    p_row, p_col = _C.quantize_row_col(x, **kwargs)
+    row, col = extension.quantize_row_col(x, row_values=row_values, col_values=col_values, **kwargs)
+    p_row, p_col = extension.quantize_row_col(x, **kwargs)
     r_row, r_col = R.quantize_row_col(x, **kwargs)
     for got, packed, ref, values, name in ((row, p_row, r_row, row_values, "rowwise"),
                                            (col, p_col, r_col, col_values, "columnwise")):
@@ -123,7 +124,8 @@ def test_cpu_row_col_values_on_special_values(dtype, mode, rounding):
     blocks, subnormals, huge values: equal to the reference's values mode."""
     x = finite_specials(dtype)
     row_values, col_values = mode
-    row, col = _C.quantize_row_col(x, row_values=row_values, col_values=col_values, **rounding)
+    row, col = extension.quantize_row_col(x, row_values=row_values, col_values=col_values,
+                                          **rounding)
     want = R.quantize_row_col(x, row_values=row_values, col_values=col_values, **rounding)
     assert_bits_equal(row, want[0], "rowwise")
     assert_bits_equal(col, want[1], "columnwise")
@@ -139,11 +141,11 @@ def test_cpu_row_col_values_on_special_values(dtype, mode, rounding):
 @pytest.mark.parametrize("which", ["nan", "-nan", "+inf", "-inf"])
 def test_cpu_values_of_a_nonfinite_tensor_are_the_canonical_nan(which):
     x = nonfinite(torch.bfloat16, which)
-    row, col = _C.quantize_row_col(x, rht_signs=S, row_values=True, col_values=True)
+    row, col = extension.quantize_row_col(x, rht_signs=S, row_values=True, col_values=True)
     for triple in (row, col):
         assert (bits16(triple[0]) == 0x7FC0).all()
         assert torch.isnan(triple[2])
-    w, _ = _C.quantize_weight_2d(x[:32], columnwise=False, values=True)
+    w, _ = extension.quantize_weight_2d(x[:32], columnwise=False, values=True)
     assert (bits16(w[0]) == 0x7FC0).all()
 
 
@@ -155,8 +157,8 @@ def test_cpu_values_of_every_code_and_scale():
         grid = torch.tensor(R.E2M1_GRID + tuple(-v for v in R.E2M1_GRID))
         x = (grid * (s if torch.isfinite(s) else torch.tensor(float("nan")))).reshape(1, 16)
         # amax 2688 gives S_enc = 1: the block scale is e4m3(block_amax / 6) = s.
-        got, _ = _C.quantize_row_col(x, columnwise=False, row_values=True,
-                                     row_amax=torch.tensor(2688.0))
+        got, _ = extension.quantize_row_col(x, columnwise=False, row_values=True,
+                                            row_amax=torch.tensor(2688.0))
         packed, _ = R.quantize_row_col(x, columnwise=False, row_amax=torch.tensor(2688.0))
         assert_values_of(got, packed, f"scale byte {scale_byte}")
 
@@ -169,7 +171,7 @@ def test_cpu_weight_2d_values(dtype, rounding):
     w = make_values((48, 80), dtype, "mixed", 3)
     w[0:16, 0:16] = 0.0
     w[16, 16:32] = -0.0
-    row, col = _C.quantize_weight_2d(w, columnwise=False, values=True, **rounding)
+    row, col = extension.quantize_weight_2d(w, columnwise=False, values=True, **rounding)
     assert col is None
     packed, _ = R.quantize_weight_2d(w, columnwise=False, **rounding)
     assert_values_of(row, packed, "weight_2d values")
@@ -178,12 +180,12 @@ def test_cpu_weight_2d_values(dtype, rounding):
 
 def test_weight_2d_values_need_columnwise_false():
     w = make_values((32, 32), torch.bfloat16, "normal", 0)
-    for call in (lambda: _C.quantize_weight_2d(w, values=True),
+    for call in (lambda: extension.quantize_weight_2d(w, values=True),
                  lambda: torch.ops.lowprec_C.quantize_weight_2d(w, True, False, 0, 0, None, 0,
                                                                 True)):
         with pytest.raises(ValueError) as err:
             call()
-        assert _C.WEIGHT_VALUES_ERROR in str(err.value)
+        assert checks.WEIGHT_VALUES_ERROR in str(err.value)
     with FakeTensorMode():
         fake = torch.empty(32, 32, dtype=torch.bfloat16)
         with pytest.raises(ValueError, match="columnwise=False"):
@@ -191,15 +193,17 @@ def test_weight_2d_values_need_columnwise_false():
 
 
 def test_the_message_is_the_triton_backends():
-    """kernels/backend.py raises the same ValueError (read from its source, so that no
-    Triton import is needed here)."""
+    """kernels/backend.py raises the same ValueError: its entry point and its fake both
+    check through ``checks.weight_values`` (read from its source, so that no Triton import
+    is needed here)."""
     with open(os.path.join(ROOT, "kernels", "backend.py")) as f:
         tree = ast.parse(f.read())
-    messages = {node.exc.args[0].value for node in ast.walk(tree)
-                if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)
-                and getattr(node.exc.func, "id", None) == "ValueError" and node.exc.args
-                and isinstance(node.exc.args[0], ast.Constant)}
-    assert _C.WEIGHT_VALUES_ERROR in messages
+    checked_in = {function.name for function in ast.walk(tree)
+                  if isinstance(function, ast.FunctionDef)
+                  for node in ast.walk(function)
+                  if isinstance(node, ast.Call) and getattr(node.func, "id", None)
+                  == "weight_values"}
+    assert {"quantize_weight_2d", "_"} <= checked_in
 
 
 def test_fakes_give_the_real_shapes_and_dtypes():
@@ -207,7 +211,7 @@ def test_fakes_give_the_real_shapes_and_dtypes():
     w = make_values((32, 48), torch.bfloat16, "heavy", 2)
     calls = [("quantize_row_col", x, (x, 0x0F0F, True, True, False, True, 1, 2, 3, None, None,
                                       v, rv, cv))
-             for v in range(len(_C.CUDA_VARIANTS["quantize_row_col"]))
+             for v in range(len(extension.CUDA_VARIANTS["quantize_row_col"]))
              for rv, cv in MODES] + [
         ("quantize_row_col", x, (x, -1, True, False, False, False, 0, 0, 0, None, None, 0,
                                  True, True)),
@@ -241,8 +245,8 @@ def test_launch_table_takes_the_values_arguments():
 
     def step():
         x = torch.empty(8192, 1024, dtype=torch.bfloat16)
-        _C.quantize_row_col(x, rht_signs=S, row_values=True, col_values=True, variant=1)
-        _C.quantize_weight_2d(x[:4096], columnwise=False, values=True)
+        extension.quantize_row_col(x, rht_signs=S, row_values=True, col_values=True, variant=1)
+        extension.quantize_weight_2d(x[:4096], columnwise=False, values=True)
     trace = launch_trace.trace(step)
     assert trace.by_kernel() == {"cuda:amax": 2, "cuda:quantize_row_col": 1,
                                  "cuda:quantize_weight_2d": 1}
@@ -254,8 +258,8 @@ def test_launch_table_takes_the_values_arguments():
 def test_cuda_backend_declares_values_mode():
     from lowprec.backends import cuda
     assert cuda.QUANTIZE_VALUES is True
-    assert cuda.quantize_row_col is _C.quantize_row_col
-    assert cuda.quantize_weight_2d is _C.quantize_weight_2d
+    assert cuda.quantize_row_col is extension.quantize_row_col
+    assert cuda.quantize_weight_2d is extension.quantize_weight_2d
 
 
 # ----------------------------------------------------------------------------------
@@ -272,8 +276,8 @@ def sim():
 def test_sim_1x16_and_16x16_values_every_variant(sim, dtype, stochastic):
     x = finite_specials(dtype, rows=48)
     seed, offset = 2 ** 64 - 3, 2 ** 32 - 5
-    cases = [(1, v, S) for v in _C.CUDA_VARIANTS["quantize_nvfp4"].values()] + [
-        (16, v, None) for v in _C.CUDA_VARIANTS["quantize_weight_2d"].values()]
+    cases = [(1, v, S) for v in extension.CUDA_VARIANTS["quantize_nvfp4"].values()] + [
+        (16, v, None) for v in extension.CUDA_VARIANTS["quantize_weight_2d"].values()]
     for block_rows, variant, signs in cases:
         block = "16x16" if block_rows == 16 else "1x16"
         kwargs = dict(rht_signs=signs, stochastic=stochastic, seed=seed, offset=offset)
@@ -283,14 +287,14 @@ def test_sim_1x16_and_16x16_values_every_variant(sim, dtype, stochastic):
         assert_values_of(got, packed, f"{block} variant {variant}")
     # The rowwise-only quantize_row_col of the CUDA op runs the 1x16 kernel.
     got, _ = sim_quantize(sim, x, values=True, stochastic=stochastic, seed=seed, offset=offset)
-    assert_bits_equal(got, _C.quantize_row_col(x, columnwise=False, row_values=True,
-                                               row_stochastic=stochastic, seed=seed,
-                                               row_offset=offset)[0], "1x16 vs CPU op")
+    assert_bits_equal(got, extension.quantize_row_col(x, columnwise=False, row_values=True,
+                                                      row_stochastic=stochastic, seed=seed,
+                                                      row_offset=offset)[0], "1x16 vs CPU op")
     w, _ = sim_quantize(sim, x, block_rows=16, values=True, stochastic=stochastic, seed=seed,
                         offset=offset)
-    assert_bits_equal(w, _C.quantize_weight_2d(x, columnwise=False, values=True,
-                                               stochastic=stochastic, seed=seed,
-                                               offset=offset)[0], "16x16 vs CPU op")
+    assert_bits_equal(w, extension.quantize_weight_2d(x, columnwise=False, values=True,
+                                                      stochastic=stochastic, seed=seed,
+                                                      offset=offset)[0], "16x16 vs CPU op")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -307,7 +311,7 @@ def test_sim_fused_values_every_variant(sim, dtype, mode):
     want_row, want_col = R.quantize_row_col(x, rht_signs=S, col_stochastic=True, seed=77,
                                             row_offset=2 ** 64 - 1, col_offset=12345,
                                             row_values=row_values, col_values=col_values)
-    for name, variant in _C.CUDA_VARIANTS["quantize_row_col"].items():
+    for name, variant in extension.CUDA_VARIANTS["quantize_row_col"].items():
         row, col = sim_rowcol(sim, x, rowwise=True, variant=variant, row_values=row_values,
                               col_values=col_values, **kwargs)
         assert_bits_equal(row, want_row, f"fused {name}, rowwise")
@@ -319,7 +323,7 @@ def test_sim_fused_values_every_variant(sim, dtype, mode):
        signs=st.sampled_from([None, S]), rowwise=st.booleans(), mode=st.sampled_from(MODES[:3]),
        row_sr=st.booleans(), col_sr=st.booleans(), seed=UINT64, row_offset=UINT64,
        col_offset=UINT64, row_amax=AMAXES, col_amax=AMAXES,
-       variant=st.sampled_from(sorted(_C.CUDA_VARIANTS["quantize_row_col"].values())))
+       variant=st.sampled_from(sorted(extension.CUDA_VARIANTS["quantize_row_col"].values())))
 def test_sim_fused_values_equal_reference(sim, x, signs, rowwise, mode, row_sr, col_sr, seed,
                                           row_offset, col_offset, row_amax, col_amax, variant):
     if x.shape[-1] == 0:
@@ -362,18 +366,19 @@ def test_cuda_values_every_variant_on_the_gpu(shape, dtype, sr):
     rc = dict(rht_signs=S, row_stochastic=sr, col_stochastic=sr, seed=123, row_offset=5,
               col_offset=2 ** 40)
     for row_values, col_values in MODES[:3]:
-        c_row, c_col = _C.quantize_row_col(x, row_values=row_values, col_values=col_values, **rc)
-        for name, variant in _C.CUDA_VARIANTS["quantize_row_col"].items():
-            row, col = _C.quantize_row_col(x.cuda(), variant=variant, row_values=row_values,
-                                           col_values=col_values, **rc)
+        c_row, c_col = extension.quantize_row_col(x, row_values=row_values,
+                                                  col_values=col_values, **rc)
+        for name, variant in extension.CUDA_VARIANTS["quantize_row_col"].items():
+            row, col = extension.quantize_row_col(x.cuda(), variant=variant, row_values=row_values,
+                                                  col_values=col_values, **rc)
             assert_bits_equal(_cpu(row), c_row, f"{name} rowwise ({row_values})")
             assert_bits_equal(_cpu(col), c_col, f"{name} columnwise ({col_values})")
-    c_row, _ = _C.quantize_row_col(x, columnwise=False, row_values=True, **rc)
-    row, _ = _C.quantize_row_col(x.cuda(), columnwise=False, row_values=True, **rc)
+    c_row, _ = extension.quantize_row_col(x, columnwise=False, row_values=True, **rc)
+    row, _ = extension.quantize_row_col(x.cuda(), columnwise=False, row_values=True, **rc)
     assert_bits_equal(_cpu(row), c_row, "rowwise only (the 1x16 kernel)")
     w = x.reshape(-1, x.shape[-1])[:4096]
-    c_w, _ = _C.quantize_weight_2d(w, columnwise=False, values=True, stochastic=sr, seed=9)
-    for name, variant in _C.CUDA_VARIANTS["quantize_weight_2d"].items():
-        got, _ = _C.quantize_weight_2d(w.cuda(), columnwise=False, values=True, stochastic=sr,
-                                       seed=9, variant=variant)
+    c_w, _ = extension.quantize_weight_2d(w, columnwise=False, values=True, stochastic=sr, seed=9)
+    for name, variant in extension.CUDA_VARIANTS["quantize_weight_2d"].items():
+        got, _ = extension.quantize_weight_2d(w.cuda(), columnwise=False, values=True,
+                                              stochastic=sr, seed=9, variant=variant)
         assert_bits_equal(_cpu(got), c_w, f"quantize_weight_2d {name} values")
