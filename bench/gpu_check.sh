@@ -78,17 +78,12 @@ phase() {
   [ "$rc" = 0 ] || { echo "   $name: exit $rc (log: $OUT/$name.log)"; tail -5 "$OUT/$name.log"; }
 }
 
-# bench NAME SECONDS SCRIPT ARGS...: a benchmark phase; JSON it writes under bench/results
-# is moved into $OUT.
+# bench NAME SECONDS MODULE ARGS...: a benchmark phase, `python -m lowprec.bench.MODULE`,
+# writing its JSON into $OUT (LOWPREC_BENCH_RESULTS, lowprec/bench/common.py).
 bench() {
-  local name=$1 box=$2 script=$3
+  local name=$1 box=$2 module=$3
   shift 3
-  local marker="$OUT/.before_$name"
-  touch "$marker"
-  phase "$name" "$box" "$PY" "bench/$script" "$@"
-  find bench/results -maxdepth 1 -name '*.json' -newer "$marker" \
-    -exec mv {} "$OUT/" \; 2>/dev/null
-  rm -f "$marker"
+  phase "$name" "$box" env LOWPREC_BENCH_RESULTS="$OUT" "$PY" -m "lowprec.bench.$module" "$@"
 }
 
 if [ "$SMOKE" = 1 ]; then
@@ -96,12 +91,12 @@ if [ "$SMOKE" = 1 ]; then
   phase dispatch 30 "$PY" -m lowprec.cli info --dispatch --json
   phase tests 60 "$PY" -m pytest -x -q -p no:cacheprovider tests/api/test_dispatch.py \
     -k gpu_tables
-  bench bench_quantize_row_col 60 bench_quantize_row_col.py --shapes 40x64 --reps 1
+  bench bench_quantize_row_col 60 bench_quantize_row_col --shapes 40x64 --reps 1
   # Every kernel variant against the reference; winners to a copy only (never the
   # committed kernels/winners.json in a smoke run).
-  bench sweep_variants 120 sweep_variants.py --shapes 40x64 --reps 1 --write-winners \
+  bench sweep_variants 120 sweep_variants --shapes 40x64 --reps 1 --write-winners \
     --winners-copy "$OUT/winners.json"
-  bench bench_nvfp4_gemm 60 bench_nvfp4_gemm.py --shapes 40x32x64 --reps 1
+  bench bench_nvfp4_gemm 60 bench_nvfp4_gemm --shapes 40x32x64 --reps 1
 else
   if ls .whl/*.whl > /dev/null 2>&1; then
     phase wheels 20 "$PY" -m pip install -q --no-index --no-deps --no-compile \
@@ -127,24 +122,24 @@ else
   # checked against its backend's baseline, the exact ones timed against a same-run
   # copy; the fastest per (op, backend, capability, dtype) goes into kernels/winners.json
   # (commit it with the results) and $OUT/winners.json. No op starts after 90 s.
-  bench sweep_variants 120 sweep_variants.py --shapes 8192x4096 --dtypes bfloat16 \
+  bench sweep_variants 120 sweep_variants --shapes 8192x4096 --dtypes bfloat16 \
     --reps 20 --budget-s 90 --write-winners --winners-copy "$OUT/winners.json"
   # Both models, every mode, eager, each in a fresh process; compiled and CUDA-graphed
   # steps on a rerun: --only bench_train_step with BENCH_TRAIN_EXEC="compile cudagraphs".
-  bench bench_train_step 120 bench_train_step.py --model gpt355m llama4096 --blocks 2 \
+  bench bench_train_step 120 bench_train_step --model gpt355m llama4096 --blocks 2 \
     --exec ${BENCH_TRAIN_EXEC:-eager} --steps 5 --warmup 2
   # The Triton kernels compiled for the device against the reference, every edge case.
   phase tests_api_kernels_training 150 "$PY" -m pytest -q -p no:cacheprovider \
     "${parallel[@]}" tests/api tests/kernels tests/training
   # Single kernels: Llama-3 8B shapes (M = 8192 tokens) and 8192^2, few repetitions
   # (medians of device-event timings).
-  bench bench_nvfp4_gemm 50 bench_nvfp4_gemm.py --reps 10 \
+  bench bench_nvfp4_gemm 50 bench_nvfp4_gemm --reps 10 \
     --shapes 8192x8192x8192,8192x6144x4096,8192x4096x4096,8192x28672x4096,8192x4096x14336
-  bench bench_quantize_row_col 40 bench_quantize_row_col.py --backends triton,cuda \
+  bench bench_quantize_row_col 40 bench_quantize_row_col --backends triton,cuda \
     --shapes 8192x4096,8192x14336 --reps 20
-  bench bench_quantize_cuda 30 bench_quantize_cuda.py --shapes 8192x8192,8192x4096 --iters 20
-  bench bench_amax 20 bench_amax.py --shapes 8192x4096 --reps 20
-  bench bench_quantize_2d 25 bench_quantize_2d.py --backends triton,cuda \
+  bench bench_quantize_cuda 30 bench_quantize_cuda --shapes 8192x8192,8192x4096 --iters 20
+  bench bench_amax 20 bench_amax --shapes 8192x4096 --reps 20
+  bench bench_quantize_2d 25 bench_quantize_2d --backends triton,cuda \
     --shapes 4096x4096,14336x4096 --reps 20
 fi
 cp "$OUT/dispatch.log" "$OUT/dispatch.json" 2>/dev/null
@@ -152,7 +147,7 @@ cp "$OUT/dispatch.log" "$OUT/dispatch.json" 2>/dev/null
 # summary.md: every phase, then every figure the benchmarks wrote, as one table.
 "$PY" - "$OUT" "$SMOKE" "$(( $(date +%s) - START ))" <<'PYEOF' > "$OUT/summary.md"
 import json, pathlib, sys
-from lowprec import cli
+from lowprec.cli.bench import bench_rows, format_bench_table
 out, smoke, seconds = pathlib.Path(sys.argv[1]), sys.argv[2] == "1", sys.argv[3]
 print(f"# lowprec GPU check{' (smoke run on CPU: nothing measured)' if smoke else ''}\n")
 import torch
@@ -175,10 +170,10 @@ for path in sorted(out.glob("*.json")):
     if path.name in ("dispatch.json", "winners.json"):
         continue
     try:
-        rows.extend(cli.bench_rows(path.stem, json.loads(path.read_text())))
+        rows.extend(bench_rows(path.stem, json.loads(path.read_text())))
     except (ValueError, KeyError, TypeError) as err:
         print(f"\n{path.name}: unreadable ({err})")
-print("\n## figures\n\n```\n" + (cli.format_bench_table(rows) if rows else
+print("\n## figures\n\n```\n" + (format_bench_table(rows) if rows else
       "none recorded") + "\n```")
 winners = out / "winners.json"
 if winners.exists():

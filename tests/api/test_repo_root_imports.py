@@ -4,6 +4,9 @@
 on ``sys.path`` first. The root holds ``kernels/`` (lowprec's Triton sources, installed
 as ``lowprec.kernels``), and a package named ``kernels`` exists on PyPI (Hugging Face's,
 which transformers imports at model import): ``import kernels`` must find that one.
+The root's ``bench/`` and ``experiments/`` hold no Python (the code is
+``lowprec.bench`` and ``lowprec.experiments``), so installed PyPI packages of those
+names are the ones imported too.
 """
 
 import os
@@ -60,3 +63,19 @@ def test_lowprec_kernels_still_imports_from_the_root(installed_kernels):
                "print(lk.__name__)"], installed_kernels)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:2] == ["the installed kernels", "lowprec.kernels"]
+
+
+@pytest.mark.parametrize("name", ["bench", "experiments"])
+def test_installed_bench_and_experiments_win_over_the_roots_folders(tmp_path, name):
+    """A folder without ``__init__.py`` is at most a namespace package, which any
+    installed package of the same name outranks; a stray ``__init__.py`` there would
+    shadow the installed one from the root."""
+    package = tmp_path / name
+    package.mkdir()
+    (package / "__init__.py").write_text(f"WHO = 'the installed {name}'\n")
+    assert (ROOT / name).is_dir()
+    result = _run_from_root(["-c", f"import {name}; print({name}.WHO)"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"the installed {name}"
+    result = _run_from_root(["-m", "lowprec.bench.bench_launches", "--help"])
+    assert result.returncode == 0 and "--capability" in result.stdout, result.stderr

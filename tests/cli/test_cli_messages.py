@@ -6,17 +6,20 @@ the batch counts of its validation figures, ``lowprec bench`` on a CPU, ``lowpre
 Each test failed on the code before the fix (run there).
 """
 
+import importlib.util
 import io
 import json
 import logging
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
 import lowprec
 from lowprec import cli, device
+from lowprec.cli import bench as bench_command
 from lowprec.demo import train
 
 NO_GPU = {"gpu": None, "notes": ["no GPU: no CUDA device is visible"], "python": "3",
@@ -68,71 +71,71 @@ def test_the_first_line_says_why_the_preferred_backend_is_not_used(monkeypatch):
     monkeypatch.setattr(train, "auto_backend", lambda device: "reference")
     monkeypatch.setattr(lowprec, "available", lambda **kw: {
         "cpu": "the compiled extension failed to build: no compiler", "reference": None})
-    assert cli._backend_words("cpu") == ("quantization backend reference (cpu unavailable: "
+    assert cli.demo.backend_words("cpu") == ("quantization backend reference (cpu unavailable: "
                                          "the compiled extension failed to build: no "
                                          "compiler)")
 
 
 # -- bench on a CPU --------------------------------------------------------------------
 
-RECORDING_SCRIPT = textwrap.dedent("""
-    import json, pathlib, sys
-    name = pathlib.Path(__file__).stem
+RECORDING_MODULE = textwrap.dedent("""
+    import json, os, pathlib, sys
+    name = __spec__.name.rpartition(".")[2]
     record = {"schema": "lowprec-bench/1", "script": name, "rows": [dict(
         name=name + " " + " ".join(sys.argv[1:]), impl="cpu", shape="s", time_ms=1.5,
         throughput=None, unit=None, baseline=None, of_baseline=None)]}
-    out = pathlib.Path(__file__).parent / "results" / (name + ".json")
+    out = pathlib.Path(os.environ["LOWPREC_BENCH_RESULTS"]) / (name + ".json")
     out.write_text(json.dumps(record))
     print("measured", name)
 """)
 
 
-def _stand_in_bench(tmp_path, broken=()):
-    bench = tmp_path / "bench"
-    (bench / "results").mkdir(parents=True)
-    for name in cli.CPU_BENCHMARKS:
-        text = "raise SystemExit('boom')\n" if name in broken else RECORDING_SCRIPT
-        (bench / name).write_text(text)
-    # A GPU benchmark: it must not run on a CPU (it would write a record if it did).
-    (bench / "bench_amax.py").write_text(RECORDING_SCRIPT)
-    return bench
+@pytest.fixture
+def stand_in_bench(stand_in_benchmarks):
+    """The CPU benchmarks recording what they were asked, plus a GPU benchmark that must
+    not run on a CPU (it would write a record if it did)."""
+    def make(broken=()):
+        sources = {name: "raise SystemExit('boom')\n" if name in broken else
+                   RECORDING_MODULE for name in bench_command.CPU_BENCHMARKS}
+        return stand_in_benchmarks(dict(sources, bench_amax=RECORDING_MODULE))
+    return make
 
 
-def test_bench_without_a_gpu_runs_the_cpu_benchmarks_with_short_settings(tmp_path, capsys,
-                                                                         monkeypatch):
+def test_bench_without_a_gpu_runs_the_cpu_benchmarks_with_short_settings(
+        tmp_path, capsys, monkeypatch, stand_in_bench):
     monkeypatch.setattr(device, "facts", lambda: NO_GPU)
-    bench = _stand_in_bench(tmp_path)
+    stand_in_bench()
     out = tmp_path / "out"
-    assert cli.main(["bench", "--bench-dir", str(bench), "--out", str(out)]) == 0
+    assert cli.main(["bench", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "no GPU (no CUDA device is visible): running the 3 CPU benchmarks" in text
     summary = json.loads((out / "bench.json").read_text())
     ran = sorted(row["kernel"] for row in summary["rows"])
-    assert ran == sorted(f"{name[:-3]} {' '.join(args)} [cpu]"
-                         for name, args in cli.CPU_BENCHMARKS.items())
-    assert not (bench / "results" / "bench_amax.json").exists()
-    assert "measured bench_grouped_linear" in text           # each script's own last line
+    assert ran == sorted(f"{name} {' '.join(args)} [cpu]"
+                         for name, args in bench_command.CPU_BENCHMARKS.items())
+    assert not (out / "bench_amax.json").exists()
+    assert "measured bench_grouped_linear" in text           # each module's own last line
     assert summary["failed"] == []
 
 
-def test_bench_without_a_gpu_reports_a_failed_cpu_benchmark(tmp_path, capsys, monkeypatch):
+def test_bench_without_a_gpu_reports_a_failed_cpu_benchmark(tmp_path, capsys, monkeypatch,
+                                                            stand_in_bench):
     monkeypatch.setattr(device, "facts", lambda: NO_GPU)
-    bench = _stand_in_bench(tmp_path, broken=("bench_cpu_quantize_memory.py",))
+    stand_in_bench(broken=("bench_cpu_quantize_memory",))
     out = tmp_path / "out"
-    assert cli.main(["bench", "--bench-dir", str(bench), "--out", str(out)]) == 1
+    assert cli.main(["bench", "--out", str(out)]) == 1
     assert json.loads((out / "bench.json").read_text())["failed"] == [
-        "bench_cpu_quantize_memory.py"]
+        "bench_cpu_quantize_memory"]
     assert "FAILED" in capsys.readouterr().out
 
 
 def test_the_real_cpu_benchmarks_exist_and_take_the_short_options():
-    """The names and options in CPU_BENCHMARKS are those of bench/ (a renamed script or
-    option would make ``lowprec bench`` fail on every CPU)."""
-    bench = cli.find_bench_dir()
-    if bench is None:
-        pytest.skip("no bench/ beside the package (not a source checkout)")
-    for name, args in cli.CPU_BENCHMARKS.items():
-        text = (bench / name).read_text()
+    """The names and options in CPU_BENCHMARKS are those of lowprec.bench's modules (a
+    renamed module or option would make ``lowprec bench`` fail on every CPU)."""
+    for name, args in bench_command.CPU_BENCHMARKS.items():
+        spec = importlib.util.find_spec(f"lowprec.bench.{name}")
+        assert spec is not None, name
+        text = Path(spec.origin).read_text()
         for option in args[::2]:
             assert f'"{option}"' in text, (name, option)
 

@@ -68,7 +68,7 @@ def test_model_head_is_tied_and_not_a_linear():
     assert loss.dim() == 0 and abs(loss.item() - math.log(256)) < 0.1, loss.item()
     # convert's default rule sees the 2 blocks and keeps the last in BF16.
     plan = lowprec.convert(m).lowprec_plan
-    assert [layer.fprop for layer in plan] == ["nvfp4"] * 4 + ["bf16"] * 4
+    assert [layer.precisions()[0] for layer in plan] == ["nvfp4"] * 4 + ["bf16"] * 4
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():

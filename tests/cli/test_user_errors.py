@@ -2,8 +2,8 @@
 
 "No work" is visible on stdout: the demo and the plan print their header before they
 build a model, so an empty stdout means the error came before any of it. Mutation
-tried: dropping the budget check in ``cli._demo`` makes the demo print its header and
-start training, and ``test_one_line_and_exit_2[demo --budget 2]`` fails.
+tried: dropping the budget check in ``lowprec.cli.demo.run`` makes the demo print its
+header and start training, and ``test_one_line_and_exit_2[demo --budget 2]`` fails.
 """
 
 import subprocess

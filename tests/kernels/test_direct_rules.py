@@ -124,7 +124,7 @@ def test_sr_spans_several_k_tiles(monkeypatch, kernel):
     x = torch.randn(48, 160, generator=g)
     kwargs = dict(stochastic=True, seed=99, offset=2**40 + 1)
     if kernel == "1x16":
-        row, col = q1.quantize_row_col(x, row=True, col=True, row_stochastic=True,
+        row, col = q1.quantize_row_col(x, rowwise=True, columnwise=True, row_stochastic=True,
                                        col_stochastic=True, seed=99, row_offset=2**40 + 1,
                                        col_offset=7)
         want_col = R.quantize_nvfp4(x.t(), stochastic=True, seed=99, offset=7)

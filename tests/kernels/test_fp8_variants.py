@@ -13,9 +13,6 @@ it sees); the column grid sized by today's stripe instead of the variant's (``c5
 leaves half the column scales unwritten: the bits tests fail).
 """
 
-import importlib.util
-import os
-
 import pytest
 import torch
 
@@ -24,7 +21,6 @@ from lowprec import reference as R
 from lowprec.kernels import fp8 as fp8_kernels
 from lowprec.kernels import variants as V
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 TINY = {torch.float32: 1e-40, torch.bfloat16: 1e-39, torch.float16: 6e-8}
 
@@ -170,8 +166,8 @@ def test_fp8_variant_tile_reaches_the_launch(device, monkeypatch, variant):
 
 
 @pytest.mark.parametrize("op, args", [
-    ("triton_variant_quantize_fp8", ("r16x256w4",)),
-    ("triton_variant_quantize_fp8_row_col", ("c512x8w8_r32x128w8",)),
+    ("triton_quantize_fp8", ("r16x256w4",)),
+    ("triton_quantize_fp8_row_col", ("c512x8w8_r32x128w8",)),
 ])
 def test_custom_op_registration(device, op, args):
     """Schema, fake implementation and dispatch (what torch.compile traces)."""
@@ -241,10 +237,8 @@ def test_unknown_fp8_winner_is_an_error_naming_it(winners):
 
 @pytest.fixture
 def sweep(monkeypatch):
-    spec = importlib.util.spec_from_file_location(
-        "sweep_variants_fp8_under_test", os.path.join(ROOT, "bench", "sweep_variants.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from lowprec.bench import sweep_variants as module
+
     monkeypatch.setattr(module.common, "SMOKE", True)
     monkeypatch.setattr(module.common, "DEVICE", "cpu")
     return module

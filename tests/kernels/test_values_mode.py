@@ -216,11 +216,11 @@ def test_row_col_small_tiles_and_strided_input(device, same_bits):
     """Several programs along both dims (forced 16 x 32 tiles) and a strided view: the
     value stores' masks and offsets, rowwise and transposed."""
     from lowprec.kernels.quantize_row_col import quantize_row_col
-    from lowprec.kernels.variants import Launch
+    from lowprec.kernels.launches import Launch
     base = sample((45, 200), torch.bfloat16, seed=11).to(device)
     x = base[:, 8:168]                                            # K = 160, row stride 200
     tile = Launch(chunks=1, block_k=32, num_warps=4)
-    kwargs = dict(row=True, col=True, col_signs=SIGNS, row_stochastic=True,
+    kwargs = dict(rowwise=True, columnwise=True, rht_signs=SIGNS, row_stochastic=True,
                   col_stochastic=True, seed=17, row_offset=2**40 + 1, col_offset=7)
     packed = quantize_row_col(x, tile=tile, **kwargs)
     got = quantize_row_col(x, tile=tile, row_values=True, col_values=True, **kwargs)

@@ -13,7 +13,6 @@ outlier placed in the last tile); the sweep's ``difference`` returning None (the
 disqualification tests fail).
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -25,9 +24,9 @@ import torch
 from lowprec import backends, dispatch
 from lowprec import reference as R
 from lowprec.kernels import backend as TB
+from lowprec.kernels import launches as L
 from lowprec.kernels import variants as V
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIGNS = R.DEFAULT_SIGN_VECTOR
 OTHER_SIGNS = (-1, 1, 1, 1, -1, -1, 1, -1, 1, 1, -1, -1, -1, 1, 1, -1)
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
@@ -88,15 +87,14 @@ def test_registry_shape():
 
 
 def test_cuda_names_come_from_the_extension_table(monkeypatch):
-    from lowprec import _C
-    monkeypatch.setattr(_C, "CUDA_VARIANTS", {"quantize_row_col": {"baseline": 0, "vec16": 1,
-                                                                   "smem_t": 2}},
-                        raising=False)
+    from lowprec.backends import extension
+    monkeypatch.setattr(extension, "CUDA_VARIANTS",
+                        {"quantize_row_col": {"baseline": 0, "vec16": 1, "smem_t": 2}})
     assert V.names("quantize_row_col", "cuda") == ("baseline", "vec16", "smem_t")
     assert V.names("quantize_weight_2d", "cuda") == ("baseline",)
     fn = V.candidate("quantize_row_col", "cuda", "smem_t")
-    assert fn.func is _C.quantize_row_col and fn.keywords == {"variant": 2}
-    monkeypatch.delattr(_C, "CUDA_VARIANTS")              # before the extension has any
+    assert fn.func is extension.quantize_row_col and fn.keywords == {"variant": 2}
+    monkeypatch.setattr(extension, "CUDA_VARIANTS", {})     # an extension without any
     assert V.names("quantize_row_col", "cuda") == ("baseline",)
 
 
@@ -293,17 +291,16 @@ def test_table_runs_the_winner(winners, monkeypatch, same_triple):
     same_triple(row, want_row)
     same_triple(col, want_col)
     table.quantize_row_col(x.float(), rht_signs=SIGNS)        # no float32 winner: baseline
-    assert seen == [(V.ROW_COL_LAUNCHES["t64x64w8"], V.AMAX_LAUNCHES["persistent"]),
+    assert seen == [(L.ROW_COL_LAUNCHES["t64x64w8"], V.AMAX_LAUNCHES["persistent"]),
                     (None, None)]
 
 
 def test_cuda_winner_passes_the_variant_number(winners, monkeypatch):
-    from lowprec import _C
-    from lowprec.backends import cuda
-    monkeypatch.setattr(_C, "CUDA_VARIANTS", {"quantize_row_col": {"baseline": 0, "vec16": 1}},
-                        raising=False)
+    from lowprec.backends import cuda, extension
+    monkeypatch.setattr(extension, "CUDA_VARIANTS",
+                        {"quantize_row_col": {"baseline": 0, "vec16": 1}})
     calls = []
-    monkeypatch.setattr(_C, "quantize_row_col", lambda x, **kw: calls.append(kw))
+    monkeypatch.setattr(extension, "quantize_row_col", lambda x, **kw: calls.append(kw))
     winners({"quantize_row_col": {"cuda": {"9.0": {"bfloat16": "vec16"}}}})
     table = backends.KernelTable(torch.device("cuda"), installed=True, capability=(9, 0))
     assert table.names["quantize_row_col"] == "cuda:quantize_row_col [variant bfloat16=vec16]"
@@ -338,11 +335,9 @@ def test_unknown_winner_is_an_error_naming_it(winners, mapping, named):
 
 @pytest.fixture
 def sweep(monkeypatch):
-    """bench/sweep_variants.py as a module, timing with the wall clock on CPU tensors."""
-    spec = importlib.util.spec_from_file_location(
-        "sweep_variants_under_test", os.path.join(ROOT, "bench", "sweep_variants.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """lowprec.bench.sweep_variants, timing with the wall clock on CPU tensors."""
+    from lowprec.bench import sweep_variants as module
+
     monkeypatch.setattr(module.common, "SMOKE", True)
     monkeypatch.setattr(module.common, "DEVICE", "cpu")
     return module

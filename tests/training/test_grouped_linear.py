@@ -10,9 +10,7 @@ GroupedExperts composition fail: wgrad's RHT and SR see the rows in another orde
 memory), so no test pins it.
 """
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
 import torch
@@ -244,10 +242,8 @@ def test_grouped_experts_compile_fullgraph_and_equal_eager(capture_scalar_output
 def test_bench_grouped_linear_runs(capsys, tmp_path):
     """The benchmark script's whole loop on tiny sizes (nothing measured here), and the
     record it writes follows the benchmark schema."""
-    path = pathlib.Path(__file__).parents[2] / "bench" / "bench_grouped_linear.py"
-    spec = importlib.util.spec_from_file_location("bench_grouped_linear", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from lowprec.bench import bench_grouped_linear as bench
+
     record = tmp_path / "record.json"
     bench.main(["--experts", "3", "--tokens", "8", "--k", "16", "--n", "16", "--steps", "1",
                 "--warmup", "0", "--out", str(record)])

@@ -4,21 +4,16 @@ Bytes counted once: 2 B/element read (the two fp32 results are negligible). "of 
 divides by a same-run device copy moving the same bytes. Target (H100/H200):
 >= 85% of copy.
 
-    python bench/bench_amax.py [--backends triton] [--shapes 8192x8192,...] [--reps 50]
+    python -m lowprec.bench.bench_amax [--backends triton] [--shapes 8192x8192,...] [--reps 50]
 
 A backend other than triton takes part when its module defines ``amax_row_col(x,
 rht_signs)`` returning the two amaxes.
 """
 
-import os
-import sys
-
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench import common  # noqa: E402
-from bench.bench_quantize_row_col import DEFAULT_SHAPES  # noqa: E402
+from lowprec.bench import common
+from lowprec.bench.bench_quantize_row_col import DEFAULT_SHAPES
 
 
 def amax_entry(backend):

@@ -12,18 +12,14 @@ the scratch memory each candidate allocates. ``--configs`` also times a few tile
 configurations of the Triton kernel. The last lines print a DISPATCH table to paste into
 kernels/nvfp4_gemm.py.
 
-    python bench/bench_nvfp4_gemm.py [--backends triton] [--shapes 8192x8192x8192,...]
+    python -m lowprec.bench.bench_nvfp4_gemm [--backends triton] [--shapes 8192x8192x8192,...]
 """
 
 import argparse
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench import common  # noqa: E402
+from lowprec.bench import common
 
 CONFIGS = [  # (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages)
     (128, 128, 128, 8, 8, 3), (128, 256, 64, 8, 8, 3), (128, 256, 128, 8, 8, 2),

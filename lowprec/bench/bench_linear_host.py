@@ -13,7 +13,7 @@ its ratio to ``nn.Linear``, and the operator calls one forward+backward makes
 
 Targets (issue 20): time and operator calls <= 3x ``nn.Linear`` for nvfp4 and fp8.
 
-    python bench/bench_linear_host.py [--m 16 --k 16 --n 16 --reps 2000]
+    python -m lowprec.bench.bench_linear_host [--m 16 --k 16 --n 16 --reps 2000]
 """
 
 import argparse

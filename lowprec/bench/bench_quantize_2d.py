@@ -4,20 +4,15 @@ Bytes counted once, amax given: 2 B/element read, 0.5625 B/element written per c
 (3.125 B/element). "of copy" divides by a same-run device copy moving those bytes.
 Target (H100/H200): >= 85% of copy.
 
-    python bench/bench_quantize_2d.py [--backends triton] [--shapes 4096x4096,...] [--reps 50]
+    python -m lowprec.bench.bench_quantize_2d [--backends triton] [--shapes 4096x4096,...] [--reps 50]
 
 A backend other than triton takes part when its module defines ``quantize_weight_2d``
 with the signature of lowprec.kernels.backend's.
 """
 
-import os
-import sys
-
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench import common  # noqa: E402
+from lowprec.bench import common
 
 
 def weight_entry(backend):

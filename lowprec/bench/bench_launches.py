@@ -11,7 +11,7 @@ Bytes are each launch's compulsory traffic (every tensor it reads or writes, onc
 they are a floor of what the GPU moves. Targets (issue 20): launches per Linear nvfp4 <=
 12, fp8 <= 10; bytes per block <= 1.5x bf16.
 
-    python bench/bench_launches.py [--model gpt355m|llama8b] [--tokens 8192] [--capability 9.0]
+    python -m lowprec.bench.bench_launches [--model gpt355m|llama8b] [--tokens 8192] [--capability 9.0]
 """
 
 import argparse

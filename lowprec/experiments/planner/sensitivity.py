@@ -23,20 +23,19 @@ checkpoint with its optimizer (what a re-planner sees at step T). Over a short h
 the trajectories have little room to diverge chaotically, so the effect of one unit is
 not buried under the run-to-run noise of a whole training run.
 
-    python experiments/planner/sensitivity.py --preset cpu --seeds 4    # whole runs
-    python experiments/planner/sensitivity.py --preset cpu --seeds 12 --horizon 20 \
-        --checkpoint 100                                                 # short horizon
-    python experiments/planner/sensitivity.py --preset smoke --seeds 1  # a minute: it runs
+    python -m lowprec.experiments.planner.sensitivity --preset cpu --seeds 4  # whole runs
+    python -m lowprec.experiments.planner.sensitivity --preset cpu --seeds 12 --horizon 20 \
+        --checkpoint 100                                                   # short horizon
+    python -m lowprec.experiments.planner.sensitivity --preset smoke --seeds 1  # a minute
 
 Writes ``sensitivity-<preset>.json`` (``sensitivity-<preset>-h<K>.json`` for a horizon)
-into ``--out`` (default: this directory); runs already in that file are kept, so an
+into ``--out`` (default: experiments/planner/ under the current directory); runs already in that file are kept, so an
 interrupted run resumes.
 """
 
 import argparse
 import copy
 import dataclasses
-import importlib.util
 import json
 import sys
 import time
@@ -49,11 +48,12 @@ from lowprec.demo import corpus as corpus_mod
 from lowprec.demo.model import GPTConfig
 from lowprec.demo.train import (TrainConfig, build_model, calibration_batches, make_optimizer,
                                 planner_loss)
+# compare_plans: its training loop, so that both experiments match.
+from lowprec.experiments.planner import RESULTS, compare_plans as compare
 from lowprec.names import GEMMS
 from lowprec.planner import collect_stats
 from lowprec.planner.builder import DEFAULT_GEMM_GROUPS
 
-HERE = Path(__file__).resolve().parent
 # The planner's own decision units: "fprop+dgrad" and "wgrad".
 GROUPS = {"+".join(group): group for group in DEFAULT_GEMM_GROUPS}
 
@@ -68,17 +68,6 @@ PRESETS = {
 }
 
 
-def _sibling(name):
-    """A script beside this one, imported by path (experiments/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-compare = _sibling("compare_plans")       # its training loop, so both experiments match
-
-
 def unit_plan(candidates, layer, group, fmt):
     """Every candidate high precision except ``group``'s GEMMs of ``layer`` in ``fmt``."""
     layers = []
@@ -87,7 +76,8 @@ def unit_plan(candidates, layer, group, fmt):
         if layer is not None and name == layer:
             for gemm in GROUPS[group]:
                 precisions[GEMMS.index(gemm)] = fmt
-        layers.append(lowprec.LayerPlan(name, tuple(module.weight.shape), *precisions,
+        layers.append(lowprec.LayerPlan(name, tuple(module.weight.shape),
+                                        lowprec.Recipe(*precisions),
                                         reason=forced or f"sensitivity: {layer} {group}"))
     return lowprec.Plan(layers, {"planner": "sensitivity"})
 
@@ -152,7 +142,7 @@ def main(argv=None):
     parser.add_argument("--horizon", type=int, default=0,
                         help="steps after --checkpoint (0: whole training runs)")
     parser.add_argument("--checkpoint", type=int, default=100)
-    parser.add_argument("--out", default=str(HERE))
+    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
 
     model_cfg, base_cfg = PRESETS[args.preset]

@@ -5,7 +5,7 @@ peak should stay near input + outputs: 2 B + 0.5 B + 1/16 B per element. Run it 
 under ``/usr/bin/time -v`` (its "Maximum resident set size" is the figure), e.g. for
 2^31 elements (4 GiB of input; needs about 6 GB free):
 
-    /usr/bin/time -v python bench/bench_cpu_quantize_memory.py --log2-numel 31
+    /usr/bin/time -v python -m lowprec.bench.bench_cpu_quantize_memory --log2-numel 31
 
 The script prints the bytes of input and outputs so the ratio can be read off.
 """

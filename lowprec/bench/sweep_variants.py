@@ -25,7 +25,7 @@ and ``totals``; it is rewritten after each op, so a run cut short keeps what it 
 ``--write-winners`` writes the winners into the committed winners file
 (``kernels/winners.json``, or ``--winners-file``) and a copy to ``--winners-copy``.
 
-    python bench/sweep_variants.py [--ops quantize_row_col,amax] [--backends triton,cuda]
+    python -m lowprec.bench.sweep_variants [--ops quantize_row_col,amax] [--backends triton,cuda]
         [--shapes 8192x4096] [--dtypes bfloat16] [--reps 20] [--budget-s 150]
         [--write-winners] [--winners-copy DIR/winners.json]
 
@@ -40,15 +40,13 @@ import os
 import sys
 import time
 
-if "--smoke" in sys.argv:        # before anything imports bench.common or the kernels
+if "--smoke" in sys.argv:        # before anything imports lowprec.bench.common or the kernels
     os.environ["LOWPREC_BENCH_SMOKE"] = "1"
     os.environ["TRITON_INTERPRET"] = "1"
 
-import torch  # noqa: E402
+import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench import common  # noqa: E402
+from lowprec.bench import common
 
 REFERENCE_ELEMENTS = 1 << 16          # check against the reference up to this size
 OPS = ("quantize_row_col", "amax", "quantize_weight_2d", "quantize_nvfp4", "quantize_fp8",

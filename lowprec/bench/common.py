@@ -8,8 +8,12 @@
   bytes (half read, half written), the ceiling every bandwidth figure is divided by.
 * ``mm_reference``: a same-run bf16 ``torch.mm`` of the same shape, the GEMM ceiling.
 * ``row`` and ``write_results``: the one record every script writes, JSON under
-  ``bench/results/`` with the facts, the command and the commit; its fields are
-  documented in lowprec/bench_schema.py, and ``lowprec bench`` reads them by name.
+  ``RESULTS`` with the facts, the command and the commit; its fields are documented in
+  lowprec/bench_schema.py, and ``lowprec bench`` reads them by name.
+
+``RESULTS`` is ``$LOWPREC_BENCH_RESULTS`` when set (``lowprec bench`` sets it to its
+``--out`` folder), else ``bench/results`` under the current directory: run from the
+repository root, the checkout's ``bench/results/``.
 
 Compulsory bytes are counted once: each input read once, each output written once.
 Clocks are never locked or changed. Without a GPU the scripts say so and exit 0: a
@@ -34,7 +38,7 @@ from lowprec import bench_schema, device
 from lowprec.table import format_table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "results")
+RESULTS = os.environ.get("LOWPREC_BENCH_RESULTS") or os.path.join("bench", "results")
 
 # Llama-3 linear layers as (name, out_features N, in_features K); M = tokens.
 LLAMA3_LINEARS = {
@@ -174,7 +178,7 @@ BANDWIDTH_COLUMNS = [("time_ms", "ms", ".3f"), ("throughput", "TB/s", ".2f"),
 
 def write_results(script, rows, extra=None, path=None):
     """Write a benchmark record (lowprec/bench_schema.py) of ``rows`` from ``row()`` with
-    the device facts, to ``path`` or bench/results/; return the path written."""
+    the device facts, to ``path`` or into ``RESULTS``; return the path written."""
     if SMOKE:
         return "nothing (smoke run on CPU: not a measurement)"
     try:

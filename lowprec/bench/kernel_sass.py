@@ -5,9 +5,9 @@ the flags of csrc/nvcc_flags.txt, the Triton kernels are compiled for sm_90 with
 ptxas Triton ships (as kernels/aot.py does), and both are disassembled with
 ``cuobjdump -sass``. The figures of bench/KERNELS.md come from this script.
 
-    python bench/kernel_sass.py                 # the table
-    python bench/kernel_sass.py --json          # the same as JSON
-    python bench/kernel_sass.py --only cuda     # or: --only triton
+    python -m lowprec.bench.kernel_sass                 # the table
+    python -m lowprec.bench.kernel_sass --json          # the same as JSON
+    python -m lowprec.bench.kernel_sass --only cuda     # or: --only triton
 
 Exits 0 with a message (and no table for that half) where nvcc, cuobjdump or Triton's
 compiler is missing. Run it without ``TRITON_INTERPRET=1``.
@@ -54,7 +54,9 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The source checkout this module sits in (lowprec/bench/ of it): the CUDA sources of
+# csrc/ and the measured records of bench/results/ are not part of the wheel.
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COPY_BPS = 3.4e12                         # H200 device copy (~3.4 TB/s; run1 copies: 2.1-3.6)
 ISSUE_PER_S = 132 * 4 * 1.98e9 * 32       # thread-instructions per second
 MEASURED = os.path.join(ROOT, "bench", "results", "NVIDIA_H200-20261127", "run1")

@@ -9,11 +9,14 @@ top_k of E), so they are FLOP shares when every layer sees the same tokens.
 Two steps, so that another lowprec tree (e.g. before this change) can be judged by the
 same count:
 
-    PYTHONPATH=<other tree> python experiments/matmul_shares/run.py dump other.json
-    python experiments/matmul_shares/run.py compare other.json
+    PYTHONPATH=<other tree> python lowprec/experiments/matmul_shares.py dump other.json
+    python -m lowprec.experiments.matmul_shares compare other.json
 
-``dump`` needs only ``default_plan`` (``lowprec.discovery``, or ``lowprec.convert`` in
-an older tree); ``compare`` prints, per model, the NVFP4 share that the dumped plan
+(``dump`` runs this file by its path, so that ``lowprec`` is the other tree's, which may
+not have this module; the file imports nothing of its own package.)
+
+``dump`` needs only the default plan (``default_plan_of``: ``lowprec.policy``, or
+``lowprec.discovery`` / ``lowprec.convert`` in an older tree); ``compare`` prints, per model, the NVFP4 share that the dumped plan
 claims over its own layers, its real share over all weight matmuls, and this tree's
 default plan's share.
 """
@@ -59,14 +62,29 @@ def nvfp4_macs(plan_layers, macs):
     return sum(macs[n] * p.count("nvfp4") / 3 for n, p in plan_layers.items())
 
 
-def main(argv):
+def default_plan_of():
+    """``model -> its default plan``, in this tree or in an older one that ``dump`` reads
+    (there ``default_plan(model)`` sits in lowprec.discovery or lowprec.convert)."""
+    try:
+        from lowprec.discovery import find_layers
+        from lowprec.policy import default_plan as policy_plan
+    except ImportError:
+        pass
+    else:
+        return lambda model: policy_plan(find_layers(model))
     try:
         from lowprec.discovery import default_plan
-    except ImportError:                  # the dumped tree may keep it in lowprec.convert
+    except ImportError:
         from lowprec.convert import default_plan
+    return default_plan
+
+
+def main(argv):
+    default_plan = default_plan_of()
     warnings.simplefilter("ignore")
     if len(argv) != 2 or argv[0] not in ("dump", "compare"):
-        print("usage: run.py dump FILE | run.py compare FILE", file=sys.stderr)
+        print("usage: matmul_shares.py dump FILE | matmul_shares.py compare FILE",
+              file=sys.stderr)
         return 2
     if argv[0] == "dump":
         plans = {name: {layer.name: list(layer.precisions()) for layer in default_plan(model)}

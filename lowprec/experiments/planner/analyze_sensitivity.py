@@ -23,7 +23,7 @@ itself (Spearman between the effects measured on two halves of the seeds), which
 what any statistic can reach; and the drift of the ``snip`` ranking between the initial
 and the trained model.
 
-    python experiments/planner/analyze_sensitivity.py --preset cpu
+    python -m lowprec.experiments.planner.analyze_sensitivity --preset cpu
 
 Reads ``sensitivity-<stem>.json`` (stem: the preset, ``-h<K>`` for a horizon run),
 writes ``sensitivity-<stem>.md`` and the fitted weights in ``fitted-weights-<stem>.json``
@@ -36,10 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lowprec.experiments.planner import RESULTS
 from lowprec.names import GEMMS
 from lowprec.planner.builder import DEFAULT_GEMM_GROUPS, SNIP_METRIC
 
-HERE = Path(__file__).resolve().parent
 # Each group's SNIP terms as (metric, GEMM): fprop+dgrad -> LD, DX; wgrad -> WD.
 TERMS = {"+".join(group): tuple((SNIP_METRIC[gemm], gemm) for gemm in group)
          for group in DEFAULT_GEMM_GROUPS}
@@ -283,7 +283,7 @@ def main(argv=None):
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--horizon", type=int, default=0,
                         help="read sensitivity-<preset>-h<K>.json (sensitivity.py --horizon)")
-    parser.add_argument("--dir", default=str(HERE))
+    parser.add_argument("--dir", default=str(RESULTS))
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     args = parser.parse_args(argv)
     directory = Path(args.dir)

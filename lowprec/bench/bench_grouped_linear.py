@@ -13,25 +13,22 @@ Reported: the median over ``--steps`` steps after ``--warmup`` (the three run in
 on the device given (CPU by default; the CPU path emulates NVFP4 with exact
 dequantization, so its times say nothing about a GPU).
 
-Usage: python bench/bench_grouped_linear.py [--experts 8 --tokens 256 --top-k 2
+Usage: python -m lowprec.bench.bench_grouped_linear [--experts 8 --tokens 256 --top-k 2
        --k 256 --n 512 --recipe nvfp4 --steps 10 --warmup 2]
 """
 
 import argparse
-import os
 import statistics
-import sys
 
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench import common  # noqa: E402
-from lowprec.grouped import grouped_linear  # noqa: E402
-from lowprec.linear_layer import Linear  # noqa: E402
-from lowprec.moe import route  # noqa: E402
-from lowprec.recipe import Recipe  # noqa: E402
+from lowprec.bench import common
+from lowprec.grouped import grouped_linear
+from lowprec.linear_layer import Linear
+from lowprec.moe import route
+from lowprec.recipe import Recipe
 
 
 def parse_args(argv=None):
@@ -45,7 +42,7 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", help="record path (default: bench/results/...)")
+    parser.add_argument("--out", help="record path (default: a new file in common.RESULTS)")
     return parser.parse_args(argv)
 
 

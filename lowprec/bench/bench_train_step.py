@@ -4,7 +4,7 @@ Two models:
 * ``gpt355m``: the demo's GPT (``lowprec.demo.model``) at 24 blocks, d_model 1024, a
   50304-token vocabulary. Its LM head is tied to the embedding and applied with
   ``F.linear``: it stays BF16 in every mode and is not counted among the linear layers.
-* ``llama4096``: Llama-style blocks (bench/llama_blocks.py: d_model 4096, SwiGLU FFN
+* ``llama4096``: Llama-style blocks (lowprec/bench/llama_blocks.py: d_model 4096, SwiGLU FFN
   14336, GQA), ``--blocks`` of them on embedded inputs, where FP8 can pay on Hopper.
 
 Modes, each a full step (forward, backward, fused AdamW) under bf16 autocast with FP32
@@ -29,7 +29,7 @@ Targets (issue 20; H100/H200): GPU busy >= 90%; llama4096 FP8 >= 1.2x BF16 token
 Without a GPU this prints "no GPU" and exits 0 (``--allow-cpu`` runs tiny models on the
 CPU to check the code path; its figures mean nothing and are not recorded).
 
-Usage: python bench/bench_train_step.py [--model gpt355m llama4096] [--exec eager compile]
+Usage: python -m lowprec.bench.bench_train_step [--model gpt355m llama4096] [--exec eager compile]
        [--batch 8 --seq 1024 --steps 20 --warmup 5 --blocks 4]
 """
 
@@ -45,17 +45,16 @@ import time
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import lowprec  # noqa: E402
-from bench import common  # noqa: E402
-from bench.llama_blocks import LlamaBlocks, LlamaConfig  # noqa: E402
-from lowprec.conversion import convert  # noqa: E402
-from lowprec.discovery import candidate_layers  # noqa: E402
-from lowprec.demo.model import GPT, GPTConfig  # noqa: E402
-from lowprec.plan import LayerPlan, Plan  # noqa: E402
-from lowprec.recipe import Recipe  # noqa: E402
-from lowprec.table import format_table  # noqa: E402
+import lowprec
+from lowprec.bench import common
+from lowprec.bench.llama_blocks import LlamaBlocks, LlamaConfig
+from lowprec.conversion import convert
+from lowprec.discovery import candidate_layers
+from lowprec.demo.model import GPT, GPTConfig
+from lowprec.plan import LayerPlan, Plan
+from lowprec.recipe import Recipe
+from lowprec.table import format_table
 
 MODELS = {
     "gpt355m": {"gpu": dict(vocab=50304, d_model=1024, n_layer=24, n_head=16),
@@ -98,7 +97,7 @@ def blocks_only_plan(model, precision):
     for name, module, forced in candidate_layers(model):
         in_blocks = name.startswith("blocks.") and forced is None
         chosen = precision if in_blocks else "bf16"
-        layers.append(LayerPlan(name, tuple(module.weight.shape), chosen, chosen, chosen,
+        layers.append(LayerPlan(name, tuple(module.weight.shape), Recipe.uniform(chosen),
                                 reason="benchmark: block linears" if in_blocks
                                 else forced or "benchmark: LM head kept BF16"))
     return Plan(layers, {"planner": "bench_train_step"})
@@ -243,7 +242,7 @@ def run_isolated(model_name, mode, execution, args):
     """``run_one`` in a fresh Python process; its record, or None (and why) if it failed."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "record.json")
-        command = [sys.executable, os.path.abspath(__file__), "--child", out,
+        command = [sys.executable, "-m", "lowprec.bench.bench_train_step", "--child", out,
                    "--model", model_name, "--modes", mode, "--exec", execution,
                    "--batch", str(args.batch), "--seq", str(args.seq),
                    "--steps", str(args.steps), "--warmup", str(args.warmup),

@@ -10,7 +10,6 @@ through every GEMM. Every matrix multiply of a block is an ``nn.Linear`` in the
 
 import dataclasses
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 

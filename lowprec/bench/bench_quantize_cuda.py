@@ -16,23 +16,19 @@ written). Clocks are never locked or changed.
 Targets (H100/H200): >= 90% of copy for rowcol_rne and weight_2d, >= 85% for
 rowcol_sr; the CUDA kernels should beat Triton's.
 
-Usage: python bench/bench_quantize_cuda.py [--shapes 8192x8192,16384x4096] [--iters 50]
-Writes bench/results/bench_quantize_cuda_<gpu>_<time>.json (or --out). Without a GPU it
+Usage: python -m lowprec.bench.bench_quantize_cuda [--shapes 8192x8192,16384x4096] [--iters 50]
+Writes bench_quantize_cuda_<gpu>_<time>.json into common.RESULTS (or --out). Without a GPU it
 says so and writes nothing (a figure that was not measured is never written down).
 """
 
 import argparse
-import os
 import sys
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without installing
-
-from bench import common  # noqa: E402
-from lowprec import _C, device  # noqa: E402
-from lowprec import reference as R  # noqa: E402
+from lowprec.bench import common
+from lowprec import _C, device
+from lowprec import reference as R
 
 SIGNS = R.DEFAULT_SIGN_VECTOR
 

@@ -22,11 +22,11 @@ per seed), so differences are paired: the report gives each plan's mean final va
 loss and its paired difference to the ILP plan with a 95% t interval, plus the planner's
 overhead (statistics time per round in training steps).
 
-    python experiments/planner/compare_plans.py --preset cpu --seeds 5   # ~25 min, 1 core
-    python experiments/planner/compare_plans.py --preset smoke --seeds 2 # a minute: it runs
+    python -m lowprec.experiments.planner.compare_plans --preset cpu --seeds 5   # ~25 min
+    python -m lowprec.experiments.planner.compare_plans --preset smoke --seeds 2 # a minute
 
 Writes ``results-<preset>.json``, ``results-<preset>.md`` and ``results-<preset>.png``
-into ``--out`` (default: this directory).
+into ``--out`` (default: experiments/planner/ under the current directory).
 """
 
 import argparse
@@ -47,11 +47,11 @@ from lowprec.demo.model import GPTConfig
 from lowprec.demo.train import (PRESETS as DEMO_PRESETS, TrainConfig, build_model,
                                 calibration_batches, evaluate, lr_at, make_optimizer,
                                 planner_loss)
+from lowprec.experiments.planner import RESULTS
 from lowprec.planner import Replanner, collect_stats, plan_from_stats
 from lowprec.planner.controller import DEFAULT_MAX_OVERHEAD
 from lowprec.planner.cost import gemm_flops
 
-HERE = Path(__file__).resolve().parent
 
 # (model, training, budgets, random plans, re-plan every N steps (0: off))
 PRESETS = {
@@ -104,8 +104,9 @@ def positional_plan(candidates, collected, budget):
     layers = []
     for name, module, forced in candidates:
         reason = forced or f"positional: {'/'.join(chosen[name])} in model order"
-        layers.append(lowprec.LayerPlan(name, tuple(module.weight.shape), *chosen[name],
-                                        reason=reason, flops_share=3 * flops[name] / total))
+        layers.append(lowprec.LayerPlan(name, tuple(module.weight.shape),
+                                        lowprec.Recipe(*chosen[name]), reason=reason,
+                                        flops_share=3 * flops[name] / total))
     return lowprec.Plan(layers, {"planner": "positional", "budget": budget,
                                  "nvfp4_fraction": done / total})
 
@@ -122,7 +123,7 @@ def compact_plan(plan, full=False):
 
 def all_nvfp4_plan(candidates):
     layers = [lowprec.LayerPlan(name, tuple(m.weight.shape),
-                                *(("bf16",) * 3 if forced else ("nvfp4",) * 3),
+                                lowprec.Recipe.uniform("bf16" if forced else "nvfp4"),
                                 reason=forced or "every layer NVFP4")
               for name, m, forced in candidates]
     return lowprec.Plan(layers, {"planner": "all-nvfp4"})
@@ -310,8 +311,8 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=5, help="paired seeds per plan")
     parser.add_argument("--fitted-weights", default=None,
                         help="JSON from analyze_sensitivity.py (default: "
-                             "fitted-weights-<preset>.json here, if present)")
-    parser.add_argument("--out", default=str(HERE))
+                             "fitted-weights-<preset>.json in --out, if present)")
+    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
 
     model_cfg, base_cfg, budgets, n_random, replan_every = PRESETS[args.preset]
@@ -321,7 +322,7 @@ def main(argv=None):
     budgets = tuple(args.budgets or budgets)
     n_random = args.random_plans if args.random_plans is not None else n_random
     replan_every = args.replan_every if args.replan_every is not None else replan_every
-    weights_path = Path(args.fitted_weights or HERE / f"fitted-weights-{args.preset}.json")
+    weights_path = Path(args.fitted_weights or Path(args.out) / f"fitted-weights-{args.preset}.json")
     fitted = (json.loads(weights_path.read_text())["weights"] if weights_path.exists()
               else None)
     device = torch.device("cpu")

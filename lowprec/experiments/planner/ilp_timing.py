@@ -6,7 +6,7 @@ d_model 4096, 4x MLP, 8192 tokens), two GEMM groups per layer (fprop+dgrad, wgra
 layers, as measured LDs show), FP8 a random 3-30% of NVFP4. Timed: ``ilp.solve`` end to
 end (pruning, PuLP model build, HiGHS, exact budget check), wall clock.
 
-    python experiments/planner/ilp_timing.py [--seeds 5] [--layers 500] [--json out.json]
+    python -m lowprec.experiments.planner.ilp_timing [--seeds 5] [--layers 500] [--json out.json]
 """
 
 import argparse

@@ -1,10 +1,13 @@
-"""Recipe ablation of the NVFP4 training recipe on the demo GPT; writes results/.
+"""Recipe ablation of the NVFP4 training recipe on the demo GPT; writes
+experiments/ablation/results/ (run from the repository root).
 
-    python experiments/ablation/run.py --seeds 3        # what produced results/ (CPU)
-    python experiments/ablation/run.py --from-json results/ablation.json   # redraw only
+    python -m lowprec.experiments.ablation --seeds 3     # what produced the results (CPU)
+    python -m lowprec.experiments.ablation --from-json experiments/ablation/results/ablation.json
+                                                         # redraw only
 
-Same training as `lowprec demo --ablation` (lowprec/demo/ablation.py); this script only
-fixes where the committed results go: results/ablation.{json,md,png} beside it.
+Same training as `lowprec demo --ablation` (lowprec/demo/ablation.py); this module only
+fixes where the results go: ablation.{json,md,png} in experiments/ablation/results/ (the
+raw record ablation.json is not committed; the table and plot are).
 """
 
 import argparse
@@ -15,7 +18,7 @@ from pathlib import Path
 from lowprec import device
 from lowprec.demo import ablation, report, train
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path("experiments", "ablation", "results")
 
 
 def _markdown(record, summary):
@@ -62,7 +65,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, help="default: the preset's")
     parser.add_argument("--configs", nargs="+", choices=list(ablation.CONFIGS))
     parser.add_argument("--threads", type=int, help="CPU threads (default 1)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help=f"default: {RESULTS} under the current directory")
     parser.add_argument("--from-json", type=Path, help="redraw the table and plot of an "
                         "earlier run's ablation.json instead of training")
     argv = sys.argv[1:] if argv is None else argv
@@ -75,7 +79,7 @@ def main(argv=None):
                                    steps=args.steps, configs=args.configs,
                                    threads=args.threads)
     record.update(device=device.facts(),
-                  command=" ".join(["python experiments/ablation/run.py"] + argv))
+                  command=" ".join(["python -m lowprec.experiments.ablation"] + argv))
     write_results(record, args.out)
     return 0
 

@@ -12,20 +12,15 @@ can reach is 3.125 / 5.125 = 61% of copy ("of bound" is the ratio to that).
 
 Targets (H100/H200): rne >= 85% of copy, sr >= 80%.
 
-    python bench/bench_quantize_row_col.py [--backends triton] [--shapes 8192x8192,...] [--reps 50]
+    python -m lowprec.bench.bench_quantize_row_col [--backends triton] [--shapes 8192x8192,...] [--reps 50]
 
 A backend other than triton takes part when its module defines
 ``quantize_row_col`` with the signature of lowprec.kernels.backend's.
 """
 
-import os
-import sys
-
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench import common  # noqa: E402
+from lowprec.bench import common
 
 FUSED_BOUND = 3.125 / 5.125
 DEFAULT_SHAPES = ["8192x8192", "8192x4096", "8192x6144", "8192x10240", "8192x14336",

@@ -1,0 +1,5 @@
+import sys
+
+from lowprec.cli import main
+
+sys.exit(main())
