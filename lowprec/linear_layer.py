@@ -20,9 +20,9 @@ wgrad        dW = dY^T X         dY^T: RHT, 1x16, SR         X^T: RHT, 1x16 RNE
   which makes fprop's W and dgrad's W^T from one read.
 * Where the NVFP4 GEMM multiplies bf16 values (Hopper's emulation: dequantize, mm,
   epilogue; ``KernelTable.nvfp4_values``), the quantizers write those values directly
-  (values mode) for every operand a GEMM reads right away, so no dequantize runs
-  between them; only the X^T kept for the backward stays packed and is dequantized by
-  wgrad. The bits are those of the packed path (the values are exact).
+  (values mode) for every operand, the X^T kept for the backward included, so no
+  dequantize runs (the saved X^T then weighs what nn.Linear's saved bf16 X does). The
+  bits are those of the packed path (the values are exact).
 * wgrad contracts over the token dim M, which is arbitrary: X^T and dY^T are padded
   with zero columns to a multiple of 16 (NUMERICS 10).
 * FP8 quantizes each operand per row along the contraction dim (NUMERICS 9), so the
@@ -269,7 +269,8 @@ def quantized_gemm(qa, qb, bias, precision, out_dtype, kernels):
 
 
 def _as_values(q, kernels):
-    """An NVFP4 operand as values: packed ones (the saved X^T) are dequantized here."""
+    """An NVFP4 operand as values: a packed one (from a caller that quantized without
+    values mode, e.g. the planner's GEMM errors) is dequantized here."""
     if isinstance(q, NVFP4Values):
         return q
     return NVFP4Values(kernels.dequantize_values(q.data, q.scale), q.amax)
@@ -344,10 +345,12 @@ def _forward(x, weight, bias, cfg, kernels, need_dx, need_dw, reuse=None):
     reading W again. ``reuse``: the layer's ``WeightCopies`` (eager calls inside
     ``reusing_weight_copies``), whose copies stand in for W's quantization.
     """
-    values = kernels.nvfp4_values      # X^T is kept for the backward: always packed
+    # Values mode keeps wgrad's X^T as values too: the saved operand is then as large as
+    # nn.Linear's saved bf16 X (not 0.28x of it), and the backward runs no dequantize.
+    values = kernels.nvfp4_values
     qx, qxt = quantize_rows_and_cols(x, cfg.fprop, cfg.wgrad if need_dw else None,
                                      cfg.signs is not None, cfg.signs, kernels=kernels,
-                                     row_values=values)
+                                     row_values=values, col_values=values)
     copies = reuse.get(weight, cfg, need_dx) if reuse is not None else None
     if copies is None:
         copies = quantize_weight(weight, cfg.fprop, cfg.dgrad if need_dx else None,
@@ -379,8 +382,10 @@ def _backward(grad, weight, x, qxt, qwt, seed, cfg, kernels, need_dx, need_dw):
 
 def _operand_tensors(q):
     if isinstance(q, NVFP4Values):
-        # dgrad's W^T: W's values [N, K] (contiguous; the operand is their transpose).
-        return q.values.t(), q.values.new_empty(0, dtype=torch.float8_e4m3fn), q.amax
+        # Contiguous values: wgrad's X^T [K, M_pad] as they are; dgrad's W^T as W's
+        # values [N, K], the transposed view of the operand.
+        values = q.values if q.values.is_contiguous() else q.values.t()
+        return values, q.values.new_empty(0, dtype=torch.float8_e4m3fn), q.amax
     if isinstance(q, NVFP4Tensor):
         return q.data, q.scale, q.amax
     return q.data, q.scale, q.scale.new_empty(0)
@@ -398,8 +403,11 @@ def _operand(tensors, precision, shape, block, rht_signs):
     return NVFP4Tensor(data, scale, amax, shape, block=block, rht_signs=rht_signs)
 
 
-def _saved_x_operand(tensors, cfg, grad, weight):
-    """wgrad's X^T from its saved tensors: [K, M_pad] (NVFP4, RHT'd as the recipe says)."""
+def _saved_x_operand(tensors, cfg, grad, weight, kernels):
+    """wgrad's X^T from its saved tensors: [K, M_pad] (NVFP4, RHT'd as the recipe says;
+    its values in values mode)."""
+    if cfg.wgrad == NVFP4 and kernels.nvfp4_values:
+        return NVFP4Values(tensors[0], tensors[2])
     return _operand(tensors, cfg.wgrad, (weight.shape[1], reference.padded16(grad.shape[0])),
                     "1x16", cfg.signs)
 
@@ -430,7 +438,7 @@ class _LinearFunction(torch.autograd.Function):
         if need_dw and cfg.wgrad == BF16:
             (x,) = saved
         elif need_dw:
-            qxt = _saved_x_operand(saved, cfg, grad, weight)
+            qxt = _saved_x_operand(saved, cfg, grad, weight, ctx.kernels)
         with torch.autocast(grad.device.type, enabled=False):
             dx, dw = _backward(grad, weight, x, qxt, ctx.qwt, ctx.seed, cfg, ctx.kernels,
                                need_dx, need_dw)
@@ -451,8 +459,12 @@ def _empty_saved(x):
     return tuple(x.new_empty(0, dtype=torch.float32) for _ in range(3))
 
 
-def _saved_like(x, precision, rows, cols):
-    """Empty tensors shaped like a saved quantized operand of logical shape [rows, cols]."""
+def _saved_like(x, precision, rows, cols, values=False):
+    """Empty tensors shaped like a saved quantized operand of logical shape [rows, cols]
+    (``values``: an NVFP4 operand saved as its values)."""
+    if values:
+        return (x.new_empty(rows, cols, dtype=torch.bfloat16),
+                x.new_empty(0, dtype=torch.float8_e4m3fn), x.new_empty((), dtype=torch.float32))
     if precision == FP8:
         return (x.new_empty(rows, cols, dtype=torch.float8_e4m3fn),
                 x.new_empty(rows, 1, dtype=torch.float32), x.new_empty(0, dtype=torch.float32))
@@ -487,13 +499,12 @@ def _linear_fwd_fake(x, weight, bias, seed, fprop, dgrad, wgrad, rht, stochastic
     y = x.new_empty(m, n)
     # X^T: [K, M] in FP8, zero-padded to [K, M_pad] in NVFP4 (NUMERICS 10).
     m_saved = m if wgrad == FP8 else reference.padded16(m)
-    saved_x = (_saved_like(x, wgrad, k, m_saved) if need_dw and wgrad != BF16
-               else _empty_saved(x))
+    values = kernel_table(x.device).nvfp4_values
+    saved_x = (_saved_like(x, wgrad, k, m_saved, values and wgrad == NVFP4)
+               if need_dw and wgrad != BF16 else _empty_saved(x))
     cfg = _op_config(fprop, dgrad, wgrad, rht, stochastic, weight_2d, signs)
     if need_dx and _weight_values(cfg, kernel_table(x.device)):
-        saved_w = (x.new_empty(n, k, dtype=torch.bfloat16),
-                   x.new_empty(0, dtype=torch.float8_e4m3fn),
-                   x.new_empty((), dtype=torch.float32))
+        saved_w = _saved_like(x, dgrad, n, k, values=True)
     else:
         saved_w = (_saved_like(x, dgrad, k, n) if need_dx and dgrad != BF16
                    else _empty_saved(x))
@@ -515,7 +526,7 @@ def _linear_bwd(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tensor | None
     n, k = weight.shape
     qxt = qwt = None
     if need_dw and cfg.wgrad != BF16:
-        qxt = _saved_x_operand((x_data, x_scale, x_amax), cfg, grad, weight)
+        qxt = _saved_x_operand((x_data, x_scale, x_amax), cfg, grad, weight, kernels)
     if need_dx and cfg.dgrad != BF16:
         qwt = (NVFP4Values(w_data.t(), w_amax) if _weight_values(cfg, kernels) else
                _operand((w_data, w_scale, w_amax), cfg.dgrad, (k, n),

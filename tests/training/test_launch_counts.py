@@ -5,12 +5,13 @@ every backend installed) at a layer of the 355M GPT (8192 tokens, 1024 -> 4096),
 autocast, FP32 master weights. Each kernel the layer would launch is named, so a change
 that adds one fails here with the list.
 
-The counts are ceilings at what the code does now. Issue 20's targets: fp8 <= 10 holds
-for a Linear without bias (the bias costs FP8 the three launches it costs BF16: its
-epilogue, sum and cast); nvfp4 is 13 without bias (11 for a micro-batch that reuses
-its weight's copies, tests/training/test_weight_reuse.py), above the target of 12; bytes
-<= 1.5x bf16 is missed by both (what is left is listed in bench/KERNELS.md).
-Mutations tried: quantizing W^T again in the backward (fails);
+The counts are ceilings at what the code does now. Issue 20's launch targets hold for a
+Linear without bias (the bias costs three launches in every mode: its epilogue, sum and
+cast): fp8 10, nvfp4 12 (10 for a micro-batch that reuses its weight's copies,
+tests/training/test_weight_reuse.py). Bytes <= 1.5x bf16 is missed by both (what is left,
+and why the Hopper emulation of NVFP4 cannot reach it, is in bench/KERNELS.md).
+Mutations tried: quantizing W^T again in the backward (fails); keeping X^T packed
+(nvfp4: 13, a dequantize launch, fails);
 the FP8 GEMM's scaling as separate multiplies (fails); FP8 layouts made by
 transpose + two casts (fp8: 16, fails).
 """
@@ -23,7 +24,7 @@ from lowprec.recipe import Recipe
 M, K, N = 8192, 1024, 4096
 
 # The most launches and MiB one forward+backward may take.
-CEILINGS = {"bf16": (8, 377), "nvfp4": (15, 1058), "fp8": (13, 817)}
+CEILINGS = {"bf16": (8, 377), "nvfp4": (14, 1049), "fp8": (13, 817)}
 RECIPES = {"bf16": Recipe.uniform("bf16"), "nvfp4": Recipe(), "fp8": Recipe.uniform("fp8")}
 
 
@@ -61,10 +62,10 @@ def test_the_quantized_paths_launch_what_the_kernel_table_names():
     nvfp4 = traced("nvfp4").by_kernel()
     # X and dY: one fused quantize each; W: one 2-D quantize; each after its amax pass
     # (no memset). Every NVFP4 GEMM on Hopper is a bf16 mm into FP32 and the epilogue, on
-    # the values the quantizers wrote; only the saved X^T is dequantized (for wgrad).
+    # the values the quantizers wrote (the saved X^T included): nothing is dequantized.
     assert nvfp4["cuda:quantize_row_col"] == 2 and nvfp4["cuda:quantize_weight_2d"] == 1
     assert nvfp4["cuda:amax"] == 3 and not any("memset" in k for k in nvfp4)
-    assert nvfp4["triton:_dequantize_kernel"] == 1 and nvfp4["aten::mm"] == 3
+    assert "triton:_dequantize_kernel" not in nvfp4 and nvfp4["aten::mm"] == 3
     assert nvfp4["triton:_epilogue_kernel"] == 3
     fp8 = traced("fp8").by_kernel()
     # X, W and dY: both FP8 layouts from one column-scale pass and one fused cast each.
@@ -74,9 +75,9 @@ def test_the_quantized_paths_launch_what_the_kernel_table_names():
 
 
 def test_without_bias():
-    """Without bias (Llama-style): fp8 at most 10 launches, issue 20's target (3 x 2
-    casts, 3 GEMMs, wgrad's FP32 scaling epilogue); nvfp4 13 (3 amax, 3 quantize, 3 mm,
-    3 epilogues, X^T's dequantize)."""
+    """Without bias (Llama-style), issue 20's targets: fp8 at most 10 launches (3 x 2
+    casts, 3 GEMMs, wgrad's FP32 scaling epilogue), nvfp4 at most 12 (3 amax, 3
+    quantize, 3 mm, 3 epilogues)."""
     fp8, nvfp4 = traced("fp8", bias=False), traced("nvfp4", bias=False)
     assert fp8.count <= 10, fp8.by_kernel()
-    assert nvfp4.count <= 13, nvfp4.by_kernel()
+    assert nvfp4.count <= 12, nvfp4.by_kernel()
