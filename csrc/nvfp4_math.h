@@ -304,10 +304,9 @@ LP_HD uint32_t word_of(const Words4& w, int j) {  // j is a constant after unrol
 // runs, produces for every NaN (its scalar path would give 0x7FC0; the bits only set
 // the sign nibble of codes in a tensor whose scales are all NaN).
 LP_HD float round_to_bf16(float f) {
-  uint32_t u = bits_of(f);
-  if ((u & kAbsMask) > kInfBits) return float_of(0xFFFF0000u);
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return float_of(u & 0xFFFF0000u);
+  const uint32_t u = bits_of(f);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+  return float_of((u & kAbsMask) > kInfBits ? 0xFFFF0000u : rounded);  // a select, no branch
 }
 
 // Bit j set where H[j][k] = -1 in the Sylvester matrix, H[j][k] = (-1)^popcount(j & k).
@@ -359,6 +358,46 @@ LP_HD void rht16_to_bf16(float (&v)[16], uint32_t neg_mask) {
     v[k] = round_to_bf16(sum);
   }
 }
+
+#if !defined(__CUDA_ARCH__)
+// rht16_to_bf16 applied down each of the 16 columns of a 16x16 tile (v[j][c]: element j
+// of column c), operation for operation: the same products, butterflies, zero signs and
+// rounding per column, so the same bits. Written as loops over the columns, which the
+// CPU build vectorizes (a column's 16-element butterfly alone does not).
+inline void rht16_to_bf16_columns(float (&v)[16][16], uint32_t neg_mask) {
+  uint32_t negative[16] = {}, nonzero[16] = {};
+  for (int j = 0; j < 16; ++j) {
+    const float sign_scale = ((neg_mask >> j) & 1u) ? -0.25f : 0.25f;
+    for (int c = 0; c < 16; ++c) {
+      v[j][c] = mul_rn(v[j][c], sign_scale);
+      negative[c] |= sign_bit(v[j][c]) << j;
+      nonzero[c] |= abs_bits(v[j][c]);
+    }
+  }
+  for (int h = 1; h < 16; h <<= 1) {
+    for (int base = 0; base < 16; base += 2 * h) {  // pairs (j, j + h) with bit h of j clear
+      for (int j = base; j < base + h; ++j) {
+        for (int c = 0; c < 16; ++c) {
+          const float a = v[j][c], b = v[j + h][c];
+          v[j][c] = add_rn(a, b);
+          v[j + h][c] = sub_rn(a, b);
+        }
+      }
+    }
+  }
+  for (int k = 0; k < 16; ++k) {
+    const uint32_t h_negative = hadamard_negative_mask(k);
+    for (int c = 0; c < 16; ++c) {
+      // rht16_to_bf16's two cases as a select: -0 + +0 = +0 (every other value
+      // unchanged) where the column held a nonzero, else the sign read off the products.
+      const bool all_negative = ((negative[c] ^ h_negative) & 0xFFFFu) == 0xFFFFu;
+      const uint32_t zero_bits = all_negative ? 0x80000000u : 0u;
+      const uint32_t sum_bits = nonzero[c] != 0u ? bits_of(add_rn(v[k][c], 0.0f)) : zero_bits;
+      v[k][c] = round_to_bf16(float_of(sum_bits));
+    }
+  }
+}
+#endif
 
 // ---------------------------------------------------------------------------------
 // One 16-element block

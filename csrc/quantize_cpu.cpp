@@ -79,7 +79,8 @@ void prepare_rows(const T* x, int64_t rows, int64_t cols, int64_t rht_mask, floa
 // out[k, m] = x[m, k] for m < rows, 0 for rows <= m < padded_rows, with the RHT along m.
 // x: [rows, cols] with rows `row_stride` apart; out: [cols, padded_rows]. The zero
 // padding of NUMERICS 10. Works in 16x16 tiles: each input row segment is read
-// contiguously and transposed in the tile, instead of a strided gather per column.
+// contiguously, the RHT runs down the tile's columns (vectorized across them), and the
+// tile is transposed on the way out, instead of a strided gather per column.
 template <typename T>
 void prepare_columns(const T* x, int64_t rows, int64_t cols, int64_t row_stride,
                      int64_t padded_rows, int64_t rht_mask, float* out) {
@@ -87,18 +88,15 @@ void prepare_columns(const T* x, int64_t rows, int64_t cols, int64_t row_stride,
     for (int64_t t = t0; t < t1; ++t) {
       int64_t k0 = t * 16, nk = std::min<int64_t>(16, cols - k0);
       for (int64_t m = 0; m < padded_rows; m += 16) {
-        float tile[16][16];  // tile[kk][j] = x[m + j, k0 + kk]
-        for (int j = 0; j < 16; ++j) {
-          if (m + j < rows) {
-            const T* row = x + (m + j) * row_stride + k0;
-            for (int64_t kk = 0; kk < nk; ++kk) tile[kk][j] = read_f32(row, kk);
-          } else {
-            for (int64_t kk = 0; kk < nk; ++kk) tile[kk][j] = 0.0f;
-          }
+        float tile[16][16] = {};  // tile[j][kk] = x[m + j, k0 + kk]; zero past the end
+        for (int j = 0; j < 16 && m + j < rows; ++j) {
+          const T* row = x + (m + j) * row_stride + k0;
+          for (int64_t kk = 0; kk < nk; ++kk) tile[j][kk] = read_f32(row, kk);
         }
+        if (rht_mask >= 0) rht16_to_bf16_columns(tile, static_cast<uint32_t>(rht_mask));
         for (int64_t kk = 0; kk < nk; ++kk) {
-          if (rht_mask >= 0) rht16_to_bf16(tile[kk], static_cast<uint32_t>(rht_mask));
-          memcpy(out + (k0 + kk) * padded_rows + m, tile[kk], sizeof tile[kk]);
+          float* dst = out + (k0 + kk) * padded_rows + m;
+          for (int j = 0; j < 16; ++j) dst[j] = tile[j][kk];
         }
       }
     }
