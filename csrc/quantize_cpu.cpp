@@ -33,6 +33,15 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "packed codes are copied out as little-endian 64-bit words");
 
 constexpr int64_t kRowGrain = 16;
+
+// The per-row encoder is built twice on x86-64 Linux, for AVX2 and for the baseline
+// instruction set, and the loader picks one for the machine (GCC/Clang function
+// multiversioning): wider vectors, the same operations, so the same bits.
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+#define LP_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define LP_CPU_CLONES
+#endif
 // Values per FP32 working chunk (16 MiB): bounds the memory a quantization adds to its
 // input and outputs.
 constexpr int64_t kChunkElements = int64_t{1} << 22;
@@ -200,7 +209,7 @@ struct RowsOut {
 // each 1x16 block's own. The element math is quantize16's (nvfp4_math.h); the scales,
 // the codes and the packing each run as a loop of their own over the row, so that the
 // code and packing loops vectorize.
-void encode_row(const float* xr, int64_t row, int64_t cols, const uint32_t* tile_bits,
+LP_CPU_CLONES void encode_row(const float* xr, int64_t row, int64_t cols, const uint32_t* tile_bits,
                 TensorScales t, bool stochastic, uint64_t seed, uint64_t offset,
                 RowScratch& scratch, uint8_t* data, uint8_t* scale, uint16_t* values) {
   const int64_t blocks = cols / 16;
