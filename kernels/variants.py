@@ -1,7 +1,7 @@
 """Named kernel variants per op and backend, and the committed winners a kernel table runs.
 
 Issue 21, items 2-3: every quantize kernel has named candidates that produce the same
-bits, and one GPU run (``bench/sweep_variants.py``) proves each candidate's bits, times
+bits, and one GPU run (``python -m lowprec.bench.sweep_variants``) proves each candidate's bits, times
 the exact ones and writes the fastest per (op, backend, compute capability, input dtype)
 into ``winners.json`` beside this file, committed with the results.
 

@@ -1,7 +1,8 @@
 """The record every benchmark script writes and ``lowprec bench`` reads.
 
-bench/common.py's ``write_results`` is the only writer; ``lowprec.cli.bench_rows`` reads
-the fields below by name. A record (one JSON file under bench/results/) holds:
+``lowprec.bench.common.write_results`` is the only writer; ``lowprec.cli.bench.bench_rows``
+reads the fields below by name. A record (one JSON file under bench/results/, or under
+``$LOWPREC_BENCH_RESULTS``) holds:
 
     schema     SCHEMA, the version of this layout
     script     the script's name, e.g. "bench_amax"

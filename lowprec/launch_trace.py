@@ -19,7 +19,7 @@ Bytes: each launch reads or writes its tensor arguments and outputs once (distin
 tensors, a view counted as the tensor it views), i.e. its compulsory traffic.
 
 The counts are what ``tests/training/test_launch_counts.py`` holds the training layer
-to, and what ``bench/bench_launches.py`` reports at real shapes.
+to, and what ``python -m lowprec.bench.bench_launches`` reports at real shapes.
 """
 
 import contextlib

@@ -71,7 +71,8 @@ from torch import nn
 from lowprec import ops, reference, sr_keys
 from lowprec.backends import kernel_table
 from lowprec.formats import FP8Tensor, NVFP4Tensor
-from lowprec.recipe import NVFP4_BLOCK, Recipe, shape_problem
+from lowprec.names import NVFP4_BLOCK, shape_problem
+from lowprec.recipe import Recipe
 
 DEFAULT_RECIPE = Recipe()
 

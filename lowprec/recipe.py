@@ -26,7 +26,7 @@ import json
 from lowprec import ops
 
 # The names live in lowprec.names (torch-free); a Recipe is spelt in them.
-from lowprec.names import GEMMS, NVFP4_BLOCK, PRECISIONS, shape_problem  # noqa: F401
+from lowprec.names import GEMMS, PRECISIONS
 
 SWITCHES = ("rht", "stochastic_rounding", "weight_2d")
 

@@ -13,7 +13,7 @@
   memory (spills or stack), when nvcc is installed.
 
 What stays unchecked here: the variants on real hardware (bits under the device
-intrinsics, and their speed), for ``pytest -m gpu`` and bench/sweep_variants.py.
+intrinsics, and their speed), for ``pytest -m gpu`` and lowprec/bench/sweep_variants.py.
 """
 
 import ctypes

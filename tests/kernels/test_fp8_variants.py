@@ -112,7 +112,7 @@ def test_registry(monkeypatch):
     for t in tiles:
         for value in (t.block_r, t.block_k, t.num_warps):
             assert value & (value - 1) == 0, t                 # powers of two
-    # The GPU baselines the offline counts (aot_specs, bench/kernel_sass.py) use are
+    # The GPU baselines the offline counts (aot_specs, lowprec/bench/kernel_sass.py) use are
     # today's GPU launches.
     monkeypatch.setattr(fp8_kernels, "interpreting", lambda: False)
     (bm, bc), (br, bk), (wc, wr) = fp8_kernels.row_col_blocks(8192, 4096)

@@ -4,7 +4,7 @@ variant, the winners a kernel table runs, and the sweep that chooses them.
 Every Triton variant runs in the interpreter at small shapes (odd M, RNE and SR, RHT,
 specials) and must equal ``lowprec.reference`` bit for bit; its sm_90 build must not
 spill. The kernel table runs the winners of a winners mapping (monkeypatched here) and
-refuses an unknown variant name, naming it. The sweep (bench/sweep_variants.py)
+refuses an unknown variant name, naming it. The sweep (lowprec/bench/sweep_variants.py)
 disqualifies a candidate whose bits differ, and never picks it.
 
 Mutations tried: the persistent amax kernel's loop stopping one tile early

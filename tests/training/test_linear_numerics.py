@@ -15,7 +15,8 @@ from torch import nn
 
 from lowprec import backends, reference
 from lowprec.linear_layer import Linear, linear
-from lowprec.recipe import PRECISIONS, Recipe
+from lowprec.names import PRECISIONS
+from lowprec.recipe import Recipe
 from lowprec.sr_keys import SRStream
 
 from . import sr_oracle

@@ -8,7 +8,8 @@ import torch
 import lowprec
 from lowprec.discovery import find_layers
 from lowprec.policy import default_plan
-from lowprec.recipe import Recipe, shape_problem
+from lowprec.names import shape_problem
+from lowprec.recipe import Recipe
 from lowprec.reference import DEFAULT_SIGN_VECTOR
 
 
