@@ -304,9 +304,17 @@ LP_HD uint32_t word_of(const Words4& w, int j) {  // j is a constant after unrol
 // runs, produces for every NaN (its scalar path would give 0x7FC0; the bits only set
 // the sign nibble of codes in a tensor whose scales are all NaN).
 LP_HD float round_to_bf16(float f) {
-  const uint32_t u = bits_of(f);
+  uint32_t u = bits_of(f);
+#if defined(__CUDA_ARCH__)
+  if ((u & kAbsMask) > kInfBits) return float_of(0xFFFF0000u);
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return float_of(u & 0xFFFF0000u);
+#else
+  // The same as a select, so that the CPU build's loops over it vectorize (the device
+  // keeps the branch: the select costs the prefetch kernels registers, spills at sm_90a).
   const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
-  return float_of((u & kAbsMask) > kInfBits ? 0xFFFF0000u : rounded);  // a select, no branch
+  return float_of((u & kAbsMask) > kInfBits ? 0xFFFF0000u : rounded);
+#endif
 }
 
 // Bit j set where H[j][k] = -1 in the Sylvester matrix, H[j][k] = (-1)^popcount(j & k).
