@@ -42,6 +42,7 @@ constexpr int64_t kRowGrain = 16;
 #else
 #define LP_CPU_CLONES
 #endif
+
 // Values per FP32 working chunk (16 MiB): bounds the memory a quantization adds to its
 // input and outputs.
 constexpr int64_t kChunkElements = int64_t{1} << 22;

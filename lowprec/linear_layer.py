@@ -500,11 +500,11 @@ def _linear_fwd_fake(x, weight, bias, seed, fprop, dgrad, wgrad, rht, stochastic
     y = x.new_empty(m, n)
     # X^T: [K, M] in FP8, zero-padded to [K, M_pad] in NVFP4 (NUMERICS 10).
     m_saved = m if wgrad == FP8 else reference.padded16(m)
-    values = kernel_table(x.device).nvfp4_values
-    saved_x = (_saved_like(x, wgrad, k, m_saved, values and wgrad == NVFP4)
+    kernels = kernel_table(x.device)
+    saved_x = (_saved_like(x, wgrad, k, m_saved, kernels.nvfp4_values and wgrad == NVFP4)
                if need_dw and wgrad != BF16 else _empty_saved(x))
     cfg = _op_config(fprop, dgrad, wgrad, rht, stochastic, weight_2d, signs)
-    if need_dx and _weight_values(cfg, kernel_table(x.device)):
+    if need_dx and _weight_values(cfg, kernels):
         saved_w = _saved_like(x, dgrad, n, k, values=True)
     else:
         saved_w = (_saved_like(x, dgrad, k, n) if need_dx and dgrad != BF16

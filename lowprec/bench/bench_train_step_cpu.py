@@ -23,10 +23,9 @@ import time
 
 import torch
 
-
 import lowprec
-from lowprec.bench import common
 from lowprec import dispatch
+from lowprec.bench import common
 from lowprec.demo.model import GPT, GPTConfig
 
 

@@ -32,6 +32,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from lowprec import _C
 from lowprec import reference as R
 from lowprec.backends import extension
+from lowprec.bench import kernel_sass
 
 CHECK_SOURCE = os.path.join(os.path.dirname(__file__), "fastenc_check.cpp")
 OPS = ("quantize_nvfp4", "quantize_row_col", "quantize_weight_2d")
@@ -198,24 +199,6 @@ def test_every_fused_variant_in_the_simulator(sim, dtype, stochastic):
 # SASS: no local memory in any kernel (sm_90a)
 # ----------------------------------------------------------------------------------
 
-def _cuobjdump():
-    found = shutil.which("cuobjdump")
-    if found:
-        return found
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        beside = os.path.join(os.path.dirname(os.path.realpath(nvcc)), "cuobjdump")
-        if os.path.exists(beside):
-            return beside
-    try:
-        import triton
-        bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
-                               "cuobjdump")
-        return bundled if os.path.exists(bundled) else None
-    except Exception:
-        return None
-
-
 def _nvcc_flags():
     with open(os.path.join(CSRC, "nvcc_flags.txt")) as f:
         flags = [line.split("#")[0].strip() for line in f]
@@ -234,7 +217,7 @@ def test_sass_uses_no_local_memory():
     for every target; this reads the sm_90a SASS itself."""
     if shutil.which("nvcc") is None:
         pytest.skip("nvcc not installed: the SASS of csrc/quantize.cu cannot be built here")
-    tool = _cuobjdump()
+    tool = kernel_sass.cuobjdump()
     if tool is None:
         pytest.skip("no cuobjdump (CUDA toolkit or Triton's bundled one) to read the SASS")
     with tempfile.TemporaryDirectory() as tmp:

@@ -68,23 +68,17 @@ def case_input(case):
                   specials=specials)
 
 
-@pytest.mark.parametrize("variant", variants_of("quantize_fp8_row_col"))
-@pytest.mark.parametrize("case", range(len(CASES)))
-def test_fp8_row_col_variant_matches_reference(device, same_bits, variant, case):
-    x = case_input(case)
-    got = V.candidate("quantize_fp8_row_col", "triton", variant)(x.to(device))
-    want = R.quantize_fp8_row_col(x)
-    assert [t.dtype for t in got] == [t.dtype for t in want]
-    for g, w in zip(got, want):
-        same_bits(g, w)
+# Each FP8 cast's variants against the reference function of that cast.
+FP8_CASTS = {"quantize_fp8_row_col": R.quantize_fp8_row_col, "quantize_fp8": R.quantize_fp8_rowwise}
 
 
-@pytest.mark.parametrize("variant", variants_of("quantize_fp8"))
+@pytest.mark.parametrize("op,variant", [(op, variant) for op in FP8_CASTS
+                                        for variant in variants_of(op)])
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_fp8_variant_matches_reference(device, same_bits, variant, case):
+def test_fp8_variant_matches_reference(device, same_bits, op, variant, case):
     x = case_input(case)
-    got = V.candidate("quantize_fp8", "triton", variant)(x.to(device))
-    want = R.quantize_fp8_rowwise(x)
+    got = V.candidate(op, "triton", variant)(x.to(device))
+    want = FP8_CASTS[op](x)
     assert [t.dtype for t in got] == [t.dtype for t in want]
     for g, w in zip(got, want):
         same_bits(g, w)
