@@ -133,8 +133,8 @@ def _quantize_nvfp4_op(x: Tensor, block: str, rht_signs: Optional[List[int]],
             tile=tile, amax_tile=amax_tile)
     elif rht_signs is None:
         (data, scale, amax_out), _ = row_col_kernel.quantize_row_col(
-            x2, rowwise=True, row_stochastic=stochastic, seed=seed, row_offset=offset,
-            row_amax=amax, tile=tile, amax_tile=amax_tile)
+            x2, rowwise=True, columnwise=False, row_stochastic=stochastic, seed=seed,
+            row_offset=offset, row_amax=amax, tile=tile, amax_tile=amax_tile)
     else:
         # RHT along the last dim = the fused kernel's columnwise copy of x2^T (a strided
         # view, no copy): its "M" is our K (a multiple of 16, so no padding), and its flat

@@ -182,6 +182,28 @@ def gemm_dequant_triton(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=N
 
 
 # ----------------------------------------------------------------------------------
+# The global decode scales of a native block-scaled GEMM (Blackwell, lowprec/blackwell.py)
+# ----------------------------------------------------------------------------------
+
+@triton.jit
+def _decode_scales_kernel(
+        # Pointers: the two operands' amaxes (fp32 [1]) and the output (fp32 [2]).
+        a_amax_ptr, b_amax_ptr, out_ptr):
+    tl.store(out_ptr, _decode_scale(tl.load(a_amax_ptr)))
+    tl.store(out_ptr + 1, _decode_scale(tl.load(b_amax_ptr)))
+
+
+def decode_scales(a_amax, b_amax):
+    """``[S_dec(A), S_dec(B)]`` (``reference.global_decode_scale`` of each amax, FP32) in
+    one launch: torch's native GEMM multiplies the two into alpha on the device, and the
+    reference's elementwise form would take some fourteen launches per GEMM."""
+    out = torch.empty(2, dtype=torch.float32, device=a_amax.device)
+    _decode_scales_kernel[(1,)](a_amax_ptr=_scalar(a_amax), b_amax_ptr=_scalar(b_amax),
+                                out_ptr=out, **launch_options())
+    return out
+
+
+# ----------------------------------------------------------------------------------
 # (b) dequantize to bf16 + torch.mm with an FP32 result + fused epilogue
 # ----------------------------------------------------------------------------------
 

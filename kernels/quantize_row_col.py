@@ -156,7 +156,7 @@ def _amax_operand(amax, device):
     return amax.detach().to(device=device, dtype=torch.float32).reshape(1)
 
 
-def quantize_row_col(x, *, rowwise=True, columnwise=False, rht_signs=None,
+def quantize_row_col(x, *, rowwise=True, columnwise=True, rht_signs=None,
                      row_stochastic=False, col_stochastic=False, seed=0, row_offset=0,
                      col_offset=0, row_amax=None, col_amax=None, tile=None, amax_tile=None,
                      row_values=False, col_values=False):

@@ -24,8 +24,11 @@ The torch API (checked against torch 2.11-2.13 sources):
   scale_b, out_dtype=...)`` does the single-level block-scaled GEMM; alpha is then
   applied here, once, to the FP32 output (same arithmetic).
 
-The GEMM is asked for an FP32 output; the bias is added in FP32 and the result cast
-afterwards, as NUMERICS 8 orders it (torch's fused bias would require a bf16 output).
+Without a bias the GEMM writes the output dtype itself (alpha applied to the FP32
+accumulator, one rounding); with a bias it writes FP32, the bias is added in FP32 and
+the result cast afterwards, as NUMERICS 8 orders it (torch's fused bias would require a
+bf16 output). The scale swizzle is one copy and the two global decode scales one Triton
+launch (``kernels.nvfp4_gemm.decode_scales``), so the arguments cost three launches.
 """
 
 from collections import namedtuple
@@ -33,13 +36,27 @@ from collections import namedtuple
 import torch
 import torch.nn.functional as F
 
-from lowprec import reference
+from lowprec.kernels.nvfp4_gemm import decode_scales
 
 # Native FP4 tensor cores: sm_100 and newer.
 MIN_CAPABILITY = (10, 0)
 
 ScaledMMArguments = namedtuple(
     "ScaledMMArguments", ["mat_a", "mat_b", "scale_a", "scale_b", "global_a", "global_b"])
+
+
+def swizzle_scales(scale):
+    """``reference.swizzle_scales`` in at most two launches (a zero pad where the shape
+    needs one, then one copy): the blocked layout as a reshape and a permutation. A row
+    ``r`` of a 128-row tile is ``32 q + i`` and lands at byte ``16 i + 4 q + c``, so the
+    tile ``[q, i, c]`` is stored as ``[i, q, c]``; tiles row-block-major."""
+    rows, cols = scale.shape
+    padded_rows, padded_cols = -(-rows // 128) * 128, -(-cols // 4) * 4
+    raw = scale.view(torch.uint8)
+    if (padded_rows, padded_cols) != (rows, cols):
+        raw = F.pad(raw, (0, padded_cols - cols, 0, padded_rows - rows))
+    tiles = raw.reshape(padded_rows // 128, 4, 32, padded_cols // 4, 4)   # [rb, q, i, cb, c]
+    return tiles.permute(0, 3, 2, 1, 4).contiguous().reshape(-1).view(scale.dtype)
 
 
 def scaled_mm_arguments(a_data, a_scale, a_amax, b_data, b_scale, b_amax):
@@ -57,13 +74,14 @@ def scaled_mm_arguments(a_data, a_scale, a_amax, b_data, b_scale, b_amax):
     """
     mat_a = a_data.view(torch.float4_e2m1fn_x2)
     mat_b = b_data.view(torch.float4_e2m1fn_x2).t()
+    global_scales = decode_scales(a_amax, b_amax)
     return ScaledMMArguments(
         mat_a=mat_a,
         mat_b=mat_b,
-        scale_a=reference.swizzle_scales(a_scale),
-        scale_b=reference.swizzle_scales(b_scale),
-        global_a=reference.global_decode_scale(a_amax).reshape(1),
-        global_b=reference.global_decode_scale(b_amax).reshape(1),
+        scale_a=swizzle_scales(a_scale),
+        scale_b=swizzle_scales(b_scale),
+        global_a=global_scales[0:1],
+        global_b=global_scales[1:2],
     )
 
 
@@ -73,7 +91,7 @@ def reason_unsupported(a_data, b_data):
         return f"torch {torch.__version__} has no float4_e2m1fn_x2 dtype"
     if not (hasattr(F, "scaled_mm") or hasattr(torch, "_scaled_mm")):
         return f"torch {torch.__version__} has neither F.scaled_mm nor torch._scaled_mm"
-    if a_data.device.type != "cuda":
+    if not a_data.is_cuda:
         return "the native FP4 GEMM needs CUDA tensors"
     major, minor = torch.cuda.get_device_capability(a_data.device)
     if (major, minor) < MIN_CAPABILITY:
@@ -84,24 +102,34 @@ def reason_unsupported(a_data, b_data):
     return None
 
 
-def _scaled_mm_fp32(args):
-    """The FP32 product ``alpha * deq(A) @ deq(B)^T`` (per-block scales inside)."""
-    if hasattr(F, "scaled_mm") and hasattr(F, "ScalingType") and hasattr(F, "SwizzleType"):
+def _two_level_api():
+    return hasattr(F, "scaled_mm") and hasattr(F, "ScalingType") and hasattr(F, "SwizzleType")
+
+
+def _scaled_mm(args, output_dtype):
+    """``alpha * deq(A) @ deq(B)^T`` (per-block scales inside), rounded once to
+    ``output_dtype`` from the FP32 product."""
+    if _two_level_api():
         recipe = [F.ScalingType.BlockWise1x16, F.ScalingType.TensorWise]
         swizzle = [F.SwizzleType.SWIZZLE_32_4_4, F.SwizzleType.NO_SWIZZLE]
         return F.scaled_mm(args.mat_a, args.mat_b, [args.scale_a, args.global_a], recipe,
                            [args.scale_b, args.global_b], recipe, swizzle_a=swizzle,
-                           swizzle_b=swizzle, output_dtype=torch.float32)
+                           swizzle_b=swizzle, output_dtype=output_dtype)
     out = torch._scaled_mm(args.mat_a, args.mat_b, args.scale_a, args.scale_b,
                            out_dtype=torch.float32)
-    return out * (args.global_a * args.global_b)
+    return (out * (args.global_a * args.global_b)).to(output_dtype)
 
 
 def nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=None,
                out_dtype=torch.bfloat16):
-    """NUMERICS 8 on Blackwell: same contract as ``reference.nvfp4_gemm`` (2-D ``a``)."""
+    """NUMERICS 8 on Blackwell: same contract as ``reference.nvfp4_gemm`` (2-D ``a``).
+
+    Without a bias the GEMM writes ``out_dtype`` itself: cuBLASLt scales the FP32
+    accumulator by alpha in FP32 and rounds once, the order NUMERICS 8 gives, and the
+    FP32 round trip through memory (and a cast launch) is saved. With a bias the GEMM
+    writes FP32 and the bias is added before the cast here, as NUMERICS 8 orders it
+    (torch's fused bias needs a bf16 output and does not document its rounding)."""
     args = scaled_mm_arguments(a_data, a_scale, a_amax, b_data, b_scale, b_amax)
-    out = _scaled_mm_fp32(args)
-    if bias is not None:
-        out = out + bias.to(torch.float32)
-    return out.to(out_dtype)
+    if bias is None:
+        return _scaled_mm(args, out_dtype)
+    return (_scaled_mm(args, torch.float32) + bias.to(torch.float32)).to(out_dtype)

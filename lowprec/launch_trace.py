@@ -193,10 +193,15 @@ def linear_step(m, k, n, recipe, bias=True, dtype=torch.bfloat16):
         layer = linear_layer.Linear(k, n, bias=bias, recipe=recipe)
         x = torch.empty(m, k, dtype=dtype, requires_grad=True)
         return layer, x, torch.empty(m, n, dtype=dtype)
+    return setup, forward_backward(dtype)
 
+
+def forward_backward(dtype=torch.bfloat16):
+    """The ``step`` of ``trace`` for inputs ``(module, x, grad of the output)``: the
+    module's forward under autocast to ``dtype``, then its backward."""
     def step(inputs):
-        layer, x, grad_y = inputs
+        module, x, grad = inputs
         with torch.autocast("cpu", dtype=dtype):
-            y = layer(x)
-        y.backward(grad_y)
-    return setup, step
+            y = module(x)
+        y.backward(grad)
+    return step

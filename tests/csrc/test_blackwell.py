@@ -79,10 +79,32 @@ def test_arguments_carry_the_reference_product(m, k, n):
                       R.nvfp4_gemm(ad, asc, aam, bd, bsc, bam, out_dtype=torch.float32))
 
 
+@pytest.mark.parametrize("m,k,n", SHAPES + [(200, 80, 16)])
+def test_the_fast_swizzle_is_the_reference_swizzle(m, k, n):
+    # The reference writes each byte through its index formula; the hot path reshapes.
+    (_, asc, _), (_, bsc, _) = operands(m, k, n)
+    for scale in (asc, bsc):
+        assert torch.equal(blackwell.swizzle_scales(scale).view(torch.uint8),
+                           R.swizzle_scales(scale).view(torch.uint8))
+
+
+def test_decode_scales_are_the_reference_bits():
+    amaxes = [0.0, 1.0, 3.0, 2688.0, 1e-30, 1e-45, 3.4e38, float("inf"), float("nan"),
+              7.5e-3, 123456.0]
+    for a in amaxes:
+        for b in (0.0, 5.0, float("nan"), 1e-38):
+            got = blackwell.decode_scales(torch.tensor(a), torch.tensor(b))
+            want = torch.stack([R.global_decode_scale(torch.tensor(a)),
+                                R.global_decode_scale(torch.tensor(b))])
+            assert_bits_equal(got, want)
+
+
 @pytest.mark.parametrize("api", ["scaled_mm", "_scaled_mm"])
-def test_the_torch_call_and_the_epilogue(api, monkeypatch):
-    """Intercept the torch call: the recipe, swizzles and FP32 output are as documented,
-    alpha is applied once, the bias is added in FP32 before the cast."""
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_the_torch_call_and_the_epilogue(api, with_bias, monkeypatch):
+    """Intercept the torch call: the recipe and swizzles are as documented, alpha is
+    applied once; with a bias the GEMM writes FP32 and the bias is added in FP32 before
+    the cast, without one the two-level API writes bf16 itself."""
     m, k, n = 33, 64, 48
     (ad, asc, aam), (bd, bsc, bam) = operands(m, k, n)
     calls = []
@@ -92,7 +114,7 @@ def test_the_torch_call_and_the_epilogue(api, monkeypatch):
         calls.append((recipe_a, recipe_b, swizzle_a, swizzle_b, output_dtype))
         args = blackwell.ScaledMMArguments(mat_a, mat_b, scale_a[0], scale_b[0], scale_a[1],
                                            scale_b[1])
-        return emulate_block_scaled_gemm(args, m, n, k)
+        return emulate_block_scaled_gemm(args, m, n, k).to(output_dtype)
 
     def fake_v1(mat_a, mat_b, scale_a, scale_b, out_dtype=None):
         calls.append(out_dtype)
@@ -105,14 +127,15 @@ def test_the_torch_call_and_the_epilogue(api, monkeypatch):
     else:
         monkeypatch.delattr(F, "scaled_mm", raising=False)
         monkeypatch.setattr(torch, "_scaled_mm", fake_v1)
-    bias = torch.randn(n)
+    bias = torch.randn(n) if with_bias else None
     out = blackwell.nvfp4_gemm(ad, asc, aam, bd, bsc, bam, bias=bias, out_dtype=torch.bfloat16)
     assert_bits_equal(out, R.nvfp4_gemm(ad, asc, aam, bd, bsc, bam, bias=bias,
                                         out_dtype=torch.bfloat16))
     if api == "scaled_mm":
         recipe = [F.ScalingType.BlockWise1x16, F.ScalingType.TensorWise]
         swizzle = [F.SwizzleType.SWIZZLE_32_4_4, F.SwizzleType.NO_SWIZZLE]
-        assert calls == [(recipe, recipe, swizzle, swizzle, torch.float32)]
+        gemm_out = torch.float32 if with_bias else torch.bfloat16
+        assert calls == [(recipe, recipe, swizzle, swizzle, gemm_out)]
     else:
         assert calls == [torch.float32]
 
