@@ -100,3 +100,15 @@ def test_sensitivity_and_analysis_run_end_to_end(analysis, tmp_path):
         want = [np.mean(planted[(result["format"], unit)]) for unit in result["units"]]
         assert np.allclose(result["effect"], want, rtol=1e-9, atol=0), result["format"]
         assert len(set(np.round(want, 12))) == len(want)     # distinct: a real ranking
+
+
+def test_planted_units_are_ranked_from_the_largest(analysis):
+    units = [("a", "fprop+dgrad"), ("a", "wgrad"), ("b", "fprop+dgrad"), ("b", "wgrad")]
+    record = {"planting": {"layers": ["b"]}}
+    effect = [0.1, 0.0, 0.5, 0.2]
+    ld = [2.0, float("nan"), 1.0, float("nan")]          # LD applies to fprop units only
+    (row,) = analysis.planted_ranks(record, units, effect, {"LD": ld})
+    # b's effect 0.5 is the largest of 4; its LD 1.0 is second of the 2 fprop units.
+    assert row["unit"] == "b fprop+dgrad" and row["effect_rank"] == 1
+    assert row["ranks"] == {"LD": 2} and row["of"] == {"LD": 2}
+    assert analysis.planted_ranks({}, units, effect, {"LD": ld}) == []

@@ -26,7 +26,8 @@ and the trained model.
     python -m lowprec.experiments.planner.analyze_sensitivity --preset cpu
 
 Reads ``sensitivity-<stem>.json`` (stem: the preset, ``-h<K>`` for a horizon run),
-writes ``sensitivity-<stem>.md`` and the fitted weights in ``fitted-weights-<stem>.json``
+writes ``sensitivity-<stem>.md``, a plot of the effects ``sensitivity-<stem>.png``, and the
+fitted weights in ``fitted-weights-<stem>.json``
 (``compare_plans.py --fitted-weights``).
 """
 
@@ -37,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from lowprec.experiments.planner import RESULTS
+from lowprec.experiments.planner.compare_plans import T975
 from lowprec.names import GEMMS
 from lowprec.planner.builder import DEFAULT_GEMM_GROUPS, SNIP_METRIC
 
@@ -188,6 +190,32 @@ def bootstrap(predict, effects, rng, mask=None):
     return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
 
+def descending_rank(values, i):
+    """1-based rank of ``values[i]`` from the largest, over the finite values (None if
+    ``values[i]`` is not finite: the statistic does not apply to that unit)."""
+    values = np.asarray(values, dtype=float)
+    if not np.isfinite(values[i]):
+        return None
+    return int(np.sum(values[np.isfinite(values)] > values[i])) + 1
+
+
+def planted_ranks(record, units, effect, predictions):
+    """For a planted model (``planted.py``): each planted unit's rank by measured effect
+    and by each statistic, out of the units the statistic applies to."""
+    planting = record.get("planting")
+    if not planting:
+        return []
+    out = []
+    for layer in planting["layers"]:
+        i = units.index((layer, "fprop+dgrad"))
+        ranks_ = {name: descending_rank(v, i) for name, v in predictions.items()}
+        out.append({"unit": f"{layer} fprop+dgrad", "effect_rank": descending_rank(effect, i),
+                    "ranks": ranks_,
+                    "of": {name: int(np.isfinite(np.asarray(v, float)).sum())
+                           for name, v in predictions.items()}})
+    return out
+
+
 def analyse(record, fmt, rng):
     units, seeds, effects = load(record, fmt)
     stats_init = [record["stats_init"][str(s)] for s in seeds]
@@ -234,8 +262,12 @@ def analyse(record, fmt, rng):
     drift = [spearman(features([a], units, fmt).sum(axis=1),
                       features([b], units, fmt).sum(axis=1))
              for a, b in zip(stats_init, stats_end)] if stats_end else []
+    planted = planted_ranks(record, units, mean, {
+        "LD": terms["ld"], "DX": terms["dx"], "WD": terms["wd"], "rel error": terms["rel"],
+        "snip objective": snip, "fitted (out of fold)": fitted_oof})
     return {"format": fmt, "seeds": seeds, "units": [f"{u} {g}" for u, g in units],
             "effect": mean.tolist(), "effect_se": se.tolist(), "rows": rows,
+            "planted": planted,
             "split_half_reliability": reliability,
             "snip_rank_init_vs_end": drift,
             "weights_all_units": dict(zip(GEMMS, nnls(x_init, mean).tolist()))}
@@ -269,13 +301,62 @@ def markdown(record, results):
                    + "." if r["snip_rank_init_vs_end"] else ""),
                   f"Weights fitted on all units (normalised LD, DX, WD): fprop "
                   f"{w['fprop']:.3f}, dgrad {w['dgrad']:.3f}, wgrad {w['wgrad']:.3f}.", "",
-                  "| unit | effect | s.e. |", "|---|---|---|"]
+                  ]
+        if r["planted"]:
+            names = list(r["planted"][0]["ranks"])
+            lines += [f"Planted units ({record['planting']}): rank by measured effect and "
+                      f"by each statistic (1 = largest; out of the units it applies to).", "",
+                      "| planted unit | effect | " + " | ".join(names) + " |",
+                      "|---|---|" + "---|" * len(names)]
+            for p in r["planted"]:
+                cells = [f"{p['ranks'][n]} / {p['of'][n]}" if p["ranks"][n] else "—"
+                         for n in names]
+                lines.append(f"| {p['unit']} | {p['effect_rank']} / {len(r['units'])} | "
+                             + " | ".join(cells) + " |")
+            lines.append("")
+        n = len(r["seeds"])
+        t = T975.get(n - 1, 1.96)
+        lines += [f"Each unit's effect (mean over seeds of the paired loss increase), its "
+                  f"standard error and 95% t interval ({n} seeds).", "",
+                  "| unit | effect | s.e. | 95% interval |", "|---|---|---|---|"]
         order = np.argsort(r["effect"])[::-1]
         for i in order:
-            lines.append(f"| {r['units'][i]} | {r['effect'][i]:+.4f} | "
-                         f"{r['effect_se'][i]:.4f} |")
+            e, se = r["effect"][i], r["effect_se"][i]
+            lines.append(f"| {r['units'][i]} | {e:+.4f} | {se:.4f} | "
+                         f"{e - t * se:+.4f} .. {e + t * se:+.4f} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def plot(record, results, path):
+    """Each unit's measured effect with its 95% t interval, largest first, one panel per
+    format; planted units (a planted model's) in red."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    planted = {f"{layer} fprop+dgrad" for layer in
+               (record.get("planting") or {}).get("layers", ())}
+    fig, axes = plt.subplots(len(results), 1, figsize=(9, 3.6 * len(results)), squeeze=False)
+    for ax, r in zip(axes[:, 0], results):
+        t = T975.get(len(r["seeds"]) - 1, 1.96)
+        order = np.argsort(r["effect"])[::-1]
+        effect = np.array(r["effect"])[order]
+        half = t * np.array(r["effect_se"])[order]
+        names = [r["units"][i] for i in order]
+        colors = ["tab:red" if n in planted else "tab:blue" for n in names]
+        ax.bar(range(len(names)), effect, yerr=half, color=colors, capsize=2)
+        ax.axhline(0.0, color="k", lw=0.8)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=90, fontsize=6)
+        ax.set_ylabel("final val loss − high precision")
+        ax.set_title(f"{r['format']}: each unit alone, {len(r['seeds'])} seeds, 95% t "
+                     f"interval ({record['preset']}; planted units red)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
 
 
 def main(argv=None):
@@ -294,6 +375,7 @@ def main(argv=None):
     results = [analyse(record, fmt, rng) for fmt in formats]
     text = markdown(record, results)
     (directory / f"sensitivity-{stem}.md").write_text(text)
+    plot(record, results, directory / f"sensitivity-{stem}.png")
     nvfp4 = next((r for r in results if r["format"] == "nvfp4"), None)
     weights_path = directory / f"fitted-weights-{stem}.json"
     fitted_row = None if nvfp4 is None else next(

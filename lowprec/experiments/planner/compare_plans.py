@@ -22,11 +22,24 @@ per seed), so differences are paired: the report gives each plan's mean final va
 loss and its paired difference to the ILP plan with a 95% t interval, plus the planner's
 overhead (statistics time per round in training steps).
 
+With ``--budget-kind time --device blackwell|hopper`` the budget is the most linear-layer
+time relative to all-BF16 under that device's costs (``lowprec/planner/device_costs.json``),
+so FP8 competes with NVFP4 and BF16; the plans are then ``snip`` (FP8 allowed),
+``snip-no-fp8`` (the same ILP with NVFP4 and BF16 only: what the NVFP4-share budget can
+express), ``min-rel-error`` and the random plans, with ``all-fp8`` as a reference.
+
+Presets ``planted-<layout>`` are the ``cpu`` preset on the model with planted massive
+activations (``planted.py``).
+
     python -m lowprec.experiments.planner.compare_plans --preset cpu --seeds 5   # ~25 min
+    python -m lowprec.experiments.planner.compare_plans --preset planted-mlp1 --seeds 5
+    python -m lowprec.experiments.planner.compare_plans --preset planted-mlp1 --seeds 5 \
+        --budget-kind time --device blackwell
     python -m lowprec.experiments.planner.compare_plans --preset smoke --seeds 2 # a minute
 
-Writes ``results-<preset>.json``, ``results-<preset>.md`` and ``results-<preset>.png``
-into ``--out`` (default: experiments/planner/ under the current directory).
+Writes ``results-<stem>.json``, ``.md`` and ``.png`` into ``--out`` (default:
+experiments/planner/ under the current directory); the stem is the preset, plus
+``-time-<device>`` for a time budget.
 """
 
 import argparse
@@ -44,13 +57,14 @@ import torch
 import lowprec
 from lowprec.demo import corpus as corpus_mod
 from lowprec.demo.model import GPTConfig
-from lowprec.demo.train import (PRESETS as DEMO_PRESETS, TrainConfig, build_model,
-                                calibration_batches, evaluate, lr_at, make_optimizer,
-                                planner_loss)
+from lowprec.demo.train import (PRESETS as DEMO_PRESETS, TrainConfig, calibration_batches,
+                                evaluate, lr_at, make_optimizer, planner_loss)
 from lowprec.experiments.planner import RESULTS
+from lowprec.experiments.planner.planted import LAYOUTS, build, planting_of
 from lowprec.planner import Replanner, collect_stats, plan_from_stats
+from lowprec.planner.builder import SNIP_METRIC
 from lowprec.planner.controller import DEFAULT_MAX_OVERHEAD
-from lowprec.planner.cost import gemm_flops
+from lowprec.planner.cost import device_cost, gemm_flops
 
 
 # (model, training, budgets, random plans, re-plan every N steps (0: off))
@@ -65,6 +79,14 @@ PRESETS = {
             (0.5, 0.75, 0.9), 5, 50),
     "gpu": (DEMO_PRESETS["gpu"][0], DEMO_PRESETS["gpu"][1], (0.5, 0.75, 0.9), 5, 250),
 }
+# The cpu preset on the model with planted massive activations, one per layout.
+PRESETS.update({f"planted-{layout}": PRESETS["cpu"] for layout in LAYOUTS})
+
+# Time budgets (relative to all-BF16) per device kind: on Blackwell the times of the
+# NVFP4 shares 0.5 / 0.75 / 0.9 with the rest in BF16 (1 - 0.75 f), so the two budget
+# kinds are compared at equal time; on Hopper, where emulated NVFP4 takes BF16's time,
+# FP8 on 20% / 50% / 80% of the FLOPs.
+TIME_BUDGETS = {"blackwell": (0.625, 0.4375, 0.325), "hopper": (0.9, 0.75, 0.6)}
 
 
 # ----------------------------------------------------------------------------------
@@ -79,6 +101,15 @@ def random_objective(seed):
         return {"nvfp4": rng.random(), "fp8": 1.0 + rng.random()}
     objective.__name__ = f"random-{seed}"
     return objective
+
+
+def snip_without_fp8(stats, gemm):
+    """The SNIP objective with NVFP4 and BF16 only (FP8 not allowed): under a time budget,
+    the plans an NVFP4-share budget can express."""
+    return {"nvfp4": getattr(stats, SNIP_METRIC[gemm])["nvfp4"]}
+
+
+snip_without_fp8.__name__ = "snip-no-fp8"
 
 
 def positional_plan(candidates, collected, budget):
@@ -121,12 +152,13 @@ def compact_plan(plan, full=False):
     return {layer.name: "/".join(layer.precisions()) for layer in plan}
 
 
-def all_nvfp4_plan(candidates):
+def uniform_plan(candidates, precision):
+    """Every candidate layer in ``precision`` (forced layers BF16)."""
     layers = [lowprec.LayerPlan(name, tuple(m.weight.shape),
-                                lowprec.Recipe.uniform("bf16" if forced else "nvfp4"),
-                                reason=forced or "every layer NVFP4")
+                                lowprec.Recipe.uniform("bf16" if forced else precision),
+                                reason=forced or f"every layer {precision.upper()}")
               for name, m, forced in candidates]
-    return lowprec.Plan(layers, {"planner": "all-nvfp4"})
+    return lowprec.Plan(layers, {"planner": f"all-{precision}"})
 
 
 # ----------------------------------------------------------------------------------
@@ -177,13 +209,15 @@ def train(model, corpus, cfg, device, replanner_factory=None, label="",
     return (result, optimizer) if return_optimizer else result
 
 
-def run_plan(plan, model_cfg, train_cfg, corpus, device, label, replanner_factory=None):
-    model = build_model(model_cfg, train_cfg.seed, device)
+def run_plan(plan, model_cfg, train_cfg, corpus, device, label, replanner_factory=None,
+             planting=None):
+    model = build(model_cfg, train_cfg.seed, device, planting)
     if plan is not None:
         model = lowprec.convert(model, plan=plan)
     result = train(model, corpus, train_cfg, device, replanner_factory, label)
     final_plan = getattr(model, "lowprec_plan", None)
     result["nvfp4_fraction"] = final_plan.summary()["nvfp4"] if final_plan else 0.0
+    result["shares"] = final_plan.summary() if final_plan else {"bf16": 1.0}
     result["plan"] = compact_plan(final_plan, full=label.startswith("snip"))
     print(f"{label}: val {result['final_val_loss']:.4f} (nvfp4 "
           f"{result['nvfp4_fraction']:.3f}, {result['train_seconds']:.0f} s)", file=sys.stderr)
@@ -200,7 +234,8 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 
 
 def plan_names(record):
-    names = ["snip", "snip-fitted", "snip+replan", "min-rel-error", "positional"]
+    names = ["snip", "snip-fitted", "snip+replan", "snip-no-fp8", "min-rel-error",
+             "positional"]
     names += [f"random-{k}" for k in range(record["random_plans"])]
     return [n for n in names if any(f"{n}@{b}/{s}" in record["results"]
                                     for b in record["budgets"] for s in record["seeds"])]
@@ -229,10 +264,17 @@ def random_mean(record, budget):
 def markdown(record):
     budgets, ilp = record["budgets"], record["ilp"]
     n = len(record["seeds"])
+    kind = record.get("budget_kind", "nvfp4_fraction")
+    budget_text = ("the least NVFP4 share of linear FLOPs" if kind == "nvfp4_fraction" else
+                   f"the most linear-layer time relative to all-BF16 under "
+                   f"{record['device']} costs {record['device_time_cost']}")
     lines = [f"Final validation loss, mean over {n} paired seeds {record['seeds']} (lower is "
              f"better); Δ = plan − `{ilp}`, paired over seeds, with its 95% t interval "
              f"(Δ > 0: `{ilp}` better). Preset `{record['preset']}`, "
-             f"{record['train_config']['steps']} steps.", "",
+             f"{record['train_config']['steps']} steps. Budget: {budget_text}.", ""]
+    if record.get("planting"):
+        lines += [f"Planted massive activations: {record['planting']}.", ""]
+    lines += [
              "| plan | " + " | ".join(f"budget {b}: loss | Δ vs {ilp}" for b in budgets)
              + " |", "|---|" + "---|---|" * len(budgets)]
     rows = [(name, lambda b, name=name: losses(record, name, b)) for name in plan_names(record)]
@@ -245,7 +287,7 @@ def markdown(record):
             cells.append(f"{statistics.mean(values):.4f} | "
                          + ("—" if name == ilp else f"{d:+.4f} ± {half:.4f}"))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    for ref in ("bf16", "all-nvfp4"):
+    for ref in record.get("references", ("bf16", "all-nvfp4")):
         values = losses(record, ref)
         cells = []
         for b in budgets:
@@ -253,17 +295,53 @@ def markdown(record):
             cells.append(f"{statistics.mean(values):.4f} | {d:+.4f} ± {half:.4f}")
         lines.append(f"| {ref} (reference) | " + " | ".join(cells) + " |")
     overhead = record["overhead"]
-    text = lines + [""]
+    text = lines + [""] + spread_lines(record) + time_lines(record)
+    replanning = (f"re-planning every {record['replan_every']} steps cost "
+                  f"{100 * overhead['replan_share']:.0f}% of training time here; "
+                  if record["replan_every"] else "")
     text.append(f"Planner statistics: {overhead['stats_seconds']:.1f} s per round on "
                 f"{overhead['calibration_batches']} calibration batches = "
                 f"{overhead['stats_in_steps']:.0f} training steps of the snip plan "
-                f"({1e3 * overhead['step_seconds']:.1f} ms/step, one core); re-planning "
-                f"every {record['replan_every']} steps cost "
-                f"{100 * overhead['replan_share']:.0f}% of training time here; "
+                f"({1e3 * overhead['step_seconds']:.1f} ms/step, one core); {replanning}"
                 f"`Replanner(every=\"auto\")` would re-plan every "
                 f"{overhead['auto_interval_steps']} steps to stay within "
                 f"{100 * DEFAULT_MAX_OVERHEAD:.0f}%.")
     return "\n".join(text) + "\n"
+
+
+def spread_lines(record):
+    """The whole-model effects (every layer in one format, paired against BF16) beside
+    the run-to-run spread (the sd of BF16's loss over seeds): a plan can only be told
+    apart from another where the former dominates."""
+    bf16 = losses(record, "bf16")
+    out = [f"Run-to-run spread: BF16's final loss has sd {statistics.stdev(bf16):.4f} "
+           f"over the {len(bf16)} seeds."]
+    for ref in record.get("references", ()):
+        if ref != "bf16":
+            d, half = paired(losses(record, ref), bf16)
+            out.append(f"Whole model: {ref} − bf16 = {d:+.4f} ± {half:.4f} (paired, 95%).")
+    return out + [""]
+
+
+def time_lines(record):
+    """Under a time budget: each plan's mean relative time on the budget's device and
+    its mean FP8 / NVFP4 shares of the FLOPs."""
+    if record.get("budget_kind") != "time":
+        return []
+    cost = record["device_time_cost"]
+    out = [f"Relative time on {record['device']} (mean over seeds) and FLOP shares "
+           f"NVFP4 / FP8:", ""]
+    for b in record["budgets"]:
+        cells = []
+        for name in plan_names(record):
+            runs = [record["results"][f"{name}@{b}/{s}"] for s in record["seeds"]]
+            shares = [r["shares"] for r in runs]
+            t = statistics.mean(sum(sh.get(p, 0.0) * cost[p] for p in cost) for sh in shares)
+            f4 = statistics.mean(sh.get("nvfp4", 0.0) for sh in shares)
+            f8 = statistics.mean(sh.get("fp8", 0.0) for sh in shares)
+            cells.append(f"{name} {t:.3f} ({f4:.2f} / {f8:.2f})")
+        out.append(f"- budget {b}: " + "; ".join(cells))
+    return out + [""]
 
 
 def plot(record, path):
@@ -306,6 +384,10 @@ def main(argv=None):
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--steps", type=int, help="override the preset's steps")
     parser.add_argument("--budgets", type=float, nargs="+")
+    parser.add_argument("--budget-kind", choices=("nvfp4_fraction", "time"),
+                        default="nvfp4_fraction")
+    parser.add_argument("--device", choices=sorted(TIME_BUDGETS), default="blackwell",
+                        help="whose relative costs a time budget uses")
     parser.add_argument("--random-plans", type=int)
     parser.add_argument("--replan-every", type=int, help="0 turns snip+replan off")
     parser.add_argument("--seeds", type=int, default=5, help="paired seeds per plan")
@@ -316,12 +398,20 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     model_cfg, base_cfg, budgets, n_random, replan_every = PRESETS[args.preset]
+    planting = planting_of(args.preset)
+    timed = args.budget_kind == "time"
     if args.steps:
         base_cfg = dataclasses.replace(base_cfg, steps=args.steps,
                                        eval_every=min(base_cfg.eval_every, args.steps))
-    budgets = tuple(args.budgets or budgets)
+    budgets = tuple(args.budgets or (TIME_BUDGETS[args.device] if timed else budgets))
     n_random = args.random_plans if args.random_plans is not None else n_random
     replan_every = args.replan_every if args.replan_every is not None else replan_every
+    if timed:
+        replan_every = 0          # the re-planning comparison is the NVFP4-share run's
+    # The costs a time budget is planned with, and plans are timed by.
+    costs = device_cost(args.device)
+    plan_options = ({"budget_kind": "time", "device": args.device} if timed else {})
+    references = ("bf16", "all-nvfp4", "all-fp8") if timed else ("bf16", "all-nvfp4")
     weights_path = Path(args.fitted_weights or Path(args.out) / f"fitted-weights-{args.preset}.json")
     fitted = (json.loads(weights_path.read_text())["weights"] if weights_path.exists()
               else None)
@@ -335,7 +425,7 @@ def main(argv=None):
     for seed in range(args.seeds):
         train_cfg = dataclasses.replace(base_cfg, seed=seed)
         # One set of statistics on the initial model serves every ILP-based plan.
-        model0 = build_model(model_cfg, seed, device)
+        model0 = build(model_cfg, seed, device, planting)
         candidates = lowprec.candidate_layers(model0)
         calibration = calibration_batches(corpus, model_cfg, train_cfg, device)
         collected = collect_stats(model0, candidates, calibration, loss_fn=loss_fn,
@@ -344,10 +434,11 @@ def main(argv=None):
 
         def run(name, plan, factory=None):
             results[f"{name}/{seed}"] = run_plan(plan, model_cfg, train_cfg, corpus, device,
-                                                 f"{name}/{seed}", factory)
+                                                 f"{name}/{seed}", factory, planting)
 
         run("bf16", None)
-        run("all-nvfp4", all_nvfp4_plan(candidates))
+        for ref in references[1:]:
+            run(ref, uniform_plan(candidates, ref.removeprefix("all-")))
         replan_stream = corpus.train_batches(train_cfg.batch_size, model_cfg.seq_len,
                                              seed=seed + 2000)
 
@@ -355,18 +446,19 @@ def main(argv=None):
             return [next(replan_stream) for _ in range(train_cfg.calibration_batches)]
 
         for budget in budgets:
-            plans = {
-                "snip": plan_from_stats(candidates, collected, budget=budget),
-                "min-rel-error": plan_from_stats(candidates, collected, budget=budget,
-                                                 objective="relative_error"),
-                "positional": positional_plan(candidates, collected, budget),
-            }
+            def ilp_plan(**kw):
+                return plan_from_stats(candidates, collected, budget=budget,
+                                       **plan_options, **kw)
+            plans = {"snip": ilp_plan()}
+            if timed:
+                plans["snip-no-fp8"] = ilp_plan(objective=snip_without_fp8)
+            plans["min-rel-error"] = ilp_plan(objective="relative_error")
+            if not timed:
+                plans["positional"] = positional_plan(candidates, collected, budget)
             if fitted is not None:
-                plans["snip-fitted"] = plan_from_stats(candidates, collected, budget=budget,
-                                                       weights=fitted)
+                plans["snip-fitted"] = ilp_plan(weights=fitted)
             for k in range(n_random):
-                plans[f"random-{k}"] = plan_from_stats(candidates, collected, budget=budget,
-                                                       objective=random_objective(k))
+                plans[f"random-{k}"] = ilp_plan(objective=random_objective(k))
             for name, plan in plans.items():
                 run(f"{name}@{budget}", plan)
             if replan_every:
@@ -385,10 +477,15 @@ def main(argv=None):
     record = {
         "preset": args.preset, "model_config": dataclasses.asdict(model_cfg),
         "train_config": dataclasses.asdict(base_cfg), "budgets": list(budgets),
+        "budget_kind": args.budget_kind,
+        "device": args.device if timed else None,
+        "device_time_cost": dict(costs.time) if timed else None,
+        "planting": dataclasses.asdict(planting) if planting else None,
+        "references": list(references),
         "seeds": seeds, "random_plans": n_random, "replan_every": replan_every,
         "ilp": "snip-fitted" if fitted is not None else "snip",
         "fitted_weights": fitted, "fitted_weights_file": str(weights_path.name),
-        "corpus": corpus.describe(), "device": str(device),
+        "corpus": corpus.describe(), "device_run": str(device),
         "torch": torch.__version__, "pulp": __import__("pulp").__version__,
         "overhead": {
             "stats_seconds": statistics.mean(stats_seconds),
@@ -405,7 +502,7 @@ def main(argv=None):
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"results-{args.preset}"
+    stem = out / (f"results-{args.preset}" + (f"-time-{args.device}" if timed else ""))
     stem.with_suffix(".json").write_text(json.dumps(record, indent=1))
     stem.with_suffix(".md").write_text(markdown(record))
     plot(record, stem.with_suffix(".png"))

@@ -27,6 +27,10 @@ not buried under the run-to-run noise of a whole training run.
     python -m lowprec.experiments.planner.sensitivity --preset cpu --seeds 12 --horizon 20 \
         --checkpoint 100                                                   # short horizon
     python -m lowprec.experiments.planner.sensitivity --preset smoke --seeds 1  # a minute
+    python -m lowprec.experiments.planner.sensitivity --preset planted-mlp1 --seeds 5
+
+Presets ``planted-<layout>`` are the ``cpu`` preset on the model with planted massive
+activations (``planted.py``).
 
 Writes ``sensitivity-<preset>.json`` (``sensitivity-<preset>-h<K>.json`` for a horizon)
 into ``--out`` (default: experiments/planner/ under the current directory); runs already in that file are kept, so an
@@ -46,10 +50,10 @@ import torch
 import lowprec
 from lowprec.demo import corpus as corpus_mod
 from lowprec.demo.model import GPTConfig
-from lowprec.demo.train import (TrainConfig, build_model, calibration_batches, make_optimizer,
-                                planner_loss)
+from lowprec.demo.train import TrainConfig, calibration_batches, make_optimizer, planner_loss
 # compare_plans: its training loop, so that both experiments match.
 from lowprec.experiments.planner import RESULTS, compare_plans as compare
+from lowprec.experiments.planner.planted import LAYOUTS, build, planting_of
 from lowprec.names import GEMMS
 from lowprec.planner import collect_stats
 from lowprec.planner.builder import DEFAULT_GEMM_GROUPS
@@ -66,6 +70,8 @@ PRESETS = {
             TrainConfig(steps=150, batch_size=16, eval_every=50, eval_batches=16,
                         calibration_batches=4)),
 }
+# The cpu preset on the model with planted massive activations (planted.py).
+PRESETS.update({f"planted-{layout}": PRESETS["cpu"] for layout in LAYOUTS})
 
 
 def unit_plan(candidates, layer, group, fmt):
@@ -86,11 +92,11 @@ def stats_record(collected):
     return {name: s.to_dict() for name, s in collected.layers.items()}
 
 
-def horizon_seed(seed, args, model_cfg, cfg, corpus, loss_fn, record, save):
+def horizon_seed(seed, args, model_cfg, cfg, corpus, loss_fn, record, save, planting=None):
     """One seed of the short-horizon measurement (module docstring)."""
     device = torch.device("cpu")
     runs = record["runs"]
-    model = build_model(model_cfg, seed, device)
+    model = build(model_cfg, seed, device, planting)
     candidates = lowprec.candidate_layers(model)
     # Converted (all high precision) before training, so that applying a unit's plan
     # later only changes recipes: the optimizer keeps its parameters and state.
@@ -146,6 +152,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     model_cfg, base_cfg = PRESETS[args.preset]
+    planting = planting_of(args.preset)
     device = torch.device("cpu")
     torch.set_num_threads(1)          # one core per run: the figures are per-core seconds
     corpus = corpus_mod.load()
@@ -158,6 +165,7 @@ def main(argv=None):
         record = {"preset": args.preset, "model_config": dataclasses.asdict(model_cfg),
                   "train_config": dataclasses.asdict(base_cfg), "groups": GROUPS,
                   "horizon": args.horizon or None,
+                  "planting": dataclasses.asdict(planting) if planting else None,
                   "checkpoint": args.checkpoint if args.horizon else None,
                   "torch": torch.__version__, "runs": {}, "stats_init": {},
                   "stats_end": {}}
@@ -172,13 +180,13 @@ def main(argv=None):
                              f"steps; got {args.checkpoint}")
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             horizon_seed(seed, args, model_cfg, dataclasses.replace(base_cfg, seed=seed),
-                         corpus, loss_fn, record, save)
+                         corpus, loss_fn, record, save, planting)
         print(f"wrote {path} ({len(runs)} runs)")
         return record
 
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         cfg = dataclasses.replace(base_cfg, seed=seed)
-        model0 = build_model(model_cfg, seed, device)
+        model0 = build(model_cfg, seed, device, planting)
         candidates = lowprec.candidate_layers(model0)
         calibration = calibration_batches(corpus, model_cfg, cfg, device)
         if str(seed) not in record["stats_init"]:
@@ -187,7 +195,7 @@ def main(argv=None):
                               progress=False))
         key = f"bf16/{seed}"
         if key not in runs or str(seed) not in record["stats_end"]:
-            model = build_model(model_cfg, seed, device)
+            model = build(model_cfg, seed, device, planting)
             t0 = time.perf_counter()
             runs[key], optimizer = compare.train(model, corpus, cfg, device, label=key,
                                                  return_optimizer=True)
@@ -205,7 +213,7 @@ def main(argv=None):
                     if key in runs:
                         continue
                     plan = unit_plan(candidates, layer, group, fmt)
-                    model = lowprec.convert(build_model(model_cfg, seed, device), plan=plan)
+                    model = lowprec.convert(build(model_cfg, seed, device, planting), plan=plan)
                     t0 = time.perf_counter()
                     runs[key] = compare.train(model, corpus, cfg, device, label=key)
                     runs[key]["seconds"] = time.perf_counter() - t0
