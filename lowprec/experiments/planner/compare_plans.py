@@ -39,7 +39,8 @@ activations (``planted.py``).
 
 Writes ``results-<stem>.json``, ``.md`` and ``.png`` into ``--out`` (default:
 experiments/planner/ under the current directory); the stem is the preset, plus
-``-time-<device>`` for a time budget.
+``-time-<device>`` for a time budget. ``--report`` rewrites the ``.md`` and ``.png`` from
+the ``.json`` without training.
 """
 
 import argparse
@@ -62,6 +63,7 @@ from lowprec.demo.train import (PRESETS as DEMO_PRESETS, TrainConfig, calibratio
 from lowprec.experiments.planner import RESULTS
 from lowprec.experiments.planner.planted import LAYOUTS, build, planting_of
 from lowprec.planner import Replanner, collect_stats, plan_from_stats
+from lowprec.planner.budget import BudgetError
 from lowprec.planner.builder import SNIP_METRIC
 from lowprec.planner.controller import DEFAULT_MAX_OVERHEAD
 from lowprec.planner.cost import device_cost, gemm_flops
@@ -295,7 +297,10 @@ def markdown(record):
             cells.append(f"{statistics.mean(values):.4f} | {d:+.4f} ± {half:.4f}")
         lines.append(f"| {ref} (reference) | " + " | ".join(cells) + " |")
     overhead = record["overhead"]
-    text = lines + [""] + spread_lines(record) + time_lines(record)
+    text = lines + [""] + spread_lines(record) + planted_lines(record) + time_lines(record)
+    if record.get("infeasible"):
+        text += ["Plans that cannot meet their budget (not run): " + "; ".join(
+            f"`{k}`: {v}" for k, v in sorted(record["infeasible"].items())), ""]
     replanning = (f"re-planning every {record['replan_every']} steps cost "
                   f"{100 * overhead['replan_share']:.0f}% of training time here; "
                   if record["replan_every"] else "")
@@ -314,12 +319,48 @@ def spread_lines(record):
     the run-to-run spread (the sd of BF16's loss over seeds): a plan can only be told
     apart from another where the former dominates."""
     bf16 = losses(record, "bf16")
-    out = [f"Run-to-run spread: BF16's final loss has sd {statistics.stdev(bf16):.4f} "
-           f"over the {len(bf16)} seeds."]
+    sd = statistics.stdev(bf16) if len(bf16) > 1 else float("nan")
+    out = [f"Run-to-run spread: BF16's final loss has sd {sd:.4f} over the {len(bf16)} "
+           f"seeds."]
     for ref in record.get("references", ()):
         if ref != "bf16":
             d, half = paired(losses(record, ref), bf16)
             out.append(f"Whole model: {ref} − bf16 = {d:+.4f} ± {half:.4f} (paired, 95%).")
+    return out + [""]
+
+
+def layer_precisions(result):
+    """``{layer: "fprop/dgrad/wgrad"}`` of a run's recorded plan (full or compact)."""
+    plan = result.get("plan")
+    if plan is None:
+        return {}
+    if isinstance(plan, str):
+        return {layer.name: "/".join(layer.precisions())
+                for layer in lowprec.Plan.from_json(plan)}
+    return plan
+
+
+def planted_lines(record):
+    """On a planted model: per plan and budget, in how many seeds the plan kept every
+    planted unit's fprop+dgrad out of NVFP4 (what the planting makes matter)."""
+    planting = record.get("planting")
+    if not planting:
+        return []
+    n = len(record["seeds"])
+    out = [f"Seeds (of {n}) whose plan keeps every planted unit's fprop and dgrad out of "
+           f"NVFP4:", "", "| plan | " + " | ".join(f"budget {b}" for b in record["budgets"])
+           + " |", "|---|" + "---|" * len(record["budgets"])]
+    for name in plan_names(record):
+        cells = []
+        for b in record["budgets"]:
+            kept = 0
+            for s in record["seeds"]:
+                plan = layer_precisions(record["results"][f"{name}@{b}/{s}"])
+                kept += all(plan.get(layer, "bf16/bf16/bf16").split("/")[0] != "nvfp4"
+                            and plan.get(layer, "bf16/bf16/bf16").split("/")[1] != "nvfp4"
+                            for layer in planting["layers"])
+            cells.append(str(kept))
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
     return out + [""]
 
 
@@ -395,11 +436,21 @@ def main(argv=None):
                         help="JSON from analyze_sensitivity.py (default: "
                              "fitted-weights-<preset>.json in --out, if present)")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--report", action="store_true",
+                        help="only rewrite the .md and .png from the run's .json in --out")
     args = parser.parse_args(argv)
+    timed = args.budget_kind == "time"
+    stem = Path(args.out) / (f"results-{args.preset}" + (f"-time-{args.device}" if timed
+                                                          else ""))
+    if args.report:
+        record = json.loads(stem.with_suffix(".json").read_text())
+        stem.with_suffix(".md").write_text(markdown(record))
+        plot(record, stem.with_suffix(".png"))
+        print(markdown(record))
+        return record
 
     model_cfg, base_cfg, budgets, n_random, replan_every = PRESETS[args.preset]
     planting = planting_of(args.preset)
-    timed = args.budget_kind == "time"
     if args.steps:
         base_cfg = dataclasses.replace(base_cfg, steps=args.steps,
                                        eval_every=min(base_cfg.eval_every, args.steps))
@@ -420,7 +471,7 @@ def main(argv=None):
     corpus = corpus_mod.load()
     loss_fn = planner_loss(device)
     start = time.perf_counter()
-    results, stats_seconds = {}, []
+    results, stats_seconds, infeasible = {}, [], {}
 
     for seed in range(args.seeds):
         train_cfg = dataclasses.replace(base_cfg, seed=seed)
@@ -451,7 +502,12 @@ def main(argv=None):
                                        **plan_options, **kw)
             plans = {"snip": ilp_plan()}
             if timed:
-                plans["snip-no-fp8"] = ilp_plan(objective=snip_without_fp8)
+                try:
+                    plans["snip-no-fp8"] = ilp_plan(objective=snip_without_fp8)
+                except BudgetError as err:
+                    # Hopper: emulated NVFP4 takes BF16's time, so without FP8 no plan
+                    # saves any (recorded, and said in the report).
+                    infeasible[f"snip-no-fp8@{budget}"] = str(err)
             plans["min-rel-error"] = ilp_plan(objective="relative_error")
             if not timed:
                 plans["positional"] = positional_plan(candidates, collected, budget)
@@ -498,11 +554,10 @@ def main(argv=None):
             "replan_share": (statistics.mean(r["replan_seconds"] / r["train_seconds"]
                                              for r in replan_runs) if replan_runs else 0.0),
         },
-        "results": results, "seconds": time.perf_counter() - start,
+        "results": results, "infeasible": infeasible,
+        "seconds": time.perf_counter() - start,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / (f"results-{args.preset}" + (f"-time-{args.device}" if timed else ""))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(record, indent=1))
     stem.with_suffix(".md").write_text(markdown(record))
     plot(record, stem.with_suffix(".png"))
