@@ -29,11 +29,14 @@ TORCH_LIBRARY(lowprec_C, m) {
   // zero-padded transpose [K, M_pad] (RHT along M when rht_mask >= 0), one pass. A copy
   // not asked for comes back as empty placeholders (data [0], scale [0], amax 0-d). In
   // values mode the rowwise copy is bf16 [..., K], the columnwise one bf16 [K, M_pad].
+  // seed_tensor (int64 [1] on x's device): the Philox key read by the kernel when it runs
+  // (a CUDA graph replays its launch with the key of the replay), instead of `seed`.
   m.def(
       "quantize_row_col(Tensor x, int rht_mask, bool rowwise, bool columnwise, "
       "bool row_stochastic, bool col_stochastic, int seed, int row_offset, int col_offset, "
       "Tensor? row_amax, Tensor? col_amax, int variant=0, bool row_values=False, "
-      "bool col_values=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "bool col_values=False, Tensor? seed_tensor=None) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // 16x16-scaled W [N, K]: the rowwise copy and (if columnwise) the transposed copy
   // [K, N/2] whose codes and scales are exactly the transpose of the rowwise ones. values:
   // W's bf16 values [N, K] only (columnwise must be False: W^T's are their transpose).
@@ -73,10 +76,15 @@ lowprec::TwoTriples cpu_quantize_row_col(const at::Tensor& x, int64_t rht_mask, 
                                          int64_t col_offset,
                                          const std::optional<at::Tensor>& row_amax,
                                          const std::optional<at::Tensor>& col_amax,
-                                         int64_t variant, bool row_values, bool col_values) {
+                                         int64_t variant, bool row_values, bool col_values,
+                                         const std::optional<at::Tensor>& seed_tensor) {
   lowprec::check_variant(variant, lowprec::kRowColVariants, "quantize_row_col");
+  // On the CPU the key in memory is read here, at the call: the same key the kernel reads.
+  const int64_t key = seed_tensor.has_value()
+                          ? lowprec::read_seed_tensor(*seed_tensor, x, "quantize_row_col")
+                          : seed;
   return lowprec::cpu::quantize_row_col(x, rht_mask, rowwise, columnwise, row_stochastic,
-                                        col_stochastic, seed, row_offset, col_offset, row_amax,
+                                        col_stochastic, key, row_offset, col_offset, row_amax,
                                         col_amax, row_values, col_values);
 }
 

@@ -112,14 +112,25 @@ Outputs allocate(const at::Tensor& x, std::vector<int64_t> rows_shape, int64_t c
 
 constexpr QuantOut kNoOutput{nullptr, nullptr, nullptr, false};
 
-Rounding rounding(bool stochastic, int64_t seed, int64_t offset) {
-  return Rounding{stochastic, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset)};
+Rounding rounding(bool stochastic, int64_t seed, int64_t offset,
+                  const uint64_t* seed_ptr = nullptr) {
+  return Rounding{stochastic, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
+                  seed_ptr};
+}
+
+// The device address of a key given in memory (checked), or nullptr for a key by value.
+const uint64_t* seed_pointer(const std::optional<at::Tensor>& seed_tensor, const at::Tensor& x,
+                             const char* op) {
+  if (!seed_tensor.has_value()) return nullptr;
+  check_seed_tensor(*seed_tensor, x, op);
+  return reinterpret_cast<const uint64_t*>(seed_tensor->const_data_ptr<int64_t>());
 }
 
 // quantize_nvfp4, and the rowwise-only quantize_row_col (values: in values mode).
 Triple quantize_rows(const at::Tensor& x_in, int64_t block_rows, int64_t rht_mask,
                      bool stochastic, int64_t seed, int64_t offset,
-                     const std::optional<at::Tensor>& amax, int64_t variant, bool values) {
+                     const std::optional<at::Tensor>& amax, int64_t variant, bool values,
+                     const uint64_t* seed_ptr = nullptr) {
   check_quantize_args(x_in, block_rows, rht_mask, "quantize_nvfp4");
   check_variant(variant, kNvfp4Variants, "quantize_nvfp4");
   at::Tensor x = kernel_input(x_in);
@@ -135,7 +146,8 @@ Triple quantize_rows(const at::Tensor& x_in, int64_t block_rows, int64_t rht_mas
                                          : computed_amax(x, rows, cols, mask, keep, stream);
   C10_CUDA_CHECK(cuda::launch_quantize(x.const_data_ptr(), input_type(x), rows, cols,
                                        static_cast<int>(block_rows), mask, source,
-                                       rounding(stochastic, seed, offset), out.ptrs(),
+                                       rounding(stochastic, seed, offset, seed_ptr),
+                                       out.ptrs(),
                                        kNoOutput,
                                        // the variants are the 1x16 kernel's
                                        block_rows == 16 ? 0 : static_cast<int>(variant),
@@ -184,11 +196,15 @@ TwoTriples quantize_row_col(const at::Tensor& x_in, int64_t rht_mask, bool rowwi
                                  int64_t seed, int64_t row_offset, int64_t col_offset,
                                  const std::optional<at::Tensor>& row_amax,
                                  const std::optional<at::Tensor>& col_amax, int64_t variant,
-                                 bool row_values, bool col_values) {
+                                 bool row_values, bool col_values,
+                                 const std::optional<at::Tensor>& seed_tensor) {
   check_variant(variant, kRowColVariants, "quantize_row_col");
+  const uint64_t* seed_ptr = seed_pointer(seed_tensor, x_in, "quantize_row_col");
+  // Only the baseline kernel reads a key in memory (quantize.cu, key_of): same bits.
+  if (seed_ptr != nullptr) variant = 0;
   if (!columnwise) {  // the plain 1x16 kernel (its variant 0) needs no shared-memory transpose
     Triple row = rowwise ? quantize_rows(x_in, 1, -1, row_stochastic, seed, row_offset,
-                                         row_amax, 0, row_values)
+                                         row_amax, 0, row_values, seed_ptr)
                          : absent_copy(x_in);
     return std::tuple_cat(row, absent_copy(x_in));
   }
@@ -221,7 +237,8 @@ TwoTriples quantize_row_col(const at::Tensor& x_in, int64_t rht_mask, bool rowwi
                                     : AmaxIn{nullptr, bits_ptr(bits, 1), count};
   C10_CUDA_CHECK(cuda::launch_quantize_row_col(
       x.const_data_ptr(), input_type(x), rows, cols, mask, rowwise, true, row_source, col_source,
-      rounding(row_stochastic, seed, row_offset), rounding(col_stochastic, seed, col_offset),
+      rounding(row_stochastic, seed, row_offset, seed_ptr),
+      rounding(col_stochastic, seed, col_offset, seed_ptr),
       rowwise ? row.ptrs() : kNoOutput, col.ptrs(), static_cast<int>(variant), stream));
   return std::tuple_cat(rowwise ? row.triple() : absent_copy(x), col.triple());
 }

@@ -52,6 +52,22 @@ inline void check_weight_values(bool columnwise, bool values) {
                     "columnwise=False and use .t() for W^T (exactly its values)");
 }
 
+// The Philox key given in memory (quantize_row_col's seed_tensor): one int64 element on
+// x's device, holding the uint64 key's bits. ValueError naming what is wrong otherwise.
+inline void check_seed_tensor(const at::Tensor& seed, const at::Tensor& x, const char* op) {
+  TORCH_CHECK_VALUE(seed.scalar_type() == at::kLong && seed.numel() == 1, op,
+                    ": seed_tensor must be one int64 element; got dtype ", seed.scalar_type(),
+                    " with ", seed.numel(), " elements");
+  TORCH_CHECK_VALUE(seed.device() == x.device(), op, ": seed_tensor must be on x's device ",
+                    x.device(), "; got ", seed.device());
+}
+
+// The key of a CPU seed_tensor, read at the call (the CPU kernels run at once).
+inline int64_t read_seed_tensor(const at::Tensor& seed, const at::Tensor& x, const char* op) {
+  check_seed_tensor(seed, x, op);
+  return seed.item<int64_t>();
+}
+
 // Raises ValueError/TypeError naming the bad value unless x can be NVFP4-quantized in
 // blocks of block_rows (1 or 16) x 16 with RHT mask rht_mask (-1 or 0..0xFFFF). Shared by
 // the CPU and CUDA ops (defined in quantize_cpu.cpp).

@@ -175,6 +175,21 @@ __device__ __forceinline__ void store_block(const QuantOut& out, int64_t first,
 // Max of the partials of `a` this thread reads: i = threadIdx.x + k * kThreads < a.count
 // (<= kMaxAmaxPartials), a fixed, unrolled trip count, so all its loads are in flight
 // at once.
+// The Philox key of a rounding: the caller's value, or read from device memory when the
+// caller gave it there (a device key: each CUDA graph replay reads the key of that replay).
+// Only the baseline kernels of the ops that take a key in memory (quantize_row_col: the
+// fused kernel and the rowwise 1x16 one) read it (kKeyInMemory); the variants, tuned to
+// their register budgets, would spill with it, and the op runs the baseline for a key in
+// memory (cuda_ops.cpp).
+template <bool kKeyInMemory>
+__device__ __forceinline__ uint64_t key_of(const Rounding& r) {
+  if constexpr (kKeyInMemory) {
+    return r.seed_ptr != nullptr ? *r.seed_ptr : r.seed;
+  } else {
+    return r.seed;
+  }
+}
+
 __device__ __forceinline__ uint32_t partials_max(const AmaxIn& a) {
   static_assert(kMaxAmaxPartials % kThreads == 0, "partials split evenly over a block");
   uint32_t m = 0u;
@@ -284,7 +299,7 @@ __device__ __forceinline__ void rows_1x16(const RowsArgs& a) {
           kFast ? quantize16_fast(v, amax_from_abs_bits(block_bits), scales,
                                   a.rounding.stochastic, a.rounding.seed, counter0)
                 : quantize16(v, amax_from_abs_bits(block_bits), scales, a.rounding.stochastic,
-                             a.rounding.seed, counter0);
+                             key_of<true>(a.rounding), counter0);
       store_block<kValues>(a.out, u * 16, e);
     }
   }
@@ -519,7 +534,7 @@ __device__ __forceinline__ RowColState row_col_prologue(const RowColArgs& a) {
 // One 64x64 tile, from thread t's row-phase block v (already loaded; zeros outside x):
 // the rowwise block from registers, the columnwise blocks from the transposed shared
 // tile (RHT along M), and the coalesced stores of the column codes.
-template <InputType kType, bool kAmaxOnly, bool kFast, bool kValues>
+template <InputType kType, bool kAmaxOnly, bool kFast, bool kValues, bool kKeyInMemory>
 __device__ __forceinline__ void row_col_tile(const RowColArgs& a, const RowBlock& rb,
                                              float (&v)[16], RowColShared& sh,
                                              RowColState& s) {
@@ -536,9 +551,11 @@ __device__ __forceinline__ void row_col_tile(const RowColArgs& a, const RowBlock
       const uint64_t counter0 = a.row_rounding.offset + static_cast<uint64_t>(first / 4);
       EncodedBlock e =
           kFast ? quantize16_fast(v, amax_from_abs_bits(bits), s.row_scales,
-                                  a.row_rounding.stochastic, a.row_rounding.seed, counter0)
+                                  a.row_rounding.stochastic,
+                                  key_of<kKeyInMemory>(a.row_rounding), counter0)
                 : quantize16(v, amax_from_abs_bits(bits), s.row_scales,
-                             a.row_rounding.stochastic, a.row_rounding.seed, counter0);
+                             a.row_rounding.stochastic,
+                             key_of<kKeyInMemory>(a.row_rounding), counter0);
       store_block<kValues>(a.row, first, e);
     }
   }
@@ -564,9 +581,11 @@ __device__ __forceinline__ void row_col_tile(const RowColArgs& a, const RowBlock
       const uint64_t counter0 = a.col_rounding.offset + static_cast<uint64_t>(first / 4);
       EncodedBlock e =
           kFast ? quantize16_fast(w, amax_from_abs_bits(bits), s.col_scales,
-                                  a.col_rounding.stochastic, a.col_rounding.seed, counter0)
+                                  a.col_rounding.stochastic,
+                                  key_of<kKeyInMemory>(a.col_rounding), counter0)
                 : quantize16(w, amax_from_abs_bits(bits), s.col_scales,
-                             a.col_rounding.stochastic, a.col_rounding.seed, counter0);
+                             a.col_rounding.stochastic,
+                             key_of<kKeyInMemory>(a.col_rounding), counter0);
       sh.col_codes[c_local][mb] = e.codes;
       sh.col_scales[c_local][mb] = static_cast<uint8_t>(e.scale);
     }
@@ -603,7 +622,8 @@ __device__ __forceinline__ void quantize_row_col_tiles(const RowColArgs& a, RowC
     } else {
       zero16(v);
     }
-    row_col_tile<kType, kAmaxOnly, kFast, kValues>(a, rb, v, sh, s);
+    // The baseline (not kFast) reads a key in memory; fastenc does not (key_of).
+    row_col_tile<kType, kAmaxOnly, kFast, kValues, !kFast>(a, rb, v, sh, s);
   }
   if constexpr (kAmaxOnly) {
     block_max_to_partial(s.row_acc, a.row_partials);
@@ -673,7 +693,7 @@ __global__ void __launch_bounds__(kThreads, row_col_prefetch_min_blocks(kType, k
     } else {
       zero16(v);
     }
-    row_col_tile<kType, false, kFast, kValues>(a, rb, v, sh, s);
+    row_col_tile<kType, false, kFast, kValues, false>(a, rb, v, sh, s);
   }
 }
 

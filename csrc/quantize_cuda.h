@@ -41,6 +41,9 @@ struct Rounding {
   bool stochastic;
   uint64_t seed;
   uint64_t offset;  // Philox counter of flat element 0
+  // When set, the key is read here when the kernel runs instead of `seed` (a device key
+  // of lowprec.sr_keys: a CUDA graph's replay then uses the key written for it).
+  const uint64_t* seed_ptr = nullptr;
 };
 
 // Where a quantization writes: data [rows, cols/2], scale [rows, cols/16] (E4M3 bytes),

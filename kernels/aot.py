@@ -30,6 +30,7 @@ from .fp8 import _quantize_fp8_kernel
 from .nvfp4_gemm import _epilogue_kernel, _gemm_kernel
 from .quantize_2d import _quantize_2d_kernel
 from .quantize_row_col import _quantize_row_col_kernel
+from .sr_key import _next_key_kernel
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 # Integer arguments the runtime sees as multiples of 16 (it specializes on that), hinted
@@ -42,15 +43,16 @@ def _specs():
     q1 = dict(x_ptr="*i16", M="i32", K="i32", stride_m="i32", signs_ptr="*fp32",
               row_amax_ptr="*fp32", col_amax_ptr="*fp32", row_amax_out_ptr="*fp32",
               col_amax_out_ptr="*fp32", row_data_ptr="*u8", row_scale_ptr="*u8",
-              col_words_ptr="*i64", col_scale_ptr="*u8", col_blocks="i32", seed="u64",
-              row_offset="u64", col_offset="u64")
+              col_words_ptr="*i64", col_scale_ptr="*u8", seed_ptr="*i64", col_blocks="i32",
+              seed="u64", row_offset="u64", col_offset="u64")
     tile = dict(stride_k=1, CHUNKS=1, BLOCK_K=256)           # config.tile_config on a GPU
     per_thread = 16 * 256 // 128
 
-    def fused(row, col, rht, sr):
+    def fused(row, col, rht, sr, key_in_memory=False):
         return (_quantize_row_col_kernel, q1,
                 dict(tile, X_KIND=1, ROW=row, COL=col, COL_RHT=rht, ROW_SR=sr and row,
-                     COL_SR=sr and col, HW_BF16=True), 4, 1, per_thread)
+                     COL_SR=sr and col, HW_BF16=True, SEED_IN_MEMORY=key_in_memory), 4, 1,
+                per_thread)
 
     gemm = dict(a_data_ptr="*u8", a_scale_ptr="*u8", b_data_ptr="*u8", b_scale_ptr="*u8",
                 a_amax_ptr="*fp32", b_amax_ptr="*fp32", bias_ptr="*i16", out_ptr="*i16",
@@ -63,6 +65,7 @@ def _specs():
         "quantize_row_col col RHT RNE": fused(False, True, True, False),
         "quantize_row_col row+col RHT RNE": fused(True, True, True, False),
         "quantize_row_col row+col RHT SR": fused(True, True, True, True),
+        "quantize_row_col row+col RHT SR, device key": fused(True, True, True, True, True),
         "quantize_2d row+col": (
             _quantize_2d_kernel,
             dict(w_ptr="*i16", N="i32", K="i32", stride_n="i32", amax_ptr="*fp32",
@@ -70,6 +73,10 @@ def _specs():
                  row_scale_ptr="*u8", col_words_ptr="*i64", col_scale_ptr="*u8",
                  seed="u64", offset="u64"),
             dict(tile, W_KIND=1, COL=True, STOCHASTIC=False), 4, 1, per_thread),
+        "next SR key (device keys)": (
+            _next_key_kernel,
+            dict(counts_ptr="*i64", key_ptr="*i64", stream_base="u64", call_base="u64"),
+            dict(SLOT=0), 1, 1, 1),
         "amax row+col RHT": (
             _amax_kernel,
             dict(x_ptr="*i16", M="i32", K="i32", stride_m="i32", signs_ptr="*fp32",

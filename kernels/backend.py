@@ -14,7 +14,8 @@ same named results (``lowprec.copies``): ``quantize_nvfp4``, ``quantize_row_col`
 (activations / gradients, the fused kernel), ``quantize_weight_2d`` (weights, 16x16
 tiles, both layouts from one read), ``dequantize_nvfp4``, ``quantize_fp8``,
 ``quantize_fp8_row_col`` (both FP8 layouts of a 2-D operand, two launches),
-``nvfp4_gemm``, ``fp8_gemm``. The quantizers also take ``variant`` (and those that measure
+``nvfp4_gemm``, ``fp8_gemm``; and ``next_device_sr_key``, the device SR key step of
+``lowprec.sr_keys`` (``kernels/sr_key.py``). The quantizers also take ``variant`` (and those that measure
 an amax, ``amax_variant``): the name of a launch variant of ``lowprec.kernels.launches``
 (same bits), which ``lowprec.kernels.variants`` binds when a winner names one.
 
@@ -31,7 +32,8 @@ from torch import Tensor
 from triton.runtime.interpreter import InterpretedFunction
 
 from lowprec import shapes
-from lowprec.backends.tensors import absent, amax_operand, empty_outputs, row_col, sign_list
+from lowprec.backends.tensors import (absent, amax_operand, empty_outputs, row_col, seed_operands,
+                                      sign_list)
 from lowprec.checks import as_int64, weight_values
 from lowprec.copies import FP8Copy, FP8RowCol, NVFP4Copy
 
@@ -42,6 +44,7 @@ from . import fp8 as fp8_kernels
 from . import nvfp4_gemm as gemm_kernels
 from . import quantize_2d as tile_kernel
 from . import quantize_row_col as row_col_kernel
+from . import sr_key as sr_key_kernel
 from .launches import BASELINE, tiles
 
 # bf16 loads and stores: Ampere and newer.
@@ -158,12 +161,14 @@ def _quantize_row_col_op(x: Tensor, rht_signs: Optional[List[int]], rowwise: boo
                          seed: int, row_offset: int, col_offset: int,
                          row_amax: Optional[Tensor], col_amax: Optional[Tensor],
                          row_values: bool = False, col_values: bool = False,
-                         variant: str = BASELINE, amax_variant: str = BASELINE
+                         variant: str = BASELINE, amax_variant: str = BASELINE,
+                         seed_tensor: Optional[Tensor] = None
                          ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     tile, amax_tile = tiles("quantize_row_col", variant, amax_variant)
     row, col = row_col_kernel.quantize_row_col(
         x, rowwise=rowwise, columnwise=columnwise, rht_signs=rht_signs,
-        row_stochastic=row_stochastic, col_stochastic=col_stochastic, seed=seed,
+        row_stochastic=row_stochastic, col_stochastic=col_stochastic,
+        seed=seed if seed_tensor is None else seed_tensor,
         row_offset=row_offset, col_offset=col_offset, row_amax=row_amax, col_amax=col_amax,
         tile=tile, amax_tile=amax_tile, row_values=row_values, col_values=col_values)
     return (*(row or absent(x)), *(col or absent(x)))
@@ -172,7 +177,7 @@ def _quantize_row_col_op(x: Tensor, rht_signs: Optional[List[int]], rowwise: boo
 @_quantize_row_col_op.register_fake
 def _(x, rht_signs, rowwise, columnwise, row_stochastic, col_stochastic, seed, row_offset,
       col_offset, row_amax, col_amax, row_values=False, col_values=False, variant=BASELINE,
-      amax_variant=BASELINE):
+      amax_variant=BASELINE, seed_tensor=None):
     return empty_outputs(x, shapes.row_col(*x.shape, rowwise, columnwise, row_values,
                                            col_values))
 
@@ -281,14 +286,16 @@ def quantize_row_col(x, *, rht_signs=None, rowwise=True, columnwise=True,
     ``row_values`` / ``col_values``: that copy is ``(values bfloat16, empty float8_e4m3fn
     [0], amax)``, the values being ``dequantize(data, scale, None, torch.bfloat16)`` of the
     packed copy (rowwise ``[M, K]``, columnwise ``[K, M_pad]``), written by the same single
-    launch.
+    launch. ``seed``: an int, or a one-element int64 tensor on x's device that the kernel
+    reads (``lowprec.sr_keys`` device keys).
     """
+    seed, seed_tensor = seed_operands(seed)
     out = torch.ops.lowprec.triton_quantize_row_col(
         x.detach().reshape(math.prod(x.shape[:-1]), x.shape[-1]), sign_list(rht_signs),
         bool(rowwise), bool(columnwise), bool(row_stochastic), bool(col_stochastic),
-        as_int64(seed), as_int64(row_offset), as_int64(col_offset),
+        seed, as_int64(row_offset), as_int64(col_offset),
         amax_operand(row_amax, x.device), amax_operand(col_amax, x.device),
-        bool(row_values), bool(col_values), variant, amax_variant)
+        bool(row_values), bool(col_values), variant, amax_variant, seed_tensor)
     return row_col(out, rowwise, columnwise)
 
 
@@ -327,3 +334,9 @@ def nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=None,
 
 def fp8_gemm(a_data, a_scale, b_data, b_scale, bias=None, out_dtype=torch.bfloat16):
     return torch.ops.lowprec.triton_fp8_gemm(a_data, a_scale, b_data, b_scale, bias, out_dtype)
+
+
+def next_device_sr_key(counts, stream_base, recomputed=False):
+    """The next device SR key of a stream (``lowprec.sr_keys``, ``kernels/sr_key.py``):
+    advances ``counts`` (int64 [2] on the GPU) and returns the key, int64 ``[1]``."""
+    return sr_key_kernel.next_device_sr_key(counts, stream_base, recomputed)

@@ -60,8 +60,12 @@ def _quantize_row_col_kernel(
         row_data_ptr, row_scale_ptr,
         # the columnwise copy of x^T: codes as int64 words of 16 codes [K, col_blocks]
         # and scales [K, col_blocks], or when VALUES the bf16 values [K, M_pad] (as int16)
-        # and an unread scale pointer.
+        # and an unread scale pointer;
         col_words_ptr, col_scale_ptr,
+        # the Philox key in device memory (int64 [1], its uint64 bits), read instead of
+        # ``seed`` when SEED_IN_MEMORY: a CUDA graph's replay then uses the key its key
+        # kernel just wrote, not the one frozen at capture.
+        seed_ptr,
         # Sizes: x is [M, K]; col_blocks = M_pad / 16.
         M, K, col_blocks,
         # Strides of x, in elements.
@@ -74,8 +78,11 @@ def _quantize_row_col_kernel(
         X_KIND: tl.constexpr, ROW: tl.constexpr, COL: tl.constexpr, COL_RHT: tl.constexpr,
         ROW_SR: tl.constexpr, COL_SR: tl.constexpr,
         CHUNKS: tl.constexpr, BLOCK_K: tl.constexpr, HW_BF16: tl.constexpr,
-        ROW_VALUES: tl.constexpr = False, COL_VALUES: tl.constexpr = False):
+        ROW_VALUES: tl.constexpr = False, COL_VALUES: tl.constexpr = False,
+        SEED_IN_MEMORY: tl.constexpr = False):
     ROWS: tl.constexpr = 16 * CHUNKS
+    if SEED_IN_MEMORY:
+        seed = tl.load(seed_ptr).to(tl.uint64, bitcast=True)
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
     first_program = (pid_m == 0) & (pid_k == 0)
@@ -165,8 +172,9 @@ def quantize_row_col(x, *, rowwise=True, columnwise=True, rht_signs=None,
     Args:
         rowwise, columnwise: which copies to produce.
         rht_signs: the 16 RHT signs for the columnwise copy, or None for no RHT.
-        row_stochastic, col_stochastic: SR per copy; seed, row_offset, col_offset: ints
-            in [0, 2^64).
+        row_stochastic, col_stochastic: SR per copy; row_offset, col_offset: ints in
+            [0, 2^64); seed: an int in [0, 2^64), or a one-element int64 tensor on x's
+            device holding its bits, read by the kernel (``lowprec.sr_keys`` device keys).
         row_amax, col_amax: global amaxes the caller has (fp32 scalar tensors; the
             columnwise one is that of RHT(x^T) when RHT is on); measured when None.
         tile, amax_tile: None for today's launches (``config.tile_config``), or the
@@ -207,6 +215,7 @@ def quantize_row_col(x, *, rowwise=True, columnwise=True, rht_signs=None,
             chunks, block_k, options = tile.chunks, tile.block_k, tile.options()
         grid = (triton.cdiv(m, 16 * chunks), triton.cdiv(k, block_k))
         unused = view          # the pointer given for operands the meta-parameters switch off
+        in_memory = isinstance(seed, torch.Tensor)
         _quantize_row_col_kernel[grid](
             x_ptr=view, signs_ptr=signs if signs is not None else unused,
             row_amax_ptr=row_amax_in if rowwise else unused,
@@ -220,14 +229,15 @@ def quantize_row_col(x, *, rowwise=True, columnwise=True, rht_signs=None,
             col_scale_ptr=col_out[1] if columnwise and not col_values else unused,
             M=m, K=k, col_blocks=m_pad // 16,
             stride_m=view.stride(0), stride_k=view.stride(1),
-            seed=as_uint64(seed), row_offset=as_uint64(row_offset),
+            seed_ptr=seed if in_memory else unused,
+            seed=0 if in_memory else as_uint64(seed), row_offset=as_uint64(row_offset),
             col_offset=as_uint64(col_offset),
             X_KIND=kind, ROW=rowwise, COL=columnwise, COL_RHT=signs is not None,
             ROW_SR=bool(rowwise and row_stochastic),
             COL_SR=bool(columnwise and col_stochastic),
             CHUNKS=chunks, BLOCK_K=block_k, HW_BF16=not interpreting(),
             ROW_VALUES=bool(rowwise and row_values),
-            COL_VALUES=bool(columnwise and col_values),
+            COL_VALUES=bool(columnwise and col_values), SEED_IN_MEMORY=in_memory,
             **options)
 
     def finish(out):

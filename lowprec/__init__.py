@@ -51,8 +51,10 @@ __all__ += ["GroupedExperts", "grouped_linear", "register_experts_adapter"]
 # Stochastic-rounding keys: the per-layer call counts a resumed run restores.
 from lowprec.sr_keys import load_state_dict as load_sr_state_dict  # noqa: E402
 from lowprec.sr_keys import state_dict as sr_state_dict  # noqa: E402
+from lowprec.sr_keys import keys_on_device as sr_keys_on_device  # noqa: E402
+from lowprec.sr_keys import keys_on_host as sr_keys_on_host  # noqa: E402
 
-__all__ += ["load_sr_state_dict", "sr_state_dict"]
+__all__ += ["load_sr_state_dict", "sr_state_dict", "sr_keys_on_device", "sr_keys_on_host"]
 
 # Gradient accumulation: quantize each weight once per step.
 from lowprec.weight_reuse import reusing_weight_copies  # noqa: E402

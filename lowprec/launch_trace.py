@@ -64,7 +64,8 @@ CUDA_EXTENSION_LAUNCHES = {
         _amax_launches(amax is not None) + ["quantize_weight_2d"],
     "lowprec_C::quantize_row_col":
         lambda x, rht_mask, rowwise, columnwise, row_sr, col_sr, seed, row_offset,
-        col_offset, row_amax, col_amax, variant=0, row_values=False, col_values=False:
+        col_offset, row_amax, col_amax, variant=0, row_values=False, col_values=False,
+        seed_tensor=None:
         _amax_launches((not rowwise or row_amax is not None) and
                        (not columnwise or col_amax is not None)) + ["quantize_row_col"],
 }

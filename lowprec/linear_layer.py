@@ -45,7 +45,10 @@ wgrad        dW = dY^T X         dY^T: RHT, 1x16, SR         X^T: RHT, 1x16 RNE
   draw the same), ``torch.manual_seed`` fixes them, a resumed run restores the counts
   (``lowprec.sr_state_dict``), and activation checkpointing draws the words of the same
   run without it. Inference (no gradient needed) draws nothing, so evaluating a model
-  never shifts training's stream.
+  never shifts training's stream. With device keys (``lowprec.sr_keys_on_device``, for
+  CUDA graphs) the key is a one-element tensor on the device that the quantize kernel
+  reads when it runs: the same key for the same count, made by a kernel a captured
+  graph replays.
 
 Two entries, one computation: eager calls run ``_LinearFunction`` (an
 ``autograd.Function`` calling the device's kernel table, no op dispatch of its own,
@@ -522,7 +525,10 @@ def _linear_bwd(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tensor | None
     """``_backward`` as an op: (dX, dW), an empty tensor for a gradient not needed."""
     grad = grad.contiguous()
     cfg = _op_config(fprop, dgrad, wgrad, rht, stochastic, weight_2d, signs)
-    seed_value = 0 if seed is None else int(seed.item()) & sr_keys.MASK64
+    # A host key is a 0-d CPU tensor, read here; a device key (1-D, on grad's device) is
+    # handed to the quantize kernel, which reads it when it runs.
+    seed_value = (0 if seed is None else seed if seed.dim() == 1
+                  else int(seed.item()) & sr_keys.MASK64)
     kernels = kernel_table(grad.device)
     n, k = weight.shape
     qxt = qwt = None
@@ -610,7 +616,7 @@ def linear_forward(x, weight, bias, cfg, name, stream, reuse=None):
     needs_sr = cfg.stochastic and ((need_dx and cfg.dgrad is NVFP4) or
                                    (need_dw and cfg.wgrad is NVFP4))
     if torch.compiler.is_compiling():
-        seed = sr_keys.next_sr_key(stream.counts, stream.id) if needs_sr else None
+        seed = stream.next_key_op() if needs_sr else None
         signs = list(cfg.signs) if cfg.signs is not None else []
         y, *_ = torch.ops.lowprec.linear_fwd(
             x2d, weight, bias, seed, cfg.fprop.value, cfg.dgrad.value, cfg.wgrad.value,

@@ -30,6 +30,19 @@ The counts live in a 2-element int64 CPU tensor (``[calls, recomputed calls]``):
 eager path reads and writes it through a NumPy view (no op dispatch, no device sync),
 and the compiled path through ``lowprec::next_sr_key``, an op that mutates it, so both
 advance the same count.
+
+Device keys, for CUDA graphs (``keys_on_device(model, device)``): a graph replays the
+launch arguments it captured, so a key passed by value would repeat every replay. With
+device keys each stream keeps its counts on the device, a one-thread kernel
+(``kernels/sr_key.py``, or ``lowprec::next_device_sr_key`` in a compiled graph)
+writes the call's key into a one-element tensor and advances the count, and the
+quantize kernel reads the key from that tensor when it runs. The keys are the same as
+the host's for the same counts, with one difference: the run seed is read once, when
+the keys move to the device (``torch.manual_seed`` after that does not change them;
+call ``keys_on_device`` again). On a CPU the "device" is the host: the counts stay a
+CPU tensor and the key is handed over as a one-element CPU tensor, which exercises the
+same path. ``keys_on_host`` moves the counts back; ``state_dict`` reads them from
+wherever they are.
 """
 
 import hashlib
@@ -37,6 +50,9 @@ import itertools
 
 import torch
 from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+from lowprec import backends
+from lowprec.checks import as_int64
 
 MASK64 = (1 << 64) - 1
 RECOMPUTED = 1 << 63          # recomputed calls count from here (see the docstring)
@@ -68,16 +84,35 @@ def _in_backward():
     return torch._C._current_graph_task_id() != -1
 
 
-def _take(counts, sid):
-    """Advance ``counts`` (the NumPy view of a stream's counts) and return the key."""
+def _advance(counts):
+    """Advance ``counts`` (the NumPy view of a stream's counts) and return the call."""
     if _in_backward():
         r = int(counts[1])
         counts[1] = r + 1
-        call = RECOMPUTED + r
-    else:
-        call = int(counts[0])
-        counts[0] = call + 1
-    return sr_key(torch.initial_seed(), sid, call)
+        return RECOMPUTED + r
+    call = int(counts[0])
+    counts[0] = call + 1
+    return call
+
+
+def _take(counts, sid):
+    """Advance ``counts`` (the NumPy view of a stream's counts) and return the key."""
+    return sr_key(torch.initial_seed(), sid, _advance(counts))
+
+
+def stream_base(run_seed, sid):
+    """``mix(mix(run_seed) ^ stream_id)``: the part of every key of a stream that does
+    not depend on the call (``sr_key(s, i, c) == _mix(stream_base(s, i) ^ c)``)."""
+    return _mix(_mix(run_seed & MASK64) ^ sid)
+
+
+def _device_key(counts, base):
+    """The next key of device ``counts`` as an int64 ``[1]`` tensor on their device: on
+    a GPU one launch of the key kernel, on a CPU the host's arithmetic."""
+    if counts.device.type == "cpu":
+        key = _mix(base ^ _advance(counts.numpy()))
+        return torch.tensor([as_int64(key)], dtype=torch.int64)
+    return backends.device_key_step(counts.device)(counts, base, _in_backward())
 
 
 class SRStream:
@@ -91,23 +126,60 @@ class SRStream:
         with unset_fake_temporarily():
             self.counts = torch.zeros(2, dtype=torch.int64, device="cpu")  # [calls, recomputed]
             self._view = self.counts.numpy()
+        # Device keys (module docstring): the counts on the device and the stream's base,
+        # or None for host keys.
+        self.device_counts = self.base = None
 
     def rename(self, label):
         """Key the stream by ``label`` from now on (the count goes on)."""
         self.label, self.id = label, stream_id(label)
+        if self.device_counts is not None:
+            self.base = stream_base(self.run_seed, self.id)
+
+    def to_device(self, device):
+        """Device keys on ``device`` from now on, from the current counts and run seed."""
+        counts = self.device_counts if self.device_counts is not None else self.counts
+        with unset_fake_temporarily():
+            self.device_counts = counts.to(device, copy=True)
+        self.run_seed = torch.initial_seed()
+        self.base = stream_base(self.run_seed, self.id)
+
+    def to_host(self):
+        """Host keys from now on, the counts taken back from the device."""
+        if self.device_counts is not None:
+            self._view[:] = self.device_counts.cpu().numpy()
+            self.device_counts = self.base = None
 
     def next_key(self):
-        """The next call's key (eager path), as an unsigned 64-bit int."""
+        """The next call's key (eager path): an unsigned 64-bit int, or with device keys
+        an int64 ``[1]`` tensor on the device that the quantize kernel reads."""
+        if self.device_counts is not None:
+            return _device_key(self.device_counts, self.base)
         return _take(self._view, self.id)
 
+    def next_key_op(self):
+        """The next call's key inside a compiled graph: an int64 0-d CPU tensor from
+        ``lowprec::next_sr_key``, or with device keys an int64 ``[1]`` device tensor
+        from ``lowprec::next_device_sr_key``."""
+        if self.device_counts is not None:
+            return next_device_sr_key(self.device_counts, as_int64(self.base))
+        return next_sr_key(self.counts, self.id)
+
+    def _host_counts(self):
+        if self.device_counts is None:
+            return self._view
+        return self.device_counts.cpu().numpy()       # a copy: syncs with the device
+
     def state(self):
-        return {"label": self.label, "calls": int(self._view[0]),
-                "recomputed": int(self._view[1])}
+        counts = self._host_counts()
+        return {"label": self.label, "calls": int(counts[0]), "recomputed": int(counts[1])}
 
     def load(self, state):
         self._view[0], self._view[1] = state["calls"], state["recomputed"]
+        if self.device_counts is not None:
+            self.device_counts.copy_(self.counts)
 
-    # Copies (deepcopy, pickle) get their own counts tensor and its view.
+    # Copies (deepcopy, pickle) get their own counts tensor and its view, and host keys.
     def __getstate__(self):
         return self.state()
 
@@ -116,7 +188,8 @@ class SRStream:
         self.load(state)
 
     def __repr__(self):
-        return f"SRStream({self.label!r}, calls={int(self._view[0])})"
+        where = "" if self.device_counts is None else f", on {self.device_counts.device}"
+        return f"SRStream({self.label!r}, calls={int(self._host_counts()[0])}{where})"
 
 
 class NamedStreams:
@@ -158,6 +231,32 @@ def next_sr_key(counts: torch.Tensor, sid: int) -> torch.Tensor:
 @next_sr_key.register_fake
 def _next_sr_key_fake(counts, sid):
     return torch.empty((), dtype=torch.int64)
+
+
+@torch.library.custom_op("lowprec::next_device_sr_key", mutates_args=("counts",))
+def next_device_sr_key(counts: torch.Tensor, base: int) -> torch.Tensor:
+    """``SRStream.next_key`` with device keys, as an op for compiled graphs: advances the
+    stream's device ``counts`` and returns the key as an int64 ``[1]`` tensor on their
+    device; ``base``: the stream's base, its uint64 bits as an int64."""
+    return _device_key(counts, base & MASK64)
+
+
+@next_device_sr_key.register_fake
+def _next_device_sr_key_fake(counts, base):
+    return counts.new_empty(1)
+
+
+def keys_on_device(module, device):
+    """Device keys for every lowprec layer of ``module`` (module docstring): call before
+    capturing a CUDA graph of its steps (or compiling with CUDA graphs)."""
+    for stream in streams(module).values():
+        stream.to_device(device)
+
+
+def keys_on_host(module):
+    """Back to host keys, the counts taken from the device."""
+    for stream in streams(module).values():
+        stream.to_host()
 
 
 def streams(module):

@@ -224,6 +224,23 @@ def _raiser(err):
 
 
 _TABLES = {}
+_KEY_STEPS = {}
+
+
+def device_key_step(device):
+    """The function that advances a device SR key on a GPU (``lowprec.sr_keys`` device
+    keys): the Triton backend's one-launch kernel, ``next_device_sr_key(counts,
+    stream_base, recomputed)``. Resolved once per device; RuntimeError naming why where Triton cannot
+    run it."""
+    step = _KEY_STEPS.get(device)
+    if step is None:
+        module, reason = _load("triton")
+        if module is not None:
+            reason = module.availability(torch.device(device).type)
+        if reason is not None:
+            raise RuntimeError(f"device SR keys on {device} need the Triton backend: {reason}")
+        step = _KEY_STEPS[device] = module.next_device_sr_key
+    return step
 
 
 def kernel_table(device):

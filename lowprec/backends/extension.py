@@ -17,7 +17,7 @@ import math
 import torch
 
 from lowprec import _C, shapes
-from lowprec.backends.tensors import amax_operand, empty_outputs, row_col
+from lowprec.backends.tensors import amax_operand, empty_outputs, row_col, seed_operands
 from lowprec.checks import as_int64, weight_values
 from lowprec.copies import FP8Copy, NVFP4Copy
 
@@ -58,7 +58,8 @@ def _register_fakes():
 
     @torch.library.register_fake("lowprec_C::quantize_row_col")
     def _(x, rht_mask, rowwise, columnwise, row_stochastic, col_stochastic, seed, row_offset,
-          col_offset, row_amax, col_amax, variant=0, row_values=False, col_values=False):
+          col_offset, row_amax, col_amax, variant=0, row_values=False, col_values=False,
+          seed_tensor=None):
         check_variant("quantize_row_col", variant)
         return empty_outputs(x, shapes.row_col(*x.shape, rowwise, columnwise, row_values,
                                                col_values))
@@ -131,14 +132,19 @@ def quantize_row_col(x, *, rht_signs=None, rowwise=True, columnwise=True,
     bfloat16, empty float8_e4m3fn [0], amax)``, the values ``e2m1(q) * s_b`` of the packed
     copy (no global scale; exact; every NaN the canonical one), rowwise ``[M, K]``,
     columnwise ``[K, M_pad]``: ``reference.as_values`` of the packed copy.
+
+    ``seed``: an int, or a one-element int64 tensor on x's device that the kernel reads
+    when it runs (``lowprec.sr_keys`` device keys; on CPU the op reads it at the call).
     """
     # [..., K] -> [M, K]: the rowwise copy has the contract's shape [M, K] on every backend.
     x2d = x.detach().reshape(math.prod(x.shape[:-1]), x.shape[-1])
+    seed, seed_tensor = seed_operands(seed)
     out = torch.ops.lowprec_C.quantize_row_col(
         x2d, sign_mask(rht_signs), bool(rowwise), bool(columnwise),
-        bool(row_stochastic), bool(col_stochastic), as_int64(seed), as_int64(row_offset),
+        bool(row_stochastic), bool(col_stochastic), seed, as_int64(row_offset),
         as_int64(col_offset), amax_operand(row_amax, x.device),
-        amax_operand(col_amax, x.device), int(variant), bool(row_values), bool(col_values))
+        amax_operand(col_amax, x.device), int(variant), bool(row_values), bool(col_values),
+        seed_tensor)
     return row_col(out, rowwise, columnwise)
 
 

@@ -6,6 +6,7 @@ torch-free shapes of ``lowprec.shapes``, the amax operand, and the named results
 import torch
 
 from lowprec import shapes
+from lowprec.checks import as_int64
 from lowprec.copies import NVFP4Copy, RowCol
 
 
@@ -26,6 +27,15 @@ def amax_operand(amax, device):
     if amax is None:
         return None
     return torch.as_tensor(amax, dtype=torch.float32, device=device).detach().reshape(())
+
+
+def seed_operands(seed):
+    """The Philox key as an op's ``(int seed, Tensor? seed_tensor)``: an int (taken mod
+    2^64) goes by value; a one-element int64 tensor (``lowprec.sr_keys`` device keys) by
+    reference, read by the kernel when it runs."""
+    if isinstance(seed, torch.Tensor):
+        return 0, seed.reshape(1)
+    return as_int64(seed), None
 
 
 def sign_list(rht_signs):

@@ -26,9 +26,10 @@ SOURCES = sorted((ROOT / "lowprec").rglob("*.py")) + sorted((ROOT / "kernels").r
 
 # Backend -> the modules its op functions may come from: its adapter, and its own module
 # for what it composes from the adapter's functions (cpu: dequantize = block dequantize
-# + the reference's global scale; quantize_fp8_row_col = two rowwise casts).
+# + the reference's global scale; quantize_fp8_row_col = two rowwise casts; reference:
+# quantize_row_col reading a device SR key, which the spec takes as an int).
 ADAPTERS = {
-    "reference": {"lowprec.reference"},
+    "reference": {"lowprec.reference", "lowprec.backends.reference"},
     "triton": {"lowprec.kernels.backend"},
     "cpu": {"lowprec.backends.extension", "lowprec.backends.cpu", "lowprec.reference"},
     "cuda": {"lowprec.backends.extension", "lowprec.backends.cuda"},
@@ -38,11 +39,12 @@ OP_CALLERS = {"torch.ops.lowprec_C": "lowprec/backends/extension.py",
               "torch.ops.lowprec.triton_": "kernels/backend.py"}
 # Each quantize op is defined once per concern: the public call (ops.py), the spec
 # (reference.py), the extension's adapter, the Triton adapter and, where it has one under
-# the op's own name, the Triton launcher.
+# the op's own name, the Triton launcher; quantize_row_col also in the reference
+# backend, which reads a key given in memory (device SR keys) before calling the spec.
 DEFINED_IN = {
     "quantize_row_col": {"lowprec/ops.py", "lowprec/reference.py",
                          "lowprec/backends/extension.py", "kernels/backend.py",
-                         "kernels/quantize_row_col.py"},
+                         "kernels/quantize_row_col.py", "lowprec/backends/reference.py"},
     "quantize_nvfp4": {"lowprec/ops.py", "lowprec/reference.py",
                        "lowprec/backends/extension.py", "kernels/backend.py"},
     "quantize_weight_2d": {"lowprec/ops.py", "lowprec/reference.py",

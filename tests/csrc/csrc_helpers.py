@@ -17,6 +17,7 @@ import pytest
 import torch
 from hypothesis import strategies as st
 
+from lowprec import checks
 from lowprec import reference as R
 from lowprec.backends import extension
 
@@ -54,9 +55,9 @@ def build_sim():
                                   ("-pthread", f"-I{SIM_DIR}"))
     p, i64, u64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_int
     handle.sim_quantize.argtypes = ([p, i32, i64, i64, i32, i32, i32, u64, u64] + [p] * 7 +
-                                    [i32, p, i32])
+                                    [i32, p, i32, p])
     handle.sim_rowcol.argtypes = ([p, i32, i64, i64, i32, i32, i32, i32, u64, u64, u64] + [p] * 8 +
-                                  [i32, i32, i32])
+                                  [i32, i32, i32, p])
     handle.sim_set_sms.argtypes = [i32]
     return handle
 
@@ -184,18 +185,22 @@ def amax_tensor(value):
 
 
 def sim_quantize(lib, x, *, block_rows=1, rht_signs=None, stochastic=False, seed=0, offset=0,
-                 amax=None, transposed=False, variant=0, partials=None, values=False):
+                 amax=None, transposed=False, variant=0, partials=None, values=False,
+                 seed_in_memory=False):
     """partials: a ctypes.c_int that receives how many amax partials were reduced.
-    values: the copy in values mode, ``(values bf16 [..., K], empty e4m3 [0], amax)``."""
+    values: the copy in values mode, ``(values bf16 [..., K], empty e4m3 [0], amax)``.
+    seed_in_memory: the kernel gets the key in memory (``key_in_memory``)."""
     x = x.contiguous()
     cols = x.shape[-1]
     rows = x.numel() // cols if cols else 0
     out = _outputs(rows, cols, values)
     t = _outputs(cols, rows) if transposed else (None, None, None)
+    seed, key = key_in_memory(seed) if seed_in_memory else (seed, None)
     err = lib.sim_quantize(_ptr(x), TYPES[x.dtype], rows, cols, block_rows,
                            extension.sign_mask(rht_signs), int(stochastic), seed, offset,
                            _ptr(amax), *map(_ptr, out), *map(_ptr, t), variant,
-                           None if partials is None else ctypes.byref(partials), int(values))
+                           None if partials is None else ctypes.byref(partials), int(values),
+                           _ptr(key))
     assert err == 0
     lead = x.shape[:-1]
     data, scale, am = _triple(out)
@@ -206,17 +211,25 @@ def sim_quantize(lib, x, *, block_rows=1, rht_signs=None, stochastic=False, seed
     return row, (_triple(t) if transposed else None)
 
 
+def key_in_memory(seed):
+    """(the seed argument, the key tensor) for a kernel reading its key from memory: the
+    by-value seed then given is a different key, so a kernel that read it would fail."""
+    return seed ^ 1, torch.tensor([checks.as_int64(seed)], dtype=torch.int64)
+
+
 def sim_rowcol(lib, x, *, rht_signs, rowwise, row_sr, col_sr, seed, row_offset, col_offset,
-               row_amax, col_amax, variant=0, row_values=False, col_values=False):
+               row_amax, col_amax, variant=0, row_values=False, col_values=False,
+               seed_in_memory=False):
     x2 = x.contiguous().reshape(-1, x.shape[-1])
     rows, cols = x2.shape
     padded = (rows + 15) // 16 * 16
     row = _outputs(rows, cols, row_values) if rowwise else (None, None, None)
     col = _outputs(cols, padded, col_values)
+    seed, key = key_in_memory(seed) if seed_in_memory else (seed, None)
     err = lib.sim_rowcol(_ptr(x2), TYPES[x.dtype], rows, cols, extension.sign_mask(rht_signs),
                          int(rowwise), int(row_sr), int(col_sr), seed, row_offset, col_offset,
                          _ptr(row_amax), _ptr(col_amax), *map(_ptr, row), *map(_ptr, col),
-                         variant, int(row_values), int(col_values))
+                         variant, int(row_values), int(col_values), _ptr(key))
     assert err == 0
     return (_triple(row) if rowwise else None), _triple(col)
 

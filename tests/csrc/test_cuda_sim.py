@@ -90,6 +90,32 @@ def test_fused_rowwise_columnwise_kernel_equals_reference(sim, x, signs, rowwise
     assert_bits_equal(col, expected, "fused kernel, columnwise")
 
 
+@SETTINGS
+@given(x=float_tensors(min_rows=1, max_rows=90, max_k=160), signs=SIGNS, rowwise=st.booleans(),
+       seed=UINT64, row_offset=UINT64, col_offset=UINT64)
+def test_the_baseline_kernels_read_a_key_in_memory(sim, x, signs, rowwise, seed, row_offset,
+                                                   col_offset):
+    """Device SR keys (lowprec.sr_keys): the fused kernel's and the rowwise 1x16 kernel's
+    baselines, which quantize_row_col runs for a key in memory, read the key from memory
+    (the by-value seed they are also given is another key) and equal the reference."""
+    if x.shape[-1] == 0:
+        return
+    row, col = sim_rowcol(sim, x, rht_signs=signs, rowwise=rowwise, row_sr=True, col_sr=True,
+                          seed=seed, row_offset=row_offset, col_offset=col_offset,
+                          row_amax=None, col_amax=None, seed_in_memory=True)
+    x2 = x.reshape(-1, x.shape[-1])
+    if rowwise:
+        assert_bits_equal(row, R.quantize_nvfp4(x2, stochastic=True, seed=seed,
+                                                offset=row_offset), "fused kernel, rowwise")
+    assert_bits_equal(col, R.quantize_nvfp4(padded_transpose(x), rht_signs=signs,
+                                            stochastic=True, seed=seed, offset=col_offset),
+                      "fused kernel, columnwise")
+    got, _ = sim_quantize(sim, x, stochastic=True, seed=seed, offset=row_offset,
+                          seed_in_memory=True)
+    assert_bits_equal(got, R.quantize_nvfp4(x, stochastic=True, seed=seed, offset=row_offset),
+                      "1x16 kernel")
+
+
 @pytest.fixture
 def wide_sim(sim):
     """The simulator as a GPU of 300 SMs: amax launches of up to 300 blocks, so the

@@ -37,7 +37,7 @@ int sim_quantize(const void* x, int type, int64_t rows, int64_t cols, int block_
                  int rht_mask, int stochastic, uint64_t seed, uint64_t offset,
                  const float* given_amax, uint8_t* data, uint8_t* scale, float* amax,
                  uint8_t* t_data, uint8_t* t_scale, float* t_amax, int variant,
-                 int* partials_used, int values) {
+                 int* partials_used, int values, const uint64_t* seed_ptr) {
   InputType kind = static_cast<InputType>(type);
   std::vector<uint32_t> partials(kMaxAmaxPartials, kGarbage);
   AmaxIn source{given_amax, nullptr, 0};
@@ -51,20 +51,21 @@ int sim_quantize(const void* x, int type, int64_t rows, int64_t cols, int block_
   }
   if (partials_used != nullptr) *partials_used = source.count;
   return lowprec::cuda::launch_quantize(x, kind, rows, cols, block_rows, rht_mask, source,
-                                        Rounding{stochastic != 0, seed, offset},
+                                        Rounding{stochastic != 0, seed, offset, seed_ptr},
                                         QuantOut{data, scale, amax, values != 0},
                                         QuantOut{t_data, t_scale, t_amax, false}, variant,
                                         nullptr);
 }
 
 // The fused rowwise + columnwise quantization of x [rows, cols]; row_values /
-// col_values: that copy's data gets its bf16 values.
+// col_values: that copy's data gets its bf16 values. seed_ptr (both entry points; may be
+// null): the key in memory, read by the kernel instead of `seed`.
 int sim_rowcol(const void* x, int type, int64_t rows, int64_t cols, int rht_mask, int rowwise,
                int row_stochastic, int col_stochastic, uint64_t seed, uint64_t row_offset,
                uint64_t col_offset, const float* row_given, const float* col_given,
                uint8_t* row_data, uint8_t* row_scale, float* row_amax, uint8_t* col_data,
                uint8_t* col_scale, float* col_amax, int variant, int row_values,
-               int col_values) {
+               int col_values, const uint64_t* seed_ptr) {
   InputType kind = static_cast<InputType>(type);
   std::vector<uint32_t> row_partials(kMaxAmaxPartials, kGarbage);
   std::vector<uint32_t> col_partials(kMaxAmaxPartials, kGarbage);
@@ -83,7 +84,8 @@ int sim_rowcol(const void* x, int type, int64_t rows, int64_t cols, int rht_mask
                                 : AmaxIn{nullptr, col_partials.data(), count};
   return lowprec::cuda::launch_quantize_row_col(
       x, kind, rows, cols, rht_mask, rowwise != 0, true, row_source, col_source,
-      Rounding{row_stochastic != 0, seed, row_offset}, Rounding{col_stochastic != 0, seed, col_offset},
+      Rounding{row_stochastic != 0, seed, row_offset, seed_ptr},
+      Rounding{col_stochastic != 0, seed, col_offset, seed_ptr},
       QuantOut{row_data, row_scale, row_amax, row_values != 0},
       QuantOut{col_data, col_scale, col_amax, col_values != 0}, variant, nullptr);
 }
