@@ -15,9 +15,10 @@ same named results (``lowprec.copies``): ``quantize_nvfp4``, ``quantize_row_col`
 tiles, both layouts from one read), ``dequantize_nvfp4``, ``quantize_fp8``,
 ``quantize_fp8_row_col`` (both FP8 layouts of a 2-D operand, two launches),
 ``nvfp4_gemm``, ``fp8_gemm``; and ``next_device_sr_key``, the device SR key step of
-``lowprec.sr_keys`` (``kernels/sr_key.py``). The quantizers also take ``variant`` (and those that measure
-an amax, ``amax_variant``): the name of a launch variant of ``lowprec.kernels.launches``
-(same bits), which ``lowprec.kernels.variants`` binds when a winner names one.
+``lowprec.sr_keys`` (``kernels/sr_key.py``). The quantizers also take ``variant`` (and
+those that measure an amax, ``amax_variant``): the name of a launch variant of
+``lowprec.kernels.launches`` (same bits), which ``lowprec.kernels.variants`` binds when a
+winner names one.
 
 CPU tensors run only in Triton's interpreter (``TRITON_INTERPRET=1`` before the kernels
 are imported); ``availability`` says why not otherwise.

@@ -230,8 +230,8 @@ _KEY_STEPS = {}
 def device_key_step(device):
     """The function that advances a device SR key on a GPU (``lowprec.sr_keys`` device
     keys): the Triton backend's one-launch kernel, ``next_device_sr_key(counts,
-    stream_base, recomputed)``. Resolved once per device; RuntimeError naming why where Triton cannot
-    run it."""
+    stream_base, recomputed)``. Resolved once per device; RuntimeError naming why where
+    Triton cannot run it."""
     step = _KEY_STEPS.get(device)
     if step is None:
         module, reason = _load("triton")

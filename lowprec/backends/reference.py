@@ -3,7 +3,6 @@
 import torch
 
 from lowprec.checks import UINT64_SPAN
-
 from lowprec.reference import (
     dequantize_nvfp4,
     fp8_gemm,

@@ -300,8 +300,7 @@ def markdown(record, results):
                    "per seed: " + ", ".join(f"{d:+.2f}" for d in r["snip_rank_init_vs_end"])
                    + "." if r["snip_rank_init_vs_end"] else ""),
                   f"Weights fitted on all units (normalised LD, DX, WD): fprop "
-                  f"{w['fprop']:.3f}, dgrad {w['dgrad']:.3f}, wgrad {w['wgrad']:.3f}.", "",
-                  ]
+                  f"{w['fprop']:.3f}, dgrad {w['dgrad']:.3f}, wgrad {w['wgrad']:.3f}.", ""]
         if r["planted"]:
             names = list(r["planted"][0]["ranks"])
             lines += [f"Planted units ({record['planting']}): rank by measured effect and "
