@@ -41,7 +41,9 @@ PACKAGES = find_packages(include=["lowprec", "lowprec.*"]) + ["lowprec.kernels"]
 EXTENSION = "lowprec._lowprec_C"
 BUILD_INFO = "_build_info.json"      # read by lowprec/_C.py
 CPU_SOURCES = ["csrc/bindings.cpp", "csrc/quantize_cpu.cpp"]
-CUDA_SOURCES = ["csrc/quantize.cu", "csrc/cuda_ops.cpp"]
+CUDA_SOURCES = ["csrc/quantize.cu", "csrc/cuda_ops.cpp", "csrc/nvfp4_gemm_values.cu"]
+# The CUDA op that calls cuBLASLt: built only where its header and library are found.
+CUBLASLT_SOURCES = ["csrc/nvfp4_gemm_values_cuda.cpp"]
 
 # No fast-math anywhere, and no FMA contraction: the scale chain and the RHT are specified
 # one correctly rounded FP32 operation at a time (NUMERICS 2, 6). -fno-trapping-math
@@ -128,6 +130,51 @@ def _cuda_toolkit(torch):
     return home, None
 
 
+def _cublaslt(torch, cuda_home):
+    """(include folder, library file, None) of cuBLASLt for the installed torch's CUDA, or
+    (None, None, why not).
+
+    Looked for in the toolkit, then in the NVIDIA wheels that a CUDA build of torch from
+    the package registry installs (``nvidia/cu13`` for CUDA 13, ``nvidia/cublas`` for 12):
+    a toolkit installed with nvcc alone has no cuBLAS. The library is the one of torch's
+    CUDA major version (``libcublasLt.so.<major>``), the soname torch itself loads.
+    """
+    major = torch.version.cuda.split(".")[0]
+    name = f"libcublasLt.so.{major}"
+    folders = [(os.path.join(cuda_home, "include"), os.path.join(cuda_home, lib))
+               for lib in ("lib64", "lib")]
+    for site in sys.path:
+        for wheel in (f"cu{major}", "cublas"):
+            root = os.path.join(site, "nvidia", wheel)
+            folders.append((os.path.join(root, "include"), os.path.join(root, "lib")))
+    for include, lib in folders:
+        if (os.path.isfile(os.path.join(include, "cublasLt.h"))
+                and os.path.isfile(os.path.join(lib, name))):
+            return include, os.path.join(lib, name), None
+    return None, None, (f"no cublasLt.h with {name} in the toolkit ({cuda_home}) or in an "
+                        f"nvidia/cu{major} or nvidia/cublas wheel")
+
+
+def _cuda_extension(cpp_extension, torch, cuda_home):
+    """The CUDA extension, with the cuBLASLt op where cuBLASLt is found; and why not."""
+    include, library, no_cublaslt = _cublaslt(torch, cuda_home)
+    sources, includes, link = CPU_SOURCES + CUDA_SOURCES, [os.path.abspath("csrc")], []
+    if include is not None:
+        sources += CUBLASLT_SOURCES
+        includes.append(include)
+        # The library by its path (a wheel ships no unversioned libcublasLt.so), found at
+        # run time in the folder it was built against or, first, as the copy torch loaded.
+        link = [library, f"-Wl,-rpath,{os.path.dirname(library)}"]
+        _log(f"cuBLASLt: {library}")
+    else:
+        _log(f"building without the cuBLASLt op nvfp4_gemm_values: {no_cublaslt}")
+    ext = cpp_extension.CUDAExtension(
+        EXTENSION, sources, define_macros=[("LOWPREC_WITH_CUDA", "1")],
+        extra_compile_args={"cxx": CXX_FLAGS, "nvcc": _nvcc_flags()},
+        include_dirs=includes, extra_link_args=link)
+    return ext, no_cublaslt
+
+
 def _cpu_extension(cpp_extension):
     return cpp_extension.CppExtension(
         EXTENSION, CPU_SOURCES, extra_compile_args={"cxx": CXX_FLAGS},
@@ -146,6 +193,7 @@ def extension_modules():
              "(install torch first and use --no-build-isolation)")
         return [], {}
     cuda_home, no_cuda = _cuda_toolkit(torch)
+    no_cublaslt = None      # why the CUDA extension has no cuBLASLt op (set below)
     if cuda_home is not None:
         # torch reads CUDA_HOME once, when cpp_extension is first imported.
         os.environ["CUDA_HOME"] = cuda_home
@@ -163,12 +211,14 @@ def extension_modules():
 
         def build_extensions(self):
             info = {"extension": "cuda" if cuda_home else "cpu", "cuda_home": cuda_home,
-                    "no_cuda": no_cuda, "failed": None, "torch": torch.__version__}
+                    "no_cuda": no_cuda, "no_cublaslt": no_cublaslt, "failed": None,
+                    "torch": torch.__version__}
             error = self._try_build()
             if error is not None and cuda_home is not None:
                 if _require_ext():
                     raise error
-                info.update(extension="cpu", no_cuda=f"the CUDA build failed: {error}")
+                info.update(extension="cpu", no_cuda=f"the CUDA build failed: {error}",
+                            no_cublaslt=None)
                 _warn_loudly(f"building the CUDA kernels failed ({error}); building the "
                              "CPU extension alone. `lowprec info` shows this; set "
                              "LOWPREC_REQUIRE_EXT=1 to make it an error, or "
@@ -221,11 +271,7 @@ def extension_modules():
     if cuda_home is not None:
         _log(f"building the CUDA extension with the toolkit in {cuda_home} (GPU kernels "
              "for sm_90a/sm_100a + CPU kernels)")
-        ext = cpp_extension.CUDAExtension(
-            EXTENSION, CPU_SOURCES + CUDA_SOURCES,
-            define_macros=[("LOWPREC_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": _nvcc_flags()},
-            include_dirs=[os.path.abspath("csrc")])
+        ext, no_cublaslt = _cuda_extension(cpp_extension, torch, cuda_home)
     else:
         _log(f"building the CPU extension ({no_cuda})")
         ext = _cpu_extension(cpp_extension)

@@ -53,6 +53,13 @@ TORCH_LIBRARY(lowprec_C, m) {
   m.def(
       "nvfp4_gemm(Tensor a_data, Tensor a_scale, Tensor a_amax, Tensor b_data, "
       "Tensor b_scale, Tensor b_amax, Tensor? bias, ScalarType out_dtype) -> Tensor");
+  // NUMERICS 8 on operands already block-dequantized: a [M, K] and b [N, K] bf16 values
+  // e2m1 * s_b (what the quantizers write in values mode), alpha * a @ b^T in FP32, then
+  // out_dtype. No bias. CUDA (built where cuBLASLt was found): alpha from a one-thread
+  // launch, then one cuBLASLt call reading it from memory (csrc/nvfp4_gemm_values_cuda.cpp).
+  m.def(
+      "nvfp4_gemm_values(Tensor a, Tensor a_amax, Tensor b, Tensor b_amax, "
+      "ScalarType out_dtype) -> Tensor");
   // Element functions of nvfp4_math.h, for exhaustive tests (CPU only).
   m.def("philox(int seed, Tensor counters) -> Tensor");
   m.def("e4m3_round(Tensor v) -> Tensor");
@@ -105,6 +112,7 @@ TORCH_LIBRARY_IMPL(lowprec_C, CPU, m) {
   m.impl("block_dequantize_nvfp4", &lowprec::cpu::block_dequantize_nvfp4);
   m.impl("quantize_fp8_rowwise", &lowprec::cpu::quantize_fp8_rowwise);
   m.impl("nvfp4_gemm", &lowprec::cpu::nvfp4_gemm);
+  m.impl("nvfp4_gemm_values", &lowprec::cpu::nvfp4_gemm_values);
   m.impl("philox", &lowprec::cpu::philox);
   m.impl("e4m3_round", &lowprec::cpu::e4m3_round);
   m.impl("e2m1_round", &lowprec::cpu::e2m1_round);

@@ -74,6 +74,13 @@ inline int64_t read_seed_tensor(const at::Tensor& seed, const at::Tensor& x, con
 void check_quantize_args(const at::Tensor& x, int64_t block_rows, int64_t rht_mask,
                          const char* op);
 
+// Raises ValueError/TypeError naming the bad value unless nvfp4_gemm_values can multiply
+// a [M, K] by b [N, K]^T: both bf16 (the quantizers' values), K > 0 and equal, each
+// amax one FP32-convertible value, out_dtype bf16, fp16 or fp32. Shared by the CPU and
+// CUDA ops (defined in quantize_cpu.cpp).
+void check_gemm_values_args(const at::Tensor& a, const at::Tensor& a_amax, const at::Tensor& b,
+                            const at::Tensor& b_amax, at::ScalarType out_dtype);
+
 namespace cpu {
 
 Triple quantize_nvfp4(const at::Tensor& x, int64_t block_rows, int64_t rht_mask,
@@ -103,6 +110,12 @@ at::Tensor nvfp4_gemm(const at::Tensor& a_data, const at::Tensor& a_scale,
                       const at::Tensor& a_amax, const at::Tensor& b_data,
                       const at::Tensor& b_scale, const at::Tensor& b_amax,
                       const std::optional<at::Tensor>& bias, at::ScalarType out_dtype);
+
+// NUMERICS 8 on operands already block-dequantized (bf16 values e2m1 * s_b, no global
+// scale): alpha * a @ b^T in FP32, then out_dtype. No bias (the emulation's epilogue
+// path adds one).
+at::Tensor nvfp4_gemm_values(const at::Tensor& a, const at::Tensor& a_amax, const at::Tensor& b,
+                             const at::Tensor& b_amax, at::ScalarType out_dtype);
 
 // Element functions exposed for exhaustive tests of nvfp4_math.h.
 at::Tensor philox(int64_t seed, const at::Tensor& counters);

@@ -485,20 +485,39 @@ at::Tensor block_dequantize_nvfp4(const at::Tensor& data_in, const at::Tensor& s
 // tensor ops for the scale chain): the reference's arithmetic step for step, so its bits.
 // Exact block dequantization, an FP32 matmul, alpha = S_dec(a) * S_dec(b) as one FP32
 // product applied once, the bias added in FP32, one cast to out_dtype.
-at::Tensor nvfp4_gemm(const at::Tensor& a_data, const at::Tensor& a_scale,
-                      const at::Tensor& a_amax, const at::Tensor& b_data,
-                      const at::Tensor& b_scale, const at::Tensor& b_amax,
-                      const std::optional<at::Tensor>& bias, at::ScalarType out_dtype) {
+namespace {
+
+// alpha * a @ b^T (+ bias) of FP32 operands in FP32 (NUMERICS 8: alpha applied once to the
+// FP32 product, then the bias, then one rounding to out_dtype).
+at::Tensor scaled_product(const at::Tensor& a, const at::Tensor& a_amax, const at::Tensor& b,
+                          const at::Tensor& b_amax, const std::optional<at::Tensor>& bias,
+                          at::ScalarType out_dtype) {
   // Autocast must not reach the FP32 matmul below (it would run in bf16).
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  at::Tensor a = block_dequantize_nvfp4(a_data, a_scale);
-  at::Tensor b = block_dequantize_nvfp4(b_data, b_scale);
   float alpha = mul_rn(global_decode_scale(a_amax.item<float>()),
                        global_decode_scale(b_amax.item<float>()));
   at::Tensor out = at::matmul(a, b.transpose(-1, -2));
   out.mul_(at::scalar_tensor(alpha, out.options()));
   if (bias.has_value()) out.add_(bias->to(at::kFloat));
   return out.to(out_dtype);
+}
+
+}  // namespace
+
+at::Tensor nvfp4_gemm(const at::Tensor& a_data, const at::Tensor& a_scale,
+                      const at::Tensor& a_amax, const at::Tensor& b_data,
+                      const at::Tensor& b_scale, const at::Tensor& b_amax,
+                      const std::optional<at::Tensor>& bias, at::ScalarType out_dtype) {
+  return scaled_product(block_dequantize_nvfp4(a_data, a_scale), a_amax,
+                        block_dequantize_nvfp4(b_data, b_scale), b_amax, bias, out_dtype);
+}
+
+at::Tensor nvfp4_gemm_values(const at::Tensor& a, const at::Tensor& a_amax, const at::Tensor& b,
+                             const at::Tensor& b_amax, at::ScalarType out_dtype) {
+  check_gemm_values_args(a, a_amax, b, b_amax, out_dtype);
+  // bf16 -> FP32 is exact; the products and sums run in FP32 as on the GPU.
+  return scaled_product(a.to(at::kFloat), a_amax, b.to(at::kFloat), b_amax, std::nullopt,
+                        out_dtype);
 }
 
 std::tuple<at::Tensor, at::Tensor> quantize_fp8_rowwise(const at::Tensor& x_in) {
@@ -614,6 +633,24 @@ void check_quantize_args(const at::Tensor& x, int64_t block_rows, int64_t rht_ma
                     "got shape ", x.sizes());
   TORCH_CHECK_VALUE(rht_mask >= -1 && rht_mask <= 0xFFFF, op,
                     ": rht_mask must be -1 (no RHT) or a 16-bit sign mask; got ", rht_mask);
+}
+
+void check_gemm_values_args(const at::Tensor& a, const at::Tensor& a_amax, const at::Tensor& b,
+                            const at::Tensor& b_amax, at::ScalarType out_dtype) {
+  const char* op = "nvfp4_gemm_values";
+  TORCH_CHECK_TYPE(a.scalar_type() == at::kBFloat16 && b.scalar_type() == at::kBFloat16, op,
+                   " multiplies bf16 values; got ", a.scalar_type(), " and ", b.scalar_type());
+  TORCH_CHECK_VALUE(a.dim() == 2 && b.dim() == 2, op, " takes a [M, K] and b [N, K]; got shapes ",
+                    a.sizes(), " and ", b.sizes());
+  TORCH_CHECK_VALUE(a.size(1) == b.size(1) && a.size(1) > 0, op,
+                    " needs the same K > 0 in a [M, K] and b [N, K]; got shapes ", a.sizes(),
+                    " and ", b.sizes());
+  TORCH_CHECK_VALUE(a_amax.numel() == 1 && b_amax.numel() == 1, op,
+                    ": each amax must hold one value; got shapes ", a_amax.sizes(), " and ",
+                    b_amax.sizes());
+  TORCH_CHECK_TYPE(out_dtype == at::kBFloat16 || out_dtype == at::kHalf ||
+                       out_dtype == at::kFloat,
+                   op, " writes bfloat16, float16 or float32; got ", out_dtype);
 }
 
 }  // namespace lowprec

@@ -87,9 +87,10 @@ def function_for(op, capability):
     return globals()[op]
 
 
-def values_gemm(capability):
+def values_gemm(capability, installed=False):
     """``(gemm_values, dequantize_values)`` where this backend's NVFP4 GEMM at
-    ``capability`` is the dequantize + mm emulation (see ``KernelTable``), else None."""
+    ``capability`` is the dequantize + mm emulation (see ``KernelTable``), else None
+    (``installed``: as ``lowprec.backends.cuda.values_gemm``'s, nothing to assume here)."""
     if {gemm_kernels.DEFAULT_CANDIDATE, *gemm_kernels.DISPATCH.values()} != {"dequant_mm"}:
         return None        # another candidate for some shape: packed operands
     return gemm_kernels.gemm_values, gemm_kernels.dequantize_values

@@ -93,3 +93,17 @@ def cuda_reason():
         return (f"the CUDA kernels are built for sm_90a, sm_100a and compute_90 PTX; this "
                 f"GPU is sm_{major}{minor}")
     return None
+
+
+def cublaslt_reason():
+    """None if the extension has the CUDA kernel of ``nvfp4_gemm_values`` (the cuBLASLt
+    GEMM on bf16 values), else why not."""
+    if REASON is not None:
+        return REASON
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("lowprec_C::nvfp4_gemm_values",
+                                                           "CUDA"):
+        info = build_info() or {}
+        why = info.get("no_cublaslt") or info.get("no_cuda") or "no record of why"
+        return f"{EXTENSION} was built without the cuBLASLt GEMM ({why})"
+    return None
+

@@ -68,6 +68,9 @@ CUDA_EXTENSION_LAUNCHES = {
         seed_tensor=None:
         _amax_launches((not rowwise or row_amax is not None) and
                        (not columnwise or col_amax is not None)) + ["quantize_row_col"],
+    # csrc/nvfp4_gemm_values_cuda.cpp: alpha's one-thread launch, then the cuBLASLt GEMM.
+    "lowprec_C::nvfp4_gemm_values":
+        lambda a, a_amax, b, b_amax, out_dtype: ["gemm_scalars", "nvfp4_gemm_values"],
 }
 
 
@@ -113,6 +116,17 @@ def _nbytes(*trees):
     return sum(t.numel() * t.element_size() for t in _tensors(*trees))
 
 
+def _extension_launch_bytes(kernel, args, out):
+    """Compulsory bytes of one kernel of a CUDA extension op: the amax pass reads the
+    input; alpha's launch reads the two amaxes and writes two FP32 scalars; the op's main
+    kernel reads its tensor arguments and writes its outputs."""
+    if kernel == "amax":
+        return _nbytes(args[0])
+    if kernel == "gemm_scalars":
+        return _nbytes(args[1], args[3]) + 8
+    return _nbytes(args, out)
+
+
 class _Recorder(TorchDispatchMode):
     def __init__(self, trace):
         super().__init__()
@@ -125,10 +139,9 @@ class _Recorder(TorchDispatchMode):
             return func(*args, **kwargs)
         if name in CUDA_EXTENSION_LAUNCHES:
             out = func(*args, **kwargs)
-            x = args[0]
             for kernel in CUDA_EXTENSION_LAUNCHES[name](*args, **kwargs):
-                nbytes = _nbytes(x) if kernel == "amax" else _nbytes(args, out)
-                self.trace.launches.append(Launch(f"cuda:{kernel}", nbytes))
+                self.trace.launches.append(
+                    Launch(f"cuda:{kernel}", _extension_launch_bytes(kernel, args, out)))
             return out
         if name.startswith("lowprec::triton_"):
             # Its Python body, on the fake tensors: its Triton launches are recorded by

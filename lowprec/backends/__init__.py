@@ -208,7 +208,7 @@ class KernelTable:
         except RuntimeError:
             return
         values_gemm = getattr(_load(gemm_backend)[0], "values_gemm", None)
-        halves = values_gemm(capability) if values_gemm else None
+        halves = values_gemm(capability, installed) if values_gemm else None
         if halves is None or not all(getattr(_load(name)[0], "QUANTIZE_VALUES", False)
                                      for name in quantizers):
             return

@@ -5,10 +5,13 @@ bf16 block-dequantized values, for the Hopper GEMM emulation: ``QUANTIZE_VALUES`
 through the extension's one adapter, ``lowprec.backends.extension``. ``nvfp4_gemm`` is
 the native block-scaled FP4 GEMM of Blackwell (``lowprec.blackwell``, through torch's
 ``scaled_mm``); the shapes it cannot take run the Triton kernels' dequantize + mm
-(``lowprec.kernels.nvfp4_gemm``, the kernel the Triton backend runs too). Everything
-else (dequantization, FP8, the NVFP4 GEMM on Hopper) is not implemented here:
+(``lowprec.kernels.nvfp4_gemm``, the kernel the Triton backend runs too). On Hopper the
+NVFP4 GEMM is the emulation on the quantizers' bf16 values (``values_gemm``), one of
+``VALUES_GEMMS``. Everything else (dequantization, FP8) is not implemented here:
 ``backend="auto"`` takes it from the Triton backend, never from the reference.
 """
+
+import warnings
 
 import torch
 
@@ -29,6 +32,20 @@ NATIVE_FP4_GEMM = "torch:scaled_mm(nvfp4)"
 # What runs, per call, for the shapes the native GEMM cannot take (the Triton kernels').
 SHAPE_FALLBACK = "dequant+torch.mm"
 
+# The Hopper emulation's GEMM on the quantizers' bf16 values (values mode, see
+# lowprec.backends.KernelTable.nvfp4_values), by name, with what `lowprec info
+# --dispatch` calls it:
+# - "mm_epilogue": torch.mm with an FP32 result, then the Triton epilogue launch (alpha,
+#   bias, one rounding); measured on the H200 (bench/results/NVIDIA_H200-20261127).
+# - "cublaslt": the extension's nvfp4_gemm_values, one cuBLASLt call that reads alpha
+#   from device memory and writes the output dtype itself: no FP32 product in memory and
+#   no epilogue launch (a bias still takes "mm_epilogue"). Not yet run on a GPU, so not
+#   the default until bench/gpu_check.sh has checked and timed it
+#   (lowprec/bench/bench_nvfp4_gemm.py's values rows; bench/KERNELS.md has the arithmetic).
+VALUES_GEMMS = {"mm_epilogue": SHAPE_FALLBACK,
+                "cublaslt": "cuda:nvfp4_gemm_values(cuBLASLt; with a bias: dequant+torch.mm)"}
+VALUES_GEMM = "mm_epilogue"
+
 
 def availability(device_type):
     if device_type != "cuda":
@@ -42,9 +59,44 @@ def implementation(op, capability):
         return None
     if op in QUANTIZE_OPS:
         return f"cuda:{op}"
-    if op == "nvfp4_gemm" and capability >= blackwell.MIN_CAPABILITY:
-        return f"{NATIVE_FP4_GEMM}; K % 32 != 0: {SHAPE_FALLBACK}"
+    if op == "nvfp4_gemm":
+        if capability >= blackwell.MIN_CAPABILITY:
+            return f"{NATIVE_FP4_GEMM}; K % 32 != 0: {SHAPE_FALLBACK}"
+        return VALUES_GEMMS[VALUES_GEMM]
     return None
+
+
+def function_for(op, capability):
+    """The function a ``KernelTable`` holds for ``op``: below Blackwell the NVFP4 GEMM of
+    packed operands is the Triton kernels' (no per-call capability query)."""
+    if op == "nvfp4_gemm" and capability is not None and capability < blackwell.MIN_CAPABILITY:
+        return triton_gemm.nvfp4_gemm
+    return globals()[op]
+
+
+def gemm_values_cublaslt(a_values, a_amax, b_values, b_amax, bias=None,
+                         out_dtype=torch.bfloat16):
+    """``kernels.nvfp4_gemm.gemm_values``' contract in one cuBLASLt call (plus the launch
+    that writes alpha); with a bias, ``gemm_values`` itself (its epilogue adds it)."""
+    if bias is not None:
+        return triton_gemm.gemm_values(a_values, a_amax, b_values, b_amax, bias, out_dtype)
+    return extension.nvfp4_gemm_values(a_values, a_amax, b_values, b_amax, out_dtype)
+
+
+def values_gemm(capability, installed=False):
+    """``(gemm_values, dequantize_values)`` of the Hopper emulation (see ``KernelTable``),
+    or None on Blackwell (its native GEMM reads packed operands). ``VALUES_GEMM`` picks
+    the GEMM. "cublaslt" where the extension was built without it (``installed``: assume
+    it was) warns with the reason and takes "mm_epilogue"."""
+    if capability is None or capability >= blackwell.MIN_CAPABILITY:
+        return None
+    if VALUES_GEMM == "cublaslt":
+        reason = None if installed else _C.cublaslt_reason()
+        if reason is None:
+            return gemm_values_cublaslt, triton_gemm.dequantize_values
+        warnings.warn(f"lowprec: the NVFP4 GEMM on values runs {SHAPE_FALLBACK}, not "
+                      f"cuBLASLt: {reason}", RuntimeWarning, stacklevel=2)
+    return triton_gemm.gemm_values, triton_gemm.dequantize_values
 
 
 def nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=None,

@@ -78,6 +78,10 @@ def _register_fakes():
     def _(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias, out_dtype):
         return a_data.new_empty((a_data.shape[0], b_data.shape[0]), dtype=out_dtype)
 
+    @torch.library.register_fake("lowprec_C::nvfp4_gemm_values")
+    def _(a, a_amax, b, b_amax, out_dtype):
+        return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
+
     @torch.library.register_fake("lowprec_C::quantize_fp8_rowwise")
     def _(x):
         return empty_outputs(x, shapes.fp8(x.shape[:-1], x.shape[-1]))
@@ -178,3 +182,13 @@ def nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=None,
     """``lowprec.reference.nvfp4_gemm``, in one op (CPU tensors)."""
     return torch.ops.lowprec_C.nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale, b_amax,
                                           bias, out_dtype)
+
+
+def nvfp4_gemm_values(a_values, a_amax, b_values, b_amax, out_dtype=torch.bfloat16):
+    """``alpha * a_values @ b_values^T`` (NUMERICS 8) of operands already block-dequantized
+    to bf16 (``lowprec.kernels.nvfp4_gemm.gemm_values``' contract, without a bias), in one
+    op: on CUDA one cuBLASLt call with alpha read from device memory
+    (csrc/nvfp4_gemm_values_cuda.cpp), on the CPU in FP32. ``b_values`` may be a
+    transposed view."""
+    return torch.ops.lowprec_C.nvfp4_gemm_values(a_values, a_amax, b_values, b_amax, out_dtype)
+

@@ -17,7 +17,11 @@ Bytes are each launch's compulsory traffic (every tensor it reads or writes, onc
 they are a floor of what the GPU moves. Targets (issue 20): launches per Linear nvfp4 <=
 12, fp8 <= 10 (sm_90); bytes per block <= 1.5x bf16.
 
+``--values-gemm cublaslt`` traces the Hopper NVFP4 GEMM on values by cuBLASLt
+(``lowprec.backends.cuda.VALUES_GEMMS``; not the default until a GPU has timed it).
+
     python -m lowprec.bench.bench_launches [--model gpt355m|llama8b] [--tokens 8192] [--capability 9.0]
+        [--values-gemm mm_epilogue|cublaslt]
 """
 
 import argparse
@@ -26,6 +30,7 @@ import sys
 import torch
 
 from lowprec import dispatch, launch_trace, linear_layer
+from lowprec.backends import cuda
 from lowprec.bench import llama_blocks
 from lowprec.demo import model as demo_model
 from lowprec.recipe import Recipe
@@ -104,14 +109,18 @@ def main(argv=None):
     parser.add_argument("--model", choices=list(BLOCKS), default="gpt355m")
     parser.add_argument("--tokens", type=int, default=8192)
     parser.add_argument("--capability", default="9.0")
+    parser.add_argument("--values-gemm", choices=list(cuda.VALUES_GEMMS),
+                        default=cuda.VALUES_GEMM)
     args = parser.parse_args(argv)
     if args.tokens % SEQ_LEN:
         parser.error(f"--tokens must be a multiple of the sequence length {SEQ_LEN}; "
                      f"got {args.tokens}")
     capability = dispatch.parse_capability(args.capability)
+    cuda.VALUES_GEMM = args.values_gemm
     layers = len(BLOCKS[args.model])
     where = (f"{args.model} block, {args.tokens} tokens, compute capability "
-             f"{args.capability}, forward + backward")
+             f"{args.capability}, forward + backward, Hopper GEMM on values: "
+             f"{args.values_gemm}")
     print(f"{where}, linear layers only ({layers} per block):")
     print(table(per_block(args.model, args.tokens, capability), layers))
     print(f"\n{where}, whole block (norms, attention, activation, residuals included):")

@@ -5,6 +5,11 @@ Candidates (kernels/nvfp4_gemm.py):
   dequant_mm      (b) dequantize to bf16, torch.mm with an FP32 result, fused epilogue
   dequant_triton  (c) dequantize to fp16, Triton GEMM with alpha and bias in its epilogue
 Other backends take part through the registry (``--backends triton,cuda``).
+The Hopper emulation's GEMM on the quantizers' bf16 values (what the training layer runs,
+``lowprec.backends.cuda.VALUES_GEMMS``) is timed too, both ways:
+  values mm_epilogue  torch.mm with an FP32 result, then the epilogue launch (the default)
+  values cublaslt     one cuBLASLt call reading alpha from device memory (the extension's
+                      nvfp4_gemm_values; skipped, with the reason, where it is not built)
 
 Reported per shape: ms, TFLOP/s, the ratio to bf16 ``torch.mm`` (target: best
 candidate >= 85% at 8192^3 and at the Llama-3 8B/70B linear shapes with M = 8192), and
@@ -54,6 +59,27 @@ def entries(backend):
     if module is None or not hasattr(module, "nvfp4_gemm"):
         return None, reason or f"backend {backend} has no nvfp4_gemm"
     return {backend: module.nvfp4_gemm}, None
+
+
+def values_entries():
+    """name -> fn(a_values, a_amax, b_values, b_amax, out_dtype=...), and why cuBLASLt's
+    is missing (or None)."""
+    from lowprec import _C
+    from lowprec.backends import cuda
+    from lowprec.kernels.nvfp4_gemm import gemm_values
+    fns = {"values mm_epilogue": gemm_values}
+    reason = _C.cublaslt_reason()
+    if reason is None:
+        fns["values cublaslt"] = cuda.gemm_values_cublaslt
+    return fns, reason
+
+
+def as_values(ops):
+    """Packed operands -> the bf16 values the quantizers write in values mode."""
+    from lowprec.kernels.nvfp4_gemm import dequantize_values
+    a_data, a_scale, a_amax, b_data, b_scale, b_amax = ops
+    return (dequantize_values(a_data, a_scale), a_amax, dequantize_values(b_data, b_scale),
+            b_amax)
 
 
 def fp8_ms(m, n, k, reps):
@@ -129,6 +155,15 @@ def main():
                 if backend == "triton" and cfg is None and (
                         (m, n, k) not in best or ms < best[(m, n, k)][1]):
                     best[(m, n, k)] = (name, ms)
+        value_sets = [as_values(ops) for ops in sets]
+        fns, no_cublaslt = values_entries()
+        if no_cublaslt is not None:
+            print(f"skipping values cublaslt: {no_cublaslt}")
+        for name, fn in fns.items():
+            ms = common.median_ms(lambda ops: fn(*ops, out_dtype=torch.bfloat16), value_sets,
+                                  reps=args.reps)
+            rows.append(gemm_row(name, ms))
+        del value_sets
     common.print_table(rows, [("M", "M", "d"), ("N", "N", "d"), ("K", "K", "d"),
                               ("impl", "impl", "s"), ("time_ms", "ms", ".3f"),
                               ("throughput", "TFLOP/s", ".0f"),

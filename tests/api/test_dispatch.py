@@ -38,6 +38,15 @@ def test_gpu_tables(capability, expected):
     assert dispatch.table(capability)[1] == expected
 
 
+def test_the_cublaslt_values_gemm_is_named_where_chosen(monkeypatch):
+    from lowprec.backends import cuda
+    monkeypatch.setattr(cuda, "VALUES_GEMM", "cublaslt")
+    assert dispatch.table((9, 0))[1]["nvfp4_gemm"] == (
+        "cuda:nvfp4_gemm_values(cuBLASLt; with a bias: dequant+torch.mm) "
+        "(operands: the quantizers' bf16 values)")
+    assert dispatch.table((10, 0))[1]["nvfp4_gemm"] == BLACKWELL["nvfp4_gemm"]
+
+
 @pytest.mark.parametrize("capability", [(8, 0), (8, 9), (9, 0), (10, 0), (12, 0)])
 def test_no_gpu_op_runs_the_reference(capability):
     _, ops = dispatch.table(capability)

@@ -66,6 +66,44 @@ def test_nvcc_without_a_toolkit_is_no_toolkit(setup_py, tmp_path):
     assert setup_py._toolkit_of(str(lone)) is None
 
 
+def _cublaslt_files(include, lib, major):
+    include.mkdir(parents=True, exist_ok=True)
+    (include / "cublasLt.h").write_text("")
+    lib.mkdir(parents=True)
+    (lib / f"libcublasLt.so.{major}").write_text("")
+
+
+@pytest.mark.parametrize("where", ["toolkit", "cu13 wheel"])
+def test_cublaslt_is_found_in_the_toolkit_or_the_nvidia_wheel(setup_py, tmp_path, monkeypatch,
+                                                              where):
+    """A toolkit installed with nvcc alone has no cuBLAS (this project's machine): the
+    CUDA build of torch brings it in the nvidia/cu13 wheel, found on sys.path."""
+    toolkit = _toolkit(tmp_path / "cuda-13.0")
+    site = tmp_path / "site-packages"
+    if where == "toolkit":
+        _cublaslt_files(toolkit / "include", toolkit / "lib64", 13)
+        expected = toolkit / "lib64" / "libcublasLt.so.13"
+    else:
+        _cublaslt_files(site / "nvidia" / "cu13" / "include", site / "nvidia" / "cu13" / "lib", 13)
+        expected = site / "nvidia" / "cu13" / "lib" / "libcublasLt.so.13"
+    monkeypatch.setattr(sys, "path", [str(site)])
+    torch = SimpleNamespace(version=SimpleNamespace(cuda="13.0"))
+    include, library, why = setup_py._cublaslt(torch, str(toolkit))
+    assert (library, why) == (str(expected), None)
+    assert os.path.isfile(os.path.join(include, "cublasLt.h"))
+
+
+def test_cublaslt_of_another_cuda_major_is_not_taken(setup_py, tmp_path, monkeypatch):
+    """torch built for CUDA 12 loads libcublasLt.so.12: a .so.13 must not be linked."""
+    toolkit = _toolkit(tmp_path / "cuda-13.0")
+    _cublaslt_files(toolkit / "include", toolkit / "lib64", 13)
+    monkeypatch.setattr(sys, "path", [])
+    torch = SimpleNamespace(version=SimpleNamespace(cuda="12.8"))
+    include, library, why = setup_py._cublaslt(torch, str(toolkit))
+    assert (include, library) == (None, None)
+    assert "libcublasLt.so.12" in why and "nvidia/cu12" in why
+
+
 @pytest.mark.parametrize("case", ["cpu torch", "cpu only", "cuda home", "no nvcc",
                                   "nvcc", "nvcc without toolkit"])
 def test_which_extension_is_built(setup_py, tmp_path, monkeypatch, case):
