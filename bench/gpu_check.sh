@@ -108,8 +108,8 @@ else
     "$PY" -m pip install -q --no-build-isolation --no-deps -e .
   phase dispatch 15 "$PY" -m lowprec.cli info --dispatch --json
   # Phases in order of what a first call must not miss (the budget cuts the tail; the
-  # rerun takes it with --only): the GPU tests, the variant sweep, the training step,
-  # then the wider suite and the single-kernel benchmarks.
+  # rerun takes it with --only): the GPU tests, the variant sweep, the training step, the
+  # NVFP4 GEMMs, then the wider suite and the single quantize kernels.
   # pytest-xdist spreads the Triton compiles over the cores (-v: names in the log).
   parallel=()
   "$PY" -c "import xdist" 2> /dev/null && parallel=(-n 12 -v)
@@ -126,15 +126,17 @@ else
     --reps 20 --budget-s 90 --write-winners --winners-copy "$OUT/winners.json"
   # Both models, every mode, eager, each in a fresh process; compiled and CUDA-graphed
   # steps on a rerun: --only bench_train_step with BENCH_TRAIN_EXEC="compile cudagraphs".
-  bench bench_train_step 120 bench_train_step --model gpt355m llama4096 --blocks 2 \
+  bench bench_train_step 140 bench_train_step --model gpt355m llama4096 --blocks 2 \
     --exec ${BENCH_TRAIN_EXEC:-eager} --steps 5 --warmup 2
+  # The NVFP4 GEMM candidates, the emulation's GEMM on values by mm + epilogue and by
+  # cuBLASLt (lowprec.backends.cuda.VALUES_GEMM waits for these rows): Llama-3 8B shapes
+  # (M = 8192 tokens) and 8192^3, medians of device-event timings.
+  bench bench_nvfp4_gemm 50 bench_nvfp4_gemm --reps 10 \
+    --shapes 8192x8192x8192,8192x6144x4096,8192x4096x4096,8192x28672x4096,8192x4096x14336
   # The Triton kernels compiled for the device against the reference, every edge case.
   phase tests_api_kernels_training 150 "$PY" -m pytest -q -p no:cacheprovider \
     "${parallel[@]}" tests/api tests/kernels tests/training
-  # Single kernels: Llama-3 8B shapes (M = 8192 tokens) and 8192^2, few repetitions
-  # (medians of device-event timings).
-  bench bench_nvfp4_gemm 50 bench_nvfp4_gemm --reps 10 \
-    --shapes 8192x8192x8192,8192x6144x4096,8192x4096x4096,8192x28672x4096,8192x4096x14336
+  # Single quantize kernels, few repetitions (medians of device-event timings).
   bench bench_quantize_row_col 40 bench_quantize_row_col --backends triton,cuda \
     --shapes 8192x4096,8192x14336 --reps 20
   bench bench_quantize_cuda 30 bench_quantize_cuda --shapes 8192x8192,8192x4096 --iters 20

@@ -10,7 +10,9 @@ Two models:
 Modes, each a full step (forward, backward, fused AdamW) under bf16 autocast with FP32
 master weights: ``bf16`` (plain ``nn.Linear``, the baseline), ``fp8`` (every block
 linear ``Recipe.uniform("fp8")``), ``nvfp4`` (``lowprec.convert`` defaults; emulated off
-Blackwell), ``torchao-float8-rowwise`` (torchao's float8 training, rowwise, on the block
+Blackwell), ``nvfp4-cublaslt`` (the same on Hopper with the emulation's GEMM on values by
+cuBLASLt, ``lowprec.backends.cuda.VALUES_GEMM = "cublaslt"``, where the extension has it),
+``torchao-float8-rowwise`` (torchao's float8 training, rowwise, on the block
 linears, if torchao imports). Execution (``--exec``): ``eager``, ``compile``
 (``torch.compile``), ``cudagraphs`` (``torch.compile(mode="reduce-overhead")``, which
 captures what it can).
@@ -108,6 +110,10 @@ def apply_mode(model, mode):
         convert(model, plan=blocks_only_plan(model, "fp8"), recipe=Recipe.uniform("fp8"))
     elif mode == "nvfp4":
         convert(model)
+    elif mode == "nvfp4-cublaslt":
+        from lowprec.backends import cuda
+        cuda.VALUES_GEMM = "cublaslt"      # before the first call resolves the kernel table
+        convert(model)
     elif mode == "torchao-float8-rowwise":
         from torchao.float8 import Float8LinearConfig, convert_to_float8_training
         convert_to_float8_training(
@@ -118,6 +124,13 @@ def apply_mode(model, mode):
 
 def available_modes():
     modes = ["bf16", "fp8", "nvfp4"]
+    from lowprec import _C
+    no_cublaslt = _C.cublaslt_reason()
+    if no_cublaslt is None and torch.cuda.is_available() and (
+            torch.cuda.get_device_capability() < (10, 0)):
+        modes.append("nvfp4-cublaslt")
+    else:
+        print(f"nvfp4-cublaslt skipped: {no_cublaslt or 'the native FP4 GEMM runs here'}")
     try:
         import torchao.float8  # noqa: F401
         modes.append("torchao-float8-rowwise")
