@@ -70,7 +70,7 @@ def _mix(z):
 
 def sr_key(run_seed, stream_id, call):
     """The 64-bit Philox key of call ``call`` of stream ``stream_id`` in run ``run_seed``."""
-    return _mix(_mix(_mix(run_seed & MASK64) ^ stream_id) ^ call)
+    return _mix(stream_base(run_seed, stream_id) ^ call)
 
 
 def stream_id(label):
@@ -102,7 +102,7 @@ def _take(counts, sid):
 
 def stream_base(run_seed, sid):
     """``mix(mix(run_seed) ^ stream_id)``: the part of every key of a stream that does
-    not depend on the call (``sr_key(s, i, c) == _mix(stream_base(s, i) ^ c)``)."""
+    not depend on the call (``sr_key`` mixes it with the call number)."""
     return _mix(_mix(run_seed & MASK64) ^ sid)
 
 

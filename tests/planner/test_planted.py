@@ -4,9 +4,11 @@
 Mutations tried: dividing the weight columns by the magnitude squared
 (test_planting_keeps_the_high_precision_function fails), scaling every channel
 (test_the_planted_channels_are_outliers_at_the_layer_input fails), no gradient hooks
-(test_the_planted_columns_and_norm_channels_do_not_train fails).
+(test_the_planted_columns_and_norm_channels_do_not_train fails), a deep copy not frozen
+again (its "deep copy" case fails).
 """
 
+import copy
 import dataclasses
 
 import pytest
@@ -15,7 +17,8 @@ import torch
 import lowprec
 from lowprec.demo.model import GPTConfig
 from lowprec.experiments.planner import compare_plans
-from lowprec.experiments.planner.planted import LAYOUTS, Planting, build, plant, planting_of
+from lowprec.experiments.planner.planted import (LAYOUTS, Planting, build, freeze, plant,
+                                                 planting_of)
 
 CFG = GPTConfig(d_model=32, n_layer=4, n_head=2, seq_len=16)
 
@@ -59,11 +62,16 @@ def test_the_planted_channels_are_outliers_at_the_layer_input():
     assert ratio > 100
 
 
-def test_the_planted_columns_and_norm_channels_do_not_train():
+@pytest.mark.parametrize("copied", [False, True], ids=["built", "deep copy, frozen again"])
+def test_the_planted_columns_and_norm_channels_do_not_train(copied):
+    """Also on a deep copy (the short-horizon sensitivity runs continue from one):
+    ``copy.deepcopy`` drops tensor hooks, and ``freeze`` puts them back."""
     planting = LAYOUTS["mlp1"]
     model = build(CFG, 0, torch.device("cpu"), planting)
     candidates = lowprec.candidate_layers(model)
     lowprec.convert(model, plan=compare_plans.uniform_plan(candidates, "bf16"))
+    if copied:
+        model = freeze(copy.deepcopy(model), planting)
     model(*_batch()).backward()
     planted = planting.channels(32)
     block = model.blocks[1]

@@ -119,12 +119,24 @@ def plant(model, planting):
         scale = torch.ones(width, dtype=linear.weight.dtype, device=linear.weight.device)
         scale[planting.channels(width)] = planting.magnitude
         linear.weight.div_(scale)
-        trained = (scale == 1).to(linear.weight.dtype)
-        norm = getattr(block, norm_name)
-        for param in (linear.weight, norm.weight, norm.bias):
+        setattr(block, norm_name, PlantedNorm(getattr(block, norm_name), scale))
+    return freeze(model, planting)
+
+
+def freeze(model, planting):
+    """Registers the gradient hooks that keep the planted weight columns and the norm's
+    gain and bias on the planted channels untrained, and returns ``model``. ``plant``
+    calls it; call it again on a deep copy of a planted model: ``copy.deepcopy`` drops
+    tensor hooks."""
+    for name in planting.layers:
+        index, path = _split(name)
+        block = model.blocks[index]
+        planted_norm = getattr(block, NORM_BEFORE[path])
+        linear = block.get_submodule(path)
+        trained = (planted_norm.scale == 1).to(linear.weight.dtype)
+        for param in (linear.weight, planted_norm.norm.weight, planted_norm.norm.bias):
             if param is not None:
                 param.register_hook(lambda grad, trained=trained: grad * trained)
-        setattr(block, norm_name, PlantedNorm(norm, scale))
     return model
 
 

@@ -53,7 +53,7 @@ from lowprec.demo.model import GPTConfig
 from lowprec.demo.train import TrainConfig, calibration_batches, make_optimizer, planner_loss
 # compare_plans: its training loop, so that both experiments match.
 from lowprec.experiments.planner import RESULTS, compare_plans as compare
-from lowprec.experiments.planner.planted import LAYOUTS, build, planting_of
+from lowprec.experiments.planner.planted import LAYOUTS, build, freeze, planting_of
 from lowprec.names import GEMMS
 from lowprec.planner import collect_stats
 from lowprec.planner.builder import DEFAULT_GEMM_GROUPS
@@ -119,6 +119,8 @@ def horizon_seed(seed, args, model_cfg, cfg, corpus, loss_fn, record, save, plan
         if key in runs:
             return
         m, opt = copy.deepcopy(checkpoint)
+        if planting is not None:
+            freeze(m, planting)           # the copy lost the planted model's gradient hooks
         if plan is not None:
             lowprec.convert(m, plan=plan)
         torch.manual_seed(seed + 2)           # the same rounding keys for every unit
