@@ -1,6 +1,7 @@
 // The device half of nvfp4_gemm_values (csrc/nvfp4_gemm_values_cuda.cpp): alpha for a
 // cuBLASLt call that reads it from memory, computed where the amaxes are, so the GEMM
 // needs no host round trip.
+#include "cuda_launch.h"
 #include "nvfp4_gemm_values_cuda.h"
 #include "nvfp4_math.h"
 
@@ -17,7 +18,7 @@ __global__ void gemm_scalars_kernel(const float* a_amax, const float* b_amax, fl
 
 cudaError_t launch_gemm_scalars(const float* a_amax, const float* b_amax, float* scalars,
                                 cudaStream_t stream) {
-  gemm_scalars_kernel<<<1, 1, 0, stream>>>(a_amax, b_amax, scalars);
+  LP_LAUNCH(gemm_scalars_kernel, 1, 1, stream, a_amax, b_amax, scalars);
   return cudaGetLastError();
 }
 

@@ -41,16 +41,9 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "cuda_launch.h"  // LP_LAUNCH: every launch, so that tests/csrc/cuda_sim runs them
 #include "nvfp4_math.h"
 #include "quantize_cuda.h"
-
-// Kernel launches go through this macro so that tests/csrc/cuda_sim can run these very
-// kernels on the CPU (one std::thread per CUDA thread) and check them against the
-// reference without a GPU.
-#if !defined(LP_LAUNCH)
-#define LP_LAUNCH(kernel, grid, threads, stream, ...) \
-  kernel<<<(grid), (threads), 0, (stream)>>>(__VA_ARGS__)
-#endif
 
 namespace lowprec::cuda {
 namespace {

@@ -24,8 +24,10 @@ from lowprec.backends import extension
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CSRC = os.path.join(ROOT, "csrc")
 SIM_DIR = os.path.join(os.path.dirname(__file__), "cuda_sim")
-SIM_SOURCES = [os.path.join(CSRC, "quantize.cu"), os.path.join(SIM_DIR, "sim_api.cpp")]
-SIM_DEPENDS = SIM_SOURCES + [os.path.join(CSRC, f) for f in ("nvfp4_math.h", "quantize_cuda.h")] + [
+SIM_SOURCES = [os.path.join(CSRC, f) for f in ("quantize.cu", "nvfp4_gemm_values.cu")] + [
+    os.path.join(SIM_DIR, "sim_api.cpp")]
+SIM_DEPENDS = SIM_SOURCES + [os.path.join(CSRC, f) for f in (
+    "nvfp4_math.h", "quantize_cuda.h", "nvfp4_gemm_values_cuda.h", "cuda_launch.h")] + [
     os.path.join(SIM_DIR, f) for f in ("sim.h", "cuda_runtime.h", "cuda_fp16.h")]
 
 
@@ -49,7 +51,7 @@ def build_shared_library(name, sources, depends, extra_flags=()):
 
 
 def build_sim():
-    """The CUDA simulator library (cuda_sim/: csrc/quantize.cu's kernels on CPU threads),
+    """The CUDA simulator library (cuda_sim/: the kernels of csrc/*.cu on CPU threads),
     with the argument types of its entry points."""
     handle = build_shared_library("quantize_sim", SIM_SOURCES, SIM_DEPENDS,
                                   ("-pthread", f"-I{SIM_DIR}"))
@@ -59,6 +61,7 @@ def build_sim():
     handle.sim_rowcol.argtypes = ([p, i32, i64, i64, i32, i32, i32, i32, u64, u64, u64] + [p] * 8 +
                                   [i32, i32, i32, p])
     handle.sim_set_sms.argtypes = [i32]
+    handle.sim_gemm_scalars.argtypes = [p, p, p]
     return handle
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)

@@ -1,4 +1,4 @@
-"""The CUDA kernels of csrc/quantize.cu, run on the CPU by cuda_sim/ (one std::thread per
+"""The CUDA kernels of csrc/quantize.cu and csrc/nvfp4_gemm_values.cu, run on the CPU by cuda_sim/ (one std::thread per
 CUDA thread), equal the reference bit for bit.
 
 This checks what the CPU build cannot: the kernels' own indexing, tiling, shared-memory
@@ -149,3 +149,17 @@ def test_fused_reduces_more_partials_than_threads(wide_sim, variant):
     c_row, c_col = extension.quantize_row_col(x, col_stochastic=True, **kwargs)
     assert_bits_equal(row, c_row, f"fused kernel, variant {variant}, rowwise")
     assert_bits_equal(col, c_col, f"fused kernel, variant {variant}, columnwise")
+
+
+@pytest.mark.parametrize("a_amax", [0.0, 1.0e-40, 5.0, 3.0e38, float("inf"), float("nan")])
+@pytest.mark.parametrize("b_amax", [0.3, 0.0, 2688.0])
+def test_the_gemm_scalars_kernel_gives_the_references_alpha(sim, a_amax, b_amax):
+    """nvfp4_gemm_values' alpha (cuBLASLt reads it from memory) and beta = 0: alpha is
+    reference.nvfp4_gemm's S_dec(A) * S_dec(B) in FP32, also for zero, subnormal, huge,
+    infinite and NaN amaxes."""
+    amaxes = torch.tensor([a_amax, b_amax], dtype=torch.float32)
+    out = torch.full((2,), float("nan"), dtype=torch.float32)
+    assert sim.sim_gemm_scalars(amaxes.data_ptr(), amaxes.data_ptr() + 4, out.data_ptr()) == 0
+    alpha = R.global_decode_scale(amaxes[0]) * R.global_decode_scale(amaxes[1])
+    assert_bits_equal(out, torch.stack([alpha.to(torch.float32), torch.tensor(0.0)]))
+

@@ -1,7 +1,9 @@
 """nvfp4_gemm_values: NUMERICS 8's GEMM on operands the quantizers wrote as bf16 values
 (the Hopper emulation's values mode), the extension's op. Here its CPU kernel and its
 fake; on a GPU (``-m gpu``) its CUDA kernel, one cuBLASLt call that reads alpha from
-device memory (csrc/nvfp4_gemm_values_cuda.cpp), which has not run on a GPU yet.
+device memory (csrc/nvfp4_gemm_values_cuda.cpp), which has not run on a GPU yet. The
+kernel that writes alpha runs in the CPU simulator
+(tests/csrc/test_cuda_sim.py::test_the_gemm_scalars_kernel_gives_the_references_alpha).
 
 Expected values from the reference: operands quantized by ``lowprec.reference``, their
 values made by ``reference.as_values``; the op on those values must give

@@ -7,6 +7,7 @@
 // runtime; "device" pointers are host pointers.
 #include <vector>
 
+#include "nvfp4_gemm_values_cuda.h"
 #include "quantize_cuda.h"
 
 using lowprec::cuda::AmaxIn;
@@ -88,6 +89,11 @@ int sim_rowcol(const void* x, int type, int64_t rows, int64_t cols, int rht_mask
       Rounding{col_stochastic != 0, seed, col_offset, seed_ptr},
       QuantOut{row_data, row_scale, row_amax, row_values != 0},
       QuantOut{col_data, col_scale, col_amax, col_values != 0}, variant, nullptr);
+}
+
+// alpha and beta of nvfp4_gemm_values from two FP32 amaxes, into scalars[2].
+int sim_gemm_scalars(const float* a_amax, const float* b_amax, float* scalars) {
+  return lowprec::cuda::launch_gemm_scalars(a_amax, b_amax, scalars, nullptr);
 }
 
 }  // extern "C"
