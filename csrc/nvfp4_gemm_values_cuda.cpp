@@ -23,7 +23,9 @@
 #include <stdint.h>
 
 #include <array>
+#include <map>
 #include <mutex>
+#include <tuple>
 
 namespace lowprec::cuda_ops {
 namespace {
@@ -70,15 +72,17 @@ uint32_t alignment_of(const void* p) {
 struct Descriptors {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
-  cublasLtMatmulPreference_t preference = nullptr;
   ~Descriptors() {
-    if (preference) cublasLtMatmulPreferenceDestroy(preference);
     if (d) cublasLtMatrixLayoutDestroy(d);
     if (b) cublasLtMatrixLayoutDestroy(b);
     if (a) cublasLtMatrixLayoutDestroy(a);
     if (op) cublasLtMatmulDescDestroy(op);
   }
 };
+
+// What cuBLASLt's heuristic depends on in a call: the sizes, b's layout, the output
+// dtype, the device and the alignments of b, a and out.
+using AlgoKey = std::tuple<int64_t, int64_t, int64_t, bool, int, int, uint32_t, uint32_t, uint32_t>;
 
 template <typename T>
 void set_op(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attribute, T value) {
@@ -91,6 +95,41 @@ void set_preference(cublasLtMatmulPreference_t pref, cublasLtMatmulPreferenceAtt
                     T value) {
   check_cublas(cublasLtMatmulPreferenceSetAttribute(pref, attribute, &value, sizeof value),
                "cublasLtMatmulPreferenceSetAttribute");
+}
+
+// The algorithm cuBLASLt's heuristic picks for the call `desc` describes, asked once per
+// key and kept: the heuristic costs host time, and a training step repeats a few shapes.
+cublasLtMatmulAlgo_t algorithm_for(cublasLtHandle_t handle, const Descriptors& desc,
+                                   const AlgoKey& key) {
+  static std::mutex mutex;
+  static std::map<AlgoKey, cublasLtMatmulAlgo_t> chosen;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto known = chosen.find(key);
+  if (known != chosen.end()) return known->second;
+
+  struct Preference {
+    cublasLtMatmulPreference_t p = nullptr;
+    ~Preference() {
+      if (p) cublasLtMatmulPreferenceDestroy(p);
+    }
+  } pref;
+  check_cublas(cublasLtMatmulPreferenceCreate(&pref.p), "cublasLtMatmulPreferenceCreate");
+  set_preference(pref.p, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                 static_cast<uint64_t>(kWorkspaceBytes));
+  const auto [m, n, k, n_major, out_dtype, device, b_align, a_align, out_align] = key;
+  set_preference(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, b_align);
+  set_preference(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, a_align);
+  set_preference(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, out_align);
+  set_preference(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, out_align);
+  cublasLtMatmulHeuristicResult_t heuristic{};
+  int found = 0;
+  check_cublas(cublasLtMatmulAlgoGetHeuristic(handle, desc.op, desc.a, desc.b, desc.d, desc.d,
+                                              pref.p, 1, &heuristic, &found),
+               "cublasLtMatmulAlgoGetHeuristic");
+  TORCH_CHECK(found > 0, "nvfp4_gemm_values: cuBLASLt has no algorithm for M=", m, " N=", n,
+              " K=", k, " (b ", n_major ? "N" : "K", "-major, output ",
+              static_cast<at::ScalarType>(out_dtype), ", device ", device, ")");
+  return chosen.emplace(key, heuristic.algo).first->second;
 }
 
 // out [M, N] = alpha * a [M, K] @ b [N, K]^T, row-major. cuBLASLt is column-major, so it
@@ -137,31 +176,18 @@ at::Tensor nvfp4_gemm_values(const at::Tensor& a_in, const at::Tensor& a_amax,
   check_cublas(cublasLtMatrixLayoutCreate(&desc.d, cuda_type(out_dtype), n, m, n),
                "layout of out");
 
+  const int device = a.get_device();
+  cublasLtHandle_t handle = handle_of(device);
+  const cublasLtMatmulAlgo_t algo = algorithm_for(
+      handle, desc,
+      AlgoKey{m, n, k, n_major, static_cast<int>(out_dtype), device,
+              alignment_of(b.const_data_ptr()), alignment_of(a.const_data_ptr()),
+              alignment_of(out.const_data_ptr())});
   at::Tensor workspace = at::empty({kWorkspaceBytes}, a.options().dtype(at::kByte));
-  check_cublas(cublasLtMatmulPreferenceCreate(&desc.preference), "cublasLtMatmulPreferenceCreate");
-  set_preference(desc.preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                 static_cast<uint64_t>(kWorkspaceBytes));
-  set_preference(desc.preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-                 alignment_of(b.const_data_ptr()));
-  set_preference(desc.preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                 alignment_of(a.const_data_ptr()));
-  set_preference(desc.preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                 alignment_of(out.const_data_ptr()));
-  set_preference(desc.preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-                 alignment_of(out.const_data_ptr()));
-
-  cublasLtHandle_t handle = handle_of(a.get_device());
-  cublasLtMatmulHeuristicResult_t heuristic{};
-  int found = 0;
-  check_cublas(cublasLtMatmulAlgoGetHeuristic(handle, desc.op, desc.a, desc.b, desc.d, desc.d,
-                                              desc.preference, 1, &heuristic, &found),
-               "cublasLtMatmulAlgoGetHeuristic");
-  TORCH_CHECK(found > 0, "nvfp4_gemm_values: cuBLASLt has no algorithm for M=", m, " N=", n,
-              " K=", k, " (b ", n_major ? "N" : "K", "-major, output ", out_dtype, ")");
   const float* alpha = scalars.const_data_ptr<float>();
   check_cublas(cublasLtMatmul(handle, desc.op, alpha, b.const_data_ptr(), desc.a,
                               a.const_data_ptr(), desc.b, alpha + 1, out.const_data_ptr(),
-                              desc.d, out.mutable_data_ptr(), desc.d, &heuristic.algo,
+                              desc.d, out.mutable_data_ptr(), desc.d, &algo,
                               workspace.mutable_data_ptr(), kWorkspaceBytes, stream),
                "cublasLtMatmul");
   return out;
