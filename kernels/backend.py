@@ -87,10 +87,9 @@ def function_for(op, capability):
     return globals()[op]
 
 
-def values_gemm(capability, installed=False):
+def values_gemm(capability):
     """``(gemm_values, dequantize_values)`` where this backend's NVFP4 GEMM at
-    ``capability`` is the dequantize + mm emulation (see ``KernelTable``), else None
-    (``installed``: as ``lowprec.backends.cuda.values_gemm``'s, nothing to assume here)."""
+    ``capability`` is the dequantize + mm emulation (see ``KernelTable``), else None."""
     if {gemm_kernels.DEFAULT_CANDIDATE, *gemm_kernels.DISPATCH.values()} != {"dequant_mm"}:
         return None        # another candidate for some shape: packed operands
     return gemm_kernels.gemm_values, gemm_kernels.dequantize_values

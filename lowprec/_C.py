@@ -106,4 +106,3 @@ def cublaslt_reason():
         why = info.get("no_cublaslt") or info.get("no_cuda") or "no record of why"
         return f"{EXTENSION} was built without the cuBLASLt GEMM ({why})"
     return None
-

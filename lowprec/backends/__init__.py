@@ -199,7 +199,8 @@ class KernelTable:
         emulation: dequantize, mm, epilogue) and the quantizers can write them directly
         (values mode), so the layer asks for values and skips the dequantize launches.
         Then ``nvfp4_gemm_values`` and ``dequantize_values`` (for a packed operand, e.g.
-        the saved X^T) are the GEMM's two halves."""
+        the saved X^T) are the GEMM's two halves, the first from the quantizers' backend
+        where it has its own (``own_values_gemm``)."""
         self.nvfp4_values = False
         try:
             gemm_backend, _ = choose("nvfp4_gemm", device_type, capability, installed)
@@ -208,12 +209,19 @@ class KernelTable:
         except RuntimeError:
             return
         values_gemm = getattr(_load(gemm_backend)[0], "values_gemm", None)
-        halves = values_gemm(capability, installed) if values_gemm else None
+        halves = values_gemm(capability) if values_gemm else None
         if halves is None or not all(getattr(_load(name)[0], "QUANTIZE_VALUES", False)
                                      for name in quantizers):
             return
         self.nvfp4_gemm_values, self.dequantize_values = halves
         self.nvfp4_values = True
+        # The quantizers' backend may multiply its own values (the cuda backend's cuBLASLt
+        # GEMM where lowprec.backends.cuda.VALUES_GEMM picks it): (function, name) or None.
+        own_gemm = (getattr(_load(next(iter(quantizers)))[0], "own_values_gemm", None)
+                    if len(quantizers) == 1 else None)
+        own = own_gemm(capability, installed) if own_gemm else None
+        if own is not None:
+            self.nvfp4_gemm_values, self.names["nvfp4_gemm"] = own
         self.names["nvfp4_gemm"] += " (operands: the quantizers' bf16 values)"
 
 

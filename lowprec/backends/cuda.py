@@ -6,9 +6,10 @@ through the extension's one adapter, ``lowprec.backends.extension``. ``nvfp4_gem
 the native block-scaled FP4 GEMM of Blackwell (``lowprec.blackwell``, through torch's
 ``scaled_mm``); the shapes it cannot take run the Triton kernels' dequantize + mm
 (``lowprec.kernels.nvfp4_gemm``, the kernel the Triton backend runs too). On Hopper the
-NVFP4 GEMM is the emulation on the quantizers' bf16 values (``values_gemm``), one of
-``VALUES_GEMMS``. Everything else (dequantization, FP8) is not implemented here:
-``backend="auto"`` takes it from the Triton backend, never from the reference.
+NVFP4 GEMM is the Triton backend's emulation, on the values this backend's quantizers
+write; ``own_values_gemm`` may take over its GEMM half (``VALUES_GEMM``). Everything else
+(dequantization, FP8, the NVFP4 GEMM of packed operands on Hopper) is not implemented
+here: ``backend="auto"`` takes it from the Triton backend, never from the reference.
 """
 
 import warnings
@@ -59,19 +60,9 @@ def implementation(op, capability):
         return None
     if op in QUANTIZE_OPS:
         return f"cuda:{op}"
-    if op == "nvfp4_gemm":
-        if capability >= blackwell.MIN_CAPABILITY:
-            return f"{NATIVE_FP4_GEMM}; K % 32 != 0: {SHAPE_FALLBACK}"
-        return VALUES_GEMMS[VALUES_GEMM]
+    if op == "nvfp4_gemm" and capability >= blackwell.MIN_CAPABILITY:
+        return f"{NATIVE_FP4_GEMM}; K % 32 != 0: {SHAPE_FALLBACK}"
     return None
-
-
-def function_for(op, capability):
-    """The function a ``KernelTable`` holds for ``op``: below Blackwell the NVFP4 GEMM of
-    packed operands is the Triton kernels' (no per-call capability query)."""
-    if op == "nvfp4_gemm" and capability is not None and capability < blackwell.MIN_CAPABILITY:
-        return triton_gemm.nvfp4_gemm
-    return globals()[op]
 
 
 def gemm_values_cublaslt(a_values, a_amax, b_values, b_amax, bias=None,
@@ -83,20 +74,20 @@ def gemm_values_cublaslt(a_values, a_amax, b_values, b_amax, bias=None,
     return extension.nvfp4_gemm_values(a_values, a_amax, b_values, b_amax, out_dtype)
 
 
-def values_gemm(capability, installed=False):
-    """``(gemm_values, dequantize_values)`` of the Hopper emulation (see ``KernelTable``),
-    or None on Blackwell (its native GEMM reads packed operands). ``VALUES_GEMM`` picks
-    the GEMM. "cublaslt" where the extension was built without it (``installed``: assume
-    it was) warns with the reason and takes "mm_epilogue"."""
-    if capability is None or capability >= blackwell.MIN_CAPABILITY:
+def own_values_gemm(capability, installed=False):
+    """``(gemm_values, its name)`` where this backend multiplies its quantizers' values
+    itself (see ``KernelTable._values_mode``): on Hopper when ``VALUES_GEMM`` is
+    "cublaslt", else None (the Triton backend's mm + epilogue). "cublaslt" where the
+    extension was built without it (``installed``: assume it was) warns with the reason
+    and returns None."""
+    if VALUES_GEMM != "cublaslt" or capability is None or capability >= blackwell.MIN_CAPABILITY:
         return None
-    if VALUES_GEMM == "cublaslt":
-        reason = None if installed else _C.cublaslt_reason()
-        if reason is None:
-            return gemm_values_cublaslt, triton_gemm.dequantize_values
+    reason = None if installed else _C.cublaslt_reason()
+    if reason is not None:
         warnings.warn(f"lowprec: the NVFP4 GEMM on values runs {SHAPE_FALLBACK}, not "
                       f"cuBLASLt: {reason}", RuntimeWarning, stacklevel=2)
-    return triton_gemm.gemm_values, triton_gemm.dequantize_values
+        return None
+    return gemm_values_cublaslt, VALUES_GEMMS["cublaslt"]
 
 
 def nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=None,

@@ -191,4 +191,3 @@ def nvfp4_gemm_values(a_values, a_amax, b_values, b_amax, out_dtype=torch.bfloat
     (csrc/nvfp4_gemm_values_cuda.cpp), on the CPU in FP32. ``b_values`` may be a
     transposed view."""
     return torch.ops.lowprec_C.nvfp4_gemm_values(a_values, a_amax, b_values, b_amax, out_dtype)
-

@@ -47,6 +47,16 @@ def test_the_cublaslt_values_gemm_is_named_where_chosen(monkeypatch):
     assert dispatch.table((10, 0))[1]["nvfp4_gemm"] == BLACKWELL["nvfp4_gemm"]
 
 
+def test_the_cublaslt_gemm_where_not_built_warns_and_is_not_taken(monkeypatch):
+    from lowprec.backends import cuda
+    monkeypatch.setattr(cuda, "VALUES_GEMM", "cublaslt")
+    monkeypatch.setattr(cuda._C, "cublaslt_reason", lambda: "built without it (test)")
+    with pytest.warns(RuntimeWarning, match="not cuBLASLt: built without it"):
+        assert cuda.own_values_gemm((9, 0)) is None
+    assert cuda.own_values_gemm((9, 0), installed=True)[0] is cuda.gemm_values_cublaslt
+    assert cuda.own_values_gemm((10, 0), installed=True) is None     # the native GEMM
+
+
 @pytest.mark.parametrize("capability", [(8, 0), (8, 9), (9, 0), (10, 0), (12, 0)])
 def test_no_gpu_op_runs_the_reference(capability):
     _, ops = dispatch.table(capability)
