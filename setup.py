@@ -7,7 +7,9 @@ What gets built:
   GPU is needed to build it. The toolkit is ``CUDA_HOME`` (or ``CUDA_PATH``) when set,
   else found from ``nvcc`` on PATH, following wrappers and links (``nvcc --dryrun``
   names its own install); torch's own guess, the folder above nvcc's, fails for a
-  ``/usr/local/bin/nvcc`` wrapper script.
+  ``/usr/local/bin/nvcc`` wrapper script. Its one cuBLASLt op (``nvfp4_gemm_values``)
+  is built where cuBLASLt's header and library are found (``_cublaslt``: the toolkit,
+  or the NVIDIA wheel CUDA torch brings); elsewhere the CUDA extension builds without it.
 * otherwise, or when the CUDA build fails: the CPU extension alone (about 20 s of g++
   on 2 cores), with a warning.
 * LOWPREC_CPU_ONLY=1: the CPU extension alone, on purpose.
