@@ -13,7 +13,8 @@ fully installed, and records every kernel the real run would launch:
 * the CUDA extension's ops (``lowprec_C::*``) launch what ``csrc/cuda_ops.cpp`` launches:
   the amax pass when no amax is given (it stores per-block partials into uninitialised
   scratch: no memset), then the quantize kernel, which reduces the partials in its
-  prologue (``CUDA_EXTENSION_LAUNCHES``).
+  prologue; ``nvfp4_gemm_values`` (``csrc/nvfp4_gemm_values_cuda.cpp``) alpha's
+  one-thread launch, then the cuBLASLt GEMM (``CUDA_EXTENSION_LAUNCHES``).
 
 Bytes: each launch reads or writes its tensor arguments and outputs once (distinct
 tensors, a view counted as the tensor it views), i.e. its compulsory traffic.
