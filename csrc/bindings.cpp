@@ -55,8 +55,9 @@ TORCH_LIBRARY(lowprec_C, m) {
       "Tensor b_scale, Tensor b_amax, Tensor? bias, ScalarType out_dtype) -> Tensor");
   // NUMERICS 8 on operands already block-dequantized: a [M, K] and b [N, K] bf16 values
   // e2m1 * s_b (what the quantizers write in values mode), alpha * a @ b^T in FP32, then
-  // out_dtype. No bias. CUDA (built where cuBLASLt was found): alpha from a one-thread
-  // launch, then one cuBLASLt call reading it from memory (csrc/nvfp4_gemm_values_cuda.cpp).
+  // out_dtype (bf16 or FP32). No bias. CUDA (built where cuBLASLt was found): alpha from
+  // a one-thread launch, then one cuBLASLt call reading it from memory
+  // (csrc/nvfp4_gemm_values_cuda.cpp).
   m.def(
       "nvfp4_gemm_values(Tensor a, Tensor a_amax, Tensor b, Tensor b_amax, "
       "ScalarType out_dtype) -> Tensor");

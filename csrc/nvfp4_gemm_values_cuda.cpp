@@ -53,11 +53,8 @@ cublasLtHandle_t handle_of(int device) {
 }
 
 cudaDataType_t cuda_type(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kBFloat16: return CUDA_R_16BF;
-    case at::kHalf: return CUDA_R_16F;
-    default: return CUDA_R_32F;  // check_gemm_values_args allowed only these three
-  }
+  // check_gemm_values_args allowed only bf16 and FP32.
+  return dtype == at::kBFloat16 ? CUDA_R_16BF : CUDA_R_32F;
 }
 
 // The largest power of two (at most 256) dividing the address: what cuBLASLt may assume

@@ -76,7 +76,7 @@ void check_quantize_args(const at::Tensor& x, int64_t block_rows, int64_t rht_ma
 
 // Raises ValueError/TypeError naming the bad value unless nvfp4_gemm_values can multiply
 // a [M, K] by b [N, K]^T: both bf16 (the quantizers' values), K > 0 and equal, each
-// amax one FP32-convertible value, out_dtype bf16, fp16 or fp32. Shared by the CPU and
+// amax one FP32-convertible value, out_dtype bf16 or fp32. Shared by the CPU and
 // CUDA ops (defined in quantize_cpu.cpp).
 void check_gemm_values_args(const at::Tensor& a, const at::Tensor& a_amax, const at::Tensor& b,
                             const at::Tensor& b_amax, at::ScalarType out_dtype);

@@ -648,9 +648,9 @@ void check_gemm_values_args(const at::Tensor& a, const at::Tensor& a_amax, const
   TORCH_CHECK_VALUE(a_amax.numel() == 1 && b_amax.numel() == 1, op,
                     ": each amax must hold one value; got shapes ", a_amax.sizes(), " and ",
                     b_amax.sizes());
-  TORCH_CHECK_TYPE(out_dtype == at::kBFloat16 || out_dtype == at::kHalf ||
-                       out_dtype == at::kFloat,
-                   op, " writes bfloat16, float16 or float32; got ", out_dtype);
+  // bf16 inputs give bf16 or FP32 outputs in cuBLASLt (not fp16: the CUDA op's types).
+  TORCH_CHECK_TYPE(out_dtype == at::kBFloat16 || out_dtype == at::kFloat, op,
+                   " writes bfloat16 or float32; got ", out_dtype);
 }
 
 }  // namespace lowprec

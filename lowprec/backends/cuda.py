@@ -40,11 +40,14 @@ SHAPE_FALLBACK = "dequant+torch.mm"
 #   bias, one rounding); measured on the H200 (bench/results/NVIDIA_H200-20261127).
 # - "cublaslt": the extension's nvfp4_gemm_values, one cuBLASLt call that reads alpha
 #   from device memory and writes the output dtype itself: no FP32 product in memory and
-#   no epilogue launch (a bias still takes "mm_epilogue"). Not yet run on a GPU, so not
-#   the default until bench/gpu_check.sh has checked and timed it
+#   no epilogue launch (a bias or an fp16 output still takes "mm_epilogue"). Not yet run
+#   on a GPU, so not the default until bench/gpu_check.sh has checked and timed it
 #   (lowprec/bench/bench_nvfp4_gemm.py's values rows; bench/KERNELS.md has the arithmetic).
 VALUES_GEMMS = {"mm_epilogue": SHAPE_FALLBACK,
-                "cublaslt": "cuda:nvfp4_gemm_values(cuBLASLt; with a bias: dequant+torch.mm)"}
+                "cublaslt": "cuda:nvfp4_gemm_values(cuBLASLt; with a bias or an fp16 output: "
+                            "dequant+torch.mm)"}
+# What cuBLASLt writes from bf16 operands with FP32 accumulation.
+CUBLASLT_OUTPUTS = (torch.bfloat16, torch.float32)
 VALUES_GEMM = "mm_epilogue"
 
 
@@ -68,8 +71,9 @@ def implementation(op, capability):
 def gemm_values_cublaslt(a_values, a_amax, b_values, b_amax, bias=None,
                          out_dtype=torch.bfloat16):
     """``kernels.nvfp4_gemm.gemm_values``' contract in one cuBLASLt call (plus the launch
-    that writes alpha); with a bias, ``gemm_values`` itself (its epilogue adds it)."""
-    if bias is not None:
+    that writes alpha); with a bias (its epilogue adds it) or an fp16 output (which
+    cuBLASLt does not write from bf16 operands), ``gemm_values`` itself."""
+    if bias is not None or out_dtype not in CUBLASLT_OUTPUTS:
         return triton_gemm.gemm_values(a_values, a_amax, b_values, b_amax, bias, out_dtype)
     return extension.nvfp4_gemm_values(a_values, a_amax, b_values, b_amax, out_dtype)
 

@@ -188,6 +188,6 @@ def nvfp4_gemm_values(a_values, a_amax, b_values, b_amax, out_dtype=torch.bfloat
     """``alpha * a_values @ b_values^T`` (NUMERICS 8) of operands already block-dequantized
     to bf16 (``lowprec.kernels.nvfp4_gemm.gemm_values``' contract, without a bias), in one
     op: on CUDA one cuBLASLt call with alpha read from device memory
-    (csrc/nvfp4_gemm_values_cuda.cpp), on the CPU in FP32. ``b_values`` may be a
-    transposed view."""
+    (csrc/nvfp4_gemm_values_cuda.cpp), on the CPU in FP32. ``out_dtype``: bf16 or FP32.
+    ``b_values`` may be a transposed view."""
     return torch.ops.lowprec_C.nvfp4_gemm_values(a_values, a_amax, b_values, b_amax, out_dtype)

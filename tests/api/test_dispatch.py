@@ -42,7 +42,7 @@ def test_the_cublaslt_values_gemm_is_named_where_chosen(monkeypatch):
     from lowprec.backends import cuda
     monkeypatch.setattr(cuda, "VALUES_GEMM", "cublaslt")
     assert dispatch.table((9, 0))[1]["nvfp4_gemm"] == (
-        "cuda:nvfp4_gemm_values(cuBLASLt; with a bias: dequant+torch.mm) "
+        "cuda:nvfp4_gemm_values(cuBLASLt; with a bias or an fp16 output: dequant+torch.mm) "
         "(operands: the quantizers' bf16 values)")
     assert dispatch.table((10, 0))[1]["nvfp4_gemm"] == BLACKWELL["nvfp4_gemm"]
 

@@ -24,7 +24,7 @@ from lowprec.backends import extension
 
 pytestmark = pytest.mark.skipif(extension.REASON is not None,
                                 reason=f"extension unavailable: {extension.REASON}")
-OUT_DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+OUT_DTYPES = [torch.bfloat16, torch.float32]      # what cuBLASLt writes from bf16
 
 
 def quantized_pair(m, n, k, seed):
@@ -58,7 +58,7 @@ def test_b_may_be_a_transposed_view():
     (dict(a=torch.zeros(4, 0, dtype=torch.bfloat16), b=torch.zeros(8, 0, dtype=torch.bfloat16)),
      ValueError, "K > 0"),
     (dict(a_amax=torch.ones(2)), ValueError, "[2]"),
-    (dict(out_dtype=torch.int32), TypeError, "Int"),
+    (dict(out_dtype=torch.float16), TypeError, "Half"),
 ])
 def test_bad_arguments_are_named(bad, error, words):
     args = dict(a=torch.zeros(4, 32, dtype=torch.bfloat16), a_amax=torch.tensor(1.0),
@@ -68,6 +68,23 @@ def test_bad_arguments_are_named(bad, error, words):
     with pytest.raises(error, match=words.replace("[", r"\[").replace("]", r"\]")):
         extension.nvfp4_gemm_values(args["a"], args["a_amax"], args["b"], args["b_amax"],
                                     args["out_dtype"])
+
+
+@pytest.mark.parametrize("bias, out_dtype, runs", [
+    (None, torch.bfloat16, "cublaslt"), (None, torch.float32, "cublaslt"),
+    (torch.zeros(8), torch.bfloat16, "mm_epilogue"), (None, torch.float16, "mm_epilogue")])
+def test_the_cuda_backends_entry_takes_cublaslt_where_it_can(monkeypatch, bias, out_dtype, runs):
+    """``lowprec.backends.cuda.gemm_values_cublaslt``: a bias, or an fp16 output (cuBLASLt
+    writes none from bf16 operands), go to mm + epilogue."""
+    from lowprec.backends import cuda
+    calls = []
+    monkeypatch.setattr(cuda.triton_gemm, "gemm_values",
+                        lambda *args, **kwargs: calls.append("mm_epilogue"))
+    monkeypatch.setattr(cuda.extension, "nvfp4_gemm_values",
+                        lambda *args, **kwargs: calls.append("cublaslt"))
+    a, b = torch.zeros(4, 32, dtype=torch.bfloat16), torch.zeros(8, 32, dtype=torch.bfloat16)
+    cuda.gemm_values_cublaslt(a, torch.tensor(1.0), b, torch.tensor(1.0), bias, out_dtype)
+    assert calls == [runs]
 
 
 def test_the_fake_gives_the_output_shape_and_dtype():
