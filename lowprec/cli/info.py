@@ -18,6 +18,11 @@ def _build_summary():
         return "no build record (installed without building the extension)"
     built = {"cuda": "the CUDA extension (GPU + CPU kernels)", "cpu": "the CPU extension",
              None: "no extension"}[info.get("extension")]
+    if info.get("extension") == "cuda":
+        # Optional inside the CUDA build (setup.py _cublaslt); chosen by VALUES_GEMM.
+        no_cublaslt = _C.cublaslt_reason()
+        built += (", with the cuBLASLt GEMM on values" if no_cublaslt is None
+                  else f", without the cuBLASLt GEMM on values ({no_cublaslt})")
     note = _C.build_note()
     return built if note is None else f"{built}; {note}"
 

@@ -105,3 +105,15 @@ def test_nvml_that_fails_to_start_never_raises(fake_gpu):
                                                   ((12, 0), True, True)])
 def test_capabilities(capability, fp8, fp4):
     assert device.capabilities(capability) == {"native_fp8_gemm": fp8, "native_fp4_gemm": fp4}
+
+
+@pytest.mark.parametrize("reason, says", [
+    (None, "the CUDA extension (GPU + CPU kernels), with the cuBLASLt GEMM on values"),
+    ("no cublasLt.h (test)", "without the cuBLASLt GEMM on values (no cublasLt.h (test))")])
+def test_the_build_line_says_whether_the_cublaslt_gemm_was_built(monkeypatch, reason, says):
+    from lowprec.cli import info
+    monkeypatch.setattr(info._C, "build_info", lambda: {"extension": "cuda"})
+    monkeypatch.setattr(info._C, "build_note", lambda: None)
+    monkeypatch.setattr(info._C, "cublaslt_reason", lambda: reason)
+    assert says in info._build_summary()
+
