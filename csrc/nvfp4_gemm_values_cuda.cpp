@@ -181,6 +181,8 @@ at::Tensor nvfp4_gemm_values(const at::Tensor& a_in, const at::Tensor& a_amax,
               alignment_of(b.const_data_ptr()), alignment_of(a.const_data_ptr()),
               alignment_of(out.const_data_ptr())});
   at::Tensor workspace = at::empty({kWorkspaceBytes}, a.options().dtype(at::kByte));
+  // beta = 0, also from device memory: C (= out, uninitialised) must not be read, as in
+  // BLAS; tests/csrc/test_nvfp4_gemm_values.py hands the op NaN-filled memory to check.
   const float* alpha = scalars.const_data_ptr<float>();
   check_cublas(cublasLtMatmul(handle, desc.op, alpha, b.const_data_ptr(), desc.a,
                               a.const_data_ptr(), desc.b, alpha + 1, out.const_data_ptr(),

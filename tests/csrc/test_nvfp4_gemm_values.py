@@ -125,6 +125,10 @@ def test_the_cublaslt_kernel_gives_the_cpu_bits(out_dtype, m, n, k, transposed_b
     a, a_amax, b, b_amax = exact_sum_operands(m, n, k, 7, "cuda")
     if transposed_b:
         b = b.t().contiguous().t()
+    # The output's memory, uninitialised, may hold NaNs: beta = 0 comes from device
+    # memory, and a GEMM that read C anyway (0 * NaN) would fail here. Freed NaNs of the
+    # output's size make the caching allocator hand exactly such memory to the op.
+    torch.full((m, n), float("nan"), dtype=out_dtype, device="cuda")     # freed at once
     got = extension.nvfp4_gemm_values(a, a_amax, b, b_amax, out_dtype)
     expected = extension.nvfp4_gemm_values(a.cpu(), a_amax.cpu(), b.cpu(), b_amax.cpu(),
                                            out_dtype)
