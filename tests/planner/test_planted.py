@@ -5,7 +5,8 @@ Mutations tried: dividing the weight columns by the magnitude squared
 (test_planting_keeps_the_high_precision_function fails), scaling every channel
 (test_the_planted_channels_are_outliers_at_the_layer_input fails), no gradient hooks
 (test_the_planted_columns_and_norm_channels_do_not_train fails), a deep copy not frozen
-again (its "deep copy" case fails).
+again (its "deep copy" case fails), sensitivity.py not freezing its copies
+(test_the_short_horizon_runs_freeze_each_deep_copy fails).
 """
 
 import copy
@@ -82,6 +83,25 @@ def test_the_planted_columns_and_norm_channels_do_not_train(copied):
     assert torch.count_nonzero(norm.weight.grad[planted]) == 0
     assert torch.count_nonzero(norm.bias.grad[planted]) == 0
     assert torch.count_nonzero(norm.weight.grad) > 0
+
+
+def test_the_short_horizon_runs_freeze_each_deep_copy(monkeypatch, tmp_path):
+    """sensitivity.py's short-horizon mode continues every run from a deep copy of the
+    checkpoint: on a planted preset each copy is frozen again (here the smoke model under
+    a planted preset's name; one call per run, the high-precision one included)."""
+    from lowprec.experiments.planner import sensitivity
+    monkeypatch.setitem(sensitivity.PRESETS, "planted-mlp1", sensitivity.PRESETS["smoke"])
+    frozen = []
+
+    def spy(model, planting):
+        frozen.append(planting)
+        return freeze(model, planting)
+    monkeypatch.setattr(sensitivity, "freeze", spy)
+    record = sensitivity.main(["--preset", "planted-mlp1", "--seeds", "1", "--horizon", "1",
+                               "--checkpoint", "2", "--formats", "nvfp4",
+                               "--out", str(tmp_path)])
+    assert len(frozen) == len(record["runs"]) == 1 + 2 * 4 * 2    # bf16 + units x groups
+    assert set(frozen) == {LAYOUTS["mlp1"]}
 
 
 def test_planting_draws_no_random_numbers():
