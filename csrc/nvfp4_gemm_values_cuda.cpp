@@ -7,7 +7,7 @@
 // launch) it writes no FP32 product and reads none back.
 //
 // Built into the CUDA extension only where setup.py found cuBLASLt's header and library
-// (LOWPREC_WITH_CUBLASLT); lowprec/backends/cuda.py asks the dispatcher whether this
+// (its CUBLASLT_SOURCES); lowprec/_C.py cublaslt_reason asks the dispatcher whether this
 // kernel is registered.
 #include "nvfp4_gemm_values_cuda.h"
 #include "ops.h"

@@ -481,10 +481,6 @@ at::Tensor block_dequantize_nvfp4(const at::Tensor& data_in, const at::Tensor& s
   return out;
 }
 
-// The CPU backend's NVFP4 GEMM as one op (one call from Python instead of a dozen small
-// tensor ops for the scale chain): the reference's arithmetic step for step, so its bits.
-// Exact block dequantization, an FP32 matmul, alpha = S_dec(a) * S_dec(b) as one FP32
-// product applied once, the bias added in FP32, one cast to out_dtype.
 namespace {
 
 // alpha * a @ b^T (+ bias) of FP32 operands in FP32 (NUMERICS 8: alpha applied once to the
@@ -504,6 +500,10 @@ at::Tensor scaled_product(const at::Tensor& a, const at::Tensor& a_amax, const a
 
 }  // namespace
 
+// The CPU backend's NVFP4 GEMM as one op (one call from Python instead of a dozen small
+// tensor ops for the scale chain): the reference's arithmetic step for step, so its bits.
+// Exact block dequantization, an FP32 matmul, alpha = S_dec(a) * S_dec(b) as one FP32
+// product applied once, the bias added in FP32, one cast to out_dtype.
 at::Tensor nvfp4_gemm(const at::Tensor& a_data, const at::Tensor& a_scale,
                       const at::Tensor& a_amax, const at::Tensor& b_data,
                       const at::Tensor& b_scale, const at::Tensor& b_amax,

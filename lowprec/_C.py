@@ -79,13 +79,23 @@ if _NOTE is not None and (torch.cuda.is_available() or REASON is not None):
                   RuntimeWarning, stacklevel=2)
 
 
+def _missing_cuda_kernel(op, what, *record_keys):
+    """None if ``lowprec_C::<op>`` has a CUDA kernel, else that the extension was built
+    without ``what``, with the first reason the build record gives under ``record_keys``."""
+    if torch._C._dispatch_has_kernel_for_dispatch_key(f"lowprec_C::{op}", "CUDA"):
+        return None
+    info = build_info() or {}
+    why = next((info[key] for key in record_keys if info.get(key)), "no record of why")
+    return f"{EXTENSION} was built without {what} ({why})"
+
+
 def cuda_reason():
     """None if the CUDA kernels can run here, else why not."""
     if REASON is not None:
         return REASON
-    if not torch._C._dispatch_has_kernel_for_dispatch_key("lowprec_C::quantize_nvfp4", "CUDA"):
-        why = (build_info() or {}).get("no_cuda") or "no record of why"
-        return f"{EXTENSION} was built without CUDA kernels ({why})"
+    missing = _missing_cuda_kernel("quantize_nvfp4", "CUDA kernels", "no_cuda")
+    if missing is not None:
+        return missing
     if not torch.cuda.is_available():
         return "no CUDA GPU is visible"
     major, minor = torch.cuda.get_device_capability()
@@ -100,9 +110,5 @@ def cublaslt_reason():
     GEMM on bf16 values), else why not."""
     if REASON is not None:
         return REASON
-    if not torch._C._dispatch_has_kernel_for_dispatch_key("lowprec_C::nvfp4_gemm_values",
-                                                           "CUDA"):
-        info = build_info() or {}
-        why = info.get("no_cublaslt") or info.get("no_cuda") or "no record of why"
-        return f"{EXTENSION} was built without the cuBLASLt GEMM ({why})"
-    return None
+    return _missing_cuda_kernel("nvfp4_gemm_values", "the cuBLASLt GEMM", "no_cublaslt",
+                                "no_cuda")

@@ -124,10 +124,10 @@ def apply_mode(model, mode):
 
 def available_modes():
     modes = ["bf16", "fp8", "nvfp4"]
-    from lowprec import _C
+    from lowprec import _C, blackwell
     no_cublaslt = _C.cublaslt_reason()
     if no_cublaslt is None and torch.cuda.is_available() and (
-            torch.cuda.get_device_capability() < (10, 0)):
+            torch.cuda.get_device_capability() < blackwell.MIN_CAPABILITY):
         modes.append("nvfp4-cublaslt")
     else:
         print(f"nvfp4-cublaslt skipped: {no_cublaslt or 'the native FP4 GEMM runs here'}")
