@@ -30,6 +30,7 @@ from .fp8 import _quantize_fp8_kernel
 from .nvfp4_gemm import _epilogue_kernel, _gemm_kernel
 from .quantize_2d import _quantize_2d_kernel
 from .quantize_row_col import _quantize_row_col_kernel
+from .scaled_mm_scales import _scaled_mm_scales_kernel
 from .sr_key import _next_key_kernel
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
@@ -102,6 +103,12 @@ def _specs():
                  out_ptr="*i16", M="i32", N="i32"),
             dict(HAS_BIAS=True, BIAS_KIND=1, OUT_KIND=1, BLOCK_M=16, BLOCK_N=256), 4, 1,
             16 * 256 // 128),
+        "scaled_mm scales": (
+            _scaled_mm_scales_kernel,
+            dict(a_scale_ptr="*u8", b_scale_ptr="*u8", a_amax_ptr="*fp32", b_amax_ptr="*fp32",
+                 a_out_ptr="*u8", b_out_ptr="*u8", global_ptr="*fp32", a_rows="i32",
+                 b_rows="i32", cols="i32", a_tiles="i32"),
+            {}, 4, 1, 512 // 128),
     }
 
 

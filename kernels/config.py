@@ -27,6 +27,11 @@ def launch_options():
     return {} if interpreting() else {"enable_fp_fusion": False}
 
 
+def amax_argument(amax, device=None):
+    """A global amax as the kernels read it: FP32 ``[1]`` on ``device`` (default: its own)."""
+    return amax.detach().to(device=device or amax.device, dtype=torch.float32).reshape(1)
+
+
 def input_view(x):
     """(tensor the kernel reads, kind): bf16/fp16 are read as int16 bits (nvfp4_math.load_f32)."""
     kind = KIND_OF_DTYPE.get(x.dtype)

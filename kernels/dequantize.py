@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from . import nvfp4_math as nm
-from .config import interpreting, launch_options, output_view
+from .config import amax_argument, interpreting, launch_options, output_view
 
 
 @triton.jit
@@ -104,8 +104,7 @@ def dequantize(data, scale, amax=None, dtype=torch.float32):
     else:
         block_r, block_k = 16, 256
     grid = (triton.cdiv(r, block_r), triton.cdiv(k, block_k))
-    amax_arg = (amax.detach().to(device=data.device, dtype=torch.float32).reshape(1)
-                if amax is not None else view)
+    amax_arg = amax_argument(amax, data.device) if amax is not None else view
     _dequantize_kernel[grid](data_ptr=data, scale_ptr=scale.view(torch.uint8),
                              amax_ptr=amax_arg, out_ptr=view, R=r, K=k,
                              APPLY_GLOBAL=amax is not None, OUT_KIND=kind,

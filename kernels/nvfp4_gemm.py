@@ -33,7 +33,8 @@ import triton
 import triton.language as tl
 
 from . import nvfp4_math as nm
-from .config import bias_view, epilogue_tile, interpreting, launch_options, output_view
+from .config import (amax_argument, bias_view, epilogue_tile, interpreting, launch_options,
+                     output_view)
 from .dequantize import dequantize, unpack_codes
 
 # (M, N, K) -> "fused" | "dequant_mm" | "dequant_triton": the fastest candidate per shape,
@@ -59,16 +60,11 @@ def _dequantize_tile(packed, scale_bytes, ROWS: tl.constexpr, BLOCK_K: tl.conste
 
 
 @triton.jit
-def _decode_scale(amax):
-    """reference.global_decode_scale: 1 / S_enc of the stored amax."""
-    return tl.div_rn(1.0, nm.global_encode_scale(amax))
-
-
-@triton.jit
 def _epilogue(acc, a_amax_ptr, b_amax_ptr, bias_ptr, out_ptr, rows, cols, M, N,
               HAS_BIAS: tl.constexpr, BIAS_KIND: tl.constexpr, OUT_KIND: tl.constexpr):
     """out = acc * alpha (+ bias), rounded once; alpha = S_dec(A) * S_dec(B) in FP32."""
-    alpha = _decode_scale(tl.load(a_amax_ptr)) * _decode_scale(tl.load(b_amax_ptr))
+    alpha = (nm.global_decode_scale(tl.load(a_amax_ptr))
+             * nm.global_decode_scale(tl.load(b_amax_ptr)))
     out = acc * alpha
     if HAS_BIAS:
         out = out + nm.load_f32(bias_ptr + cols, cols < N, BIAS_KIND)[None, :]
@@ -155,7 +151,7 @@ def _launch_gemm(a, a_scale, a_amax, b, b_scale, b_amax, bias, out_dtype, predeq
     grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
     _gemm_kernel[grid](
         a_data_ptr=a, a_scale_ptr=a_scale, b_data_ptr=b, b_scale_ptr=b_scale,
-        a_amax_ptr=_scalar(a_amax), b_amax_ptr=_scalar(b_amax), bias_ptr=bias_arg,
+        a_amax_ptr=amax_argument(a_amax), b_amax_ptr=amax_argument(b_amax), bias_ptr=bias_arg,
         out_ptr=out_arg, M=m, N=n, K=k,
         PREDEQUANTIZED=predequantized, HAS_BIAS=bias is not None, BIAS_KIND=bias_kind,
         OUT_KIND=out_kind, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group_m,
@@ -179,28 +175,6 @@ def gemm_dequant_triton(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=N
     a = dequantize(a_data, a_scale, None, torch.float16)
     b = dequantize(b_data, b_scale, None, torch.float16)
     return _launch_gemm(a, a, a_amax, b, b, b_amax, bias, out_dtype, True, config)
-
-
-# ----------------------------------------------------------------------------------
-# The global decode scales of a native block-scaled GEMM (Blackwell, lowprec/blackwell.py)
-# ----------------------------------------------------------------------------------
-
-@triton.jit
-def _decode_scales_kernel(
-        # Pointers: the two operands' amaxes (fp32 [1]) and the output (fp32 [2]).
-        a_amax_ptr, b_amax_ptr, out_ptr):
-    tl.store(out_ptr, _decode_scale(tl.load(a_amax_ptr)))
-    tl.store(out_ptr + 1, _decode_scale(tl.load(b_amax_ptr)))
-
-
-def decode_scales(a_amax, b_amax):
-    """``[S_dec(A), S_dec(B)]`` (``reference.global_decode_scale`` of each amax, FP32) in
-    one launch: torch's native GEMM multiplies the two into alpha on the device, and the
-    reference's elementwise form would take some fourteen launches per GEMM."""
-    out = torch.empty(2, dtype=torch.float32, device=a_amax.device)
-    _decode_scales_kernel[(1,)](a_amax_ptr=_scalar(a_amax), b_amax_ptr=_scalar(b_amax),
-                                out_ptr=out, **launch_options())
-    return out
 
 
 # ----------------------------------------------------------------------------------
@@ -251,8 +225,8 @@ def gemm_values(a_values, a_amax, b_values, b_amax, bias=None, out_dtype=torch.b
     bias_arg, bias_kind = bias_view(bias, out_arg)
     block_m, block_n = epilogue_tile(m, n)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
-    _epilogue_kernel[grid](acc_ptr=acc, a_amax_ptr=_scalar(a_amax),
-                           b_amax_ptr=_scalar(b_amax), bias_ptr=bias_arg, out_ptr=out_arg,
+    _epilogue_kernel[grid](acc_ptr=acc, a_amax_ptr=amax_argument(a_amax),
+                           b_amax_ptr=amax_argument(b_amax), bias_ptr=bias_arg, out_ptr=out_arg,
                            M=m, N=n, HAS_BIAS=bias is not None, BIAS_KIND=bias_kind,
                            OUT_KIND=out_kind,
                            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4,
@@ -269,10 +243,6 @@ def dequantize_values(data, scale):
 # ----------------------------------------------------------------------------------
 # Dispatch
 # ----------------------------------------------------------------------------------
-
-def _scalar(amax):
-    return amax.detach().to(dtype=torch.float32).reshape(1)
-
 
 def fused_supported(device):
     """Candidate (a) needs Triton's fp8 conversions: sm_89+ on CUDA, or the interpreter."""

@@ -183,6 +183,12 @@ def global_encode_scale(amax):
 
 
 @triton.jit
+def global_decode_scale(amax):
+    """reference.global_decode_scale: S_dec = 1 / S_enc of the stored amax."""
+    return tl.div_rn(1.0, global_encode_scale(amax))
+
+
+@triton.jit
 def encode_constants(amax):
     """(S_enc * (1/6), S_dec) for quantizing against global ``amax`` (already canonical)."""
     s_enc = global_encode_scale(amax)

@@ -33,7 +33,7 @@ from lowprec.copies import NVFP4Copy, RowCol
 from . import nvfp4_math as nm
 from .dequantize import block_value_bits
 from .amax import amax_row_col
-from .config import input_view, launch_options, tile_config
+from .config import amax_argument, input_view, launch_options, tile_config
 
 
 @triton.jit(do_not_specialize=["seed", "offset"])
@@ -133,7 +133,7 @@ def quantize_2d(w, *, columnwise=True, stochastic=False, seed=0, offset=0, amax=
     dev = w.device
     if amax is None:
         amax = amax_row_col(w, tile=amax_tile)[0:1]
-    amax = amax.detach().to(device=dev, dtype=torch.float32).reshape(1)
+    amax = amax_argument(amax, dev)
     u8 = torch.uint8
     if values:
         row_data = torch.empty(n, k, dtype=torch.bfloat16, device=dev)

@@ -46,7 +46,8 @@ from lowprec.shapes import padded16
 from . import nvfp4_math as nm
 from .dequantize import block_value_bits
 from .amax import amax_row_col
-from .config import input_view, interpreting, launch_options, quarter_signs, tile_config
+from .config import (amax_argument, input_view, interpreting, launch_options, quarter_signs,
+                     tile_config)
 
 
 @triton.jit(do_not_specialize=["seed", "row_offset", "col_offset"])
@@ -159,10 +160,6 @@ def _quantize_row_col_kernel(
             tl.store(col_scale_ptr + out, s_byte.to(tl.uint8), mask=out_ok)
 
 
-def _amax_operand(amax, device):
-    return amax.detach().to(device=device, dtype=torch.float32).reshape(1)
-
-
 def quantize_row_col(x, *, rowwise=True, columnwise=True, rht_signs=None,
                      row_stochastic=False, col_stochastic=False, seed=0, row_offset=0,
                      col_offset=0, row_amax=None, col_amax=None, tile=None, amax_tile=None,
@@ -198,8 +195,8 @@ def quantize_row_col(x, *, rowwise=True, columnwise=True, rht_signs=None,
         measured = amax_row_col(x, signs if need_col_amax else None, tile=amax_tile)
         row_amax = measured[0:1] if need_row_amax else row_amax
         col_amax = measured[1:2] if need_col_amax else col_amax
-    row_amax_in = _amax_operand(row_amax, dev) if rowwise else None
-    col_amax_in = _amax_operand(col_amax, dev) if columnwise else None
+    row_amax_in = amax_argument(row_amax, dev) if rowwise else None
+    col_amax_in = amax_argument(col_amax, dev) if columnwise else None
 
     row_out = _outputs(m, k, dev, row_values) if rowwise else None
     col_out = _outputs(k, m_pad, dev, col_values) if columnwise else None

@@ -27,8 +27,12 @@ The torch API (checked against torch 2.11-2.13 sources):
 Without a bias the GEMM writes the output dtype itself (alpha applied to the FP32
 accumulator, one rounding); with a bias it writes FP32, the bias is added in FP32 and
 the result cast afterwards, as NUMERICS 8 orders it (torch's fused bias would require a
-bf16 output). The scale swizzle is one copy and the two global decode scales one Triton
-launch (``kernels.nvfp4_gemm.decode_scales``), so the arguments cost three launches.
+bf16 output). Both operands' swizzled scales and global decode scales are one Triton
+launch (``kernels.scaled_mm_scales``), so a GEMM costs two launches.
+
+What this torch offers is asked once, at import (``TORCH_REASON``, ``TWO_LEVEL_API``);
+the compute capability once per device, by the kernel table (``backends.cuda``); per
+call only the shape (``shape_reason``).
 """
 
 from collections import namedtuple
@@ -36,27 +40,13 @@ from collections import namedtuple
 import torch
 import torch.nn.functional as F
 
-from lowprec.kernels.nvfp4_gemm import decode_scales
+from lowprec.kernels.scaled_mm_scales import scaled_mm_scales
 
 # Native FP4 tensor cores: sm_100 and newer.
 MIN_CAPABILITY = (10, 0)
 
 ScaledMMArguments = namedtuple(
     "ScaledMMArguments", ["mat_a", "mat_b", "scale_a", "scale_b", "global_a", "global_b"])
-
-
-def swizzle_scales(scale):
-    """``reference.swizzle_scales`` in at most two launches (a zero pad where the shape
-    needs one, then one copy): the blocked layout as a reshape and a permutation. A row
-    ``r`` of a 128-row tile is ``32 q + i`` and lands at byte ``16 i + 4 q + c``, so the
-    tile ``[q, i, c]`` is stored as ``[i, q, c]``; tiles row-block-major."""
-    rows, cols = scale.shape
-    padded_rows, padded_cols = -(-rows // 128) * 128, -(-cols // 4) * 4
-    raw = scale.view(torch.uint8)
-    if (padded_rows, padded_cols) != (rows, cols):
-        raw = F.pad(raw, (0, padded_cols - cols, 0, padded_rows - rows))
-    tiles = raw.reshape(padded_rows // 128, 4, 32, padded_cols // 4, 4)   # [rb, q, i, cb, c]
-    return tiles.permute(0, 3, 2, 1, 4).contiguous().reshape(-1).view(scale.dtype)
 
 
 def scaled_mm_arguments(a_data, a_scale, a_amax, b_data, b_scale, b_amax):
@@ -72,44 +62,57 @@ def scaled_mm_arguments(a_data, a_scale, a_amax, b_data, b_scale, b_amax):
         block scales ``scale_a``/``scale_b`` (1-D), and the FP32 one-element global decode
         scales ``global_a``/``global_b`` (S_dec = 1 / S_enc of each amax).
     """
-    mat_a = a_data.view(torch.float4_e2m1fn_x2)
-    mat_b = b_data.view(torch.float4_e2m1fn_x2).t()
-    global_scales = decode_scales(a_amax, b_amax)
+    scale_a, scale_b, global_scales = scaled_mm_scales(a_scale, a_amax, b_scale, b_amax)
     return ScaledMMArguments(
-        mat_a=mat_a,
-        mat_b=mat_b,
-        scale_a=swizzle_scales(a_scale),
-        scale_b=swizzle_scales(b_scale),
+        mat_a=a_data.view(torch.float4_e2m1fn_x2),
+        mat_b=b_data.view(torch.float4_e2m1fn_x2).t(),
+        scale_a=scale_a,
+        scale_b=scale_b,
         global_a=global_scales[0:1],
         global_b=global_scales[1:2],
     )
 
 
-def reason_unsupported(a_data, b_data):
-    """None if ``nvfp4_gemm`` below can run these operands here, else why not."""
+def _torch_reason():
     if not hasattr(torch, "float4_e2m1fn_x2"):
         return f"torch {torch.__version__} has no float4_e2m1fn_x2 dtype"
     if not (hasattr(F, "scaled_mm") or hasattr(torch, "_scaled_mm")):
         return f"torch {torch.__version__} has neither F.scaled_mm nor torch._scaled_mm"
+    return None
+
+
+# None where this torch has the native FP4 GEMM's API, else why not.
+TORCH_REASON = _torch_reason()
+# torch's two-level API (F.scaled_mm, a global scale per operand); else the one-level
+# torch._scaled_mm, with alpha applied here.
+TWO_LEVEL_API = (hasattr(F, "scaled_mm") and hasattr(F, "ScalingType")
+                 and hasattr(F, "SwizzleType"))
+
+
+def shape_reason(a_data):
+    """None where the native GEMM takes operands of this K, else why not (cuBLASLt wants
+    16-byte aligned rows of FP4 data: K % 32 == 0)."""
+    if a_data.shape[-1] % 16 != 0:
+        return f"the native FP4 GEMM needs K % 32 == 0; got K={a_data.shape[-1] * 2}"
+    return None
+
+
+def reason_unsupported(a_data, b_data):
+    """None if ``nvfp4_gemm`` below can run these operands here, else why not."""
+    if TORCH_REASON is not None:
+        return TORCH_REASON
     if not a_data.is_cuda:
         return "the native FP4 GEMM needs CUDA tensors"
     major, minor = torch.cuda.get_device_capability(a_data.device)
     if (major, minor) < MIN_CAPABILITY:
         return f"native FP4 GEMMs need sm_100 or newer; this GPU is sm_{major}{minor}"
-    if a_data.shape[-1] % 16 != 0:
-        # cuBLASLt wants 16-byte aligned rows of FP4 data: K % 32 == 0.
-        return f"the native FP4 GEMM needs K % 32 == 0; got K={a_data.shape[-1] * 2}"
-    return None
-
-
-def _two_level_api():
-    return hasattr(F, "scaled_mm") and hasattr(F, "ScalingType") and hasattr(F, "SwizzleType")
+    return shape_reason(a_data)
 
 
 def _scaled_mm(args, output_dtype):
     """``alpha * deq(A) @ deq(B)^T`` (per-block scales inside), rounded once to
     ``output_dtype`` from the FP32 product."""
-    if _two_level_api():
+    if TWO_LEVEL_API:
         recipe = [F.ScalingType.BlockWise1x16, F.ScalingType.TensorWise]
         swizzle = [F.SwizzleType.SWIZZLE_32_4_4, F.SwizzleType.NO_SWIZZLE]
         return F.scaled_mm(args.mat_a, args.mat_b, [args.scale_a, args.global_a], recipe,

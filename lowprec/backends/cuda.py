@@ -29,7 +29,7 @@ QUANTIZE_OPS = ("quantize_nvfp4", "quantize_row_col", "quantize_weight_2d")
 # The quantizers take row_values / col_values (quantize_row_col) and values
 # (quantize_weight_2d), in every kernel variant: see lowprec.backends.KernelTable.nvfp4_values.
 QUANTIZE_VALUES = True
-NATIVE_FP4_GEMM = "torch:scaled_mm(nvfp4)"
+NATIVE_FP4_GEMM = "triton:scaled_mm_scales + torch:scaled_mm(nvfp4)"
 # What runs, per call, for the shapes the native GEMM cannot take (the Triton kernels').
 SHAPE_FALLBACK = "dequant+torch.mm"
 
@@ -63,7 +63,8 @@ def implementation(op, capability):
         return None
     if op in QUANTIZE_OPS:
         return f"cuda:{op}"
-    if op == "nvfp4_gemm" and capability >= blackwell.MIN_CAPABILITY:
+    if (op == "nvfp4_gemm" and capability >= blackwell.MIN_CAPABILITY
+            and blackwell.TORCH_REASON is None):
         return f"{NATIVE_FP4_GEMM}; K % 32 != 0: {SHAPE_FALLBACK}"
     return None
 
@@ -97,8 +98,10 @@ def own_values_gemm(capability, installed=False):
 def nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale, b_amax, bias=None,
                out_dtype=torch.bfloat16):
     """The native FP4 GEMM; shapes it cannot take (K % 32 != 0) go to the Triton GEMM,
-    which has the same contract (NUMERICS 8)."""
-    if blackwell.reason_unsupported(a_data, b_data) is None:
+    which has the same contract (NUMERICS 8). The kernel table takes this function only
+    where ``implementation`` names the native GEMM (sm_100+, a torch that has it), so
+    only the shape is asked here."""
+    if blackwell.shape_reason(a_data) is None:
         return blackwell.nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale, b_amax,
                                     bias=bias, out_dtype=out_dtype)
     return triton_gemm.nvfp4_gemm(a_data, a_scale, a_amax, b_data, b_scale, b_amax,

@@ -26,7 +26,8 @@ HOPPER = {
     "fp8_gemm": "torch:_scaled_mm",
 }
 # The native FP4 GEMM needs K % 32 == 0; other shapes take Hopper's, and the name says so.
-BLACKWELL = dict(HOPPER, nvfp4_gemm="torch:scaled_mm(nvfp4); K % 32 != 0: dequant+torch.mm")
+BLACKWELL = dict(HOPPER, nvfp4_gemm="triton:scaled_mm_scales + torch:scaled_mm(nvfp4); "
+                                       "K % 32 != 0: dequant+torch.mm")
 # No FP8 tensor cores before sm_89: the FP8 GEMM is an emulation, named as one.
 AMPERE = {**{op: name.replace("cuda:", "triton:") for op, name in HOPPER.items()},
           "fp8_gemm": "emulated:fp8_gemm(decode + fp32 torch.matmul, no FP8 tensor cores)"}
@@ -45,6 +46,14 @@ def test_the_cublaslt_values_gemm_is_named_where_chosen(monkeypatch):
         "cuda:nvfp4_gemm_values(cuBLASLt; with a bias or an fp16 output: dequant+torch.mm) "
         "(operands: the quantizers' bf16 values)")
     assert dispatch.table((10, 0))[1]["nvfp4_gemm"] == BLACKWELL["nvfp4_gemm"]
+
+
+def test_blackwell_with_a_torch_without_the_native_gemm_names_the_emulation(monkeypatch):
+    """The native GEMM's API is asked once, at import: without it a Blackwell GPU runs the
+    Hopper emulation, on the quantizers' values, and the table says so."""
+    from lowprec import blackwell
+    monkeypatch.setattr(blackwell, "TORCH_REASON", "torch 0.0 has no float4_e2m1fn_x2 dtype")
+    assert dispatch.table((10, 0))[1]["nvfp4_gemm"] == HOPPER["nvfp4_gemm"]
 
 
 def test_the_cublaslt_gemm_where_not_built_warns_and_is_not_taken(monkeypatch):

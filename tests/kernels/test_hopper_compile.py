@@ -32,7 +32,7 @@ def facts():
 NAMES = ["quantize_row_col row RNE", "quantize_row_col row SR", "quantize_row_col col RHT RNE",
          "quantize_row_col row+col RHT RNE", "quantize_row_col row+col RHT SR", "quantize_2d row+col",
          "amax row+col RHT", "dequantize", "quantize_fp8", "gemm (a) fused",
-         "gemm (c) fp16 tiles", "gemm (b) epilogue"]
+         "gemm (c) fp16 tiles", "gemm (b) epilogue", "scaled_mm scales"]
 
 
 @pytest.mark.parametrize("name", NAMES)

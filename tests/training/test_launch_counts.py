@@ -87,16 +87,18 @@ def test_without_bias():
     assert nvfp4.count <= 12, nvfp4.by_kernel()
 
 
-def test_the_blackwell_path_runs_the_native_gemm_with_its_arguments_in_three_launches():
+def test_the_blackwell_path_runs_the_native_gemm_with_its_arguments_in_one_launch():
     """sm_100: the quantizers write packed copies, and each of the three GEMMs is torch's
-    block-scaled FP4 GEMM after two scale swizzles (one copy each) and one launch for the
-    two global decode scales; without bias it writes bf16 (fprop, dgrad) or FP32 (wgrad)
-    itself: 18 launches. Before: the reference's index-based swizzle and elementwise
-    decode scales, 173 launches and 3.55x bf16's bytes."""
+    block-scaled FP4 GEMM after one launch that writes both operands' swizzled scales
+    and global decode scales (``kernels.scaled_mm_scales``); without bias it writes bf16
+    (fprop, dgrad) or FP32 (wgrad) itself: 12 launches, as on Hopper. Before: a swizzle
+    copy per operand and a decode-scales launch per GEMM, 18 launches; before that the
+    reference's index-based swizzle and elementwise decode scales, 173 launches and 3.55x
+    bf16's bytes."""
     trace = traced("nvfp4", bias=False, capability=(10, 0))
     assert trace.by_kernel() == {"cuda:amax": 3, "cuda:quantize_row_col": 2,
                                  "cuda:quantize_weight_2d": 1,
-                                 "triton:_decode_scales_kernel": 3, "aten::clone": 6,
+                                 "triton:_scaled_mm_scales_kernel": 3,
                                  "aten::_scaled_mm_v2": 3}
     assert trace.host_syncs == 0
     assert trace.nbytes / traced("bf16", bias=False).nbytes <= 1.3
