@@ -78,6 +78,10 @@ from lowprec.names import NVFP4_BLOCK, shape_problem
 from lowprec.recipe import Recipe
 
 DEFAULT_RECIPE = Recipe()
+# Autocast off around the eager path's kernels: torch's own C++ guard (what AOTAutograd's
+# runtime uses) costs a sixth of ``torch.autocast(..., enabled=False)``'s Python set-up per
+# call; the same effect for the kernels inside (it switches off every device's autocast).
+_no_autocast = getattr(torch._C, "_DisableAutocast", None)
 
 
 
@@ -416,6 +420,13 @@ def _saved_x_operand(tensors, cfg, grad, weight, kernels):
                     "1x16", cfg.signs)
 
 
+def _autocast_off(t):
+    """A context without autocast for the kernels on ``t``'s device."""
+    if _no_autocast is not None:
+        return _no_autocast()
+    return torch.autocast(t.device.type, enabled=False)
+
+
 class _LinearFunction(torch.autograd.Function):
     """The eager path: one Python call per forward and per backward, no op dispatch of
     its own; the kernels come from the table resolved for the device."""
@@ -423,7 +434,7 @@ class _LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, cfg, kernels, seed, need_dx, need_dw, reuse):
         x = x.contiguous()
-        with torch.autocast(x.device.type, enabled=False):
+        with _autocast_off(x):
             y, qxt, qwt = _forward(x, weight, bias, cfg, kernels, need_dx, need_dw, reuse)
         ctx.cfg, ctx.kernels, ctx.seed = cfg, kernels, seed
         ctx.bias_dtype = None if bias is None else bias.dtype
@@ -443,7 +454,7 @@ class _LinearFunction(torch.autograd.Function):
             (x,) = saved
         elif need_dw:
             qxt = _saved_x_operand(saved, cfg, grad, weight, ctx.kernels)
-        with torch.autocast(grad.device.type, enabled=False):
+        with _autocast_off(grad):
             dx, dw = _backward(grad, weight, x, qxt, ctx.qwt, ctx.seed, cfg, ctx.kernels,
                                need_dx, need_dw)
         # The bias gradient is a plain reduction (as in the compiled path).
@@ -489,7 +500,7 @@ def _linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     that the backward finds the whole recipe among the op's inputs."""
     x = x.contiguous()
     cfg = _op_config(fprop, dgrad, wgrad, rht, stochastic, weight_2d, signs)
-    with torch.autocast(x.device.type, enabled=False):
+    with _autocast_off(x):
         y, qxt, qwt = _forward(x, weight, bias, cfg, kernel_table(x.device), need_dx, need_dw)
     saved_x = _empty_saved(x) if qxt is None else _operand_tensors(qxt)
     saved_w = _empty_saved(x) if qwt is None else _operand_tensors(qwt)
@@ -538,7 +549,7 @@ def _linear_bwd(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tensor | None
         qwt = (NVFP4Values(w_data.t(), w_amax) if _weight_values(cfg, kernels) else
                _operand((w_data, w_scale, w_amax), cfg.dgrad, (k, n),
                         "16x16" if cfg.weight_2d else "1x16", None))
-    with torch.autocast(grad.device.type, enabled=False):
+    with _autocast_off(grad):
         dx, dw = _backward(grad, weight, x, qxt, qwt, seed_value, cfg, kernels, need_dx,
                            need_dw)
     return (grad.new_empty(0) if dx is None else dx,

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowprec import backends, reference
+from lowprec import backends, linear_layer, reference
 from lowprec.linear_layer import Linear, linear
 from lowprec.names import PRECISIONS
 from lowprec.recipe import Recipe
@@ -159,9 +159,14 @@ def test_bf16_weights_and_activations(reference_backend):
     assert_all_equal(out, expected(x, w, b, g, Recipe()))
 
 
-def test_autocast_quantizes_the_autocast_input_and_keeps_fp32_math(reference_backend):
+@pytest.mark.parametrize("guard", ["torch._C._DisableAutocast", "torch.autocast"])
+def test_autocast_quantizes_the_autocast_input_and_keeps_fp32_math(reference_backend, guard,
+                                                                   monkeypatch):
     """Under autocast the layer sees x in bf16 (as F.linear would), but the GEMM's own
-    FP32 accumulation must not be turned into a bf16 matmul by autocast."""
+    FP32 accumulation must not be turned into a bf16 matmul by autocast; with torch's C++
+    guard, and with ``torch.autocast(enabled=False)`` where a torch lacks that guard."""
+    if guard == "torch.autocast":
+        monkeypatch.setattr(linear_layer, "_no_autocast", None)
     x, w, b, g = make_inputs((24,), 32, 32, seed=4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         torch.manual_seed(TORCH_SEED)
