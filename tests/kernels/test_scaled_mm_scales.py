@@ -16,8 +16,10 @@ def random_scales(rows, cols, seed):
         torch.float8_e4m3fn)
 
 
-# (M, N, K/16): full tiles, rows and columns that need padding, one row, one column.
-SHAPES = [(128, 256, 4), (33, 48, 3), (130, 16, 10), (1, 1, 1), (256, 129, 8), (16, 200, 5)]
+# (M, N, K/16): full tiles, rows and columns that need padding, one row, one column, no
+# rows of A (no tokens).
+SHAPES = [(128, 256, 4), (33, 48, 3), (130, 16, 10), (1, 1, 1), (256, 129, 8), (16, 200, 5),
+          (0, 32, 2)]
 
 
 @pytest.mark.parametrize("m,n,cols", SHAPES)
