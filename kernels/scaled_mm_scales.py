@@ -17,11 +17,12 @@ import torch
 import triton
 import triton.language as tl
 
+from lowprec.shapes import swizzled_scales
+
 from . import nvfp4_math as nm
 from .config import amax_argument, launch_options
 
-TILE_ROWS, TILE_COLS = 128, 4
-TILE_BYTES = TILE_ROWS * TILE_COLS
+TILE_BYTES = 128 * 4      # one tile of the blocked layout, one program's work
 
 
 @triton.jit
@@ -64,7 +65,8 @@ def _scaled_mm_scales_kernel(
 
 def swizzled_size(rows, cols):
     """Bytes of the blocked layout of ``[rows, cols]`` scales (padded to 128 x 4)."""
-    return -(-rows // TILE_ROWS) * TILE_ROWS * (-(-cols // TILE_COLS) * TILE_COLS)
+    padded_rows, padded_cols = swizzled_scales(rows, cols)
+    return padded_rows * padded_cols
 
 
 def scaled_mm_scales(a_scale, a_amax, b_scale, b_amax):

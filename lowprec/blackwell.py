@@ -97,18 +97,6 @@ def shape_reason(a_data):
     return None
 
 
-def reason_unsupported(a_data, b_data):
-    """None if ``nvfp4_gemm`` below can run these operands here, else why not."""
-    if TORCH_REASON is not None:
-        return TORCH_REASON
-    if not a_data.is_cuda:
-        return "the native FP4 GEMM needs CUDA tensors"
-    major, minor = torch.cuda.get_device_capability(a_data.device)
-    if (major, minor) < MIN_CAPABILITY:
-        return f"native FP4 GEMMs need sm_100 or newer; this GPU is sm_{major}{minor}"
-    return shape_reason(a_data)
-
-
 def _scaled_mm(args, output_dtype):
     """``alpha * deq(A) @ deq(B)^T`` (per-block scales inside), rounded once to
     ``output_dtype`` from the FP32 product."""

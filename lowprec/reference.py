@@ -37,7 +37,7 @@ import torch
 
 from lowprec.checks import weight_values
 from lowprec.copies import FP8Copy, FP8RowCol, NVFP4Copy, RowCol
-from lowprec.shapes import padded16
+from lowprec.shapes import padded16, swizzled_scales
 
 FLT_MAX = torch.finfo(torch.float32).max
 E4M3_MAX = 448.0
@@ -523,7 +523,7 @@ def _swizzle_index(rows, cols, device=None):
 def swizzle_scales(scale):
     """[R, C] scales -> flat blocked layout, rows padded to 128 and cols to 4 with zeros."""
     rows, cols = scale.shape
-    padded_rows, padded_cols = -(-rows // 128) * 128, -(-cols // 4) * 4
+    padded_rows, padded_cols = swizzled_scales(rows, cols)
     raw = scale.view(torch.uint8)
     padded = torch.zeros(padded_rows, padded_cols, dtype=torch.uint8, device=scale.device)
     padded[:rows, :cols] = raw
@@ -535,7 +535,7 @@ def swizzle_scales(scale):
 
 def unswizzle_scales(swizzled, rows, cols):
     """Inverse of ``swizzle_scales``: the [rows, cols] scales."""
-    padded_rows, padded_cols = -(-rows // 128) * 128, -(-cols // 4) * 4
+    padded_rows, padded_cols = swizzled_scales(rows, cols)
     raw = swizzled.view(torch.uint8)
     padded = raw[_swizzle_index(padded_rows, padded_cols, swizzled.device)]
     return padded[:rows, :cols].contiguous().view(swizzled.dtype)

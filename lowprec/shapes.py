@@ -22,6 +22,12 @@ def padded16(n):
     return -(-n // NVFP4_BLOCK) * NVFP4_BLOCK
 
 
+def swizzled_scales(rows, cols):
+    """``(rows, cols)`` of ``[rows, cols]`` block scales padded for the blocked layout of
+    Blackwell's native GEMM (NUMERICS 8): rows to a multiple of 128, columns of 4."""
+    return -(-rows // 128) * 128, -(-cols // 4) * 4
+
+
 def nvfp4(rows_shape, k):
     """A packed copy of ``[*rows_shape, k]``: data (two codes a byte), one E4M3 scale per
     16 elements, the global amax."""

@@ -118,8 +118,3 @@ def test_the_torch_call_and_the_epilogue(api, with_bias, monkeypatch):
         assert calls == [(recipe, recipe, swizzle, swizzle, gemm_out)]
     else:
         assert calls == [torch.float32]
-
-
-def test_cpu_tensors_are_not_supported():
-    (ad, *_), (bd, *_) = operands(16, 32, 16)
-    assert "CUDA" in blackwell.reason_unsupported(ad, bd)
